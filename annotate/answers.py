@@ -1,0 +1,102 @@
+"""Validation of an annotator's answer against the project's configuration.
+
+The one place that decides what a valid rating, pairwise vote or ranking is: the task form, the API
+and the import all call `clean_answer`, and get back the Annotation fields to store or a
+ValidationError keyed by the offending field.
+"""
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import ValidationError
+
+if TYPE_CHECKING:
+    from annotate.models import Project
+
+RATING_FIELDS = {"score", "labels", "comment"}
+PAIRWISE_FIELDS = {"choice", "strength", "both_bad", "comment"}
+RANKING_FIELDS = {"ranking", "comment"}
+
+
+def clean_answer(project: "Project", kind: str, response_ids: list[int], data: Mapping[str, Any]) -> dict[str, Any]:
+    """Check `data` for a task of `kind` over `response_ids`; return the Annotation fields it sets."""
+    if not isinstance(data, Mapping):
+        raise ValidationError({"answer": "Give the answer as an object."})
+    allowed = {"rating": RATING_FIELDS, "pairwise": PAIRWISE_FIELDS, "ranking": RANKING_FIELDS}.get(kind)
+    if allowed is None:
+        raise ValidationError({"kind": f"Unknown task kind {kind!r}."})
+    if unknown := sorted(set(data) - allowed):
+        raise ValidationError({unknown[0]: f"Not a field of a {kind} answer (expected {', '.join(sorted(allowed))})."})
+    comment = data.get("comment") or ""
+    if not isinstance(comment, str):
+        raise ValidationError({"comment": "Must be text."})
+    if kind == "rating":
+        return {"comment": comment, **_clean_rating(project, data)}
+    if kind == "pairwise":
+        return {"comment": comment, **_clean_pairwise(data)}
+    return {"comment": comment, "ranking": _clean_ranking(response_ids, data.get("ranking"))}
+
+
+def _clean_rating(project: "Project", data: Mapping[str, Any]) -> dict[str, Any]:
+    score = data.get("score")
+    if score is None or score == "":
+        raise ValidationError({"score": "Choose a score."})
+    if isinstance(score, str) and score.strip().lstrip("-").isdigit():
+        score = int(score)
+    if isinstance(score, bool) or not isinstance(score, int):
+        raise ValidationError({"score": f"Must be a whole number, not {score!r}."})
+    if not project.rating_min <= score <= project.rating_max:
+        raise ValidationError({"score": f"{score} is outside the scale {project.rating_min}–{project.rating_max}."})
+    labels = data.get("labels") or []
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise ValidationError({"labels": "Must be a list of label names."})
+    if unknown := sorted(set(labels) - set(project.labels)):
+        raise ValidationError({"labels": f"Not in the project's label set: {', '.join(unknown)}."})
+    # Keep the project's order so equal answers store equal values.
+    return {"score": score, "labels": [label for label in project.labels if label in labels]}
+
+
+def _clean_pairwise(data: Mapping[str, Any]) -> dict[str, Any]:
+    choice = data.get("choice")
+    if choice not in {"a", "b", "tie"}:
+        raise ValidationError({"choice": f"Must be 'a', 'b' or 'tie', not {choice!r}."})
+    strength = data.get("strength")
+    if isinstance(strength, str) and strength.isdigit():
+        strength = int(strength)
+    if choice == "tie":
+        if strength not in (None, "", 0):
+            raise ValidationError({"strength": "A tie has no strength."})
+        strength = None
+    elif strength in (None, ""):
+        strength = 1
+    elif isinstance(strength, bool) or strength not in (1, 2):
+        raise ValidationError({"strength": f"Must be 1 (better) or 2 (much better), not {strength!r}."})
+    both_bad = data.get("both_bad", False)
+    if both_bad in ("true", "on", "1"):
+        both_bad = True
+    elif both_bad in ("false", "", "0", None):
+        both_bad = False
+    if not isinstance(both_bad, bool):
+        raise ValidationError({"both_bad": f"Must be true or false, not {both_bad!r}."})
+    return {"choice": choice, "strength": strength, "both_bad": both_bad}
+
+
+def _clean_ranking(response_ids: list[int], ranking: Any) -> list[list[int]]:
+    """Accept [id, [id, id], …] (best first; a nested list is a tie) and return a list of groups."""
+    if not isinstance(ranking, list) or not ranking:
+        raise ValidationError({"ranking": "Give the responses in order, best first."})
+    groups: list[list[int]] = []
+    for item in ranking:
+        group = item if isinstance(item, list) else [item]
+        if not group or not all(isinstance(x, int) and not isinstance(x, bool) for x in group):
+            raise ValidationError({"ranking": f"{item!r} is not a response id or a list of tied ids."})
+        groups.append(sorted(group))
+    ranked = [response_id for group in groups for response_id in group]
+    if len(ranked) != len(set(ranked)):
+        raise ValidationError({"ranking": "A response appears more than once."})
+    if set(ranked) != set(response_ids):
+        missing = sorted(set(response_ids) - set(ranked))
+        extra = sorted(set(ranked) - set(response_ids))
+        problem = f"missing {missing}" if missing else f"not in this task: {extra}"
+        raise ValidationError({"ranking": f"Rank every response of the task exactly once ({problem})."})
+    return groups
