@@ -1,0 +1,63 @@
+"""Shared fixtures: named users and a project they belong to, instead of a factory framework."""
+
+import pytest
+from django.db import connection
+
+from annotate.models import Membership, Project
+
+PASSWORD = "correct-horse-battery"
+
+
+def pytest_collection_modifyitems(config, items):
+    # Behaviour that differs on PostgreSQL (locking, concurrency) is only meaningful there.
+    from django.conf import settings
+
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        skip = pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://… (make test does)")
+        for item in items:
+            if "postgres" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def make_user(django_user_model):
+    def make(username: str, **extra):
+        return django_user_model.objects.create_user(username=username, password=PASSWORD, **extra)
+
+    return make
+
+
+@pytest.fixture
+def project(db):
+    return Project.objects.create(
+        name="Helpfulness",
+        slug="helpfulness",
+        guidelines="Prefer the **helpful** answer.",
+        rating_descriptions={"1": "Useless", "5": "Ideal"},
+        labels=["factual error", "unsafe", "off-topic"],
+        overlap=2,
+    )
+
+
+@pytest.fixture
+def lead(project, make_user):
+    user = make_user("lead", is_staff=True)
+    Membership.objects.create(project=project, user=user, role=Membership.Role.LEAD)
+    return user
+
+
+@pytest.fixture
+def annotator(project, make_user):
+    user = make_user("annotator")
+    Membership.objects.create(project=project, user=user, role=Membership.Role.ANNOTATOR)
+    return user
+
+
+@pytest.fixture
+def outsider(project, make_user):
+    return make_user("outsider")
+
+
+@pytest.fixture
+def on_postgres():
+    return connection.vendor == "postgresql"
