@@ -1,0 +1,536 @@
+"""Import prompts, responses and existing preference pairs from JSONL or CSV (optionally gzipped).
+
+The one import path: the admin upload, `manage.py import_data` and the API all call `import_file`.
+An import is all or nothing: rows are parsed and written in batches inside one transaction, and the
+first bad row raises ImportFailed (naming the line and field) and rolls everything back.
+
+Formats, detected from the first row's fields unless forced:
+- prompts:     prompt | messages, [id, split, metadata]
+- responses:   the prompt fields + responses (list) | response | response_1…response_N (CSV)
+- preferences: chosen + rejected, [prompt] — TRL standard (strings), TRL conversational (message
+               lists, explicit or implicit prompt) and HH-RLHF transcripts ("\n\nHuman: …").
+
+Rows are keyed by the prompt's external id (its `id`, else a hash of its messages). An existing prompt
+is reused, never changed; a response whose exact text its prompt already has is reused; a task is made
+only when no task of its kind over exactly those responses exists. Re-importing a file is a no-op.
+"""
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import chain, combinations, islice
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+
+from annotate.answers import clean_answer
+from annotate.models import Annotation, Project, Prompt, Response, Task, TaskKind, TaskResponse
+
+FORMATS = ("prompts", "responses", "preferences")
+BATCH_SIZE = 2000
+ROLES = ("system", "user", "assistant")
+
+PROMPT_FIELDS = {"id", "prompt", "messages", "split", "metadata"}
+RESPONSE_FIELDS = PROMPT_FIELDS | {"responses", "response"}
+PREFERENCE_FIELDS = {"id", "prompt", "chosen", "rejected", "split", "metadata"}
+_RESPONSE_COLUMN = re.compile(r"^response_(\d+)$")
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+class ImportFailed(ValueError):
+    """Bad input: says which line and field, and nothing was written."""
+
+    def __init__(self, message: str, *, line: int | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.line, self.field = message, line, field
+
+    def __str__(self) -> str:
+        where = []
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        if self.field is not None:
+            where.append(f"field {self.field!r}")
+        return f"{', '.join(where)}: {self.message}" if where else self.message
+
+
+@dataclass
+class ImportResult:
+    format: str
+    filetype: str
+    rows: int = 0
+    prompts_created: int = 0
+    prompts_existing: int = 0
+    responses_created: int = 0
+    tasks_created: int = 0
+    annotations_created: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.rows} {self.format} rows ({self.filetype}): {self.prompts_created} prompts created, "
+            f"{self.prompts_existing} rows for prompts that already existed, {self.responses_created} responses, "
+            f"{self.tasks_created} tasks, {self.annotations_created} imported annotations"
+        )
+
+
+@dataclass
+class Row:
+    line: int
+    external_id: str
+    messages: list[dict[str, str]]
+    split: str
+    metadata: dict[str, Any]
+    responses: list[str]
+    chosen: str | None = None  # preferences: the text of the preferred response
+    # Filled in while writing:
+    response_ids: list[int] = field(default_factory=list)
+
+
+def import_file(project: Project, source: str | Path | IO[bytes], *, format: str | None = None) -> ImportResult:
+    """Import a JSONL or CSV file (path or binary file object) into `project`; all or nothing."""
+    if format is not None and format not in FORMATS:
+        raise ImportFailed(f"unknown format {format!r} (use one of {', '.join(FORMATS)})")
+    stream = open(source, "rb") if isinstance(source, str | Path) else source  # noqa: SIM115
+    try:
+        _check_size(stream)
+        lines = _decoded_lines(_maybe_gunzip(stream))
+        filetype, records = _records(lines)
+        first = next(records, None)
+        if first is None:
+            raise ImportFailed("the file is empty")
+        format = format or _detect_format(*first)
+        result = ImportResult(format=format, filetype=filetype)
+        last_prompt_before = Prompt.objects.aggregate(last=Max("id"))["last"] or 0
+        with transaction.atomic():
+            for batch in _batched(chain([first], records), BATCH_SIZE):
+                rows = [_parse_row(format, line, record) for line, record in batch]
+                _write_batch(project, rows, result, last_prompt_before)
+        return result
+    finally:
+        if stream is not source:
+            stream.close()
+
+
+# Reading ------------------------------------------------------------------------------------------
+
+
+def _check_size(stream: IO[bytes]) -> None:
+    size = getattr(stream, "size", None)
+    if size is None and stream.seekable():
+        size = stream.seek(0, os.SEEK_END)
+        stream.seek(0)
+    limit = settings.ARBITER_IMPORT_MAX_BYTES
+    if size is not None and size > limit:
+        raise ImportFailed(f"the file is {size:,} bytes, over the limit of {limit:,} (ARBITER_IMPORT_MAX_BYTES)")
+
+
+def _maybe_gunzip(stream: IO[bytes]) -> IO[bytes]:
+    head = stream.read(2)
+    rest = io.BufferedReader(_Prepend(head, stream))
+    return gzip.GzipFile(fileobj=rest) if head == b"\x1f\x8b" else rest
+
+
+class _Prepend(io.RawIOBase):
+    """A stream that gives back bytes already read from it, then the rest (works unseekable too)."""
+
+    def __init__(self, head: bytes, stream: IO[bytes]) -> None:
+        self.head, self.stream = head, stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.head or self.stream.read(len(buffer))
+        self.head = self.head[len(buffer) :] if self.head else b""
+        data = data[: len(buffer)]
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    while batch := list(islice(items, size)):
+        yield batch
+
+
+def _decoded_lines(stream: IO[bytes]) -> Iterator[tuple[int, str]]:
+    # Decoding line by line is exact: a newline byte never occurs inside a UTF-8 sequence.
+    try:
+        for number, raw in enumerate(stream, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ImportFailed(f"not valid UTF-8 (byte {error.object[error.start]:#04x})", line=number) from None
+            if number == 1:
+                text = text.removeprefix("\ufeff")
+            yield number, text
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise ImportFailed(f"could not read the file: {error}") from None
+
+
+def _records(lines: Iterator[tuple[int, str]]) -> tuple[str, Iterator[tuple[int, dict[str, Any]]]]:
+    """Detect JSONL (first non-blank character `{`) or CSV, and iterate (line, record) pairs."""
+    buffered: list[tuple[int, str]] = []
+    for number, text in lines:
+        buffered.append((number, text))
+        if text.strip():
+            break
+    else:
+        raise ImportFailed("the file is empty")
+    lines = chain(buffered, lines)
+    if text.lstrip().startswith("{"):
+        return "jsonl", _jsonl_records(lines)
+    return "csv", _csv_records(lines)
+
+
+def _jsonl_records(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, text in lines:
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ImportFailed(f"malformed JSON: {error.msg} (column {error.colno})", line=number) from None
+        if not isinstance(record, dict):
+            raise ImportFailed("each line must be a JSON object", line=number)
+        yield number, record
+
+
+def _csv_records(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    numbers: list[int] = []
+
+    def texts() -> Iterator[str]:
+        for number, text in lines:
+            numbers.append(number)
+            yield text
+
+    reader = csv.reader(texts(), strict=True)
+    try:
+        header = next(reader)
+        header = [column.strip() for column in header]
+        if duplicates := sorted({c for c in header if header.count(c) > 1}):
+            raise ImportFailed("column appears twice in the header", line=1, field=duplicates[0])
+        for cells in reader:
+            line = numbers[-1]
+            if not any(cell.strip() for cell in cells):
+                continue
+            if len(cells) != len(header):
+                raise ImportFailed(f"{len(cells)} cells, but the header has {len(header)} columns", line=line)
+            yield line, {column: cell for column, cell in zip(header, cells, strict=True) if cell.strip()}
+    except csv.Error as error:
+        raise ImportFailed(f"malformed CSV: {error}", line=numbers[-1] if numbers else None) from None
+
+
+# Parsing ------------------------------------------------------------------------------------------
+
+
+def _detect_format(line: int, record: dict[str, Any]) -> str:
+    keys = set(record)
+    if {"chosen", "rejected"} & keys:
+        return "preferences"
+    if {"responses", "response"} & keys or any(_RESPONSE_COLUMN.match(key) for key in keys):
+        return "responses"
+    if {"prompt", "messages"} & keys:
+        return "prompts"
+    raise ImportFailed(
+        "cannot tell the format: expected prompt or messages (prompts), responses (prompt + responses) "
+        f"or chosen and rejected (preference pairs); found {', '.join(sorted(keys)) or 'no fields'}",
+        line=line,
+    )
+
+
+def _parse_row(format: str, line: int, record: dict[str, Any]) -> Row:
+    allowed = {"prompts": PROMPT_FIELDS, "responses": RESPONSE_FIELDS, "preferences": PREFERENCE_FIELDS}[format]
+    for key in record:
+        if key not in allowed and not (format == "responses" and _RESPONSE_COLUMN.match(key)):
+            raise ImportFailed(
+                f"unknown field for {format} (expected {', '.join(sorted(allowed))})", line=line, field=key
+            )
+    split = record.get("split", Prompt.Split.TRAIN)
+    if split not in Prompt.Split.values:
+        raise ImportFailed(f"must be 'train' or 'eval', not {split!r}", line=line, field="split")
+    metadata = _json_field(record, "metadata", line, default={})
+    if not isinstance(metadata, dict):
+        raise ImportFailed("must be an object", line=line, field="metadata")
+
+    chosen = None
+    if format == "preferences":
+        messages, responses, chosen = _parse_preference(record, line)
+    else:
+        messages = _prompt_messages(record, line)
+        responses = _parse_responses(record, line) if format == "responses" else []
+    return Row(
+        line=line,
+        external_id=_external_id(record, messages, line),
+        messages=messages,
+        split=split,
+        metadata=metadata,
+        responses=responses,
+        chosen=chosen,
+    )
+
+
+def _json_field(record: dict[str, Any], name: str, line: int, default: Any = None) -> Any:
+    """A field that JSONL holds as a value and CSV as JSON text."""
+    value = record.get(name, default)
+    if isinstance(value, str) and name in {"metadata", "messages"}:
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ImportFailed(f"not valid JSON: {error.msg}", line=line, field=name) from None
+    return value
+
+
+def _external_id(record: dict[str, Any], messages: list[dict[str, str]], line: int) -> str:
+    value = record.get("id")
+    if value is None or value == "":
+        canonical = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ImportFailed("must be a string or an integer", line=line, field="id")
+    value = str(value).strip()
+    if len(value) > 255:
+        raise ImportFailed("longer than 255 characters", line=line, field="id")
+    return value
+
+
+def _prompt_messages(record: dict[str, Any], line: int) -> list[dict[str, str]]:
+    if "prompt" in record and "messages" in record:
+        raise ImportFailed("give prompt or messages, not both", line=line, field="messages")
+    if "messages" in record:
+        return _messages(_json_field(record, "messages", line), line, "messages", ends_with="user")
+    prompt = record.get("prompt")
+    if prompt is None:
+        raise ImportFailed("missing", line=line, field="prompt")
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ImportFailed("is empty", line=line, field="prompt")
+        return [{"role": "user", "content": prompt}]
+    return _messages(prompt, line, "prompt", ends_with="user")
+
+
+def _messages(value: Any, line: int, name: str, ends_with: str | None = None) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise ImportFailed('must be a non-empty list of {"role": …, "content": …} messages', line=line, field=name)
+    messages = []
+    for index, message in enumerate(value, start=1):
+        if not isinstance(message, dict) or set(message) - {"role", "content"}:
+            raise ImportFailed(f'message {index} must be {{"role": …, "content": …}}', line=line, field=name)
+        if message.get("role") not in ROLES:
+            raise ImportFailed(
+                f"message {index} has role {message.get('role')!r}, not one of {ROLES}", line=line, field=name
+            )
+        if not isinstance(message.get("content"), str):
+            raise ImportFailed(f"message {index} content must be text", line=line, field=name)
+        messages.append({"role": message["role"], "content": message["content"]})
+    if ends_with and messages[-1]["role"] != ends_with:
+        raise ImportFailed(f"the last message must be from the {ends_with}", line=line, field=name)
+    return messages
+
+
+def _parse_responses(record: dict[str, Any], line: int) -> list[str]:
+    if "responses" in record:
+        name, values = "responses", record["responses"]
+        if not isinstance(values, list):
+            raise ImportFailed("must be a list of strings", line=line, field=name)
+    elif "response" in record:
+        name, values = "response", [record["response"]]
+    else:
+        columns = sorted((int(m[1]), key) for key in record if (m := _RESPONSE_COLUMN.match(key)))
+        if not columns:
+            raise ImportFailed("missing", line=line, field="responses")
+        name, values = columns[0][1], [record[key] for _, key in columns]
+    for index, value in enumerate(values, start=1):
+        if not isinstance(value, str):
+            raise ImportFailed(f"response {index} must be a string", line=line, field=name)
+        if not value.strip():
+            raise ImportFailed(f"response {index} is empty", line=line, field=name)
+    if not values:
+        raise ImportFailed("must hold at least one response", line=line, field=name)
+    return list(dict.fromkeys(values))
+
+
+def _parse_preference(record: dict[str, Any], line: int) -> tuple[list[dict[str, str]], list[str], str]:
+    for name in ("chosen", "rejected"):
+        if name not in record:
+            raise ImportFailed("missing", line=line, field=name)
+    chosen, rejected = record["chosen"], record["rejected"]
+    if record.get("prompt") is None:
+        if isinstance(chosen, str) and isinstance(rejected, str):
+            messages, chosen, rejected = _split_hh(chosen, rejected, line)
+        elif isinstance(chosen, list) and isinstance(rejected, list):
+            messages, chosen, rejected = _split_conversations(chosen, rejected, line)
+        else:
+            raise ImportFailed(
+                "chosen and rejected must both be strings or both message lists", line=line, field="chosen"
+            )
+    else:
+        messages = _prompt_messages(record, line)
+        chosen, rejected = _completion(chosen, line, "chosen"), _completion(rejected, line, "rejected")
+    if chosen == rejected:
+        raise ImportFailed("chosen and rejected are the same text", line=line, field="rejected")
+    # Empty sides are kept: "say nothing" can be the preferred answer (HH-RLHF has such pairs).
+    return messages, [chosen, rejected], chosen
+
+
+def _completion(value: Any, line: int, name: str) -> str:
+    """A preference side: a string, or a conversational list holding one assistant message."""
+    if isinstance(value, str):
+        return value
+    messages = _messages(value, line, name)
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        raise ImportFailed("must hold exactly one assistant message", line=line, field=name)
+    return messages[0]["content"]
+
+
+def _split_conversations(chosen: list, rejected: list, line: int) -> tuple[list[dict[str, str]], str, str]:
+    """Implicit-prompt conversations: the shared messages are the prompt, the last message each answer."""
+    chosen = _messages(chosen, line, "chosen", ends_with="assistant")
+    rejected = _messages(rejected, line, "rejected", ends_with="assistant")
+    if chosen[:-1] != rejected[:-1]:
+        raise ImportFailed("chosen and rejected must share every message but the last", line=line, field="rejected")
+    prompt = chosen[:-1]
+    if not prompt or prompt[-1]["role"] != "user":
+        raise ImportFailed("the shared messages must end with a user message", line=line, field="chosen")
+    return prompt, chosen[-1]["content"], rejected[-1]["content"]
+
+
+def _split_hh(chosen: str, rejected: str, line: int) -> tuple[list[dict[str, str]], str, str]:
+    """HH-RLHF transcripts: cut at the last "\\n\\nAssistant:" both sides share (a reply may contain one)."""
+    if not chosen.startswith("\n\nHuman:"):
+        raise ImportFailed(
+            'without a prompt, chosen must be an HH-RLHF transcript ("\\n\\nHuman: …\\n\\nAssistant: …")',
+            line=line,
+            field="chosen",
+        )
+    cut = os.path.commonprefix([chosen, rejected]).rfind("\n\nAssistant:")
+    if cut < 0:
+        raise ImportFailed('the two transcripts share no "\\n\\nAssistant:" turn', line=line, field="rejected")
+    parts = _HH_TURN.split(chosen[:cut])  # ['', 'Human', ' text', 'Assistant', ' text', …]
+    messages = [
+        {"role": _HH_ROLES[role], "content": text.strip()} for role, text in zip(parts[1::2], parts[2::2], strict=True)
+    ]
+    if not messages or messages[-1]["role"] != "user":
+        raise ImportFailed("the shared transcript must end with a Human turn", line=line, field="chosen")
+    start = cut + len("\n\nAssistant:")
+    return messages, chosen[start:].strip(), rejected[start:].strip()
+
+
+# Writing ------------------------------------------------------------------------------------------
+
+
+def _write_batch(project: Project, rows: list[Row], result: ImportResult, last_prompt_before: int) -> None:
+    result.rows += len(rows)
+    prompt_ids = dict(
+        Prompt.objects.filter(project=project, external_id__in={row.external_id for row in rows}).values_list(
+            "external_id", "id"
+        )
+    )
+    known = list(prompt_ids.values())
+    result.prompts_existing += sum(0 < prompt_ids.get(row.external_id, 0) <= last_prompt_before for row in rows)
+
+    new_prompts: dict[str, Prompt] = {}
+    for row in rows:
+        if row.external_id not in prompt_ids and row.external_id not in new_prompts:
+            new_prompts[row.external_id] = Prompt(
+                project=project,
+                external_id=row.external_id,
+                messages=row.messages,
+                split=row.split,
+                metadata=row.metadata,
+            )
+    Prompt.objects.bulk_create(new_prompts.values())
+    prompt_ids.update((external_id, prompt.id) for external_id, prompt in new_prompts.items())
+    result.prompts_created += len(new_prompts)
+
+    response_ids = {
+        (prompt_id, content): response_id
+        for prompt_id, content, response_id in Response.objects.filter(prompt_id__in=known).values_list(
+            "prompt_id", "content", "id"
+        )
+    }
+    new_responses: dict[tuple[int, str], Response] = {}
+    for row in rows:
+        prompt_id = prompt_ids[row.external_id]
+        for content in row.responses:
+            key = (prompt_id, content)
+            if key not in response_ids and key not in new_responses:
+                new_responses[key] = Response(prompt_id=prompt_id, content=content, source=Response.Source.IMPORTED)
+    Response.objects.bulk_create(new_responses.values())
+    response_ids.update((key, response.id) for key, response in new_responses.items())
+    result.responses_created += len(new_responses)
+    for row in rows:
+        row.response_ids = [response_ids[(prompt_ids[row.external_id], content)] for content in row.responses]
+
+    existing_tasks: set[tuple[str, tuple[int, ...]]] = set()
+    by_task: dict[int, tuple[str, list[int]]] = {}
+    for task_id, kind, response_id in TaskResponse.objects.filter(task__prompt_id__in=known).values_list(
+        "task_id", "task__kind", "response_id"
+    ):
+        by_task.setdefault(task_id, (kind, []))[1].append(response_id)
+    existing_tasks.update((kind, tuple(sorted(ids))) for kind, ids in by_task.values())
+
+    tasks: list[Task] = []
+    task_response_ids: list[list[int]] = []
+    answers: list[tuple[int, dict[str, Any]]] = []  # (index into tasks, cleaned answer)
+    for row in rows:
+        for kind, ids in _task_specs(project, row):
+            key = (kind, tuple(sorted(ids)))
+            if key in existing_tasks:
+                continue
+            existing_tasks.add(key)
+            imported = row.chosen is not None
+            tasks.append(
+                Task(
+                    project=project,
+                    prompt_id=prompt_ids[row.external_id],
+                    kind=kind,
+                    required_annotations=1 if imported else project.overlap,
+                    annotation_count=1 if imported else 0,
+                    status=Task.Status.COMPLETE if imported else Task.Status.OPEN,
+                )
+            )
+            task_response_ids.append(ids)
+            if imported:
+                chosen_id = row.response_ids[row.responses.index(row.chosen)]
+                choice = "a" if ids[0] == chosen_id else "b"
+                answers.append((len(tasks) - 1, clean_answer(project, TaskKind.PAIRWISE, ids, {"choice": choice})))
+    Task.objects.bulk_create(tasks)
+    TaskResponse.objects.bulk_create(
+        TaskResponse(task=task, response_id=response_id, position=position)
+        for task, ids in zip(tasks, task_response_ids, strict=True)
+        for position, response_id in enumerate(ids)
+    )
+    Annotation.objects.bulk_create(
+        Annotation(task=tasks[index], source=Annotation.Source.IMPORTED, **answer) for index, answer in answers
+    )
+    result.tasks_created += len(tasks)
+    result.annotations_created += len(answers)
+
+
+def _task_specs(project: Project, row: Row) -> list[tuple[str, list[int]]]:
+    """The tasks a row asks for: (kind, response ids in position order)."""
+    ids = row.response_ids
+    if row.chosen is not None:
+        # Position by content hash, so the chosen response is not always A.
+        by_hash = sorted(
+            zip(row.responses, ids, strict=True), key=lambda pair: hashlib.sha256(pair[0].encode()).digest()
+        )
+        return [(TaskKind.PAIRWISE, [response_id for _, response_id in by_hash])]
+    kinds = set(project.task_kinds)
+    specs = [(TaskKind.RATING, [response_id]) for response_id in ids] if TaskKind.RATING in kinds else []
+    if len(ids) == 2 and TaskKind.PAIRWISE in kinds:
+        specs.append((TaskKind.PAIRWISE, ids))
+    elif len(ids) >= 3 and TaskKind.RANKING in kinds:
+        specs.append((TaskKind.RANKING, ids))
+    elif len(ids) >= 3 and TaskKind.PAIRWISE in kinds:
+        specs.extend((TaskKind.PAIRWISE, list(pair)) for pair in combinations(ids, 2))
+    return specs
