@@ -29,14 +29,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from annotate.answers import clean_answer
 from annotate.models import Annotation, Project, Prompt, Response, Task, TaskKind, TaskResponse
 
 FORMATS = ("prompts", "responses", "preferences")
 BATCH_SIZE = 2000
+_INSERT_CHUNK = 500  # rows per INSERT: 500 × 9 columns stays under SQLite's and PostgreSQL's parameter limits
 ROLES = ("system", "user", "assistant")
 
 PROMPT_FIELDS = {"id", "prompt", "messages", "split", "metadata"}
@@ -429,6 +431,7 @@ def _split_hh(chosen: str, rejected: str, line: int) -> tuple[list[dict[str, str
 
 def _write_batch(project: Project, rows: list[Row], result: ImportResult, last_prompt_before: int) -> None:
     result.rows += len(rows)
+    now = timezone.now()
     prompt_ids = dict(
         Prompt.objects.filter(project=project, external_id__in={row.external_id for row in rows}).values_list(
             "external_id", "id"
@@ -437,18 +440,12 @@ def _write_batch(project: Project, rows: list[Row], result: ImportResult, last_p
     known = list(prompt_ids.values())
     result.prompts_existing += sum(0 < prompt_ids.get(row.external_id, 0) <= last_prompt_before for row in rows)
 
-    new_prompts: dict[str, Prompt] = {}
+    new_prompts = {}
     for row in rows:
         if row.external_id not in prompt_ids and row.external_id not in new_prompts:
-            new_prompts[row.external_id] = Prompt(
-                project=project,
-                external_id=row.external_id,
-                messages=row.messages,
-                split=row.split,
-                metadata=row.metadata,
-            )
-    Prompt.objects.bulk_create(new_prompts.values())
-    prompt_ids.update((external_id, prompt.id) for external_id, prompt in new_prompts.items())
+            new_prompts[row.external_id] = (project.id, row.external_id, row.messages, row.metadata, row.split, now)
+    fields = ["project", "external_id", "messages", "metadata", "split", "created_at"]
+    prompt_ids.update(zip(new_prompts, _insert(Prompt, fields, list(new_prompts.values())), strict=True))
     result.prompts_created += len(new_prompts)
 
     response_ids = {
@@ -457,63 +454,113 @@ def _write_batch(project: Project, rows: list[Row], result: ImportResult, last_p
             "prompt_id", "content", "id"
         )
     }
-    new_responses: dict[tuple[int, str], Response] = {}
+    new_responses = {}
     for row in rows:
         prompt_id = prompt_ids[row.external_id]
         for content in row.responses:
             key = (prompt_id, content)
             if key not in response_ids and key not in new_responses:
-                new_responses[key] = Response(prompt_id=prompt_id, content=content, source=Response.Source.IMPORTED)
-    Response.objects.bulk_create(new_responses.values())
-    response_ids.update((key, response.id) for key, response in new_responses.items())
+                new_responses[key] = (prompt_id, content, Response.Source.IMPORTED, {}, now)
+    fields = ["prompt", "content", "source", "generation_params", "created_at"]
+    response_ids.update(zip(new_responses, _insert(Response, fields, list(new_responses.values())), strict=True))
     result.responses_created += len(new_responses)
     for row in rows:
         row.response_ids = [response_ids[(prompt_ids[row.external_id], content)] for content in row.responses]
 
-    existing_tasks: set[tuple[str, tuple[int, ...]]] = set()
     by_task: dict[int, tuple[str, list[int]]] = {}
     for task_id, kind, response_id in TaskResponse.objects.filter(task__prompt_id__in=known).values_list(
         "task_id", "task__kind", "response_id"
     ):
         by_task.setdefault(task_id, (kind, []))[1].append(response_id)
-    existing_tasks.update((kind, tuple(sorted(ids))) for kind, ids in by_task.values())
+    existing_tasks = {(kind, tuple(sorted(ids))) for kind, ids in by_task.values()}
 
-    tasks: list[Task] = []
-    task_response_ids: list[list[int]] = []
-    answers: list[tuple[int, dict[str, Any]]] = []  # (index into tasks, cleaned answer)
+    tasks, task_response_ids, answers = [], [], []
     for row in rows:
+        imported = row.chosen is not None
         for kind, ids in _task_specs(project, row):
             key = (kind, tuple(sorted(ids)))
             if key in existing_tasks:
                 continue
             existing_tasks.add(key)
-            imported = row.chosen is not None
+            # (project, prompt, kind, required_annotations, annotation_count, status, priority, round, created_at)
             tasks.append(
-                Task(
-                    project=project,
-                    prompt_id=prompt_ids[row.external_id],
-                    kind=kind,
-                    required_annotations=1 if imported else project.overlap,
-                    annotation_count=1 if imported else 0,
-                    status=Task.Status.COMPLETE if imported else Task.Status.OPEN,
-                )
+                (project.id, prompt_ids[row.external_id], kind, project.overlap, 0, Task.Status.OPEN, 0, 0, now)
+                if not imported
+                else (project.id, prompt_ids[row.external_id], kind, 1, 1, Task.Status.COMPLETE, 0, 0, now)
             )
             task_response_ids.append(ids)
             if imported:
-                chosen_id = row.response_ids[row.responses.index(row.chosen)]
-                choice = "a" if ids[0] == chosen_id else "b"
+                choice = "a" if ids[0] == row.response_ids[row.responses.index(row.chosen)] else "b"
                 answers.append((len(tasks) - 1, clean_answer(project, TaskKind.PAIRWISE, ids, {"choice": choice})))
-    Task.objects.bulk_create(tasks)
-    TaskResponse.objects.bulk_create(
-        TaskResponse(task=task, response_id=response_id, position=position)
-        for task, ids in zip(tasks, task_response_ids, strict=True)
-        for position, response_id in enumerate(ids)
+    fields = [
+        "project", "prompt", "kind", "required_annotations", "annotation_count", "status", "priority",
+        "round_number", "created_at",
+    ]  # fmt: skip
+    task_ids = _insert(Task, fields, tasks)
+    _insert(
+        TaskResponse,
+        ["task", "response", "position"],
+        [
+            (task_id, response_id, position)
+            for task_id, ids in zip(task_ids, task_response_ids, strict=True)
+            for position, response_id in enumerate(ids)
+        ],
+        returning=False,
     )
-    Annotation.objects.bulk_create(
-        Annotation(task=tasks[index], source=Annotation.Source.IMPORTED, **answer) for index, answer in answers
+    fields = ["task", "source", "choice", "strength", "both_bad", "comment", "labels", "created_at"]
+    _insert(
+        Annotation,
+        fields,
+        [
+            (
+                task_ids[index],
+                Annotation.Source.IMPORTED,
+                a["choice"],
+                a["strength"],
+                a["both_bad"],
+                a["comment"],
+                [],
+                now,
+            )
+            for index, a in answers
+        ],
+        returning=False,
     )
     result.tasks_created += len(tasks)
     result.annotations_created += len(answers)
+
+
+def _insert(model: type[models.Model], fields: list[str], rows: list[tuple], returning: bool = True) -> list[int]:
+    """Multi-row INSERT of plain tuples, returning the new ids in row order.
+
+    bulk_create spends ~90 % of an import compiling SQL value by value; this converts each value
+    with its field's own get_db_prep_save (so stored values are the same) and sends one statement
+    per chunk. Ids come back in VALUES order on SQLite and PostgreSQL, as bulk_create relies on too.
+    """
+    if not rows:
+        return []
+    db = connections[DEFAULT_DB_ALIAS]  # the wrapper itself: the `connection` proxy costs a lookup per value
+    meta = model._meta
+    model_fields = [meta.get_field(name) for name in fields]
+    table = db.ops.quote_name(meta.db_table)
+    columns = ", ".join(db.ops.quote_name(field.column) for field in model_fields)
+    placeholder = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    ids: list[int] = []
+    with db.cursor() as cursor:
+        for start in range(0, len(rows), _INSERT_CHUNK):
+            chunk = rows[start : start + _INSERT_CHUNK]
+            params = [
+                field.get_db_prep_save(value, db)
+                for row in chunk
+                for field, value in zip(model_fields, row, strict=True)
+            ]
+            sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholder] * len(chunk))}"
+            if returning:
+                cursor.execute(sql + f" RETURNING {db.ops.quote_name(meta.pk.column)}", params)
+                ids.extend(row[0] for row in cursor.fetchall())
+            else:
+                cursor.execute(sql, params)
+    return ids
 
 
 def _task_specs(project: Project, row: Row) -> list[tuple[str, list[int]]]:
