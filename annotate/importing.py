@@ -105,10 +105,13 @@ def import_file(project: Project, source: str | Path | IO[bytes], *, format: str
     try:
         _check_size(stream)
         lines = _decoded_lines(_maybe_gunzip(stream))
-        filetype, records = _records(lines)
+        filetype, header, records = _records(lines)
+        if header is not None:
+            format = format or _detect_format(1, dict.fromkeys(header))
+            _check_fields(format, 1, header)
         first = next(records, None)
         if first is None:
-            raise ImportFailed("the file is empty")
+            raise ImportFailed("the file has no rows")
         format = format or _detect_format(*first)
         result = ImportResult(format=format, filetype=filetype)
         last_prompt_before = Prompt.objects.aggregate(last=Max("id"))["last"] or 0
@@ -178,8 +181,8 @@ def _decoded_lines(stream: IO[bytes]) -> Iterator[tuple[int, str]]:
         raise ImportFailed(f"could not read the file: {error}") from None
 
 
-def _records(lines: Iterator[tuple[int, str]]) -> tuple[str, Iterator[tuple[int, dict[str, Any]]]]:
-    """Detect JSONL (first non-blank character `{`) or CSV, and iterate (line, record) pairs."""
+def _records(lines: Iterator[tuple[int, str]]) -> tuple[str, list[str] | None, Iterator[tuple[int, dict[str, Any]]]]:
+    """Detect JSONL (first non-blank character `{`) or CSV; give the CSV header and the (line, record) pairs."""
     buffered: list[tuple[int, str]] = []
     for number, text in lines:
         buffered.append((number, text))
@@ -189,8 +192,15 @@ def _records(lines: Iterator[tuple[int, str]]) -> tuple[str, Iterator[tuple[int,
         raise ImportFailed("the file is empty")
     lines = chain(buffered, lines)
     if text.lstrip().startswith("{"):
-        return "jsonl", _jsonl_records(lines)
-    return "csv", _csv_records(lines)
+        return "jsonl", None, _jsonl_records(lines)
+    numbers: list[int] = []
+    # The csv module refuses cells over 128 KiB by default; a long response is legitimate.
+    csv.field_size_limit(max(csv.field_size_limit(), settings.ARBITER_IMPORT_MAX_BYTES))
+    reader = csv.reader(_numbered(lines, numbers), strict=True)
+    header = [column.strip() for column in _csv_row(reader, numbers)]
+    if duplicates := sorted({c for c in header if header.count(c) > 1}):
+        raise ImportFailed("column appears twice in the header", line=1, field=duplicates[0])
+    return "csv", header, _csv_records(reader, numbers, header)
 
 
 def _jsonl_records(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -206,29 +216,29 @@ def _jsonl_records(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, dict
         yield number, record
 
 
-def _csv_records(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, dict[str, Any]]]:
-    numbers: list[int] = []
+def _numbered(lines: Iterable[tuple[int, str]], numbers: list[int]) -> Iterator[str]:
+    for number, text in lines:
+        numbers.append(number)
+        yield text
 
-    def texts() -> Iterator[str]:
-        for number, text in lines:
-            numbers.append(number)
-            yield text
 
-    reader = csv.reader(texts(), strict=True)
+def _csv_row(reader: Iterator[list[str]], numbers: list[int]) -> list[str] | None:
     try:
-        header = next(reader)
-        header = [column.strip() for column in header]
-        if duplicates := sorted({c for c in header if header.count(c) > 1}):
-            raise ImportFailed("column appears twice in the header", line=1, field=duplicates[0])
-        for cells in reader:
-            line = numbers[-1]
-            if not any(cell.strip() for cell in cells):
-                continue
-            if len(cells) != len(header):
-                raise ImportFailed(f"{len(cells)} cells, but the header has {len(header)} columns", line=line)
-            yield line, {column: cell for column, cell in zip(header, cells, strict=True) if cell.strip()}
+        return next(reader, None)
     except csv.Error as error:
         raise ImportFailed(f"malformed CSV: {error}", line=numbers[-1] if numbers else None) from None
+
+
+def _csv_records(
+    reader: Iterator[list[str]], numbers: list[int], header: list[str]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    while (cells := _csv_row(reader, numbers)) is not None:
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) != len(header):
+            raise ImportFailed(f"{len(cells)} cells, but the header has {len(header)} columns", line=numbers[-1])
+        # A blank cell is an absent value, so optional columns may be left empty.
+        yield numbers[-1], {column: cell for column, cell in zip(header, cells, strict=True) if cell.strip()}
 
 
 # Parsing ------------------------------------------------------------------------------------------
@@ -247,6 +257,15 @@ def _detect_format(line: int, record: dict[str, Any]) -> str:
         f"or chosen and rejected (preference pairs); found {', '.join(sorted(keys)) or 'no fields'}",
         line=line,
     )
+
+
+def _check_fields(format: str, line: int, fields: Iterable[str]) -> None:
+    allowed = {"prompts": PROMPT_FIELDS, "responses": RESPONSE_FIELDS, "preferences": PREFERENCE_FIELDS}[format]
+    for key in fields:
+        if key not in allowed and not (format == "responses" and _RESPONSE_COLUMN.match(key)):
+            raise ImportFailed(
+                f"unknown field for {format} (expected {', '.join(sorted(allowed))})", line=line, field=key
+            )
 
 
 def _parse_row(format: str, line: int, record: dict[str, Any]) -> Row:
@@ -316,6 +335,8 @@ def _prompt_messages(record: dict[str, Any], line: int) -> list[dict[str, str]]:
         if not prompt.strip():
             raise ImportFailed("is empty", line=line, field="prompt")
         return [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, list):
+        raise ImportFailed("must be text or a list of messages", line=line, field="prompt")
     return _messages(prompt, line, "prompt", ends_with="user")
 
 
