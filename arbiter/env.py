@@ -38,6 +38,11 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
 
 
+def _option(value: str) -> str | bool:
+    # Django's PostgreSQL backend wants real booleans (server_side_binding is compared with `is True`).
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
 def database_from_url(url: str, base_dir: Path) -> dict:
     """Turn `sqlite:///path` or `postgres://user:pass@host:port/name?opt=v` into a DATABASES entry."""
     parts = urlsplit(url)
@@ -68,7 +73,7 @@ def database_from_url(url: str, base_dir: Path) -> dict:
             # A socket directory may be given as ?host=/path, as libpq allows.
             "HOST": unquote(parts.hostname or ""),
             "PORT": str(port or ""),
-            "OPTIONS": dict(parse_qsl(parts.query)),
+            "OPTIONS": {key: _option(value) for key, value in parse_qsl(parts.query)},
             "CONN_MAX_AGE": 60,
             "CONN_HEALTH_CHECKS": True,
         }
