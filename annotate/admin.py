@@ -1,0 +1,373 @@
+"""The Django admin for the annotation domain, scoped so that a lead sees and edits only the projects they lead.
+
+Leads are staff without superuser: every ModelAdmin here filters its rows, and the choices of its foreign keys,
+through the row's path to its project. Superusers see everything.
+"""
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, ForeignKey, Model, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.text import Truncator
+
+from annotate.importing import ImportFailed, import_file
+from annotate.models import (
+    Annotation,
+    Assignment,
+    Membership,
+    Project,
+    Prompt,
+    Response,
+    Task,
+    TaskKind,
+    TaskResponse,
+)
+
+admin.site.site_header = "Arbiter administration"
+admin.site.site_title = "Arbiter admin"
+
+LEADS_GROUP = "Project leads"
+# What a lead may do in the admin; the scoping below decides on which rows.
+LEAD_PERMISSIONS = {
+    "prompt": ("view", "add", "change", "delete"),
+    "response": ("view", "add", "change", "delete"),
+    "task": ("view", "add", "change", "delete"),
+    "taskresponse": ("view", "add", "change", "delete"),
+    "assignment": ("view", "add", "change", "delete"),
+    "annotation": ("view", "add", "change", "delete"),
+    "membership": ("view", "add", "change", "delete"),
+    "project": ("view", "change"),
+}
+
+
+def project_leads_group() -> Group:
+    """The "Project leads" group, created if need be, holding exactly the admin permissions a lead needs."""
+    codenames = [f"{action}_{model}" for model, actions in LEAD_PERMISSIONS.items() for action in actions]
+    group, _ = Group.objects.get_or_create(name=LEADS_GROUP)
+    group.permissions.set(Permission.objects.filter(content_type__app_label="annotate", codename__in=codenames))
+    return group
+
+
+def scope_to_led_projects(queryset: QuerySet, user: Any, project_path: str) -> QuerySet:
+    """The rows of `queryset` whose project (reached through `project_path`) the user leads."""
+    if user.is_superuser:
+        return queryset
+    return queryset.filter(**{f"{project_path}__in": Project.objects.led_by(user)})
+
+
+class ScopedChoicesMixin:
+    """Limit foreign-key choices to rows of the user's led projects, so a lead cannot point a row elsewhere."""
+
+    # Users have no project path. A lead picks an annotator of a row among their projects' members, but adds
+    # people to a project from all active users (the admins that do so turn this off).
+    user_field_members_only = True
+
+    def formfield_for_foreignkey(
+        self, db_field: ForeignKey, request: HttpRequest, **kwargs: Any
+    ) -> forms.ModelChoiceField | None:
+        if "queryset" not in kwargs and not request.user.is_superuser:
+            queryset = self._scoped_choices(db_field.related_model, request)
+            if queryset is not None:
+                kwargs["queryset"] = queryset
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def _scoped_choices(self, model: type[Model], request: HttpRequest) -> QuerySet | None:
+        if model is get_user_model():
+            users = model._default_manager.filter(is_active=True).order_by("username")
+            if self.user_field_members_only:
+                users = users.filter(memberships__project__in=Project.objects.led_by(request.user)).distinct()
+            return users
+        if not self.admin_site.is_registered(model):
+            return None
+        related_admin = self.admin_site.get_model_admin(model)
+        if isinstance(related_admin, ProjectScopedAdmin):
+            return scope_to_led_projects(model._default_manager.all(), request.user, related_admin.project_path)
+        return None
+
+
+class ProjectScopedAdmin(ScopedChoicesMixin, admin.ModelAdmin):
+    """A ModelAdmin whose rows a lead sees only for the projects they lead."""
+
+    project_path: str  # the lookup from this model to its Project, e.g. "prompt__project"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return scope_to_led_projects(super().get_queryset(request), request.user, self.project_path)
+
+
+def _related_only(field_path: str) -> tuple[str, type[admin.RelatedOnlyFieldListFilter]]:
+    # The default related filter lists every row of the related table: projects a lead does not lead, by name.
+    return (field_path, admin.RelatedOnlyFieldListFilter)
+
+
+def _count_of(model: type[Model], parent: str, **filters: Any) -> Coalesce:
+    """How many `model` rows point at the outer row through their `parent` foreign key."""
+    # One correlated subquery per count: joining prompts and tasks in one query would multiply their rows.
+    rows = (
+        model._default_manager.filter(**{parent: OuterRef("pk")}, **filters)
+        .order_by()
+        .values(parent)
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(rows), 0)
+
+
+class MembershipInline(ScopedChoicesMixin, admin.TabularInline):
+    model = Membership
+    extra = 1
+    fields = ["user", "role", "created_at"]
+    readonly_fields = ["created_at"]
+    user_field_members_only = False
+
+
+class ImportForm(forms.Form):
+    file = forms.FileField(help_text="JSONL, one row per line.")
+    format = forms.ChoiceField(
+        required=False,
+        choices=[
+            ("", "Detect from the file"),
+            ("prompts", "Prompts"),
+            ("responses", "Prompts with responses"),
+            ("preferences", "Preference pairs (chosen/rejected)"),
+        ],
+    )
+
+
+@admin.register(Project)
+class ProjectAdmin(ProjectScopedAdmin):
+    project_path = "pk"
+    list_display = ["name", "slug", "prompt_count", "open_tasks", "complete_tasks", "overlap", "created_at"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+    readonly_fields = ["created_at"]
+    inlines = [MembershipInline]
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "guidelines", "created_at"]}),
+        ("Tasks", {"fields": ["task_kinds", "overlap", "lease_length", "max_open_leases"]}),
+        ("Rating scale", {"fields": ["rating_min", "rating_max", "rating_descriptions", "labels"]}),
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                prompt_count=_count_of(Prompt, "project"),
+                open_tasks=_count_of(Task, "project", status=Task.Status.OPEN),
+                complete_tasks=_count_of(Task, "project", status=Task.Status.COMPLETE),
+            )
+        )
+
+    @admin.display(description="Prompts", ordering="prompt_count")
+    def prompt_count(self, project: Project) -> int:
+        return project.prompt_count
+
+    @admin.display(description="Open tasks", ordering="open_tasks")
+    def open_tasks(self, project: Project) -> int:
+        return project.open_tasks
+
+    @admin.display(description="Complete tasks", ordering="complete_tasks")
+    def complete_tasks(self, project: Project) -> int:
+        return project.complete_tasks
+
+    def view_on_site(self, project: Project) -> str:
+        return reverse("project_detail", args=[project.slug])
+
+    def get_urls(self) -> list[URLPattern]:
+        # Ahead of the defaults: their catch-all "<path:object_id>/" would swallow "<id>/import/".
+        return [
+            path(
+                "<int:object_id>/import/",
+                self.admin_site.admin_view(self.import_view),
+                name="annotate_project_import",
+            ),
+            *super().get_urls(),
+        ]
+
+    def import_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """Upload a JSONL file into the project: all of it is imported, or nothing and the offending line is named."""
+        project = get_object_or_404(Project.objects.led_by(request.user), pk=object_id)
+        if not self.has_change_permission(request, project):
+            raise PermissionDenied
+        form = ImportForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                result = import_file(project, form.cleaned_data["file"], format=form.cleaned_data["format"] or None)
+            except ImportFailed as error:
+                messages.error(request, f"Nothing was imported: {error}")
+            else:
+                messages.success(request, f"Imported into {project}: {result}")
+                return HttpResponseRedirect(reverse("admin:annotate_project_change", args=[project.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Import data into {project}",
+            "opts": self.opts,
+            "original": project,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/annotate/project/import.html", context)
+
+
+@admin.register(Membership)
+class MembershipAdmin(ProjectScopedAdmin):
+    project_path = "project"
+    list_display = ["user", "project", "role", "created_at"]
+    list_filter = ["role", _related_only("project")]
+    search_fields = ["user__username", "user__email", "project__name", "project__slug"]
+    list_select_related = ["user", "project"]
+    readonly_fields = ["created_at"]
+    user_field_members_only = False
+
+
+class ResponseInline(ScopedChoicesMixin, admin.StackedInline):
+    model = Response
+    extra = 0
+    fields = ["content", "source", "model_version", "generation_params", "created_at"]
+    readonly_fields = ["created_at"]
+    show_change_link = True
+
+
+@admin.register(Prompt)
+class PromptAdmin(ProjectScopedAdmin):
+    project_path = "project"
+    list_display = ["external_id", "project", "text", "split", "response_count", "created_at"]
+    list_filter = ["split", _related_only("project")]
+    search_fields = ["external_id", "messages"]
+    list_select_related = ["project"]
+    readonly_fields = ["created_at"]
+    inlines = [ResponseInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).annotate(response_count=_count_of(Response, "prompt"))
+
+    @admin.display(description="Last user message")
+    def text(self, prompt: Prompt) -> str:
+        return Truncator(prompt.last_user_message).chars(80)
+
+    @admin.display(description="Responses", ordering="response_count")
+    def response_count(self, prompt: Prompt) -> int:
+        return prompt.response_count
+
+
+@admin.register(Response)
+class ResponseAdmin(ProjectScopedAdmin):
+    project_path = "prompt__project"
+    list_display = ["__str__", "prompt", "project", "source", "model_version", "text", "created_at"]
+    list_filter = ["source", _related_only("prompt__project")]
+    search_fields = ["content", "prompt__external_id"]
+    list_select_related = ["prompt__project", "model_version__project"]
+    autocomplete_fields = ["prompt"]
+    readonly_fields = ["created_at"]
+
+    @admin.display(description="Project", ordering="prompt__project__name")
+    def project(self, response: Response) -> Project:
+        return response.prompt.project
+
+    @admin.display(description="Content")
+    def text(self, response: Response) -> str:
+        return Truncator(response.content).chars(80)
+
+
+class TaskResponseInline(ScopedChoicesMixin, admin.TabularInline):
+    model = TaskResponse
+    extra = 0
+    fields = ["position", "response"]
+    autocomplete_fields = ["response"]
+
+
+class AnnotationInline(admin.TabularInline):
+    """Read-only: answers are given on the task page or imported, and checked there."""
+
+    model = Annotation
+    extra = 0
+    fields = ["annotator", "source", "answer", "created_at"]
+    readonly_fields = fields
+    show_change_link = True
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
+        return False
+
+    @admin.display(description="Answer")
+    def answer(self, annotation: Annotation) -> str:
+        return answer_summary(annotation)
+
+
+@admin.register(Task)
+class TaskAdmin(ProjectScopedAdmin):
+    project_path = "project"
+    list_display = ["__str__", "kind", "project", "prompt", "status", "annotations", "priority", "round_number"]
+    list_filter = ["status", "kind", "round_number", _related_only("project")]
+    search_fields = ["=id", "prompt__external_id", "project__name"]
+    list_select_related = ["project", "prompt"]
+    autocomplete_fields = ["prompt"]
+    readonly_fields = ["annotation_count", "created_at"]
+    inlines = [TaskResponseInline, AnnotationInline]
+
+    @admin.display(description="Annotations", ordering="annotation_count")
+    def annotations(self, task: Task) -> str:
+        return f"{task.annotation_count}/{task.required_annotations}"
+
+
+@admin.register(TaskResponse)
+class TaskResponseAdmin(ProjectScopedAdmin):
+    project_path = "task__project"
+    list_display = ["__str__", "task", "position", "response"]
+    list_filter = [_related_only("task__project")]
+    search_fields = ["=task__id", "=response__id"]
+    list_select_related = ["task", "response"]
+    autocomplete_fields = ["task", "response"]
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(ProjectScopedAdmin):
+    project_path = "task__project"
+    list_display = ["__str__", "task", "annotator", "leased_at", "expires_at", "submitted_at"]
+    list_filter = [_related_only("task__project"), _related_only("annotator")]
+    search_fields = ["=task__id", "annotator__username"]
+    list_select_related = ["task", "annotator"]
+    autocomplete_fields = ["task"]
+    date_hierarchy = "leased_at"
+
+
+@admin.register(Annotation)
+class AnnotationAdmin(ProjectScopedAdmin):
+    project_path = "task__project"
+    list_display = ["__str__", "task", "annotator", "source", "answer", "created_at"]
+    list_filter = ["source", "task__kind", _related_only("task__project"), _related_only("annotator")]
+    search_fields = ["=task__id", "task__prompt__external_id", "annotator__username", "comment"]
+    list_select_related = ["task", "annotator"]
+    autocomplete_fields = ["task"]
+    raw_id_fields = ["assignment"]
+    readonly_fields = ["created_at"]
+
+    @admin.display(description="Answer")
+    def answer(self, annotation: Annotation) -> str:
+        return answer_summary(annotation)
+
+
+def answer_summary(annotation: Annotation) -> str:
+    """A short reading of the answer: "4 (unsafe)", "A much better", "3 > 1 = 2"."""
+    kind = annotation.task.kind
+    if kind == TaskKind.RATING:
+        labels = f" ({', '.join(annotation.labels)})" if annotation.labels else ""
+        return f"{annotation.score}{labels}"
+    if kind == TaskKind.PAIRWISE:
+        if annotation.choice == Annotation.Choice.TIE:
+            text = "Tie"
+        else:
+            text = f"{annotation.choice.upper()} {'much ' if annotation.strength == 2 else ''}better"
+        return f"{text}, both bad" if annotation.both_bad else text
+    return " > ".join(" = ".join(map(str, group)) for group in annotation.ranking or [])

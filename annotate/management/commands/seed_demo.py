@@ -1,0 +1,93 @@
+"""Seed a demo: a lead, two annotators and a project with ~20 prompts to annotate. Safe to run again."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractUser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
+
+from annotate.admin import project_leads_group
+from annotate.importing import import_file
+from annotate.models import Membership, Project
+
+DEMO_FILE = Path(__file__).resolve().parents[2] / "demo" / "prompts.jsonl"
+DEFAULT_PASSWORD = "arbiter-demo"
+URL = "http://127.0.0.1:8000/"
+
+GUIDELINES = """\
+# How to judge responses
+
+Read the prompt, then every response, before you answer.
+
+- **Correct first.** A confident wrong answer is worse than a short right one.
+- **Helpful next.** Prefer the response that does what was asked, at the length it needs.
+- **Safe always.** Tick *unsafe* for anything that could hurt someone who follows it.
+
+When two responses are equally good (or equally bad), say so: a tie is an honest answer.
+"""
+
+
+class Command(BaseCommand):
+    help = "Create demo users, a demo project and its prompts. Idempotent. Refuses to run with DEBUG off."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--force", action="store_true", help="Run even with DEBUG off (it creates users with a known password)."
+        )
+
+    def handle(self, *args: Any, force: bool, **options: Any) -> None:
+        if not settings.DEBUG and not force:
+            raise CommandError("DEBUG is off: demo users with a known password do not belong here. Use --force.")
+        password = os.environ.get("DEMO_PASSWORD", DEFAULT_PASSWORD)
+        with transaction.atomic():
+            lead = _demo_user("lead", password, is_staff=True)
+            lead.groups.add(project_leads_group())
+            annotators = [_demo_user(name, password) for name in ("annotator1", "annotator2")]
+            project = _demo_project()
+            Membership.objects.get_or_create(project=project, user=lead, defaults={"role": Membership.Role.LEAD})
+            for annotator in annotators:
+                Membership.objects.get_or_create(project=project, user=annotator)
+            # Re-importing is a no-op, so a second run adds nothing, and an extended demo file adds its new rows.
+            result = import_file(project, DEMO_FILE, format="responses")
+            self.stdout.write(f"Imported {DEMO_FILE.name}: {result}")
+
+        self.stdout.write(self.style.SUCCESS(f"\nDemo ready. Open {URL} and log in as:\n"))
+        for user, role in [(lead, "project lead, can open the admin"), *((a, "annotator") for a in annotators)]:
+            self.stdout.write(f"  {user.username:<12} password: {password:<16} ({role})")
+        self.stdout.write(f"\nAdmin: {URL}admin/    Project page: {URL}p/{project.slug}/")
+
+
+def _demo_user(username: str, password: str, **flags: bool) -> AbstractUser:
+    # The password is set on every run, so the logins printed at the end are always the ones that work.
+    user, _ = get_user_model().objects.get_or_create(username=username, defaults=flags)
+    for name, value in flags.items():
+        setattr(user, name, value)
+    user.set_password(password)
+    user.save()
+    return user
+
+
+def _demo_project() -> Project:
+    project, _ = Project.objects.get_or_create(
+        slug="demo",
+        defaults={
+            "name": "Demo: helpful and harmless",
+            "guidelines": GUIDELINES,
+            "overlap": 2,
+            "rating_min": 1,
+            "rating_max": 5,
+            "rating_descriptions": {
+                "1": "Wrong, harmful or off-topic",
+                "2": "Mostly unhelpful, or has a serious error",
+                "3": "Acceptable, with flaws",
+                "4": "Good: correct and helpful",
+                "5": "Ideal: what an expert would write",
+            },
+            "labels": ["factual error", "unsafe", "off-topic", "too long", "too terse"],
+        },
+    )
+    return project
