@@ -11,8 +11,7 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, ForeignKey, Model, OuterRef, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import ForeignKey, Model, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -28,8 +27,8 @@ from annotate.models import (
     Prompt,
     Response,
     Task,
-    TaskKind,
     TaskResponse,
+    count_of,
 )
 
 admin.site.site_header = "Arbiter administration"
@@ -108,19 +107,6 @@ def _related_only(field_path: str) -> tuple[str, type[admin.RelatedOnlyFieldList
     return (field_path, admin.RelatedOnlyFieldListFilter)
 
 
-def _count_of(model: type[Model], parent: str, **filters: Any) -> Coalesce:
-    """How many `model` rows point at the outer row through their `parent` foreign key."""
-    # One correlated subquery per count: joining prompts and tasks in one query would multiply their rows.
-    rows = (
-        model._default_manager.filter(**{parent: OuterRef("pk")}, **filters)
-        .order_by()
-        .values(parent)
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
-    return Coalesce(Subquery(rows), 0)
-
-
 class MembershipInline(ScopedChoicesMixin, admin.TabularInline):
     model = Membership
     extra = 1
@@ -157,15 +143,7 @@ class ProjectAdmin(ProjectScopedAdmin):
     ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                prompt_count=_count_of(Prompt, "project"),
-                open_tasks=_count_of(Task, "project", status=Task.Status.OPEN),
-                complete_tasks=_count_of(Task, "project", status=Task.Status.COMPLETE),
-            )
-        )
+        return super().get_queryset(request).with_counts()
 
     @admin.display(description="Prompts", ordering="prompt_count")
     def prompt_count(self, project: Project) -> int:
@@ -247,7 +225,7 @@ class PromptAdmin(ProjectScopedAdmin):
     inlines = [ResponseInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).annotate(response_count=_count_of(Response, "prompt"))
+        return super().get_queryset(request).annotate(response_count=count_of(Response, "prompt"))
 
     @admin.display(description="Last user message")
     def text(self, prompt: Prompt) -> str:
@@ -302,7 +280,22 @@ class AnnotationInline(admin.TabularInline):
 
     @admin.display(description="Answer")
     def answer(self, annotation: Annotation) -> str:
-        return answer_summary(annotation)
+        return annotation.summary()
+
+    # An edit here bypasses the queue, so recount: a task's count and status must match its annotations.
+    def save_model(self, request: HttpRequest, obj: Annotation, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        obj.task.refresh_progress()
+
+    def delete_model(self, request: HttpRequest, obj: Annotation) -> None:
+        super().delete_model(request, obj)
+        obj.task.refresh_progress()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        tasks = list(Task.objects.filter(annotations__in=queryset).distinct())
+        super().delete_queryset(request, queryset)
+        for task in tasks:
+            task.refresh_progress()
 
 
 @admin.register(Task)
@@ -355,19 +348,19 @@ class AnnotationAdmin(ProjectScopedAdmin):
 
     @admin.display(description="Answer")
     def answer(self, annotation: Annotation) -> str:
-        return answer_summary(annotation)
+        return annotation.summary()
 
+    # An edit here bypasses the queue, so recount: a task's count and status must match its annotations.
+    def save_model(self, request: HttpRequest, obj: Annotation, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        obj.task.refresh_progress()
 
-def answer_summary(annotation: Annotation) -> str:
-    """A short reading of the answer: "4 (unsafe)", "A much better", "3 > 1 = 2"."""
-    kind = annotation.task.kind
-    if kind == TaskKind.RATING:
-        labels = f" ({', '.join(annotation.labels)})" if annotation.labels else ""
-        return f"{annotation.score}{labels}"
-    if kind == TaskKind.PAIRWISE:
-        if annotation.choice == Annotation.Choice.TIE:
-            text = "Tie"
-        else:
-            text = f"{annotation.choice.upper()} {'much ' if annotation.strength == 2 else ''}better"
-        return f"{text}, both bad" if annotation.both_bad else text
-    return " > ".join(" = ".join(map(str, group)) for group in annotation.ranking or [])
+    def delete_model(self, request: HttpRequest, obj: Annotation) -> None:
+        super().delete_model(request, obj)
+        obj.task.refresh_progress()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        tasks = list(Task.objects.filter(annotations__in=queryset).distinct())
+        super().delete_queryset(request, queryset)
+        for task in tasks:
+            task.refresh_progress()

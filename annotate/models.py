@@ -6,7 +6,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import Q
+from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 
 
 class TaskKind(models.TextChoices):
@@ -23,7 +24,28 @@ def _default_lease_length() -> timedelta:
     return settings.ARBITER_DEFAULT_LEASE
 
 
+def count_of(model: type[models.Model], parent: str, **filters: Any) -> Coalesce:
+    """How many `model` rows point at the outer row through their `parent` foreign key."""
+    # One correlated subquery per count: joining prompts and tasks in one query would multiply their rows.
+    rows = (
+        model._default_manager.filter(**{parent: OuterRef("pk")}, **filters)
+        .order_by()
+        .values(parent)
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(rows), 0)
+
+
 class ProjectQuerySet(models.QuerySet):
+    def with_counts(self) -> "ProjectQuerySet":
+        """Annotate prompt_count, open_tasks and complete_tasks, one subquery each."""
+        return self.annotate(
+            prompt_count=count_of(Prompt, "project"),
+            open_tasks=count_of(Task, "project", status=Task.Status.OPEN),
+            complete_tasks=count_of(Task, "project", status=Task.Status.COMPLETE),
+        )
+
     def for_user(self, user: Any) -> "ProjectQuerySet":
         """The projects a user may see: all for superusers, else those they are a member of."""
         if not user.is_authenticated:
@@ -217,6 +239,17 @@ class Task(models.Model):
     def __str__(self) -> str:
         return f"{self.get_kind_display()} task {self.pk}"
 
+    def clean(self) -> None:
+        if self.prompt_id and self.project_id and self.prompt.project_id != self.project_id:
+            raise ValidationError({"prompt": "The prompt belongs to another project."})
+
+    def refresh_progress(self) -> None:
+        """Recount the annotations and set the status from it (after an edit or delete outside the queue)."""
+        self.annotation_count = self.annotations.count()
+        done = self.annotation_count >= self.required_annotations
+        self.status = self.Status.COMPLETE if done else self.Status.OPEN
+        self.save(update_fields=["annotation_count", "status"])
+
     def response_ids(self) -> list[int]:
         """The task's response ids in position order (position 0 is A, 1 is B)."""
         return list(self.task_responses.order_by("position").values_list("response_id", flat=True))
@@ -241,6 +274,10 @@ class TaskResponse(models.Model):
 
     def __str__(self) -> str:
         return f"{self.response_id} at {self.position} in {self.task_id}"
+
+    def clean(self) -> None:
+        if self.task_id and self.response_id and self.response.prompt_id != self.task.prompt_id:
+            raise ValidationError({"response": "The response answers another prompt than the task's."})
 
 
 class Assignment(models.Model):
@@ -322,6 +359,18 @@ class Annotation(models.Model):
                 answer["strength"] = self.strength
             return answer
         return {"ranking": self.ranking, "comment": self.comment}
+
+    def summary(self) -> str:
+        """A short reading of the answer: "4 (unsafe)", "A much better, both bad", "3 > 1 = 2"."""
+        if self.task.kind == TaskKind.RATING:
+            return f"{self.score} ({', '.join(self.labels)})" if self.labels else str(self.score)
+        if self.task.kind == TaskKind.PAIRWISE:
+            if self.choice == self.Choice.TIE:
+                text = "Tie"
+            else:
+                text = f"{self.choice.upper()} {'much ' if self.strength == 2 else ''}better"
+            return f"{text}, both bad" if self.both_bad else text
+        return " > ".join(" = ".join(map(str, group)) for group in self.ranking or [])
 
     def clean(self) -> None:
         if self.task_id is not None:

@@ -1,11 +1,11 @@
 """Pages for annotators and leads: plain function views, one access helper, one model call each."""
 
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
-from annotate.models import Membership, Project, Task
+from annotate.models import Membership, Project
 
 
 def _get_project_for_user(request: HttpRequest, project_slug: str) -> Project:
@@ -15,10 +15,7 @@ def _get_project_for_user(request: HttpRequest, project_slug: str) -> Project:
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    projects = Project.objects.for_user(request.user).annotate(
-        open_tasks=Count("tasks", filter=Q(tasks__status=Task.Status.OPEN), distinct=True),
-        task_total=Count("tasks", distinct=True),
-    )
+    projects = Project.objects.for_user(request.user).with_counts()
     roles = dict(Membership.objects.filter(user=request.user).values_list("project_id", "role"))
     rows = [(project, "lead" if request.user.is_superuser else roles.get(project.pk)) for project in projects]
     return render(request, "annotate/home.html", {"rows": rows})

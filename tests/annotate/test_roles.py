@@ -57,8 +57,9 @@ def test_home_shows_role_and_open_and_total_task_counts(client, annotator, proje
     response = client.get(reverse("home"))
 
     [(shown, role)] = response.context["rows"]
-    assert (role, shown.open_tasks, shown.task_total) == ("annotator", 1, 2)
+    assert (role, shown.open_tasks, shown.complete_tasks) == ("annotator", 1, 1)
     assert '<td class="num">1</td>' in response.content.decode()
+    assert '<td class="num">2</td>' in response.content.decode()
 
 
 def test_superuser_sees_all_projects(client, project, other_project, django_user_model):
