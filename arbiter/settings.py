@@ -109,6 +109,7 @@ if CELERY_BROKER_URL == "filesystem://":
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
+CELERY_TASK_DEFAULT_QUEUE = "default"  # training goes to "gpu" (later); everything else here
 CELERY_TASK_IGNORE_RESULT = True  # results live in our tables, not in a result backend
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", "False")
 
