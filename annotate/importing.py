@@ -312,12 +312,14 @@ def _json_field(record: dict[str, Any], name: str, line: int, default: Any = Non
 
 def _external_id(record: dict[str, Any], messages: list[dict[str, str]], line: int) -> str:
     value = record.get("id")
+    if isinstance(value, str):
+        value = value.strip()
     if value is None or value == "":
         canonical = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ImportFailed("must be a string or an integer", line=line, field="id")
-    value = str(value).strip()
+    value = str(value)
     if len(value) > 255:
         raise ImportFailed("longer than 255 characters", line=line, field="id")
     return value
@@ -438,9 +440,13 @@ def _split_hh(chosen: str, rejected: str, line: int) -> tuple[list[dict[str, str
     if cut < 0:
         raise ImportFailed('the two transcripts share no "\\n\\nAssistant:" turn', line=line, field="rejected")
     parts = _HH_TURN.split(chosen[:cut])  # ['', 'Human', ' text', 'Assistant', ' text', …]
-    messages = [
-        {"role": _HH_ROLES[role], "content": text.strip()} for role, text in zip(parts[1::2], parts[2::2], strict=True)
-    ]
+    messages: list[dict[str, str]] = []
+    for role, text in zip(parts[1::2], parts[2::2], strict=True):
+        # A few transcripts repeat a speaker; chat templates want turns to alternate, so merge them.
+        if messages and messages[-1]["role"] == _HH_ROLES[role]:
+            messages[-1]["content"] += "\n\n" + text.strip()
+        else:
+            messages.append({"role": _HH_ROLES[role], "content": text.strip()})
     if not messages or messages[-1]["role"] != "user":
         raise ImportFailed("the shared transcript must end with a Human turn", line=line, field="chosen")
     start = cut + len("\n\nAssistant:")
