@@ -116,14 +116,14 @@ class MembershipInline(ScopedChoicesMixin, admin.TabularInline):
 
 
 class ImportForm(forms.Form):
-    file = forms.FileField(help_text="JSONL, one row per line.")
+    file = forms.FileField(help_text="JSONL or CSV, UTF-8, optionally gzipped.")
     format = forms.ChoiceField(
         required=False,
         choices=[
             ("", "Detect from the file"),
             ("prompts", "Prompts"),
             ("responses", "Prompts with responses"),
-            ("preferences", "Preference pairs (chosen/rejected)"),
+            ("preferences", "Preference pairs (TRL standard or conversational, HH-RLHF)"),
         ],
     )
 
@@ -172,7 +172,7 @@ class ProjectAdmin(ProjectScopedAdmin):
         ]
 
     def import_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
-        """Upload a JSONL file into the project: all of it is imported, or nothing and the offending line is named."""
+        """Upload a JSONL or CSV file into the project: all of it is imported, or nothing and the offending line is named."""
         project = get_object_or_404(Project.objects.led_by(request.user), pk=object_id)
         if not self.has_change_permission(request, project):
             raise PermissionDenied
