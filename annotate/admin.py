@@ -172,7 +172,7 @@ class ProjectAdmin(ProjectScopedAdmin):
         ]
 
     def import_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
-        """Upload a JSONL or CSV file into the project: all of it is imported, or nothing and the offending line is named."""
+        """Import an uploaded file into the project: all of it, or nothing and the offending line is named."""
         project = get_object_or_404(Project.objects.led_by(request.user), pk=object_id)
         if not self.has_change_permission(request, project):
             raise PermissionDenied
