@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, models, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -115,10 +115,14 @@ def import_file(project: Project, source: str | Path | IO[bytes], *, format: str
         format = format or _detect_format(*first)
         result = ImportResult(format=format, filetype=filetype)
         last_prompt_before = Prompt.objects.aggregate(last=Max("id"))["last"] or 0
-        with transaction.atomic():
-            for batch in _batched(chain([first], records), BATCH_SIZE):
-                rows = [_parse_row(format, line, record) for line, record in batch]
-                _write_batch(project, rows, result, last_prompt_before)
+        try:
+            with transaction.atomic():
+                for batch in _batched(chain([first], records), BATCH_SIZE):
+                    rows = [_parse_row(format, line, record) for line, record in batch]
+                    _write_batch(project, rows, result, last_prompt_before)
+        except IntegrityError:
+            # Only a concurrent import of the same ids gets here: this one saw them absent, then collided.
+            raise ImportFailed("another import added the same prompts at the same time; import again") from None
         return result
     finally:
         if stream is not source:
@@ -582,7 +586,8 @@ def _insert(model: type[models.Model], fields: list[str], rows: list[tuple], ret
                 )
                 ids = [row[0] for row in cursor.fetchall()]
                 columns = [db.ops.quote_name(meta.pk.column), *columns]
-            with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            # copy() is psycopg's own: wrap it so its errors become Django's (IntegrityError, …).
+            with db.wrap_database_errors, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
                 for index, row in enumerate(rows):
                     values = [field.get_db_prep_save(v, db) for field, v in zip(model_fields, row, strict=True)]
                     copy.write_row([ids[index], *values] if returning else values)
