@@ -133,13 +133,18 @@ def import_file(project: Project, source: str | Path | IO[bytes], *, format: str
 
 
 def _check_size(stream: IO[bytes]) -> None:
+    """Refuse a file over the limit before reading it, where its size is known (see also _decoded_lines)."""
     size = getattr(stream, "size", None)
     if size is None and stream.seekable():
         size = stream.seek(0, os.SEEK_END)
         stream.seek(0)
+    if size is not None and size > settings.ARBITER_IMPORT_MAX_BYTES:
+        raise _too_large(f"the file is {size:,} bytes")
+
+
+def _too_large(what: str) -> ImportFailed:
     limit = settings.ARBITER_IMPORT_MAX_BYTES
-    if size is not None and size > limit:
-        raise ImportFailed(f"the file is {size:,} bytes, over the limit of {limit:,} (ARBITER_IMPORT_MAX_BYTES)")
+    return ImportFailed(f"{what}, over the limit of {limit:,} bytes (ARBITER_IMPORT_MAX_BYTES)")
 
 
 def _maybe_gunzip(stream: IO[bytes]) -> IO[bytes]:
@@ -172,8 +177,13 @@ def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 def _decoded_lines(stream: IO[bytes]) -> Iterator[tuple[int, str]]:
     # Decoding line by line is exact: a newline byte never occurs inside a UTF-8 sequence.
+    # Counting what is read keeps the limit for streams of unknown size and for what a gzip file expands to.
+    limit, read = settings.ARBITER_IMPORT_MAX_BYTES, 0
     try:
         for number, raw in enumerate(stream, start=1):
+            read += len(raw)
+            if read > limit:
+                raise _too_large(f"its content runs past {read:,} bytes")
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as error:
@@ -236,13 +246,17 @@ def _csv_row(reader: Iterator[list[str]], numbers: list[int]) -> list[str] | Non
 def _csv_records(
     reader: Iterator[list[str]], numbers: list[int], header: list[str]
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    while (cells := _csv_row(reader, numbers)) is not None:
+    while True:
+        start = numbers[-1] + 1  # a quoted cell may span lines: name the line the row starts on
+        cells = _csv_row(reader, numbers)
+        if cells is None:
+            return
         if not any(cell.strip() for cell in cells):
             continue
         if len(cells) != len(header):
-            raise ImportFailed(f"{len(cells)} cells, but the header has {len(header)} columns", line=numbers[-1])
+            raise ImportFailed(f"{len(cells)} cells, but the header has {len(header)} columns", line=start)
         # A blank cell is an absent value, so optional columns may be left empty.
-        yield numbers[-1], {column: cell for column, cell in zip(header, cells, strict=True) if cell.strip()}
+        yield start, {column: cell for column, cell in zip(header, cells, strict=True) if cell.strip()}
 
 
 # Parsing ------------------------------------------------------------------------------------------
