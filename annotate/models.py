@@ -1,13 +1,24 @@
 """The annotation domain: projects and their members, prompts and responses, tasks, leases and answers."""
 
-from datetime import timedelta
+import random
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.db import models
-from django.db.models import Count, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce
+from django.db import models, transaction
+from django.db.models import Count, Exists, F, Max, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce, TruncHour
+from django.utils import timezone
+
+# How many tasks "remaining" counts up to: past it the pages say "1000+", so no request counts a whole table.
+REMAINING_CAP = 1000
+PROGRESS_CACHE_SECONDS = 30
+
+
+class LeaseError(Exception):
+    """A lease that cannot be used: someone else's, closed, or expired and given to someone else."""
 
 
 class TaskKind(models.TextChoices):
@@ -136,6 +147,91 @@ class Project(models.Model):
     def is_led_by(self, user: Any) -> bool:
         return self.role_of(user) == Membership.Role.LEAD
 
+    def next_assignment(self, user: Any, *, reuse_lease: bool = True) -> "Assignment | None":
+        """The user's oldest live lease here, else a new lease on the next task for them; None if none is left.
+
+        With reuse_lease=False (a client working on several tasks at once) a new lease is made while the
+        user holds fewer than max_open_leases. The order is in Task.objects.available_to.
+        """
+        now = timezone.now()
+        with transaction.atomic():
+            # One request per user at a time (two tabs, a retrying script): keeps reuse and the cap exact.
+            type(user).objects.select_for_update().filter(pk=user.pk).values_list("pk").get()
+            mine = Assignment.objects.live(now).filter(task__project=self, annotator=user)
+            if reuse_lease and (lease := mine.select_related("task__prompt").order_by("leased_at").first()):
+                return lease
+            if mine.count() >= self.max_open_leases:
+                return None
+            passed_over: list[int] = []
+            while True:
+                # SKIP LOCKED: concurrent annotators take different tasks instead of queueing on one row.
+                candidates = self.tasks.available_to(user, now).exclude(pk__in=passed_over)
+                task = candidates.select_for_update(skip_locked=True, of=("self",)).first()
+                if task is None:
+                    return None
+                # The selection read counts from its snapshot; under the lock, a fresh statement sees every
+                # committed lease and annotation, so this check is exact.
+                if task.has_room_for(user, now):
+                    shown_order = task.response_ids()
+                    random.shuffle(shown_order)  # which response is A is random per lease, and recorded
+                    return Assignment.objects.create(
+                        task=task,
+                        annotator=user,
+                        leased_at=now,
+                        expires_at=now + self.lease_length,
+                        shown_order=shown_order,
+                    )
+                passed_over.append(task.pk)
+
+    def progress_for(self, user: Any) -> dict[str, int]:
+        """The user's done count, what remains for them (up to REMAINING_CAP), and the project's tasks."""
+        key = f"arbiter:project-progress:{self.pk}"
+        project_counts = cache.get(key)
+        if project_counts is None:
+            # Counting all of a project's tasks is the one whole-project count here: shared, and cached.
+            by_status = dict(self.tasks.order_by().values_list("status").annotate(n=Count("pk")))
+            project_counts = {
+                "complete_tasks": by_status.get(Task.Status.COMPLETE, 0),
+                "total_tasks": sum(by_status.values()),
+            }
+            cache.set(key, project_counts, PROGRESS_CACHE_SECONDS)
+        return {
+            "done": Annotation.objects.filter(task__project=self, annotator=user).count(),
+            "remaining": self.tasks.available_to(user, timezone.now())[:REMAINING_CAP].count(),
+            **project_counts,
+        }
+
+    def lead_stats(self) -> dict[str, Any]:
+        """What a lead watches: tasks by status and kind, annotations per annotator and per hour, live leases."""
+        now = timezone.now()
+        annotations = Annotation.objects.filter(task__project=self, source=Annotation.Source.HUMAN)
+        return {
+            "tasks_by_status": {
+                (status, kind): n
+                for status, kind, n in self.tasks.order_by().values_list("status", "kind").annotate(n=Count("pk"))
+            },
+            "per_annotator": list(
+                annotations.order_by()
+                .values_list("annotator__username")
+                .annotate(n=Count("pk"), last_at=Max("created_at"))
+                .order_by("-n", "annotator__username")
+            ),
+            "per_hour": list(
+                annotations.filter(created_at__gte=now - timedelta(hours=24))
+                .annotate(hour=TruncHour("created_at"))
+                .order_by()
+                .values_list("hour")
+                .annotate(n=Count("pk"))
+                .order_by("hour")
+            ),
+            "live_leases": list(
+                Assignment.objects.live(now)
+                .filter(task__project=self)
+                .select_related("annotator", "task")
+                .order_by("expires_at")
+            ),
+        }
+
 
 class Membership(models.Model):
     class Role(models.TextChoices):
@@ -213,6 +309,35 @@ class Response(models.Model):
         return f"Response {self.pk} to {self.prompt_id}"
 
 
+class TaskQuerySet(models.QuerySet):
+    def available_to(self, user: Any, now: datetime) -> "TaskQuerySet":
+        """Open tasks the user may be given, in queue order.
+
+        A task qualifies if it is open, of a kind the project enables, the user never held a lease on it
+        (submitted, skipped or expired) nor annotated it, and its annotations plus live leases are below
+        its required count. Order: priority (highest first), then fewest annotations, then oldest (by id).
+        The partial index task_queue serves this order, so the query reads index entries until it finds one
+        that qualifies instead of counting or sorting the table.
+        """
+        live_leases = (
+            Assignment.objects.live(now)
+            .filter(task=OuterRef("pk"))
+            .order_by()
+            .values("task")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        tasks = (
+            self.filter(status=Task.Status.OPEN)
+            .exclude(Exists(Assignment.objects.filter(task=OuterRef("pk"), annotator=user)))
+            .exclude(Exists(Annotation.objects.filter(task=OuterRef("pk"), annotator=user)))
+            .alias(live=Coalesce(Subquery(live_leases), 0))
+            .filter(annotation_count__lt=F("required_annotations") - F("live"))
+            .order_by("-priority", "annotation_count", "id")
+        )
+        return tasks
+
+
 class Task(models.Model):
     class Status(models.TextChoices):
         OPEN = "open", "Open"
@@ -229,12 +354,25 @@ class Task(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = TaskQuerySet.as_manager()
+
     class Meta:
         ordering = ["id"]
         constraints = [
             models.CheckConstraint(condition=Q(required_annotations__gte=1), name="task_required_positive"),
         ]
-        indexes = [models.Index(fields=["project", "status", "kind"], name="task_project_status_kind")]
+        indexes = [
+            models.Index(fields=["project", "status", "kind"], name="task_project_status_kind"),
+            # The queue's order (see TaskQuerySet.available_to), over open tasks only.
+            models.Index(
+                "project",
+                F("priority").desc(),
+                "annotation_count",
+                "id",
+                condition=Q(status="open"),
+                name="task_queue",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} task {self.pk}"
@@ -242,6 +380,17 @@ class Task(models.Model):
     def clean(self) -> None:
         if self.prompt_id and self.project_id and self.prompt.project_id != self.project_id:
             raise ValidationError({"prompt": "The prompt belongs to another project."})
+
+    def has_room_for(self, user: Any, now: datetime) -> bool:
+        """Whether the user may lease this task now (exact when the task row is locked)."""
+        task = Task.objects.filter(pk=self.pk).values("status", "annotation_count", "required_annotations").get()
+        live = Assignment.objects.live(now).filter(task=self).count()
+        return (
+            task["status"] == Task.Status.OPEN
+            and task["annotation_count"] + live < task["required_annotations"]
+            and not Assignment.objects.filter(task=self, annotator=user).exists()
+            and not Annotation.objects.filter(task=self, annotator=user).exists()
+        )
 
     def refresh_progress(self) -> None:
         """Recount the annotations and set the status from it (after an edit or delete outside the queue)."""
@@ -280,24 +429,148 @@ class TaskResponse(models.Model):
             raise ValidationError({"response": "The response answers another prompt than the task's."})
 
 
+class AssignmentQuerySet(models.QuerySet):
+    def live(self, now: datetime | None = None) -> "AssignmentQuerySet":
+        """Leases still held: active and not yet expired."""
+        return self.filter(status=Assignment.Status.ACTIVE, expires_at__gt=now or timezone.now())
+
+    def expire_stale(self, now: datetime | None = None) -> int:
+        """Close the leases whose time ran out (the queue already ignores them); returns how many."""
+        return self.filter(status=Assignment.Status.ACTIVE, expires_at__lte=now or timezone.now()).update(
+            status=Assignment.Status.EXPIRED
+        )
+
+
 class Assignment(models.Model):
-    """A lease: one task reserved for one annotator until it expires or is submitted."""
+    """A lease: one task reserved for one annotator until it expires, is submitted or skipped.
+
+    A user holds at most one assignment per task, ever: the row stays after the lease ends, and that is
+    what keeps a task they annotated, skipped or let expire from being shown to them again.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUBMITTED = "submitted", "Submitted"
+        SKIPPED = "skipped", "Skipped"
+        EXPIRED = "expired", "Expired"
 
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="assignments")
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     leased_at = models.DateTimeField()
     expires_at = models.DateTimeField()
     submitted_at = models.DateTimeField(null=True, blank=True)
+    skipped_at = models.DateTimeField(null=True, blank=True)
     shown_order = models.JSONField(
         default=list, help_text="Response ids in the order they were shown (first is the displayed A)."
     )
 
+    objects = AssignmentQuerySet.as_manager()
+
     class Meta:
         ordering = ["-leased_at"]
-        indexes = [models.Index(fields=["annotator", "expires_at"], name="assignment_annotator_expiry")]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "annotator"], name="assignment_once_per_task_and_annotator"),
+        ]
+        indexes = [
+            models.Index(fields=["task", "status", "expires_at"], name="assignment_task_live"),
+            models.Index(fields=["annotator", "status", "expires_at"], name="assignment_annotator_live"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.task} leased to {self.annotator}"
+
+    def shown_responses(self) -> list[Response]:
+        """The task's responses in the order this annotator was shown them (the first is A)."""
+        by_id = Response.objects.in_bulk(self.shown_order)
+        return [by_id[response_id] for response_id in self.shown_order]
+
+    def answer_from_form(self, data: Any) -> dict[str, Any]:
+        """Turn the task page's form fields (in displayed terms) into an answer for clean_answer."""
+        comment = data.get("comment", "")
+        kind = self.task.kind
+        if kind == TaskKind.RATING:
+            labels = data.getlist("labels") if hasattr(data, "getlist") else data.get("labels", [])
+            return {"score": data.get("score"), "labels": labels, "comment": comment}
+        if kind == TaskKind.PAIRWISE:
+            preference = data.get("preference")
+            if preference not in _PREFERENCES:
+                raise ValidationError({"preference": "Choose which response is better, or tie."})
+            side, strength = _PREFERENCES[preference]
+            # The form speaks of the displayed A and B; the answer of the task's positions 0 and 1.
+            if side != "tie" and self.shown_order[0] != self.task.response_ids()[0]:
+                side = "b" if side == "a" else "a"
+            both_bad = data.get("both_bad") in ("on", "true", "1", True)
+            return {"choice": side, "strength": strength, "both_bad": both_bad, "comment": comment}
+        ranks: dict[int, int] = {}
+        for response_id in self.shown_order:
+            value = str(data.get(f"rank-{response_id}", "")).strip()
+            if not value.isdigit() or not 1 <= int(value) <= len(self.shown_order):
+                raise ValidationError(
+                    {f"rank-{response_id}": f"Give every response a rank from 1 to {len(ranks) or 1}."}
+                )
+            ranks[response_id] = int(value)
+        groups: dict[int, list[int]] = {}
+        for response_id, rank in ranks.items():
+            groups.setdefault(rank, []).append(response_id)
+        return {"ranking": [groups[rank] for rank in sorted(groups)], "comment": comment}
+
+    def submit(self, answer: dict[str, Any], *, user: Any) -> "Annotation":
+        """Store the user's answer for this lease; the same submission twice returns the first annotation.
+
+        Raises LeaseError for someone else's lease, a skipped one, or one that expired and whose task has
+        since been filled by others; ValidationError for an answer the project does not accept.
+        """
+        if self.annotator_id != user.pk:
+            raise LeaseError("This task was given to someone else.")
+        now = timezone.now()
+        with transaction.atomic():
+            # The task's lock orders this against leasing and other submissions of the same task.
+            task = Task.objects.select_for_update().select_related("project").get(pk=self.task_id)
+            lease = Assignment.objects.get(pk=self.pk)
+            existing = Annotation.objects.filter(task=task, annotator=user).first()
+            if existing is not None:
+                return existing
+            if lease.status == Assignment.Status.SKIPPED:
+                raise LeaseError("You skipped this task.")
+            if lease.status != Assignment.Status.ACTIVE or lease.expires_at <= now:
+                others = Assignment.objects.live(now).filter(task=task).exclude(pk=lease.pk).count()
+                if task.status != Task.Status.OPEN or task.annotation_count + others >= task.required_annotations:
+                    raise LeaseError("Your time on this task ran out and it went to someone else.")
+            fields = task.clean_answer(answer)
+            annotation = Annotation.objects.create(
+                task=task,
+                annotator=user,
+                assignment=lease,
+                source=Annotation.Source.HUMAN,
+                time_spent=min(now - lease.leased_at, task.project.lease_length),
+                **fields,
+            )
+            Assignment.objects.filter(pk=lease.pk).update(status=Assignment.Status.SUBMITTED, submitted_at=now)
+            task.annotation_count += 1
+            if task.annotation_count >= task.required_annotations:
+                task.status = Task.Status.COMPLETE
+            task.save(update_fields=["annotation_count", "status"])
+        self.status, self.submitted_at = Assignment.Status.SUBMITTED, now
+        return annotation
+
+    def skip(self, *, user: Any) -> None:
+        """Give the task back and remember the skip, so the user is not shown it again."""
+        if self.annotator_id != user.pk:
+            raise LeaseError("This task was given to someone else.")
+        now = timezone.now()
+        with transaction.atomic():
+            lease = Assignment.objects.select_for_update().get(pk=self.pk)
+            if lease.status == Assignment.Status.SUBMITTED:
+                raise LeaseError("You already submitted this task.")
+            if lease.status != Assignment.Status.SKIPPED:
+                lease.status, lease.skipped_at = Assignment.Status.SKIPPED, now
+                lease.save(update_fields=["status", "skipped_at"])
+        self.status, self.skipped_at = Assignment.Status.SKIPPED, lease.skipped_at
+
+
+# Form value of the pairwise choice → (side in displayed terms, strength).
+_PREFERENCES = {"a2": ("a", 2), "a1": ("a", 1), "tie": ("tie", None), "b1": ("b", 1), "b2": ("b", 2)}
 
 
 class Annotation(models.Model):

@@ -27,6 +27,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_htmx",
+    "template_partials",
     "annotate",
     "training",
     "models_registry",
@@ -110,7 +111,11 @@ if CELERY_BROKER_URL == "filesystem://":
         "store_processed": False,
     }
 CELERY_TASK_DEFAULT_QUEUE = "default"  # training goes to "gpu" (later); everything else here
-CELERY_TASK_IGNORE_RESULT = True  # results live in our tables, not in a result backend
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BEAT_SCHEDULE = {
+    # The queue already ignores expired leases; this closes them so the tables say what happened.
+    "expire-leases": {"task": "annotate.tasks.expire_leases", "schedule": 300.0},
+}  # results live in our tables, not in a result backend
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", "False")
 
 # Imports: refuse files over this size before reading them.
