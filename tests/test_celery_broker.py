@@ -48,3 +48,14 @@ def test_worker_runs_a_task_sent_through_the_filesystem_broker(tmp_path):
     output = log_path.read_text()
     assert f"Task celery.accumulate[{task_id}] succeeded" in output, output
     assert "arbiter-probe" in output
+
+
+def test_every_beat_schedule_entry_names_a_registered_task():
+    from django.conf import settings
+
+    from arbiter.celery import app
+
+    app.loader.import_default_modules()
+    assert settings.CELERY_BEAT_SCHEDULE
+    for entry in settings.CELERY_BEAT_SCHEDULE.values():
+        assert entry["task"] in app.tasks, entry
