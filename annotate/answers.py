@@ -41,7 +41,8 @@ def _clean_rating(project: "Project", data: Mapping[str, Any]) -> dict[str, Any]
     score = data.get("score")
     if score is None or score == "":
         raise ValidationError({"score": "Choose a score."})
-    if isinstance(score, str) and score.strip().lstrip("-").isdigit():
+    # isdecimal, not isdigit: "²" is a digit that int() refuses.
+    if isinstance(score, str) and score.strip().removeprefix("-").isdecimal():
         score = int(score)
     if isinstance(score, bool) or not isinstance(score, int):
         raise ValidationError({"score": f"Must be a whole number, not {score!r}."})
@@ -61,7 +62,7 @@ def _clean_pairwise(data: Mapping[str, Any]) -> dict[str, Any]:
     if choice not in {"a", "b", "tie"}:
         raise ValidationError({"choice": f"Must be 'a', 'b' or 'tie', not {choice!r}."})
     strength = data.get("strength")
-    if isinstance(strength, str) and strength.isdigit():
+    if isinstance(strength, str) and strength.isdecimal():
         strength = int(strength)
     if choice == "tie":
         if strength not in (None, "", 0):

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
@@ -156,7 +157,7 @@ class Project(models.Model):
         now = timezone.now()
         with transaction.atomic():
             # One request per user at a time (two tabs, a retrying script): keeps reuse and the cap exact.
-            type(user).objects.select_for_update().filter(pk=user.pk).values_list("pk").get()
+            get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk").get()
             mine = Assignment.objects.live(now).filter(task__project=self, annotator=user)
             if reuse_lease and (lease := mine.select_related("task__prompt").order_by("leased_at").first()):
                 return lease
@@ -165,7 +166,7 @@ class Project(models.Model):
             passed_over: list[int] = []
             while True:
                 # SKIP LOCKED: concurrent annotators take different tasks instead of queueing on one row.
-                candidates = self.tasks.available_to(user, now).exclude(pk__in=passed_over)
+                candidates = self.available_tasks(user, now).exclude(pk__in=passed_over)
                 task = candidates.select_for_update(skip_locked=True, of=("self",)).first()
                 if task is None:
                     return None
@@ -183,6 +184,13 @@ class Project(models.Model):
                     )
                 passed_over.append(task.pk)
 
+    def available_tasks(self, user: Any, now: datetime) -> "TaskQuerySet":
+        """This project's tasks the user may be given now, of the kinds it enables, in queue order."""
+        tasks = self.tasks.available_to(user, now)
+        if set(self.task_kinds) != set(TaskKind.values):
+            tasks = tasks.filter(kind__in=self.task_kinds)
+        return tasks
+
     def progress_for(self, user: Any) -> dict[str, int]:
         """The user's done count, what remains for them (up to REMAINING_CAP), and the project's tasks."""
         key = f"arbiter:project-progress:{self.pk}"
@@ -197,7 +205,7 @@ class Project(models.Model):
             cache.set(key, project_counts, PROGRESS_CACHE_SECONDS)
         return {
             "done": Annotation.objects.filter(task__project=self, annotator=user).count(),
-            "remaining": self.tasks.available_to(user, timezone.now())[:REMAINING_CAP].count(),
+            "remaining": self.available_tasks(user, timezone.now())[:REMAINING_CAP].count(),
             **project_counts,
         }
 
@@ -505,9 +513,10 @@ class Assignment(models.Model):
         ranks: dict[int, int] = {}
         for response_id in self.shown_order:
             value = str(data.get(f"rank-{response_id}", "")).strip()
-            if not value.isdigit() or not 1 <= int(value) <= len(self.shown_order):
+            # isdecimal, not isdigit: "²" is a digit that int() refuses.
+            if not value.isdecimal() or not 1 <= int(value) <= len(self.shown_order):
                 raise ValidationError(
-                    {f"rank-{response_id}": f"Give every response a rank from 1 to {len(ranks) or 1}."}
+                    {f"rank-{response_id}": f"Give every response a rank from 1 to {len(self.shown_order)}."}
                 )
             ranks[response_id] = int(value)
         groups: dict[int, list[int]] = {}

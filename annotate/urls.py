@@ -5,4 +5,13 @@ from annotate import views
 urlpatterns = [
     path("", views.home, name="home"),
     path("p/<slug:project_slug>/", views.project_detail, name="project_detail"),
+    path("p/<slug:project_slug>/annotate/", views.task_page, name="task_page"),
+    path(
+        "p/<slug:project_slug>/assignments/<int:assignment_id>/submit/",
+        views.submit_assignment,
+        name="submit_assignment",
+    ),
+    path("p/<slug:project_slug>/assignments/<int:assignment_id>/skip/", views.skip_assignment, name="skip_assignment"),
+    path("p/<slug:project_slug>/guidelines/", views.guidelines, name="guidelines"),
+    path("p/<slug:project_slug>/stats/", views.project_stats, name="project_stats"),
 ]

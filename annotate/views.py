@@ -1,11 +1,24 @@
 """Pages for annotators and leads: plain function views, one access helper, one model call each."""
 
-from django.contrib.auth.decorators import login_required
-from django.db.models import Count
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from typing import Any
 
-from annotate.models import Membership, Project
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, QueryDict
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from annotate.models import REMAINING_CAP, Assignment, LeaseError, Membership, Project, Task, TaskKind
+
+# Pairwise choices as the form sends them, in displayed terms (A is the first response shown), with their keys.
+PREFERENCES = [
+    {"value": "a2", "text": "A much better", "digit": "1", "arrow": "⇧←"},
+    {"value": "a1", "text": "A better", "digit": "2", "arrow": "←"},
+    {"value": "tie", "text": "Tie", "digit": "3", "arrow": "T"},
+    {"value": "b1", "text": "B better", "digit": "4", "arrow": "→"},
+    {"value": "b2", "text": "B much better", "digit": "5", "arrow": "⇧→"},
+]
 
 
 def _get_project_for_user(request: HttpRequest, project_slug: str) -> Project:
@@ -13,26 +26,211 @@ def _get_project_for_user(request: HttpRequest, project_slug: str) -> Project:
     return get_object_or_404(Project.objects.for_user(request.user), slug=project_slug)
 
 
+def _get_project_led_by_user(request: HttpRequest, project_slug: str) -> Project:
+    """The project if the user leads it (or is a superuser); 404 for annotators and outsiders alike."""
+    return get_object_or_404(Project.objects.led_by(request.user), slug=project_slug)
+
+
+def _get_assignment_for_user(request: HttpRequest, project_slug: str, assignment_id: int) -> Assignment:
+    """The user's own lease in a project they belong to; 404 for anyone else's, so lease ids cannot be probed."""
+    project = _get_project_for_user(request, project_slug)
+    return get_object_or_404(
+        Assignment.objects.select_related("task__prompt", "task__project"),
+        pk=assignment_id,
+        task__project=project,
+        annotator=request.user,
+    )
+
+
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    projects = Project.objects.for_user(request.user).with_counts()
     roles = dict(Membership.objects.filter(user=request.user).values_list("project_id", "role"))
-    rows = [(project, "lead" if request.user.is_superuser else roles.get(project.pk)) for project in projects]
-    return render(request, "annotate/home.html", {"rows": rows})
+    rows = [
+        (project, "lead" if request.user.is_superuser else roles.get(project.pk), project.progress_for(request.user))
+        for project in Project.objects.for_user(request.user)
+    ]
+    return render(request, "annotate/home.html", {"rows": rows, "remaining_cap": REMAINING_CAP})
 
 
 @login_required
 def project_detail(request: HttpRequest, project_slug: str) -> HttpResponse:
     project = _get_project_for_user(request, project_slug)
-    counts = dict(project.tasks.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
     return render(
         request,
         "annotate/project_detail.html",
         {
             "project": project,
             "role": project.role_of(request.user),
-            "counts": counts,
-            "prompt_count": project.prompts.count(),
-            "my_annotations": project.tasks.filter(annotations__annotator=request.user).count(),
+            "progress": project.progress_for(request.user),
+            "remaining_cap": REMAINING_CAP,
         },
     )
+
+
+@login_required
+def guidelines(request: HttpRequest, project_slug: str) -> HttpResponse:
+    project = _get_project_for_user(request, project_slug)
+    return render(request, "annotate/guidelines.html", {"project": project})
+
+
+@login_required
+def task_page(request: HttpRequest, project_slug: str) -> HttpResponse:
+    project = _get_project_for_user(request, project_slug)
+    return _render_task(request, project, project.next_assignment(request.user))
+
+
+@require_POST
+@login_required
+def submit_assignment(request: HttpRequest, project_slug: str, assignment_id: int) -> HttpResponse:
+    assignment = _get_assignment_for_user(request, project_slug, assignment_id)
+    project = assignment.task.project
+    # Submitting twice returns the first annotation; only the first counts towards the session.
+    first_submission = assignment.status != Assignment.Status.SUBMITTED
+    try:
+        assignment.submit(assignment.answer_from_form(request.POST), user=request.user)
+    except ValidationError as error:
+        return _render_task(request, project, assignment, data=request.POST, errors=_messages(error), status=400)
+    except LeaseError as error:
+        return _render_task(request, project, project.next_assignment(request.user), problem=str(error), status=409)
+    if first_submission:
+        key = _session_key(project)
+        request.session[key] = request.session.get(key, 0) + 1
+    return _next_task_response(request, project)
+
+
+@require_POST
+@login_required
+def skip_assignment(request: HttpRequest, project_slug: str, assignment_id: int) -> HttpResponse:
+    assignment = _get_assignment_for_user(request, project_slug, assignment_id)
+    project = assignment.task.project
+    try:
+        assignment.skip(user=request.user)
+    except LeaseError as error:
+        return _render_task(request, project, project.next_assignment(request.user), problem=str(error), status=409)
+    return _next_task_response(request, project)
+
+
+@login_required
+def project_stats(request: HttpRequest, project_slug: str) -> HttpResponse:
+    project = _get_project_led_by_user(request, project_slug)
+    stats = project.lead_stats()
+    busiest_hour = max((n for _hour, n in stats["per_hour"]), default=0)
+    return render(
+        request,
+        "annotate/stats.html",
+        {
+            "project": project,
+            "task_rows": _tasks_by_kind(stats["tasks_by_status"]),
+            "per_annotator": stats["per_annotator"],
+            # Bar widths in percent of the busiest hour: the page draws them with CSS, no charting library.
+            "per_hour": [(hour, n, round(100 * n / busiest_hour)) for hour, n in stats["per_hour"]],
+            "live_leases": stats["live_leases"],
+        },
+    )
+
+
+def _next_task_response(request: HttpRequest, project: Project) -> HttpResponse:
+    """After a submit or skip: the next task's region for htmx, a redirect to the task page without it."""
+    if not request.htmx:
+        return redirect("task_page", project_slug=project.slug)
+    return _render_task(request, project, project.next_assignment(request.user))
+
+
+def _render_task(
+    request: HttpRequest,
+    project: Project,
+    assignment: Assignment | None,
+    *,
+    data: QueryDict | None = None,
+    errors: dict[str, list[str]] | None = None,
+    problem: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    """The task page, or only its #task region for htmx; `data` and `errors` refill a refused answer."""
+    progress = project.progress_for(request.user)
+    session_done = request.session.get(_session_key(project), 0)
+    context = {
+        "project": project,
+        "assignment": assignment,
+        "problem": problem,
+        "errors": [message for messages in (errors or {}).values() for message in messages],
+        "progress": progress,
+        "remaining_capped": progress["remaining"] >= REMAINING_CAP,
+        "session_done": session_done,
+        # What this session could still reach: what it did, this task, and what remains for the user.
+        "session_total": session_done + progress["remaining"] + (1 if assignment else 0),
+        **(_answer_form(project, assignment, data or QueryDict()) if assignment else {}),
+    }
+    template = "annotate/task.html#task" if request.htmx else "annotate/task.html"
+    return render(request, template, context, status=status)
+
+
+def _answer_form(project: Project, assignment: Assignment, data: QueryDict) -> dict[str, Any]:
+    """The task's responses in shown order and its form's choices, checked as `data` had them."""
+    task = assignment.task
+    responses = assignment.shown_responses()
+    form: dict[str, Any] = {
+        "task": task,
+        "responses": [{"letter": _letter(i), "response": r} for i, r in enumerate(responses)],
+        "comment": data.get("comment", ""),
+        "submit_url": reverse("submit_assignment", args=[project.slug, assignment.pk]),
+        "skip_url": reverse("skip_assignment", args=[project.slug, assignment.pk]),
+    }
+    if task.kind == TaskKind.RATING:
+        descriptions = project.rating_descriptions or {}
+        chosen_labels = data.getlist("labels")
+        form["scale"] = [
+            {
+                "value": point,
+                "description": descriptions.get(str(point), ""),
+                # Digits 1–9 pick the first nine points; a longer scale's top is reached by mouse or Tab.
+                "key": str(i) if i <= 9 else "",
+                "checked": data.get("score") == str(point),
+            }
+            for i, point in enumerate(project.rating_points, start=1)
+        ]
+        form["labels"] = [
+            {"name": label, "key": str(i) if i <= 9 else "", "checked": label in chosen_labels}
+            for i, label in enumerate(project.labels, start=1)
+        ]
+        form["score_keys"] = min(len(form["scale"]), 9)
+        form["label_keys"] = min(len(form["labels"]), 9)
+    elif task.kind == TaskKind.PAIRWISE:
+        form["preferences"] = [{**p, "checked": data.get("preference") == p["value"]} for p in PREFERENCES]
+        form["both_bad"] = data.get("both_bad") == "on"
+    else:
+        form["rank_choices"] = [str(n) for n in range(1, len(responses) + 1)]
+        form["rank_keys"] = min(len(responses), 9)
+        for row in form["responses"]:
+            row["rank"] = data.get(f"rank-{row['response'].pk}", "")
+    return form
+
+
+def _tasks_by_kind(tasks_by_status: dict[tuple[str, str], int]) -> list[dict[str, Any]]:
+    """One row per task kind with its open, complete and total counts, and a total row."""
+    rows = []
+    for kind, label in TaskKind.choices:
+        open_ = tasks_by_status.get((Task.Status.OPEN, kind), 0)
+        complete = tasks_by_status.get((Task.Status.COMPLETE, kind), 0)
+        rows.append({"kind": label, "open": open_, "complete": complete, "total": open_ + complete})
+    rows.append(
+        {
+            "kind": "All",
+            "open": sum(row["open"] for row in rows),
+            "complete": sum(row["complete"] for row in rows),
+            "total": sum(row["total"] for row in rows),
+        }
+    )
+    return rows
+
+
+def _messages(error: ValidationError) -> dict[str, list[str]]:
+    return error.message_dict if hasattr(error, "error_dict") else {"answer": error.messages}
+
+
+def _session_key(project: Project) -> str:
+    return f"arbiter:session-done:{project.pk}"
+
+
+def _letter(index: int) -> str:
+    return chr(ord("A") + index) if index < 26 else str(index + 1)

@@ -19,6 +19,16 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    # Cached figures (project progress) are keyed by primary key, and keys repeat from test to test.
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.fixture
 def make_user(django_user_model):
     def make(username: str, **extra):

@@ -44,11 +44,11 @@ def test_annotator_sees_only_their_projects_on_home(client, annotator, project, 
 
     response = client.get(reverse("home"))
 
-    assert [(p.slug, role) for p, role in response.context["rows"]] == [("helpfulness", "annotator")]
+    assert [(p.slug, role) for p, role, _ in response.context["rows"]] == [("helpfulness", "annotator")]
     assert "Harmlessness" not in response.content.decode()
 
 
-def test_home_shows_role_and_open_and_total_task_counts(client, annotator, project):
+def test_home_shows_role_and_complete_and_total_task_counts(client, annotator, project):
     prompt = Prompt.objects.create(project=project, external_id="p1", messages=[{"role": "user", "content": "Hi"}])
     Task.objects.create(project=project, prompt=prompt, kind="rating")
     Task.objects.create(project=project, prompt=prompt, kind="rating", status=Task.Status.COMPLETE)
@@ -56,8 +56,8 @@ def test_home_shows_role_and_open_and_total_task_counts(client, annotator, proje
 
     response = client.get(reverse("home"))
 
-    [(shown, role)] = response.context["rows"]
-    assert (role, shown.open_tasks, shown.complete_tasks) == ("annotator", 1, 1)
+    [(shown, role, progress)] = response.context["rows"]
+    assert (shown, role, progress["complete_tasks"], progress["total_tasks"]) == (project, "annotator", 1, 2)
     assert '<td class="num">1</td>' in response.content.decode()
     assert '<td class="num">2</td>' in response.content.decode()
 
@@ -67,7 +67,7 @@ def test_superuser_sees_all_projects(client, project, other_project, django_user
 
     response = client.get(reverse("home"))
 
-    assert {(p.slug, role) for p, role in response.context["rows"]} == {
+    assert {(p.slug, role) for p, role, _ in response.context["rows"]} == {
         ("helpfulness", "lead"),
         ("harmlessness", "lead"),
     }
@@ -85,15 +85,14 @@ def test_member_of_another_project_gets_404(client, annotator, other_project):
     assert client.get(reverse("project_detail", args=[other_project.slug])).status_code == 404
 
 
-def test_project_page_shows_guidelines_as_escaped_text(client, annotator, project):
+def test_project_page_renders_guidelines_as_markdown_with_html_inert(client, annotator, project):
     project.guidelines = "Prefer **helpful**.\n<script>alert('x')</script>"
     project.save()
     client.force_login(annotator)
 
     page = client.get(reverse("project_detail", args=[project.slug])).content.decode()
 
-    assert "Prefer **helpful**." in page
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "<strong>helpful</strong>" in page
     assert "<script>alert" not in page
 
 

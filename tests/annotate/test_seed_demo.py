@@ -73,7 +73,7 @@ def test_demo_annotator_can_log_in_and_see_the_project(client, db, debug):
 
     assert client.login(username="annotator1", password=DEFAULT_PASSWORD)
 
-    assert [p.slug for p, _ in client.get(reverse("home")).context["rows"]] == ["demo"]
+    assert [p.slug for p, _, _ in client.get(reverse("home")).context["rows"]] == ["demo"]
 
 
 def test_password_comes_from_the_environment(client, db, debug, monkeypatch):

@@ -1,0 +1,144 @@
+"""Model text is untrusted: the markdown filter renders it inert, and the task page keeps htmx out of it."""
+
+from html.parser import HTMLParser
+
+import pytest
+from django.core.cache import cache
+from django.template import Context, Template
+from django.urls import reverse
+
+from annotate.models import Prompt, Response, Task, TaskResponse
+from annotate.templatetags.arbiter_markdown import ALLOWED_TAGS, render_markdown
+
+PAYLOADS = [
+    "<script>alert(document.cookie)</script>",
+    "<img src=x onerror=alert(1)>",
+    '<a href="javascript:alert(1)">click me</a>',
+    "[click me](javascript:alert(1))",
+    "[click me](JaVaScRiPt:alert(1))",
+    "<javascript:alert(1)>",
+    '<div hx-get="/logout/" hx-trigger="load">x</div>',
+    '<button hx-post="/p/x/assignments/1/submit/" hx-vals=\'{"score": 1}\'>go</button>',
+    '<iframe src="https://evil.example/"></iframe>',
+    "<svg onload=alert(1)><circle r=1 /></svg>",
+    '<p onclick="alert(1)" style="position:fixed">styled</p>',
+    "<object data=x></object><embed src=x><form action=/logout/><input name=a></form>",
+    "[data](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
+]
+
+
+class Elements(HTMLParser):
+    """Every start tag in a fragment, with its attributes: what a browser would build from it."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.found: list[tuple[str, dict[str, str | None]]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.found.append((tag, dict(attrs)))
+
+
+def assert_inert(html: str) -> None:
+    assert "<script" not in html.lower()
+    for tag, attributes in Elements(html).found:
+        assert tag in ALLOWED_TAGS, tag
+        for name, value in attributes.items():
+            assert not name.startswith("on"), (tag, name)
+            assert not name.startswith("hx-") and not name.startswith("data-hx-"), (tag, name)
+            assert name in {"href", "rel"} and tag == "a", (tag, name)
+            assert "javascript:" not in (value or "").lower(), (tag, name, value)
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_payload_renders_inert(payload):
+    assert_inert(render_markdown(payload))
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_payload_inside_markdown_structure_renders_inert(payload):
+    text = f"# Title {payload}\n\n> quoted {payload}\n\n- item {payload}\n\n| a |\n|---|\n| {payload} |\n"
+    assert_inert(render_markdown(text))
+
+
+def test_raw_html_shows_as_the_text_the_model_wrote():
+    # Annotators judge what the model said, so its markup is shown, escaped, rather than dropped.
+    assert render_markdown("<b>bold</b>") == "<p>&lt;b&gt;bold&lt;/b&gt;</p>\n"
+
+
+def test_code_blocks_render_as_pre_code_with_their_content_escaped():
+    html = render_markdown("```python\nif a < b:\n    print('<script>')\n```")
+
+    assert html.startswith("<pre><code>")
+    assert "if a &lt; b:" in html and "&lt;script&gt;" in html
+    assert_inert(html)
+
+
+def test_inline_code_and_indented_code():
+    assert "<code>x &lt; y</code>" in render_markdown("Use `x < y`.")
+    assert render_markdown("    indented\n").startswith("<pre><code>indented")
+
+
+def test_a_plain_link_keeps_its_href_and_gets_rel():
+    html = render_markdown('[docs](https://example.com/a?b=1 "title") and <mailto:someone@example.com>')
+
+    assert '<a href="https://example.com/a?b=1" rel="noopener nofollow">docs</a>' in html
+    assert '<a href="mailto:someone@example.com" rel="noopener nofollow">' in html
+    assert "title=" not in html
+
+
+def test_a_relative_link_loses_its_href():
+    # A relative link would point at this site's own pages, which model text has no business linking to.
+    assert "href" not in render_markdown("[log out](/logout/)")
+
+
+def test_tables_emphasis_lists_and_strikethrough_survive():
+    html = render_markdown("*em* **strong** ~~gone~~\n\n1. one\n2. two\n\n| a | b |\n|--:|---|\n| 1 | 2 |\n\n---")
+
+    for tag in ["<em>", "<strong>", "<s>", "<ol>", "<li>", "<table>", "<th>", "<td>", "<hr>"]:
+        assert tag in html
+    assert "style=" not in html
+
+
+def test_filter_marks_its_output_safe_and_escapes_nothing_twice():
+    rendered = Template("{% load arbiter_markdown %}{{ text|markdown }}").render(Context({"text": "a & **b**"}))
+
+    assert rendered == "<p>a &amp; <strong>b</strong></p>\n"
+
+
+def test_filter_renders_nothing_for_none():
+    assert Template("{% load arbiter_markdown %}{{ text|markdown }}").render(Context({"text": None})) == ""
+
+
+@pytest.mark.django_db
+def test_task_page_shows_hostile_prompt_and_response_inert_inside_hx_disable(client, annotator, project):
+    cache.clear()
+    hostile = "\n\n".join(PAYLOADS)
+    prompt = Prompt.objects.create(
+        project=project,
+        external_id="hostile",
+        messages=[{"role": "system", "content": hostile}, {"role": "user", "content": hostile}],
+    )
+    task = Task.objects.create(project=project, prompt=prompt, kind="pairwise")
+    for position in range(2):
+        response = Response.objects.create(prompt=prompt, content=f"{position} {hostile}")
+        TaskResponse.objects.create(task=task, response=response, position=position)
+    client.force_login(annotator)
+
+    page = client.get(reverse("task_page", args=[project.slug])).content.decode()
+
+    elements = Elements(page).found
+    assert not {"img", "iframe", "svg", "object", "embed"} & {tag for tag, _ in elements}
+    scripts = [attrs.get("src", "") for tag, attrs in elements if tag == "script"]
+    assert "/static/annotate.js" in scripts and all(src.startswith("/static/") for src in scripts)
+    assert not [(tag, name) for tag, attrs in elements for name in attrs if name.startswith("on")]
+    # The only htmx attributes on the page are the site's own: two forms that post, and the disabled regions.
+    assert sorted(attrs["hx-post"].rsplit("/", 2)[-2] for _, attrs in elements if "hx-post" in attrs) == [
+        "skip",
+        "submit",
+    ]
+    assert not [name for _, attrs in elements for name in attrs if name in {"hx-get", "hx-vals", "hx-trigger"}]
+    assert page.count("&lt;script&gt;alert(document.cookie)&lt;/script&gt;") == 4
+    # Every rendered piece of model text sits in an hx-disable container.
+    assert '<section class="prompt" aria-label="Prompt" hx-disable>' in page
+    assert page.count('<div class="md" hx-disable>') == 3  # two responses and the guidelines dialog
