@@ -18,6 +18,11 @@ REMAINING_CAP = 1000
 PROGRESS_CACHE_SECONDS = 30
 
 
+class _NoRoom(Exception):
+    def __init__(self, task_id: int) -> None:
+        self.task_id = task_id
+
+
 class LeaseError(Exception):
     """A lease that cannot be used: someone else's, closed, or expired and given to someone else."""
 
@@ -165,24 +170,36 @@ class Project(models.Model):
                 return None
             passed_over: list[int] = []
             while True:
-                # SKIP LOCKED: concurrent annotators take different tasks instead of queueing on one row.
-                candidates = self.available_tasks(user, now).exclude(pk__in=passed_over)
-                task = candidates.select_for_update(skip_locked=True, of=("self",)).first()
-                if task is None:
-                    return None
-                # The selection read counts from its snapshot; under the lock, a fresh statement sees every
-                # committed lease and annotation, so this check is exact.
-                if task.has_room_for(user, now):
-                    shown_order = task.response_ids()
-                    random.shuffle(shown_order)  # which response is A is random per lease, and recorded
-                    return Assignment.objects.create(
-                        task=task,
-                        annotator=user,
-                        leased_at=now,
-                        expires_at=now + self.lease_length,
-                        shown_order=shown_order,
-                    )
-                passed_over.append(task.pk)
+                try:
+                    return self._lease_next_task(user, now, passed_over)
+                except _NoRoom as no_room:
+                    passed_over.append(no_room.task_id)
+
+    def _lease_next_task(self, user: Any, now: datetime, passed_over: list[int]) -> "Assignment | None":
+        # A savepoint: when the task turns out to be full, rolling back to it unlocks the task again.
+        with transaction.atomic():
+            candidates = self.available_tasks(user, now).exclude(pk__in=passed_over)
+            # SKIP LOCKED: concurrent annotators take different tasks instead of queueing on one row.
+            task = candidates.select_for_update(skip_locked=True, of=("self",)).first()
+            if task is None:
+                # Every candidate may be locked by requests in flight (milliseconds): wait for one rather
+                # than tell the annotator that nothing is left.
+                task = candidates.select_for_update(of=("self",)).first()
+            if task is None:
+                return None
+            # The selection read counts from its snapshot; under the lock, a fresh statement sees every
+            # committed lease and annotation, so this check is exact.
+            if not task.has_room_for(user, now):
+                raise _NoRoom(task.pk)
+            shown_order = task.response_ids()
+            random.shuffle(shown_order)  # which response is A is random per lease, and recorded
+            return Assignment.objects.create(
+                task=task,
+                annotator=user,
+                leased_at=now,
+                expires_at=now + self.lease_length,
+                shown_order=shown_order,
+            )
 
     def available_tasks(self, user: Any, now: datetime) -> "TaskQuerySet":
         """This project's tasks the user may be given now, of the kinds it enables, in queue order."""
