@@ -208,9 +208,13 @@ class Project(models.Model):
             tasks = tasks.filter(kind__in=self.task_kinds)
         return tasks
 
+    @property
+    def progress_cache_key(self) -> str:
+        return f"arbiter:project-progress:{self.pk}"
+
     def progress_for(self, user: Any) -> dict[str, int]:
         """The user's done count, what remains for them (up to REMAINING_CAP), and the project's tasks."""
-        key = f"arbiter:project-progress:{self.pk}"
+        key = self.progress_cache_key
         project_counts = cache.get(key)
         if project_counts is None:
             # Counting all of a project's tasks is the one whole-project count here: shared, and cached.
@@ -576,6 +580,8 @@ class Assignment(models.Model):
             task.annotation_count += 1
             if task.annotation_count >= task.required_annotations:
                 task.status = Task.Status.COMPLETE
+                # The project's progress bar is cached; a completed task is news it should show.
+                transaction.on_commit(lambda: cache.delete(task.project.progress_cache_key))
             task.save(update_fields=["annotation_count", "status"])
         self.status, self.submitted_at = Assignment.Status.SUBMITTED, now
         return annotation
