@@ -680,3 +680,71 @@ class Annotation(models.Model):
     def clean(self) -> None:
         if self.task_id is not None:
             self.task.clean_answer(self.answer())
+
+
+class DatasetSnapshot(models.Model):
+    """One export of a project's data: immutable once ready, and identified by the sha256 of its content.
+
+    Training rounds point at a snapshot, so a model can always be traced to the exact data it saw.
+    """
+
+    class Kind(models.TextChoices):
+        PAIRS = "pairs", "Preference pairs (reward model, DPO)"
+        UNPAIRED = "unpaired", "Unpaired ratings (KTO)"
+        VOTES = "votes", "Raw votes"
+        SFT = "sft", "SFT conversations"
+
+    class Format(models.TextChoices):
+        JSONL = "jsonl", "JSON Lines"
+        PARQUET = "parquet", "Parquet"
+
+    class Style(models.TextChoices):
+        CONVERSATIONAL = "conversational", "Conversational (message lists)"
+        STANDARD = "standard", "Standard (strings)"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="snapshots")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    format = models.CharField(max_length=16, choices=Format.choices, default=Format.JSONL)
+    style = models.CharField(max_length=16, choices=Style.choices, default=Style.CONVERSATIONAL)
+    filters = models.JSONField(default=dict, blank=True, help_text="The filters and options the export ran with.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    rows_written = models.PositiveIntegerField(default=0, help_text="Progress while running; the total when ready.")
+    row_count = models.PositiveIntegerField(null=True, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True, db_index=True)
+    file = models.FileField(upload_to="exports/%Y/%m/", blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="snapshots"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} {self.kind} export {self.pk}"
+
+
+class ApiToken(models.Model):
+    """A token for scripts: only a hash is stored, the token itself is shown once, when it is made."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, help_text="What the token is for, e.g. the script using it.")
+    prefix = models.CharField(max_length=16, unique=True, help_text="The token's first characters, to find it.")
+    digest = models.CharField(max_length=64, help_text="sha256 of the whole token.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…) of {self.user}"
