@@ -3,6 +3,8 @@
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from io import BytesIO
 
 import pytest
@@ -31,6 +33,30 @@ def run_together(target, args_list):
         thread.start()
     for thread in threads:
         thread.join()
+
+
+@contextmanager
+def task_locked_elsewhere(task, seconds: float) -> Iterator[threading.Event]:
+    """Another connection holds the task's row lock for `seconds`, or until the yielded event is set."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                Task.objects.select_for_update().get(pk=task.pk)
+                locked.set()
+                release.wait(seconds)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        yield release
+    finally:
+        release.set()
+        holder.join()
 
 
 def test_annotators_working_at_once_fill_every_task_exactly_to_k(project, django_user_model):
@@ -94,27 +120,11 @@ def test_a_task_locked_by_another_request_is_passed_over_not_waited_for(project,
     first, second = Task.objects.filter(project=project).order_by("id")
     other = make_user("other")
     Membership.objects.create(project=project, user=other)
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_lock_on_first() -> None:
-        try:
-            with transaction.atomic():
-                Task.objects.select_for_update().get(pk=first.pk)
-                locked.set()
-                release.wait(10)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=hold_lock_on_first)
-    holder.start()
-    try:
-        assert locked.wait(10)
+    with task_locked_elsewhere(first, seconds=10) as release:
         began = time.monotonic()
         lease = project.next_assignment(annotator)
         waited = time.monotonic() - began
-    finally:
         release.set()
-        holder.join()
 
     assert lease.task == second
     assert waited < 2
@@ -150,26 +160,10 @@ def test_one_users_simultaneous_requests_respect_the_open_lease_cap(project, ann
 def test_when_every_candidate_is_locked_the_queue_waits_rather_than_report_nothing_left(project, annotator):
     import_rows(project, [{"id": "p0", "prompt": "Question?", "response": "yes"}])
     [only] = Task.objects.filter(project=project)
-    locked = threading.Event()
-
-    def hold_lock_briefly() -> None:
-        try:
-            with transaction.atomic():
-                Task.objects.select_for_update().get(pk=only.pk)
-                locked.set()
-                time.sleep(0.5)  # a request in flight, e.g. someone else's submit
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=hold_lock_briefly)
-    holder.start()
-    try:
-        assert locked.wait(10)
+    with task_locked_elsewhere(only, seconds=0.5):  # a request in flight, e.g. someone else's submit
         began = time.monotonic()
         lease = project.next_assignment(annotator)
         waited = time.monotonic() - began
-    finally:
-        holder.join()
 
     assert lease is not None and lease.task_id == only.pk
     assert waited >= 0.3
