@@ -9,9 +9,13 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# torch goes first, pinned: here and in CI that is the CPU build, and once it is installed the `train` extra's
+# torch>=2.6 adds nothing (unpinned, pip would fetch the newest CUDA build, several GB). GPU machines install the
+# CUDA build of torch 2.13.0 before this, which the pin then keeps (README, Deploying).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-input -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-input torch==2.13.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-input -e '.[dev,train]'
 	touch $@
 
 run: install

@@ -1,9 +1,14 @@
 """Shared fixtures: named users and a project they belong to, instead of a factory framework."""
 
-import pytest
-from django.db import connection
+import os
 
-from annotate.models import Membership, Project
+# No model hub is reachable, and tests must never try one: set before anything imports huggingface_hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+from django.db import connection  # noqa: E402
+
+from annotate.models import Membership, Project  # noqa: E402
 
 PASSWORD = "correct-horse-battery"
 
