@@ -30,6 +30,8 @@ def clean_answer(project: "Project", kind: str, response_ids: list[int], data: M
     comment = data.get("comment") or ""
     if not isinstance(comment, str):
         raise ValidationError({"comment": "Must be text."})
+    if "\x00" in comment:  # PostgreSQL cannot store it
+        raise ValidationError({"comment": "Must not contain a NUL character."})
     if kind == "rating":
         return {"comment": comment, **_clean_rating(project, data)}
     if kind == "pairwise":

@@ -287,12 +287,10 @@ def _check_fields(format: str, line: int, fields: Iterable[str]) -> None:
 
 
 def _parse_row(format: str, line: int, record: dict[str, Any]) -> Row:
-    allowed = {"prompts": PROMPT_FIELDS, "responses": RESPONSE_FIELDS, "preferences": PREFERENCE_FIELDS}[format]
-    for key in record:
-        if key not in allowed and not (format == "responses" and _RESPONSE_COLUMN.match(key)):
-            raise ImportFailed(
-                f"unknown field for {format} (expected {', '.join(sorted(allowed))})", line=line, field=key
-            )
+    _check_fields(format, line, record)
+    for name, value in record.items():
+        if _has_nul(value):
+            raise ImportFailed("contains a NUL character (\\u0000), which cannot be stored", line=line, field=name)
     split = record.get("split", Prompt.Split.TRAIN)
     if split not in Prompt.Split.values:
         raise ImportFailed(f"must be 'train' or 'eval', not {split!r}", line=line, field="split")
@@ -315,6 +313,17 @@ def _parse_row(format: str, line: int, record: dict[str, Any]) -> Row:
         responses=responses,
         chosen=chosen,
     )
+
+
+def _has_nul(value: Any) -> bool:
+    # PostgreSQL refuses NUL in text and JSON; refusing it here keeps SQLite and PostgreSQL alike.
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 def _json_field(record: dict[str, Any], name: str, line: int, default: Any = None) -> Any:
