@@ -10,18 +10,22 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
 from django.db.models import ForeignKey, Model, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
 from django.utils.text import Truncator
 
+from annotate.exports import EXPORT_OPTIONS, create_snapshot
 from annotate.importing import ImportFailed, import_file
 from annotate.models import (
     Annotation,
     Assignment,
+    DatasetSnapshot,
     Membership,
     Project,
     Prompt,
@@ -30,6 +34,7 @@ from annotate.models import (
     TaskResponse,
     count_of,
 )
+from annotate.tasks import export_snapshot
 
 admin.site.site_header = "Arbiter administration"
 admin.site.site_title = "Arbiter admin"
@@ -45,6 +50,7 @@ LEAD_PERMISSIONS = {
     "annotation": ("view", "add", "change", "delete"),
     "membership": ("view", "add", "change", "delete"),
     "project": ("view", "change"),
+    "datasetsnapshot": ("view",),
 }
 
 
@@ -128,6 +134,28 @@ class ImportForm(forms.Form):
     )
 
 
+class ExportForm(forms.Form):
+    kind = forms.ChoiceField(choices=DatasetSnapshot.Kind.choices)
+    format = forms.ChoiceField(choices=DatasetSnapshot.Format.choices)
+    style = forms.ChoiceField(choices=DatasetSnapshot.Style.choices)
+    split = forms.ChoiceField(required=False, choices=[("", "All"), *Prompt.Split.choices])
+    round = forms.IntegerField(required=False, min_value=0)
+    since = forms.DateTimeField(required=False)
+    until = forms.DateTimeField(required=False)
+    annotator = forms.CharField(required=False)
+    min_agreement = forms.FloatField(required=False, min_value=0, max_value=1)
+    include_ties = forms.BooleanField(required=False)
+    include_both_bad = forms.BooleanField(required=False)
+    ratings_as_pairs = forms.BooleanField(required=False)
+    reveal_annotators = forms.BooleanField(required=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, option in EXPORT_OPTIONS.items():
+            kinds = "" if len(option.kinds) == len(DatasetSnapshot.Kind) else f" ({', '.join(option.kinds)} only)"
+            self.fields[name].help_text = option.help + kinds
+
+
 @admin.register(Project)
 class ProjectAdmin(ProjectScopedAdmin):
     project_path = "pk"
@@ -136,6 +164,7 @@ class ProjectAdmin(ProjectScopedAdmin):
     prepopulated_fields = {"slug": ["name"]}
     readonly_fields = ["created_at"]
     inlines = [MembershipInline]
+    actions = ["export_dataset"]
     fieldsets = [
         (None, {"fields": ["name", "slug", "guidelines", "created_at"]}),
         ("Tasks", {"fields": ["task_kinds", "overlap", "lease_length", "max_open_leases"]}),
@@ -168,6 +197,11 @@ class ProjectAdmin(ProjectScopedAdmin):
                 self.admin_site.admin_view(self.import_view),
                 name="annotate_project_import",
             ),
+            path(
+                "<int:object_id>/export/",
+                self.admin_site.admin_view(self.export_view),
+                name="annotate_project_export",
+            ),
             *super().get_urls(),
         ]
 
@@ -193,6 +227,48 @@ class ProjectAdmin(ProjectScopedAdmin):
             "form": form,
         }
         return TemplateResponse(request, "admin/annotate/project/import.html", context)
+
+    @admin.action(description="Export dataset")
+    def export_dataset(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        if queryset.count() != 1:
+            messages.warning(request, "Select one project to export.")
+            return None
+        return HttpResponseRedirect(reverse("admin:annotate_project_export", args=[queryset.get().pk]))
+
+    def export_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """Start an export of the project as a dataset snapshot; a Celery worker writes it."""
+        project = get_object_or_404(Project.objects.led_by(request.user), pk=object_id)
+        if not self.has_change_permission(request, project):
+            raise PermissionDenied
+        form = ExportForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                snapshot = create_snapshot(
+                    project,
+                    kind=data["kind"],
+                    format=data["format"],
+                    style=data["style"],
+                    filters={name: data[name] for name in EXPORT_OPTIONS},
+                    user=request.user,
+                )
+            except ValidationError as error:
+                form.add_error(None, error)
+            else:
+                transaction.on_commit(lambda: export_snapshot.delay(snapshot.pk))
+                link = reverse("admin:annotate_datasetsnapshot_change", args=[snapshot.pk])
+                messages.success(
+                    request, format_html('Export started: <a href="{}">{}</a> shows its progress.', link, snapshot)
+                )
+                return HttpResponseRedirect(reverse("admin:annotate_project_change", args=[project.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Export a dataset from {project}",
+            "opts": self.opts,
+            "original": project,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/annotate/project/export.html", context)
 
 
 @admin.register(Membership)
@@ -364,3 +440,54 @@ class AnnotationAdmin(ProjectScopedAdmin):
         super().delete_queryset(request, queryset)
         for task in tasks:
             task.refresh_progress()
+
+
+@admin.register(DatasetSnapshot)
+class DatasetSnapshotAdmin(ProjectScopedAdmin):
+    """Read-only: a snapshot is made by an export and never changes, so training can point at it."""
+
+    project_path = "project"
+    list_display = ["__str__", "project", "kind", "format", "rows", "sha256", "status", "created_by", "created_at"]
+    list_display += ["download"]
+    list_filter = ["status", "kind", "format", _related_only("project")]
+    list_select_related = ["project", "created_by"]
+    readonly_fields = ["download"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: DatasetSnapshot | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: DatasetSnapshot | None = None) -> bool:
+        return False
+
+    @admin.display(description="Rows")
+    def rows(self, snapshot: DatasetSnapshot) -> str:
+        if snapshot.status == DatasetSnapshot.Status.READY:
+            return f"{snapshot.row_count:,}"
+        return f"{snapshot.rows_written:,} so far" if snapshot.status == DatasetSnapshot.Status.RUNNING else "–"
+
+    @admin.display(description="File")
+    def download(self, snapshot: DatasetSnapshot) -> str:
+        if snapshot.status != DatasetSnapshot.Status.READY:
+            return snapshot.error or "–"
+        url = reverse("admin:annotate_datasetsnapshot_download", args=[snapshot.pk])
+        return format_html('<a href="{}">Download</a>', url)
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "<int:object_id>/download/",
+                self.admin_site.admin_view(self.download_view),
+                name="annotate_datasetsnapshot_download",
+            ),
+            *super().get_urls(),
+        ]
+
+    def download_view(self, request: HttpRequest, object_id: int) -> FileResponse:
+        """The snapshot's file: media files are not served publicly, so it goes through the admin's scoping."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        snapshot = get_object_or_404(self.get_queryset(request), pk=object_id, status=DatasetSnapshot.Status.READY)
+        return FileResponse(snapshot.file.open("rb"), as_attachment=True, filename=snapshot.file.name.split("/")[-1])

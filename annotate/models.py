@@ -1,6 +1,9 @@
 """The annotation domain: projects and their members, prompts and responses, tasks, leases and answers."""
 
+import hashlib
+import hmac
 import random
+import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -732,8 +735,32 @@ class DatasetSnapshot(models.Model):
         return f"{self.project.slug} {self.kind} export {self.pk}"
 
 
+class ApiTokenQuerySet(models.QuerySet):
+    def authenticate(self, plaintext: str) -> "ApiToken | None":
+        """The live token that `plaintext` is, with its user; None if it is malformed, unknown, wrong or revoked."""
+        scheme, _, rest = plaintext.partition("_")
+        prefix, _, secret = rest.partition("_")  # the prefix is hex; the secret may hold more underscores
+        if scheme != ApiToken.SCHEME or not prefix or not secret:
+            return None
+        token = self.select_related("user").filter(prefix=prefix, revoked_at__isnull=True).first()
+        # compare_digest: how long the comparison takes says nothing about how much of the digest matched.
+        if token is None or not hmac.compare_digest(token.digest, ApiToken.digest_of(plaintext)):
+            return None
+        if not token.user.is_active:
+            return None
+        token.record_use()
+        return token
+
+
 class ApiToken(models.Model):
-    """A token for scripts: only a hash is stored, the token itself is shown once, when it is made."""
+    """A token for scripts: only a hash is stored, the token itself is shown once, when it is made.
+
+    A token reads `arb_<prefix>_<secret>`: the prefix finds the row, the sha256 of the whole token checks it.
+    """
+
+    SCHEME = "arb"
+    # last_used_at is for people ("used 3 days ago"): writing it on every request would double the writes.
+    LAST_USED_RESOLUTION = timedelta(minutes=1)
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=100, help_text="What the token is for, e.g. the script using it.")
@@ -743,8 +770,42 @@ class ApiToken(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
+    objects = ApiTokenQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…) of {self.user}"
+
+    @classmethod
+    def issue(cls, user: Any, name: str) -> tuple["ApiToken", str]:
+        """Make a token for `user`; returns it with its plaintext, which is not stored and cannot be shown again."""
+        prefix = secrets.token_hex(6)
+        plaintext = f"{cls.SCHEME}_{prefix}_{secrets.token_urlsafe(32)}"
+        token = cls(user=user, name=name.strip(), prefix=prefix, digest=cls.digest_of(plaintext))
+        token.full_clean()  # a blank or overlong name is a ValidationError on "name", for the page and the API
+        token.save()
+        return token, plaintext
+
+    @staticmethod
+    def digest_of(plaintext: str) -> str:
+        # A plain hash suffices (no salt, no slow KDF): the secret is 256 random bits, not a password.
+        return hashlib.sha256(plaintext.encode()).hexdigest()
+
+    @property
+    def masked(self) -> str:
+        """How the token is shown after it was made: enough to recognise it, nothing to use."""
+        return f"{self.SCHEME}_{self.prefix}_…"
+
+    def record_use(self) -> None:
+        now = timezone.now()
+        if self.last_used_at is None or now - self.last_used_at >= self.LAST_USED_RESOLUTION:
+            ApiToken.objects.filter(pk=self.pk).update(last_used_at=now)
+            self.last_used_at = now
+
+    def revoke(self) -> None:
+        """Refuse the token from now on; the row stays, so its owner sees when it was revoked."""
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            self.save(update_fields=["revoked_at"])

@@ -14,4 +14,6 @@ urlpatterns = [
     path("p/<slug:project_slug>/assignments/<int:assignment_id>/skip/", views.skip_assignment, name="skip_assignment"),
     path("p/<slug:project_slug>/guidelines/", views.guidelines, name="guidelines"),
     path("p/<slug:project_slug>/stats/", views.project_stats, name="project_stats"),
+    path("tokens/", views.api_tokens, name="api_tokens"),
+    path("tokens/<int:token_id>/revoke/", views.revoke_api_token, name="revoke_api_token"),
 ]

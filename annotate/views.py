@@ -7,9 +7,10 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from annotate.models import REMAINING_CAP, Assignment, LeaseError, Membership, Project, Task, TaskKind
+from annotate.models import REMAINING_CAP, ApiToken, Assignment, LeaseError, Membership, Project, Task, TaskKind
 
 # Pairwise choices as the form sends them, in displayed terms (A is the first response shown), with their keys.
 PREFERENCES = [
@@ -127,6 +128,29 @@ def project_stats(request: HttpRequest, project_slug: str) -> HttpResponse:
             "live_leases": stats["live_leases"],
         },
     )
+
+
+@never_cache  # the response that shows a new token must stay in no cache
+@login_required
+def api_tokens(request: HttpRequest) -> HttpResponse:
+    """The user's API tokens; a POST makes one and shows it, this once (only its hash is kept)."""
+    new_token, plaintext, errors = None, "", []
+    if request.method == "POST":
+        # Rendered, not redirected: after a redirect the token would have to be kept somewhere to show it.
+        try:
+            new_token, plaintext = ApiToken.issue(request.user, request.POST.get("name", ""))
+        except ValidationError as error:
+            errors = error.messages
+    tokens = request.user.api_tokens.all()
+    context = {"tokens": tokens, "new_token": new_token, "plaintext": plaintext, "errors": errors}
+    return render(request, "annotate/tokens.html", context, status=400 if errors else 200)
+
+
+@require_POST
+@login_required
+def revoke_api_token(request: HttpRequest, token_id: int) -> HttpResponse:
+    get_object_or_404(request.user.api_tokens, pk=token_id).revoke()
+    return redirect("api_tokens")
 
 
 def _next_task_response(request: HttpRequest, project: Project) -> HttpResponse:

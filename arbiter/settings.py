@@ -1,5 +1,6 @@
 """The one settings module: every value comes from the environment, with embedded defaults for development."""
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,6 +29,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "template_partials",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI as static files: the docs page loads nothing from a CDN
     "annotate",
     "training",
     "models_registry",
@@ -121,6 +125,69 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", "False")
 # Imports: refuse files over this size before reading them.
 ARBITER_IMPORT_MAX_BYTES = env_int("ARBITER_IMPORT_MAX_BYTES", str(512 * 1024 * 1024))
 ARBITER_DEFAULT_LEASE = timedelta(minutes=30)
+
+# The API (annotate/api.py): bearer tokens for scripts, the session for the browser; JSON only.
+_THROTTLE_RATE = re.compile(r"^\d+/(s|sec|second|m|min|minute|h|hour|d|day)$")
+
+
+def _env_rate(name: str, default: str) -> str:
+    """A DRF throttle rate such as 10/min, checked at startup rather than on the first throttled request."""
+    value = env_str(name, default).strip()
+    if not _THROTTLE_RATE.match(value):
+        raise ImproperlyConfigured(f"{name}={value!r} is not a rate: use <number>/<s|min|hour|day>, e.g. 10/min.")
+    return value
+
+
+REST_FRAMEWORK = {
+    # Bearer first: its WWW-Authenticate header is what turns an anonymous request into 401, not 403.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "annotate.api_defaults.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "annotate.api_defaults.IdCursorPagination",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Only views that name a throttle_scope are throttled.
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "login": _env_rate("ARBITER_THROTTLE_LOGIN", "10/min"),
+        "submit": _env_rate("ARBITER_THROTTLE_SUBMIT", "120/min"),
+    },
+    "EXCEPTION_HANDLER": "annotate.api.exception_handler",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",  # APIClient in tests speaks what scripts speak
+    # Throttles key anonymous clients by address. 0 trusts no X-Forwarded-For (a client could make up a new
+    # address per login attempt); behind proxies, their count, so the address the nearest one saw is used.
+    "NUM_PROXIES": env_int("ARBITER_NUM_PROXIES", "0"),
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Arbiter API",
+    "DESCRIPTION": (
+        "Annotate, import and export RLHF data from scripts. Authenticate with `Authorization: Bearer <token>` "
+        "(make a token at /tokens/ or with POST /api/v1/auth/token/)."
+    ),
+    "VERSION": "1",
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    # Request bodies get their own components (TokenRequest next to Token), so read-only fields stay out of them.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # What Django's path converters match, so clients (and the fuzzer in tests/api) send routable paths.
+    "PATH_CONVERTER_OVERRIDES": {
+        "slug": {"type": "string", "pattern": "^[-a-zA-Z0-9_]+$"},
+        "int": {"type": "integer", "minimum": 0},
+    },
+    # Fields named alike (kind, format) take different choices; each set gets a name of its own.
+    "ENUM_NAME_OVERRIDES": {
+        "TaskKindEnum": "annotate.models.TaskKind",
+        "ExportKindEnum": "annotate.models.DatasetSnapshot.Kind",
+        "ExportFormatEnum": "annotate.models.DatasetSnapshot.Format",
+        "ImportFormatEnum": "annotate.importing.FORMATS",
+    },
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+}
 
 LOGGING = {
     "version": 1,

@@ -1,0 +1,57 @@
+"""The classes settings.REST_FRAMEWORK names: bearer-token authentication and cursor pagination.
+
+They live apart from annotate/api.py because DRF imports them while its own views module loads; a module
+that imports rest_framework.views (as api.py does) would be a circular import here.
+"""
+
+from typing import Any
+
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.pagination import Cursor, CursorPagination
+from rest_framework.request import Request
+
+from annotate.models import ApiToken
+
+
+class BearerTokenAuthentication(BaseAuthentication):
+    """`Authorization: Bearer arb_…`, checked by ApiToken.objects.authenticate."""
+
+    def authenticate(self, request: Request) -> tuple[Any, ApiToken] | None:
+        words = get_authorization_header(request).split()
+        if not words or words[0].lower() != b"bearer":
+            return None  # not a bearer request: the session may still authenticate it
+        if len(words) != 2:
+            raise exceptions.AuthenticationFailed("Send the token as `Authorization: Bearer <token>`.")
+        token = ApiToken.objects.authenticate(words[1].decode("latin-1"))
+        if token is None:
+            raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+        return token.user, token
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'
+
+
+class IdCursorPagination(CursorPagination):
+    """Every list: a cursor over the primary key, so pages stay exact while rows are added."""
+
+    ordering = "id"
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        cursor = super().decode_cursor(request)
+        # DRF filters on the cursor's position unchecked: a made-up one ("p=abc") would be a 500, not a 404.
+        if cursor is not None and cursor.position is not None:
+            try:
+                in_range = abs(int(cursor.position)) < 2**63
+            except ValueError:
+                in_range = False
+            if not in_range:
+                raise exceptions.NotFound(self.invalid_cursor_message)
+        return cursor
+
+
+class NewestFirstPagination(IdCursorPagination):
+    ordering = "-id"

@@ -1,0 +1,31 @@
+"""The API's routes, mounted at /api/v1/ (see annotate/api.py for who may call what)."""
+
+from django.urls import path
+
+from annotate import api
+
+app_name = "api"
+
+urlpatterns = [
+    path("me/", api.MeView.as_view(), name="me"),
+    path("auth/token/", api.LoginView.as_view(), name="login"),
+    path("tokens/", api.TokenListView.as_view(), name="tokens"),
+    path("tokens/<int:token_id>/", api.TokenDetailView.as_view(), name="token_detail"),
+    path("projects/", api.ProjectListView.as_view(), name="projects"),
+    path("projects/<slug:slug>/", api.ProjectDetailView.as_view(), name="project_detail"),
+    path("projects/<slug:slug>/stats/", api.ProjectStatsView.as_view(), name="project_stats"),
+    path("projects/<slug:slug>/prompts/", api.PromptListView.as_view(), name="prompts"),
+    path("projects/<slug:slug>/responses/", api.ResponseListView.as_view(), name="responses"),
+    path("projects/<slug:slug>/import/", api.ImportView.as_view(), name="import"),
+    path("projects/<slug:slug>/next/", api.NextTaskView.as_view(), name="next_task"),
+    path("projects/<slug:slug>/assignments/<int:assignment_id>/submit/", api.SubmitView.as_view(), name="submit"),
+    path("projects/<slug:slug>/assignments/<int:assignment_id>/skip/", api.SkipView.as_view(), name="skip"),
+    path("projects/<slug:slug>/annotations/", api.AnnotationListView.as_view(), name="annotations"),
+    path("projects/<slug:slug>/exports/", api.ExportListView.as_view(), name="exports"),
+    path("projects/<slug:slug>/exports/<int:snapshot_id>/", api.ExportDetailView.as_view(), name="export_detail"),
+    path(
+        "projects/<slug:slug>/exports/<int:snapshot_id>/download/",
+        api.ExportDownloadView.as_view(),
+        name="export_download",
+    ),
+]
