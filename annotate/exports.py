@@ -262,9 +262,7 @@ def _prompt_chunks(snapshot: DatasetSnapshot) -> Iterator[dict[int, _Prompt]]:
 def _annotations(snapshot: DatasetSnapshot, prompts: dict[int, _Prompt]) -> QuerySet:
     """The annotations on these prompts' tasks that the snapshot's filters let through."""
     options = snapshot.filters
-    annotations = Annotation.objects.filter(task__project=snapshot.project, **_within("task__prompt", prompts))
-    if options["split"]:
-        annotations = annotations.filter(task__prompt__split=options["split"])
+    annotations = Annotation.objects.filter(**_their_tasks(snapshot, prompts))
     if options["round"] is not None:
         annotations = annotations.filter(task__round_number=options["round"])
     if options["since"]:
@@ -277,10 +275,18 @@ def _annotations(snapshot: DatasetSnapshot, prompts: dict[int, _Prompt]) -> Quer
 
 
 def _within(prompt_path: str, prompts: dict[int, _Prompt]) -> dict[str, int]:
-    """Lookups for "the prompt at prompt_path is one of these": a chunk holds every prompt of the project (and
-    split) from its first id to its last, so with the project's (and split's) filter an id range is exact."""
+    """Lookups for "the prompt at prompt_path lies in this chunk's id range": an index range scan. The range
+    also holds other projects' (and splits') prompts, so each query narrows it to the project (and split)."""
     ids = list(prompts)
     return {f"{prompt_path}__gte": ids[0], f"{prompt_path}__lte": ids[-1]}
+
+
+def _their_tasks(snapshot: DatasetSnapshot, prompts: dict[int, _Prompt]) -> dict[str, Any]:
+    """Lookups, from a row with a task, for the tasks of these prompts."""
+    lookups = {"task__project": snapshot.project, **_within("task__prompt", prompts)}
+    if snapshot.filters["split"]:
+        lookups["task__prompt__split"] = snapshot.filters["split"]
+    return lookups
 
 
 def _responses(snapshot: DatasetSnapshot, prompts: dict[int, _Prompt]) -> dict[int, _Response]:
@@ -301,9 +307,7 @@ def _task_responses(
 ) -> dict[int, list[_Response]]:
     """The responses of these prompts' tasks of these kinds, by task, in position order."""
     rows = (
-        TaskResponse.objects.filter(
-            task__project=snapshot.project, task__kind__in=kinds, **_within("task__prompt", prompts)
-        )
+        TaskResponse.objects.filter(task__kind__in=kinds, **_their_tasks(snapshot, prompts))
         .order_by("task_id", "position")
         .values_list("task_id", "response_id")
     )

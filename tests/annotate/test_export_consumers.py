@@ -1,4 +1,7 @@
-"""The real consumers take the exports as they are: Hugging Face `datasets` loads them, TRL trains on them."""
+"""Hugging Face `datasets` loads every export as it is, and HH-RLHF survives an import and an export unchanged.
+
+TRL's trainers on exports (reward, DPO, KTO): test_export_trl.py.
+"""
 
 import gzip
 import json
@@ -74,53 +77,6 @@ def test_datasets_loads_every_export_with_its_columns_and_rows(project, data, tm
         first = loaded[0]
         messages = first["messages"] if kind == "sft" else first["prompt"] + first[COLUMNS[kind, style][1]]
         assert set(messages[-1]) == {"role", "content"} and messages[-1]["role"] == "assistant"
-
-
-@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' renames, not ours
-@pytest.mark.parametrize("style", DatasetSnapshot.Style.values)
-def test_kto_export_passes_trls_data_preparation_and_trains(project, data, tmp_path, style):
-    """KTOTrainer prepares the loaded export (chat template or EOS, tokenising, KL completions, label balance) and
-    takes a step on it, with a tiny model and tokenizer made here: no download."""
-    pytest.importorskip("trl")
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    from trl import KTOConfig, KTOTrainer
-
-    dataset = load(export(project, "unpaired", "parquet", style), tmp_path)
-    words = {"user:", "assistant:"}
-    for row in dataset:
-        for part in (row["prompt"], row["completion"]):
-            texts = [part] if isinstance(part, str) else [message["content"] for message in part]
-            words.update(word for text in texts for word in text.split())
-    vocab = {word: i for i, word in enumerate(["[UNK]", "[PAD]", "[EOS]", *sorted(words)])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]"
-    )
-    tokenizer.chat_template = (
-        "{% for m in messages %}{{ m.role }}: {{ m.content }} {% endfor %}"
-        "{% if add_generation_prompt %}assistant: {% endif %}"
-    )
-    config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, pad_token_id=1, eos_token_id=2,
-    )  # fmt: skip
-    model, reference = LlamaForCausalLM(config), LlamaForCausalLM(config)
-    args = KTOConfig(
-        output_dir=str(tmp_path / "kto"), per_device_train_batch_size=2, max_steps=1, use_cpu=True,
-        report_to=[], save_strategy="no", logging_strategy="no",
-    )  # fmt: skip
-    trainer = KTOTrainer(model=model, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer)
-
-    prepared = trainer.train_dataset
-    assert prepared.num_rows == dataset.num_rows == 4
-    assert prepared["label"] == [True, False, False, False]
-    assert {"prompt_ids", "completion_ids", "KL_completion_ids"} <= set(prepared.column_names)
-    assert all(prepared["completion_ids"])
-    before = [parameter.detach().clone() for parameter in model.parameters()]
-    trainer.train()
-    assert any((old != new.detach()).any() for old, new in zip(before, model.parameters(), strict=True))
 
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant):")

@@ -266,6 +266,10 @@ class TestPairs:
             d.t2.id
         ]  # t3 is both bad
         assert {row["task_id"] for row in rows_of(export(project, round=1))} == {d.t4.id}
+        # p2 (eval) lies between train prompts: its tasks stay out.
+        everything = rows_of(export(project, include_ties=True, include_both_bad=True))
+        train = rows_of(export(project, split="train", include_ties=True, include_both_bad=True))
+        assert train == [row for row in everything if row["prompt_id"] != "p2"]
         # Votes from 2 January on, before the 3rd: bob's A better on t1.
         assert rows_of(export(project, since="2026-01-02", until="2026-01-03")) == [
             pair(d, d.t1, d.r1, d.r2, 1.0, 1, 1, 0, 0, 1.0)
@@ -384,6 +388,7 @@ class TestVotes:
         everything = set(Annotation.objects.values_list("id", flat=True))
         assert ids() == everything
         assert ids(split="eval") == {d.t2_alice.id, d.t3_alice.id, d.t3_bob.id}
+        assert ids(split="train") == everything - ids(split="eval")
         assert ids(round=1) == {d.t4_alice.id, d.t4_bob.id}
         assert ids(annotator="carol") == {d.t1_carol.id}
         assert ids(since="2026-01-06") == {a.id for a in d.ratings.values()} | {d.imported.id}
