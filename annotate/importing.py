@@ -120,6 +120,9 @@ def import_file(project: Project, source: str | Path | IO[bytes], *, format: str
                 for batch in _batched(chain([first], records), BATCH_SIZE):
                     rows = [_parse_row(format, line, record) for line, record in batch]
                     _write_batch(project, rows, result, last_prompt_before)
+                # Last, so the project's row (which completing submissions update too) is held only to commit.
+                # Each imported annotation completes the task made for it.
+                project.count_tasks(added=result.tasks_created, completed=result.annotations_created)
         except IntegrityError:
             # Only a concurrent import of the same ids gets here: this one saw them absent, then collided.
             raise ImportFailed("another import added the same prompts at the same time; import again") from None

@@ -1,5 +1,6 @@
 """Pages for annotators and leads: plain function views, one access helper, one model call each."""
 
+import time
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
@@ -11,6 +12,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from annotate.models import REMAINING_CAP, ApiToken, Assignment, LeaseError, Membership, Project, Task, TaskKind
+
+REMAINING_RECOUNT_SECONDS = 60
 
 # Pairwise choices as the form sends them, in displayed terms (A is the first response shown), with their keys.
 PREFERENCES = [
@@ -94,8 +97,7 @@ def submit_assignment(request: HttpRequest, project_slug: str, assignment_id: in
     except LeaseError as error:
         return _render_task(request, project, project.next_assignment(request.user), problem=str(error), status=409)
     if first_submission:
-        key = _session_key(project)
-        request.session[key] = request.session.get(key, 0) + 1
+        _count_submission(request, project)
     return _next_task_response(request, project)
 
 
@@ -108,6 +110,7 @@ def skip_assignment(request: HttpRequest, project_slug: str, assignment_id: int)
         assignment.skip(user=request.user)
     except LeaseError as error:
         return _render_task(request, project, project.next_assignment(request.user), problem=str(error), status=409)
+    _one_less_remaining(request, project)
     return _next_task_response(request, project)
 
 
@@ -157,6 +160,7 @@ def _next_task_response(request: HttpRequest, project: Project) -> HttpResponse:
     """After a submit or skip: the next task's region for htmx, a redirect to the task page without it."""
     if not request.htmx:
         return redirect("task_page", project_slug=project.slug)
+    project.refresh_from_db(fields=["task_count", "complete_task_count"])  # the submit may have completed a task
     return _render_task(request, project, project.next_assignment(request.user))
 
 
@@ -171,18 +175,18 @@ def _render_task(
     status: int = 200,
 ) -> HttpResponse:
     """The task page, or only its #task region for htmx; `data` and `errors` refill a refused answer."""
-    progress = project.progress_for(request.user)
+    remaining = _remaining(request, project)
     session_done = request.session.get(_session_key(project), 0)
     context = {
         "project": project,
         "assignment": assignment,
         "problem": problem,
         "errors": [message for messages in (errors or {}).values() for message in messages],
-        "progress": progress,
-        "remaining_capped": progress["remaining"] >= REMAINING_CAP,
+        "remaining": remaining,
+        "remaining_capped": remaining >= REMAINING_CAP,
         "session_done": session_done,
         # What this session could still reach: what it did, this task, and what remains for the user.
-        "session_total": session_done + progress["remaining"] + (1 if assignment else 0),
+        "session_total": session_done + remaining + (1 if assignment else 0),
         **(_answer_form(project, assignment, data or QueryDict()) if assignment else {}),
     }
     template = "annotate/task.html#task" if request.htmx else "annotate/task.html"
@@ -254,6 +258,35 @@ def _messages(error: ValidationError) -> dict[str, list[str]]:
 
 def _session_key(project: Project) -> str:
     return f"arbiter:session-done:{project.pk}"
+
+
+def _remaining_key(project: Project) -> str:
+    return f"arbiter:remaining:{project.pk}"
+
+
+def _remaining(request: HttpRequest, project: Project) -> int:
+    """What remains for the user, counted once a minute per session and less what they submitted since.
+
+    Counting walks up to REMAINING_CAP queue entries (~2 ms); every task page showing it need not pay that.
+    """
+    key = _remaining_key(project)
+    counted = request.session.get(key)
+    if counted is None or time.time() - counted["at"] > REMAINING_RECOUNT_SECONDS:
+        counted = {"n": project.remaining_for(request.user), "at": time.time()}
+        request.session[key] = counted
+    return counted["n"]
+
+
+def _count_submission(request: HttpRequest, project: Project) -> None:
+    key = _session_key(project)
+    request.session[key] = request.session.get(key, 0) + 1
+    _one_less_remaining(request, project)
+
+
+def _one_less_remaining(request: HttpRequest, project: Project) -> None:
+    """After a submit or skip the next lease comes out of what remained."""
+    if counted := request.session.get(_remaining_key(project)):
+        request.session[_remaining_key(project)] = {**counted, "n": max(counted["n"] - 1, 0)}
 
 
 def _letter(index: int) -> str:

@@ -37,7 +37,7 @@ PASSWORD = "queue-bench-password"  # every benchmark user's; hashed once, so 50 
 PHASES = ("single", "crowd")  # what the interference meter reports on, per run
 HOST = "127.0.0.1"  # loopback only: the server binds here and the client talks to nothing else
 # Bump when the generated data changes, so a kept template database is rebuilt.
-DATA_VERSION = 1
+DATA_VERSION = 2
 VOCABULARY = (
     "the a model answer question because which would could should data reward policy human preference helpful "
     "harmless honest response prompt token training gradient loss batch step learning rate evaluation sample "
@@ -124,6 +124,7 @@ def child_populate(tasks: int, annotators: int, overlap: int) -> None:
             """,
             params,
         )
+        project.recount_tasks()  # the rows went in by SQL, past the counters the app keeps
     print(json.dumps({"project": project.pk, "users": len(users)}))
 
 

@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _empty_cache():
-    # Cached figures (project progress) are keyed by primary key, and keys repeat from test to test.
+    # DRF's throttles count requests in the cache: one test's logins must not throttle the next test's.
     from django.core.cache import cache
 
     cache.clear()

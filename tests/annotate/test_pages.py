@@ -4,7 +4,6 @@ import re
 from datetime import timedelta
 
 import pytest
-from django.core.cache import cache
 from django.urls import reverse
 from django.utils import timezone
 
@@ -17,12 +16,6 @@ TRANSCRIPT = [
     {"role": "user", "content": "Small."},
 ]
 HTMX = {"HTTP_HX_REQUEST": "true"}
-
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    # progress_for caches project counts by primary key, and primary keys repeat from one test to the next.
-    cache.clear()
 
 
 def make_task(project, kind, texts, *, external_id="p1"):

@@ -3,7 +3,6 @@
 from html.parser import HTMLParser
 
 import pytest
-from django.core.cache import cache
 from django.template import Context, Template
 from django.urls import reverse
 
@@ -112,7 +111,6 @@ def test_filter_renders_nothing_for_none():
 
 @pytest.mark.django_db
 def test_task_page_shows_hostile_prompt_and_response_inert_inside_hx_disable(client, annotator, project):
-    cache.clear()
     hostile = "\n\n".join(PAYLOADS)
     prompt = Prompt.objects.create(
         project=project,

@@ -136,7 +136,7 @@ def test_annotator_completes_rating_pairwise_and_ranking_with_keys_only(
     page.keyboard.press("Enter")
 
     expect(page.locator("#progress-session")).to_have_attribute("value", "3")
-    # The project's progress is cached, but a completed task clears the cache.
+    # The project's bar counts the task the last submit completed (its counter moved in that submit).
     expect(page.locator("#progress-project")).to_have_attribute("value", "3")
     expect(page.locator("#task .response")).to_have_count(0)
     expect(page.locator("form#answer")).to_have_count(0)
