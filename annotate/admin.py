@@ -51,14 +51,18 @@ LEAD_PERMISSIONS = {
     "membership": ("view", "add", "change", "delete"),
     "project": ("view", "change"),
     "datasetsnapshot": ("view",),
+    # training and models_registry: launch, watch and cancel rounds; review and promote model versions
+    "traininground": ("view", "add", "change"),
+    "modelversion": ("view", "change"),
 }
+LEAD_APPS = ["annotate", "training", "models_registry"]
 
 
 def project_leads_group() -> Group:
     """The "Project leads" group, created if need be, holding exactly the admin permissions a lead needs."""
     codenames = [f"{action}_{model}" for model, actions in LEAD_PERMISSIONS.items() for action in actions]
     group, _ = Group.objects.get_or_create(name=LEADS_GROUP)
-    group.permissions.set(Permission.objects.filter(content_type__app_label="annotate", codename__in=codenames))
+    group.permissions.set(Permission.objects.filter(content_type__app_label__in=LEAD_APPS, codename__in=codenames))
     return group
 
 
@@ -134,10 +138,9 @@ class ImportForm(forms.Form):
     )
 
 
-class ExportForm(forms.Form):
-    kind = forms.ChoiceField(choices=DatasetSnapshot.Kind.choices)
-    format = forms.ChoiceField(choices=DatasetSnapshot.Format.choices)
-    style = forms.ChoiceField(choices=DatasetSnapshot.Style.choices)
+class DatasetFiltersForm(forms.Form):
+    """Which annotations a dataset is made of: the export options an export and a training round share."""
+
     split = forms.ChoiceField(required=False, choices=[("", "All"), *Prompt.Split.choices])
     round = forms.IntegerField(required=False, min_value=0)
     since = forms.DateTimeField(required=False)
@@ -147,13 +150,24 @@ class ExportForm(forms.Form):
     include_ties = forms.BooleanField(required=False)
     include_both_bad = forms.BooleanField(required=False)
     ratings_as_pairs = forms.BooleanField(required=False)
-    reveal_annotators = forms.BooleanField(required=False)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for name, option in EXPORT_OPTIONS.items():
+        for name in self.fields.keys() & EXPORT_OPTIONS.keys():
+            option = EXPORT_OPTIONS[name]
             kinds = "" if len(option.kinds) == len(DatasetSnapshot.Kind) else f" ({', '.join(option.kinds)} only)"
             self.fields[name].help_text = option.help + kinds
+
+    def filters(self) -> dict[str, Any]:
+        return {name: value for name, value in self.cleaned_data.items() if name in EXPORT_OPTIONS}
+
+
+class ExportForm(DatasetFiltersForm):
+    kind = forms.ChoiceField(choices=DatasetSnapshot.Kind.choices)
+    format = forms.ChoiceField(choices=DatasetSnapshot.Format.choices)
+    style = forms.ChoiceField(choices=DatasetSnapshot.Style.choices)
+    reveal_annotators = forms.BooleanField(required=False)
+    field_order = ["kind", "format", "style"]
 
 
 @admin.register(Project)
@@ -164,7 +178,7 @@ class ProjectAdmin(ProjectScopedAdmin):
     prepopulated_fields = {"slug": ["name"]}
     readonly_fields = ["created_at"]
     inlines = [MembershipInline]
-    actions = ["export_dataset"]
+    actions = ["export_dataset", "launch_training_round"]
     fieldsets = [
         (None, {"fields": ["name", "slug", "guidelines", "created_at"]}),
         ("Tasks", {"fields": ["task_kinds", "overlap", "lease_length", "max_open_leases"]}),
@@ -235,6 +249,13 @@ class ProjectAdmin(ProjectScopedAdmin):
             return None
         return HttpResponseRedirect(reverse("admin:annotate_project_export", args=[queryset.get().pk]))
 
+    @admin.action(description="Launch training round")
+    def launch_training_round(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        if queryset.count() != 1:
+            messages.warning(request, "Select one project to train on.")
+            return None
+        return HttpResponseRedirect(f"{reverse('admin:training_traininground_launch')}?project={queryset.get().pk}")
+
     def export_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
         """Start an export of the project as a dataset snapshot; a Celery worker writes it."""
         project = get_object_or_404(Project.objects.led_by(request.user), pk=object_id)
@@ -249,7 +270,7 @@ class ProjectAdmin(ProjectScopedAdmin):
                     kind=data["kind"],
                     format=data["format"],
                     style=data["style"],
-                    filters={name: data[name] for name in EXPORT_OPTIONS},
+                    filters=form.filters(),
                     user=request.user,
                 )
             except ValidationError as error:

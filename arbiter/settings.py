@@ -114,13 +114,28 @@ if CELERY_BROKER_URL == "filesystem://":
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
-CELERY_TASK_DEFAULT_QUEUE = "default"  # training goes to "gpu" (later); everything else here
-CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_DEFAULT_QUEUE = "default"  # everything but training
+CELERY_TASK_ROUTES = {"training.tasks.run_training_round": {"queue": "gpu"}}  # `celery worker -Q gpu` on GPU hosts
+CELERY_TASK_IGNORE_RESULT = True  # results live in our tables, not in a result backend
+# A training message is acknowledged when the round ends, so a worker lost mid-round leaves it to redeliver (the
+# round's conditional claim then refuses to run it twice); one message at a time, so a busy GPU worker does not
+# hold rounds that another could start.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE = {
     # The queue already ignores expired leases; this closes them so the tables say what happened.
     "expire-leases": {"task": "annotate.tasks.expire_leases", "schedule": 300.0},
-}  # results live in our tables, not in a result backend
+    "fail-stale-rounds": {"task": "training.tasks.fail_stale_rounds", "schedule": 60.0},
+}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", "False")
+
+# Training rounds (training/rounds.py).
+ARBITER_ARTIFACTS_ROOT = Path(env_str("ARBITER_ARTIFACTS_ROOT", str(VAR_DIR / "artifacts")))  # adapters, checkpoints
+ARBITER_DEFAULT_BASE_MODEL = env_str("ARBITER_DEFAULT_BASE_MODEL", "")  # a round's base when the project has none
+ARBITER_CODE_VERSION = env_str("ARBITER_CODE_VERSION", "")  # the git sha, where the image has no .git
+ARBITER_ROUND_HEARTBEAT_SECONDS = env_int("ARBITER_ROUND_HEARTBEAT_SECONDS", "10")
+# A running round whose worker has been silent this long is failed (killed, out of memory, machine lost).
+ARBITER_ROUND_HEARTBEAT_TIMEOUT = timedelta(seconds=env_int("ARBITER_ROUND_HEARTBEAT_TIMEOUT", "120"))
+ARBITER_ROUND_TIME_LIMIT = env_int("ARBITER_ROUND_TIME_LIMIT", str(24 * 3600))  # seconds; the worker kills it after
 
 # Imports: refuse files over this size before reading them.
 ARBITER_IMPORT_MAX_BYTES = env_int("ARBITER_IMPORT_MAX_BYTES", str(512 * 1024 * 1024))

@@ -10,5 +10,6 @@ urlpatterns = [
     path("api/v1/", include("annotate.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api_docs"),
+    path("", include("training.urls")),
     path("", include("annotate.urls")),
 ]

@@ -24,6 +24,29 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def broker_dir(tmp_path_factory):
+    """The embedded broker's folders for this test session: messages sent here never reach var/celery-broker, and
+    a worker started with ARBITER_VAR_DIR=<this>.parent reads them."""
+    from arbiter.celery import app
+
+    var = tmp_path_factory.mktemp("var")
+    folders = {"data_folder_in": var / "celery-broker" / "queue", "data_folder_out": var / "celery-broker" / "queue"}
+    folders["control_folder"] = var / "celery-broker" / "control"
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    if app.conf.broker_url.startswith("filesystem"):
+        app.conf.broker_transport_options = {**{k: str(v) for k, v in folders.items()}, "store_processed": False}
+    return var
+
+
+@pytest.fixture(autouse=True)
+def _files_in_tmp(settings, tmp_path):
+    # Exports and training artifacts go to the test's own folder, never var/.
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.ARBITER_ARTIFACTS_ROOT = tmp_path / "artifacts"
+
+
 @pytest.fixture(autouse=True)
 def _empty_cache():
     # DRF's throttles count requests in the cache: one test's logins must not throttle the next test's.

@@ -1,1 +1,162 @@
-"""Training rounds (reward model, PPO, DPO, SFT) arrive here with the training issue."""
+"""Training rounds: a lead's request to train on a project's annotations, and what became of it.
+
+A round moves queued → running → succeeded | failed | cancelled, each move a conditional UPDATE, so a Celery
+message delivered twice never runs a round twice and a round whose worker died is failed, not left running.
+The work itself is in training/rounds.py; the maths in training/engine/ (no Django there).
+"""
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class TrainingRoundQuerySet(models.QuerySet):
+    def stale(self, now: Any = None) -> "TrainingRoundQuerySet":
+        """Running rounds whose worker has not beaten its heart for ARBITER_ROUND_HEARTBEAT_TIMEOUT."""
+        cutoff = (now or timezone.now()) - settings.ARBITER_ROUND_HEARTBEAT_TIMEOUT
+        return self.filter(status=TrainingRound.Status.RUNNING, heartbeat_at__lt=cutoff)
+
+
+class TrainingRound(models.Model):
+    class Method(models.TextChoices):
+        REWARD = "reward", "Reward model only"
+        PPO = "ppo", "Reward model, then PPO"
+        DPO = "dpo", "DPO"
+        SFT = "sft", "SFT"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    project = models.ForeignKey("annotate.Project", on_delete=models.CASCADE, related_name="training_rounds")
+    number = models.PositiveIntegerField(help_text="The project's round number, from 1.")
+    method = models.CharField(max_length=16, choices=Method.choices)
+    base_model = models.CharField(max_length=500, help_text="Hub id or local path the policy starts from.")
+    base_version = models.ForeignKey(
+        "models_registry.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The registered policy it starts from, if it starts from one.",
+    )
+    reward_version = models.ForeignKey(
+        "models_registry.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="PPO only: a reward model to use instead of training one in this round.",
+    )
+    config = models.JSONField(default=dict, blank=True, help_text="Per stage: asdict of its config dataclass.")
+    filters = models.JSONField(default=dict, blank=True, help_text="Dataset filters of the snapshot it trains on.")
+    snapshot = models.ForeignKey(
+        "annotate.DatasetSnapshot", null=True, blank=True, on_delete=models.PROTECT, related_name="training_rounds"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    cancel_requested = models.BooleanField(default=False)
+    stage = models.CharField(max_length=16, blank=True, help_text="The stage running now (reward, ppo, …).")
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    progress = models.FloatField(default=0, help_text="0 to 1, over all of the round's stages.")
+    log_tail = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    celery_task_id = models.CharField(max_length=64, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="training_rounds"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TrainingRoundQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["project", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "number"], name="training_round_number_unique"),
+            models.CheckConstraint(
+                condition=Q(progress__gte=0) & Q(progress__lte=1), name="training_round_progress_range"
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="round_status_heartbeat")]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} round {self.number} ({self.get_method_display()})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
+
+    def _move(self, from_statuses: list[str], **fields: Any) -> bool:
+        """Change the row only if it is still in one of `from_statuses`; True if this call changed it."""
+        changed = TrainingRound.objects.filter(pk=self.pk, status__in=from_statuses).update(**fields)
+        if changed:
+            for name, value in fields.items():
+                setattr(self, name, value)
+        return bool(changed)
+
+    def claim(self) -> bool:
+        """queued → running, once: a second delivery of the same message gets False and does nothing."""
+        now = timezone.now()
+        return self._move([self.Status.QUEUED], status=self.Status.RUNNING, started_at=now, heartbeat_at=now)
+
+    def beat(self, **progress: Any) -> bool:
+        """Record that the worker is alive (and how far it got); False once the round is no longer running."""
+        return self._move([self.Status.RUNNING], heartbeat_at=timezone.now(), **progress)
+
+    def finish(self, status: str, *, error: str = "") -> bool:
+        """running (or queued) → a finished status; False if something else finished it first."""
+        fields: dict[str, Any] = {"status": status, "finished_at": timezone.now(), "error": error}
+        if status == self.Status.SUCCEEDED:
+            fields["progress"] = 1.0
+        return self._move([self.Status.QUEUED, self.Status.RUNNING], **fields)
+
+    def request_cancel(self) -> None:
+        """Ask the worker to stop after its current step; a round that has not started is cancelled at once."""
+        TrainingRound.objects.filter(pk=self.pk).update(cancel_requested=True)
+        self.cancel_requested = True
+        self._move([self.Status.QUEUED], status=self.Status.CANCELLED, finished_at=timezone.now())
+
+    def cancel_is_requested(self) -> bool:
+        return TrainingRound.objects.filter(pk=self.pk, cancel_requested=True).exists()
+
+    def metric_series(self) -> dict[str, list[tuple[int, float]]]:
+        """Every metric the stages reported, as (step, value) points, named "stage/metric"."""
+        series: dict[str, list[tuple[int, float]]] = {}
+        for stage, step, values in self.metrics.order_by("id").values_list("stage", "step", "values"):
+            for name, value in values.items():
+                series.setdefault(f"{stage}/{name}", []).append((step, value))
+        return series
+
+
+class RoundMetric(models.Model):
+    """One report from a stage: its step and the metrics logged at it."""
+
+    training_round = models.ForeignKey(TrainingRound, on_delete=models.CASCADE, related_name="metrics")
+    stage = models.CharField(max_length=16)
+    step = models.PositiveIntegerField()
+    values = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.training_round} {self.stage} step {self.step}"

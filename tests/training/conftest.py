@@ -1,0 +1,134 @@
+"""Tiny local models, built once per session, and small exports in the shapes annotate.exports writes."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from training.engine.tiny import CORPUS, build_tiny_models
+
+MARKER = "helpful"  # chosen answers contain it, rejected ones never: a rule a reward model can learn
+SENTENCES = [line for line in CORPUS.splitlines() if line and MARKER not in line]
+QUESTIONS = [line.split("?")[0] + "?" for line in SENTENCES if "?" in line]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from a second thread, and on a shared CPU its spin-waits make steps ~5x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return build_tiny_models(tmp_path_factory.mktemp("tiny"))
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def marker_pairs(n: int, *, seed: int = 0, style: str = "conversational") -> list[dict]:
+    """n pairs of a pairs export, one prompt each: the chosen answer has MARKER somewhere, the rejected one not."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        chosen, rejected = rng.sample(SENTENCES, 2)
+        words = chosen.split()
+        words.insert(rng.randrange(len(words) + 1), MARKER)
+        prompt, chosen = rng.choice(QUESTIONS), " ".join(words)
+        if style == "conversational":
+            prompt = [{"role": "user", "content": prompt}]
+            chosen, rejected = [{"role": "assistant", "content": chosen}], [{"role": "assistant", "content": rejected}]
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": chosen,
+                "rejected": rejected,
+                # What an export adds beside TRL's columns; the engine keeps margin (if asked) and prompt_id only.
+                "margin": 1.0,
+                "votes": 1,
+                "votes_chosen": None,
+                "votes_rejected": None,
+                "votes_tie": None,
+                "agreement": None,
+                "tie": False,
+                "both_bad": False,
+                "prompt_id": f"p{i}",
+                "task_id": None,
+                "chosen_id": 2 * i,
+                "rejected_id": 2 * i + 1,
+                "chosen_model_version": None,
+                "rejected_model_version": None,
+            }
+        )
+    return rows
+
+
+def sft_rows(n: int, *, seed: int = 0) -> list[dict]:
+    """An sft export (conversational): a question, sometimes a system message, and one preferred answer."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        messages = [{"role": "system", "content": "Answer in one sentence."}] if i % 2 else []
+        messages += [
+            {"role": "user", "content": rng.choice(QUESTIONS)},
+            {"role": "assistant", "content": f"The answer is {MARKER}."},
+        ]
+        rows.append({"messages": messages, "prompt_id": f"p{i}", "response_id": i, "source": "imported"})
+    return rows
+
+
+def settings(config_class, model_path, **overrides):
+    """A stage config small enough for a CPU test: short sequences, a batch of 8, metrics every step."""
+    defaults = dict(
+        model_name_or_path=str(model_path),
+        max_steps=10,
+        learning_rate=1e-3,
+        per_device_batch_size=8,
+        max_length=128,
+        lora_r=8,
+        lora_alpha=16,
+        logging_steps=1,
+        save_steps=1000,
+        eval_fraction=0.25,
+    )
+    return config_class(**{**defaults, **overrides})
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """spy(stage_module) → a dict that receives the stage's trainer, and its parameters before training."""
+
+    def watch(module):
+        seen = {}
+        run_training = module.run_training
+
+        def watched(trainer, *args, **kwargs):
+            seen["trainer"] = trainer
+            seen["before"] = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+            if "before_training" in seen:
+                seen["before_training"](trainer)
+            return run_training(trainer, *args, **kwargs)
+
+        monkeypatch.setattr(module, "run_training", watched)
+        return seen
+
+    return watch
+
+
+def save_adapter(base_path, path, *, zero: bool = False):
+    """A LoRA adapter on the model at base_path, saved with its tokenizer; zero: the identity (B = 0), as trained
+    adapters start; else random, so that it changes the logits."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base_path)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=zero)
+    get_peft_model(model, config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(base_path).save_pretrained(path)
+    return path

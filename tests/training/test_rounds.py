@@ -1,0 +1,188 @@
+"""Training rounds on the tiny local model: launch checks, each method end to end in-process, claims, cancel,
+stale workers, and what lands in the registry."""
+
+import json
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from annotate.importing import import_file
+from annotate.models import DatasetSnapshot
+from models_registry.models import ModelVersion
+from tests.training.conftest import marker_pairs
+from training.models import RoundMetric, TrainingRound
+from training.rounds import fail_stale_rounds, launch_round, relaunch, run_round
+
+FAST = {"max_steps": "3", "per_device_batch_size": "2", "lora_r": "4", "max_length": "128", "eval_fraction": "0.25"}
+
+
+@pytest.fixture
+def pairs_project(project, tmp_path):
+    """The project with 16 imported preference pairs (chosen answers contain the marker word)."""
+    rows = [{key: row[key] for key in ("prompt", "chosen", "rejected")} for row in marker_pairs(16, style="standard")]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    import_file(project, path)
+    return project
+
+
+@pytest.fixture
+def policy(tiny):
+    return str(tiny.policy)
+
+
+def launch(project, policy, method, **extra):
+    settings_ = {**FAST, **extra.pop("settings_", {})}
+    return launch_round(project, method=method, base=policy, settings_=settings_, **extra)
+
+
+@pytest.mark.django_db
+class TestLaunch:
+    def test_queues_a_round_with_a_pending_snapshot_and_each_stages_config(self, pairs_project, policy, lead):
+        training_round = launch(pairs_project, policy, "ppo", user=lead, settings_={"ppo.kl_coef": "0.2"})
+        assert (training_round.number, training_round.status, training_round.created_by) == (1, "queued", lead)
+        assert list(training_round.config) == ["reward", "ppo"]
+        assert training_round.config["ppo"]["kl_coef"] == 0.2 and training_round.config["ppo"]["max_steps"] == 3
+        assert training_round.config["reward"]["max_steps"] == 3  # an unprefixed key goes to every stage with it
+        assert training_round.config["reward"]["model_name_or_path"] == policy
+        assert training_round.snapshot.status == DatasetSnapshot.Status.PENDING
+        assert training_round.snapshot.kind == "pairs"
+        assert launch(pairs_project, policy, "sft").number == 2
+
+    @pytest.mark.parametrize(
+        ("method", "options", "field"),
+        [
+            ("bogus", {}, "method"),
+            ("dpo", {"settings_": {"learnin_rate": "1"}}, "learnin_rate"),
+            ("dpo", {"settings_": {"learning_rate": "-1"}}, "dpo.learning_rate"),
+            ("dpo", {"settings_": {"learning_rate": "fast"}}, "dpo.learning_rate"),
+            ("dpo", {"settings_": {"ppo.kl_coef": "0.1"}}, "ppo.kl_coef"),
+            ("reward", {"settings_": {"beta": "0.1"}}, "beta"),
+            ("dpo", {"settings_": {"model_name_or_path": "x"}}, "model_name_or_path"),
+            ("dpo", {"filters": {"split": "nope"}}, "split"),
+            ("dpo", {"reward_model": "reward-v1"}, "reward_model"),
+            ("ppo", {"reward_model": "reward-v9"}, "reward_model"),
+        ],
+    )
+    def test_refuses_bad_requests_naming_the_field_and_queues_nothing(
+        self, pairs_project, policy, method, options, field
+    ):
+        with pytest.raises(ValidationError) as refused:
+            launch(pairs_project, policy, method, **options)
+        assert field in refused.value.message_dict, refused.value.message_dict
+        assert not TrainingRound.objects.exists() and not DatasetSnapshot.objects.exists()
+
+    def test_without_a_base_it_takes_the_active_policy_or_says_there_is_none(self, pairs_project, policy, settings):
+        settings.ARBITER_DEFAULT_BASE_MODEL = ""
+        with pytest.raises(ValidationError, match="no active policy"):
+            launch_round(pairs_project, method="dpo")
+        active = ModelVersion.register(project=pairs_project, kind="policy", base_model=policy, adapter_path="/a")
+        active.promote()
+        training_round = launch_round(pairs_project, method="dpo", settings_=FAST)
+        assert training_round.base_version == active and training_round.base_model == policy
+        assert training_round.config["dpo"]["model_name_or_path"] == "/a"
+
+    def test_a_local_path_that_does_not_exist_is_refused(self, pairs_project):
+        with pytest.raises(ValidationError, match="No model at /nowhere"):
+            launch_round(pairs_project, method="dpo", base="/nowhere/model")
+
+
+@pytest.mark.django_db(transaction=True)
+class TestRun:
+    def test_a_ppo_round_trains_a_reward_model_then_the_policy_and_registers_both(self, pairs_project, policy, lead):
+        training_round = launch(pairs_project, policy, "ppo", user=lead, settings_={"ppo.max_new_tokens": "8"})
+        training_round = run_round(training_round.pk)
+
+        assert training_round.status == "succeeded", training_round.error
+        assert training_round.progress == 1.0 and training_round.finished_at is not None
+        snapshot = training_round.snapshot
+        assert snapshot.status == "ready" and snapshot.row_count == 16 and len(snapshot.sha256) == 64
+        reward, policy_version = (
+            ModelVersion.objects.get(kind="reward", training_round=training_round),
+            ModelVersion.objects.get(kind="policy", training_round=training_round),
+        )
+        for version in (reward, policy_version):
+            assert version.version == 1 and version.status == "candidate"
+            assert version.snapshot_sha256 == snapshot.sha256 and version.base_model == policy
+            assert version.adapter_path and len(version.code_version) == 40, version.code_version
+        assert 0 <= reward.eval_report["accuracy"] <= 1 and reward.config["max_steps"] == 3
+        assert {"mean_reward", "kl"} <= set(policy_version.eval_report), policy_version.eval_report
+        series = training_round.metric_series()
+        assert any(name.startswith("reward/") for name in series) and "ppo/kl" in series, sorted(series)
+        assert "ppo step 3/3" in training_round.log_tail
+
+    @pytest.mark.parametrize("method", ["dpo", "sft", "reward"])
+    def test_each_method_succeeds_and_registers_what_it_trained(self, pairs_project, policy, method):
+        training_round = run_round(launch(pairs_project, policy, method).pk)
+        assert training_round.status == "succeeded", training_round.error
+        kinds = set(training_round.model_versions.values_list("kind", flat=True))
+        assert kinds == ({"reward"} if method == "reward" else {"policy"})
+        assert RoundMetric.objects.filter(training_round=training_round, stage=method).exists()
+
+    def test_a_second_delivery_does_not_run_the_round_again(self, pairs_project, policy):
+        training_round = run_round(launch(pairs_project, policy, "reward").pk)
+        metrics = RoundMetric.objects.count()
+        again = run_round(training_round.pk)
+        assert again.status == "succeeded" and RoundMetric.objects.count() == metrics
+        assert ModelVersion.objects.count() == 1
+
+    def test_an_empty_snapshot_fails_the_round_with_a_clear_error(self, project, policy):
+        training_round = run_round(launch(project, policy, "dpo").pk)
+        assert training_round.status == "failed" and "no rows" in training_round.error
+        assert not ModelVersion.objects.exists()
+
+    def test_cancel_stops_a_running_round_within_a_step(self, pairs_project, policy):
+        training_round = launch(pairs_project, policy, "dpo", settings_={"max_steps": "40"})
+        worker = threading.Thread(target=run_round, args=[training_round.pk])
+        worker.start()
+        deadline = time.monotonic() + 120
+        while not RoundMetric.objects.filter(training_round=training_round).exists():
+            assert time.monotonic() < deadline, "no step reported"
+            time.sleep(0.05)
+        training_round.request_cancel()
+        asked_at = TrainingRound.objects.get(pk=training_round.pk).step
+        worker.join(timeout=120)
+        training_round.refresh_from_db()
+        assert training_round.status == "cancelled"
+        assert training_round.step <= asked_at + 1 < 40
+        assert not ModelVersion.objects.exists()
+
+    def test_a_queued_round_cancels_at_once(self, pairs_project, policy):
+        training_round = launch(pairs_project, policy, "dpo")
+        training_round.request_cancel()
+        assert TrainingRound.objects.get(pk=training_round.pk).status == "cancelled"
+        assert run_round(training_round.pk).status == "cancelled" and not RoundMetric.objects.exists()
+
+    def test_relaunch_queues_the_same_request_as_a_new_round(self, pairs_project, policy, lead):
+        first = launch(pairs_project, policy, "dpo", settings_={"beta": "0.3"})
+        first.request_cancel()
+        second = relaunch(first, user=lead)
+        assert (second.number, second.status, second.config, second.filters) == (
+            2,
+            "queued",
+            first.config,
+            first.filters,
+        )
+        assert second.snapshot != first.snapshot and second.created_by == lead
+
+
+@pytest.mark.django_db
+class TestStale:
+    def test_a_silent_running_round_fails_with_a_message_and_a_live_one_keeps_running(
+        self, pairs_project, policy, settings
+    ):
+        silent, alive = launch(pairs_project, policy, "dpo"), launch(pairs_project, policy, "dpo")
+        for training_round in (silent, alive):
+            assert training_round.claim()
+        long_ago = timezone.now() - settings.ARBITER_ROUND_HEARTBEAT_TIMEOUT - timedelta(seconds=1)
+        TrainingRound.objects.filter(pk=silent.pk).update(heartbeat_at=long_ago)
+
+        assert fail_stale_rounds() == 1
+        silent.refresh_from_db(), alive.refresh_from_db()
+        assert silent.status == "failed" and "stopped sending heartbeats" in silent.error
+        assert alive.status == "running"
+        assert not silent.beat(step=3)  # a worker that comes back finds its round failed, and stops

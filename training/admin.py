@@ -1,0 +1,149 @@
+"""Training rounds in the admin: "Add" is the launch form; rows are watched, cancelled and relaunched here."""
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+
+from annotate.admin import DatasetFiltersForm, ProjectScopedAdmin
+from annotate.models import Project
+from models_registry.models import ModelVersion
+from training.models import TrainingRound
+from training.rounds import STAGES, launch_round, relaunch, stage_configs
+
+
+class LaunchForm(DatasetFiltersForm):
+    project = forms.ModelChoiceField(queryset=Project.objects.none())
+    method = forms.ChoiceField(choices=TrainingRound.Method.choices)
+    base = forms.CharField(
+        required=False,
+        help_text="A policy version (policy-v3), a hub id or a local path; empty: the project's active policy.",
+    )
+    reward_model = forms.CharField(
+        required=False, help_text="PPO only: score with this reward version (reward-v2) instead of training one."
+    )
+    settings = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 6, "cols": 60, "placeholder": "max_steps=200\nppo.kl_coef=0.05"}),
+        help_text="One key=value per line: for every stage that has the key, or stage.key=value for one stage.",
+    )
+    field_order = ["project", "method", "base", "reward_model", "settings"]
+
+    def __init__(self, *args: Any, projects: QuerySet, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["project"].queryset = projects
+
+    def clean_settings(self) -> dict[str, str]:
+        pairs = {}
+        for number, line in enumerate(self.cleaned_data["settings"].splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            key, sep, value = line.partition("=")
+            if not sep or not key.strip():
+                raise ValidationError(f"Line {number}: expected key=value, got {line.strip()!r}.")
+            pairs[key.strip()] = value.strip()
+        return pairs
+
+
+@admin.register(TrainingRound)
+class TrainingRoundAdmin(ProjectScopedAdmin):
+    project_path = "project"
+    list_display = ["__str__", "status", "progress_shown", "stage", "snapshot", "created_by", "created_at", "page"]
+    list_filter = ["status", "method", ("project", admin.RelatedOnlyFieldListFilter)]
+    list_select_related = ["project", "snapshot", "created_by"]
+    search_fields = ["project__slug", "project__name"]
+    actions = ["cancel", "relaunch_rounds"]
+    readonly_fields = [
+        "project", "number", "method", "base_model", "base_version", "reward_version", "config", "filters",
+        "snapshot", "status", "cancel_requested", "stage", "step", "total_steps", "progress", "error", "log_tail",
+        "celery_task_id", "created_by", "created_at", "started_at", "heartbeat_at", "finished_at",
+    ]  # fmt: skip
+
+    @admin.display(description="Progress", ordering="progress")
+    def progress_shown(self, training_round: TrainingRound) -> str:
+        return f"{training_round.progress:.0%}"
+
+    @admin.display(description="Live page")
+    def page(self, training_round: TrainingRound) -> str:
+        url = reverse("round_page", args=[training_round.project.slug, training_round.number])
+        return format_html('<a href="{}">Watch</a>', url)
+
+    def get_urls(self) -> list[URLPattern]:
+        launch = path("launch/", self.admin_site.admin_view(self.launch_view), name="training_traininground_launch")
+        return [launch, *super().get_urls()]
+
+    def add_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return HttpResponseRedirect(reverse("admin:training_traininground_launch") + _query(request))
+
+    def launch_view(self, request: HttpRequest) -> HttpResponse:
+        """Check a lead's round and queue it; a refused one names the field and queues nothing."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        projects = Project.objects.led_by(request.user)
+        initial = {"project": request.GET.get("project")}
+        form = LaunchForm(request.POST or None, initial=initial, projects=projects)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                training_round = launch_round(
+                    data["project"],
+                    method=data["method"],
+                    user=request.user,
+                    base=data["base"],
+                    reward_model=data["reward_model"],
+                    settings_=data["settings"],
+                    filters=form.filters(),
+                )
+            except ValidationError as error:
+                for field, errors in error.message_dict.items():
+                    form.add_error(field if field in form.fields else None, [f"{field}: {e}" for e in errors])
+            else:
+                url = reverse("round_page", args=[training_round.project.slug, training_round.number])
+                shown = format_html('{} queued: <a href="{}">watch it live</a>.', training_round, url)
+                messages.success(request, shown)
+                return HttpResponseRedirect(url)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Launch a training round",
+            "opts": self.opts,
+            "form": form,
+            "stages": _stage_defaults(),
+            "versions": ModelVersion.objects.filter(project__in=projects).select_related("project")[:50],
+        }
+        return TemplateResponse(request, "admin/training/traininground/launch.html", context)
+
+    @admin.action(description="Cancel the selected rounds (running ones stop after their current step)")
+    def cancel(self, request: HttpRequest, queryset: QuerySet) -> None:
+        unfinished = [r for r in queryset if not r.is_finished]
+        for training_round in unfinished:
+            training_round.request_cancel()
+        messages.success(request, f"Asked {len(unfinished)} round(s) to stop.")
+
+    @admin.action(description="Relaunch the selected rounds as new rounds")
+    def relaunch_rounds(self, request: HttpRequest, queryset: QuerySet) -> None:
+        try:
+            new = [relaunch(training_round, user=request.user) for training_round in queryset]
+        except ValidationError as error:
+            messages.error(request, f"Nothing relaunched: {'; '.join(error.messages)}")
+            return
+        messages.success(request, f"Queued {', '.join(str(r) for r in new)}.")
+
+
+def _query(request: HttpRequest) -> str:
+    return f"?{request.GET.urlencode()}" if request.GET else ""
+
+
+def _stage_defaults() -> list[dict[str, Any]]:
+    """Each stage's settings and defaults, and the methods it belongs to, for the launch page."""
+    defaults = []
+    for stage, config_class in stage_configs().items():
+        methods = [method for method, stages in STAGES.items() if stage in stages]
+        settings = {k: v for k, v in config_class().to_dict().items() if k != "model_name_or_path"}
+        defaults.append({"stage": stage, "methods": methods, "settings": settings})
+    return defaults

@@ -1,0 +1,106 @@
+"""Run one stage from the command line, single process or under `accelerate launch -m training.engine …`.
+
+    python -m training.engine reward --data pairs.jsonl --out out/rm --set model_name_or_path=out/tiny/reward
+    python -m training.engine dpo --data pairs.jsonl --out out/dpo --config dpo.json --set beta=0.2
+    python -m training.engine ppo --prompts pairs.jsonl --reward-model out/rm --out out/ppo --set model_name_or_path=…
+
+Settings come from the stage's config defaults, then --config (a JSON object), then each --set key=value.
+Progress is printed one line per step; the first Ctrl-C (or SIGTERM) stops the stage cleanly after the current
+step, with what it has saved; the result is printed as JSON at the end.
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+
+import datasets
+import transformers
+
+from training.engine.common import BaseConfig, ProgressFn, StageResult
+from training.engine.dpo import DPOConfig, train_dpo
+from training.engine.ppo import PPOConfig, train_ppo
+from training.engine.reward import RewardConfig, train_reward
+from training.engine.sft import SFTConfig, train_sft
+
+# stage name: (its config class, its function(config, data_file, output_dir, progress) -> StageResult)
+STAGES: dict[str, tuple[type[BaseConfig], Callable[..., StageResult]]] = {
+    "reward": (RewardConfig, train_reward),
+    "dpo": (DPOConfig, train_dpo),
+    "sft": (SFTConfig, train_sft),
+    "ppo": (PPOConfig, train_ppo),  # takes the reward model too: (config, prompts, reward_model, output_dir, progress)
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.engine", description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=sorted(STAGES))
+    parser.add_argument(
+        "--data", "--prompts", required=True, help="the export to train on (JSONL or Parquet); ppo: prompts"
+    )
+    parser.add_argument("--reward-model", help="ppo: the reward model to train against (its directory)")
+    parser.add_argument("--out", required=True, help="output directory: checkpoints and the final model")
+    parser.add_argument("--config", help="a JSON file with settings")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one setting; repeatable")
+    args = parser.parse_args(argv)
+    if (args.stage == "ppo") != (args.reward_model is not None):
+        parser.error("--reward-model: required by ppo, and by ppo only")
+
+    config_class, train = STAGES[args.stage]
+    settings = {}
+    if args.config:
+        with open(args.config, encoding="utf-8") as file:
+            settings = json.load(file)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item}: expected KEY=VALUE")
+        settings[key.strip()] = value
+    try:
+        config = config_class.from_dict(settings)
+    except ValueError as error:
+        parser.error(str(error))
+
+    # One line per step is the progress report; the libraries' own bars would only interleave with it.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    if args.stage == "ppo":
+        result = train_ppo(config, args.data, args.reward_model, args.out, _printer())
+    else:
+        result = train(config, args.data, args.out, _printer())
+    if _is_main_process():
+        print(json.dumps(asdict(result), default=str), flush=True)
+    return 0
+
+
+def _printer() -> ProgressFn:
+    """Print each step (on the main process only) and ask to stop once a SIGINT or SIGTERM has arrived."""
+    stop = {"asked": False}
+
+    def ask_to_stop(signum: int, frame: object) -> None:
+        if stop["asked"]:  # a second signal: stop now, not after the step
+            raise KeyboardInterrupt
+        stop["asked"] = True
+        print("stopping after this step…", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, ask_to_stop)
+    signal.signal(signal.SIGTERM, ask_to_stop)
+
+    def progress(step: int, total: int, metrics: dict[str, float]) -> bool:
+        if _is_main_process():
+            shown = " ".join(f"{key}={value:.4g}" for key, value in metrics.items())
+            print(f"step {step}/{total} {shown}".rstrip(), flush=True)
+        return stop["asked"]
+
+    return progress
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # accelerate launch sets RANK per process
+
+
+if __name__ == "__main__":
+    sys.exit(main())

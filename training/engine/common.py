@@ -1,0 +1,417 @@
+"""What every stage shares: the base config, the device and dtype, model loading, LoRA, data and progress.
+
+A stage (`reward.py`, `dpo.py`, `sft.py`, `ppo.py`) takes a config dataclass built on `BaseConfig`, a data file,
+an output directory and a `ProgressFn`, and returns a `StageResult`. Nothing here knows about Django: the
+Celery task turns a database row into a config with `from_dict` and reads the result back.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import random
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel, TaskType
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+# Called with (step, total_steps, metrics); returning True asks the stage to stop after the current step.
+ProgressFn = Callable[[int, int, dict[str, float]], bool]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class StageResult:
+    output_dir: str  # the adapter (or full model) and tokenizer, loadable with from_pretrained
+    steps: int  # optimisation steps done, counting those before a resume
+    stopped: bool  # the progress callback asked to stop before the planned end
+    metrics: dict[str, float]  # the final training metrics (train_loss, train_runtime, …)
+    eval_report: dict[str, Any]  # what the held-out data says about the result; stage-specific keys
+
+
+@dataclass
+class BaseConfig:
+    model_name_or_path: str = ""  # a hub id or a local path (a full model or a PEFT adapter directory)
+    dtype: str = "auto"  # auto: bfloat16 on a GPU that has it, float32 otherwise; or float32, bfloat16, float16
+    use_lora: bool = True  # train a small adapter; the base stays frozen and doubles as the reference model
+    lora_r: int = 16  # adapter rank: capacity against memory
+    lora_alpha: int = 32  # the adapter's scale is alpha / r; 2r is the usual choice
+    lora_dropout: float = 0.05  # a little regularisation on small preference sets
+    lora_target_modules: str = "all-linear"  # "all-linear" or comma-separated module names (q_proj,v_proj)
+    learning_rate: float = 1e-4  # suits LoRA; full fine-tuning wants about 1e-5
+    max_steps: int = -1  # optimisation steps; -1 runs num_train_epochs instead
+    num_train_epochs: float = 1.0  # one pass: preference data overfits quickly
+    per_device_batch_size: int = 4  # per GPU (or the CPU); multiply by accumulation and GPUs for the real batch
+    gradient_accumulation_steps: int = 1  # raises the effective batch without more memory
+    max_length: int = 1024  # tokens per sequence (prompt + response): longer ones are truncated (RM: left out)
+    eval_fraction: float = 0.1  # share of prompts held out for the eval report; deterministic for a seed
+    seed: int = 42  # data split, shuffling, LoRA init and sampling all follow it
+    logging_steps: int = 1  # how often metrics reach the progress callback (and the round's charts)
+    save_steps: int = 50  # checkpoint interval; a resumed round loses at most this many steps
+    resume: bool = False  # continue from the latest checkpoint in the output directory, if there is one
+    activation_checkpointing: bool = False  # recompute activations in backward: less memory, about 20% slower
+
+    def __post_init__(self) -> None:
+        for name, ok, rule in self.rules():
+            if not ok:
+                raise ValueError(f"{name}: {rule}, got {getattr(self, name)!r}")
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        """(field, holds, what it must be): the range checks; a stage's config adds its own."""
+        return [
+            ("dtype", self.dtype in ("auto", *DTYPES), f"must be one of auto, {', '.join(DTYPES)}"),
+            ("lora_r", self.lora_r > 0, "must be > 0"),
+            ("lora_alpha", self.lora_alpha > 0, "must be > 0"),
+            ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
+            ("lora_target_modules", bool(self.lora_target_modules.strip()), "must name modules or be all-linear"),
+            ("learning_rate", self.learning_rate > 0, "must be > 0"),
+            ("max_steps", self.max_steps == -1 or self.max_steps > 0, "must be > 0, or -1 to use epochs"),
+            ("num_train_epochs", self.num_train_epochs > 0, "must be > 0"),
+            ("per_device_batch_size", self.per_device_batch_size > 0, "must be > 0"),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps > 0, "must be > 0"),
+            ("max_length", self.max_length > 0, "must be > 0"),
+            ("eval_fraction", 0 <= self.eval_fraction < 1, "must be in [0, 1)"),
+            ("seed", self.seed >= 0, "must be >= 0"),
+            ("logging_steps", self.logging_steps > 0, "must be > 0"),
+            ("save_steps", self.save_steps > 0, "must be > 0"),
+        ]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """A config from JSON, `--set key=value` or a form: strings become the field's type; errors name the field."""
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {}
+        for name, value in data.items():
+            if name not in known:
+                raise ValueError(f"{name}: unknown setting for {cls.__name__} (known: {', '.join(sorted(known))})")
+            values[name] = _coerce(name, value, hints[name])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    if isinstance(kind, types.UnionType):  # `float | None`: null, "" and "none" mean None
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+            return None
+        (kind,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    try:
+        return _CONVERT[kind](value)
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{name}: must be {_EXPECTED[kind]}, got {value!r}") from None
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):  # --set flags and HTML checkboxes ("on")
+        return _BOOLEANS[value.strip().lower()]
+    raise TypeError
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError
+    return int(value)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError
+    return number
+
+
+def _to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    return value.strip()
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+_CONVERT = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+
+
+# Device and dtype -------------------------------------------------------------------------------------------------
+
+
+def pick_device() -> torch.device:
+    """CUDA if there is one (this process's GPU under `accelerate launch`), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bfloat16 on a GPU that supports it (half the memory, no loss scaling), float32 everywhere else."""
+    if name != "auto":
+        return DTYPES[name]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+# Loading ----------------------------------------------------------------------------------------------------------
+
+
+def is_adapter(path: str | Path) -> bool:
+    """A PEFT adapter directory (as our stages save with LoRA) rather than a full model or a hub id."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def adapter_base(path: str | Path) -> str:
+    """The base model an adapter directory was trained on."""
+    return json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def load_tokenizer(path: str | Path, *, padding_side: str = "right") -> PreTrainedTokenizerBase:
+    """The tokenizer saved with a model or adapter; pad = eos when the model has none. Generation wants "left"."""
+    if is_adapter(path) and not (Path(path) / "tokenizer_config.json").is_file():
+        path = adapter_base(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side=padding_side)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    auto_class: type,
+    config: BaseConfig,
+    *,
+    device: torch.device | None = None,
+    is_trainable: bool = False,
+    **kwargs: Any,
+) -> PreTrainedModel | PeftModel:
+    """The model at config.model_name_or_path as `auto_class`: a full model, or base + adapter for an adapter dir.
+
+    An adapter loaded to train with LoRA stays an adapter and keeps training; loaded for anything else (full
+    fine-tuning, inference) it is merged into its base. Left on the CPU when no device is given: a Trainer places
+    the model itself.
+    """
+    path = config.model_name_or_path
+    dtype = _load_dtype(config, device or pick_device(), is_trainable)
+    if not is_adapter(path):
+        model = auto_class.from_pretrained(path, dtype=dtype, **kwargs)
+    else:
+        base = auto_class.from_pretrained(adapter_base(path), dtype=dtype, **kwargs)
+        model = PeftModel.from_pretrained(base, path, is_trainable=is_trainable and config.use_lora)
+        if not (is_trainable and config.use_lora):
+            model = model.merge_and_unload()
+    return model.to(device) if device is not None else model
+
+
+def load_policy(
+    config: BaseConfig, *, device: torch.device | None = None, is_trainable: bool = False
+) -> PreTrainedModel | PeftModel:
+    """The causal LM to train or sample from (see load_model)."""
+    return load_model(AutoModelForCausalLM, config, device=device, is_trainable=is_trainable)
+
+
+def load_reward_model(
+    path: str | Path, device: torch.device | None = None, *, dtype: torch.dtype | None = None
+) -> PreTrainedModel:
+    """A one-logit sequence classifier for scoring, frozen and in eval mode; an adapter is merged into its base."""
+    device = device or pick_device()
+    dtype = dtype or resolve_dtype("auto", device)
+    if is_adapter(path):
+        base = AutoModelForSequenceClassification.from_pretrained(adapter_base(path), num_labels=1, dtype=dtype)
+        model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+    if model.config.pad_token_id is None:  # the classifier finds each sequence's last real token by its padding
+        model.config.pad_token_id = load_tokenizer(path).pad_token_id
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _load_dtype(config: BaseConfig, device: torch.device, is_trainable: bool) -> torch.dtype:
+    # Full fine-tuning keeps float32 master weights (AdamW updates vanish in bfloat16) and trains under autocast;
+    # a frozen base under LoRA, or a model that only runs forward, can sit in the half-precision dtype.
+    if is_trainable and not config.use_lora:
+        return torch.float32
+    return resolve_dtype(config.dtype, device)
+
+
+def lora_config(config: BaseConfig, task_type: TaskType | str) -> LoraConfig:
+    """The adapter for a stage: CAUSAL_LM for policies, SEQ_CLS for reward models (whose score head PEFT trains)."""
+    targets = config.lora_target_modules.strip()
+    return LoraConfig(
+        task_type=task_type,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets if targets == "all-linear" else [name.strip() for name in targets.split(",")],
+    )
+
+
+# Data -------------------------------------------------------------------------------------------------------------
+
+
+def read_export(data_file: str | Path) -> Dataset:
+    """An export file (JSONL or Parquet) as a Dataset, every column included."""
+    data_file = Path(data_file)
+    if data_file.suffix == ".parquet":
+        return Dataset.from_parquet(str(data_file), keep_in_memory=True)
+    with data_file.open(encoding="utf-8") as lines:
+        rows = [json.loads(line) for line in lines if line.strip()]
+    if not rows:
+        raise ValueError(f"{data_file}: no rows")
+    return Dataset.from_list(rows)
+
+
+def load_rows(data_file: str | Path, columns: list[str], dataset: Dataset | None = None) -> Dataset:
+    """The export with only `columns`, plus prompt_id when present (the held-out split groups by it).
+
+    Extra export columns (votes, ids, model versions, often null) are dropped: the trainers need none of them.
+    """
+    dataset = dataset if dataset is not None else read_export(data_file)
+    missing = [name for name in columns if name not in dataset.column_names]
+    if missing:
+        raise ValueError(f"{data_file}: missing column(s) {', '.join(missing)}")
+    return dataset.select_columns([*columns, *(["prompt_id"] if "prompt_id" in dataset.column_names else [])])
+
+
+def split_dataset(dataset: Dataset, eval_fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """(train, held out): a share of the prompts, drawn by seed, so no prompt is on both sides (a ranking makes
+    several pairs per prompt, and a held-out pair that shares its prompt with training pairs flatters the model)."""
+    drop = [name for name in ["prompt_id"] if name in dataset.column_names]  # the trainers have no use for it
+    if eval_fraction == 0:
+        return dataset.remove_columns(drop), None
+    groups = dataset["prompt_id"] if "prompt_id" in dataset.column_names else list(range(len(dataset)))
+    keys = sorted(set(map(str, groups)))
+    random.Random(seed).shuffle(keys)
+    held = set(keys[: max(1, round(eval_fraction * len(keys)))])
+    if len(held) == len(keys):
+        raise ValueError(f"eval_fraction: {eval_fraction} of {len(keys)} prompt(s) leaves nothing to train on")
+    eval_rows = [i for i, group in enumerate(groups) if str(group) in held]
+    train_rows = [i for i, group in enumerate(groups) if str(group) not in held]
+    return dataset.select(train_rows).remove_columns(drop), dataset.select(eval_rows).remove_columns(drop)
+
+
+# Trainers ---------------------------------------------------------------------------------------------------------
+
+
+def trainer_arguments(args_class: type[TrainingArguments], config: BaseConfig, output_dir: str, **stage: Any) -> Any:
+    """A TRL trainer config (RewardConfig, DPOConfig, SFTConfig) from ours, plus the stage's own fields."""
+    device = pick_device()
+    dtype = resolve_dtype(config.dtype, device)
+    return args_class(
+        output_dir=output_dir,
+        learning_rate=config.learning_rate,
+        max_steps=config.max_steps,
+        num_train_epochs=config.num_train_epochs,
+        per_device_train_batch_size=config.per_device_batch_size,
+        per_device_eval_batch_size=config.per_device_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,  # enough to resume from; checkpoints of a large model are large
+        eval_strategy="no",  # the stage evaluates once at the end, for the report
+        report_to=[],  # progress goes through the callback, to our own tables
+        disable_tqdm=True,
+        # Mixed precision only on a GPU; TRL's default (bf16 everywhere) only blurs the numbers on a CPU.
+        bf16=device.type == "cuda" and dtype == torch.bfloat16,
+        fp16=device.type == "cuda" and dtype == torch.float16,
+        use_cpu=device.type == "cpu",
+        activation_checkpointing=config.activation_checkpointing,
+        **stage,
+    )
+
+
+def last_checkpoint(output_dir: str, resume: bool) -> str | None:
+    """The checkpoint to resume from: the latest in output_dir when resuming and there is one."""
+    return get_last_checkpoint(output_dir) if resume and os.path.isdir(output_dir) else None
+
+
+def run_training(
+    trainer: Trainer, output_dir: str, *, resume: bool, progress: ProgressFn | None
+) -> tuple[dict[str, float], bool]:
+    """Train (from the latest checkpoint when resuming), save the model and tokenizer; (final metrics, stopped)."""
+    for parameter in trainer.model.parameters():
+        # Trainable weights in float32 (a bf16/fp16 base stays as it is): AdamW updates vanish in half precision,
+        # and fp16's gradient scaler refuses half-precision gradients (PEFT upcasts LoRA, not a saved score head).
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    callback = ProgressCallback(progress or _keep_going)
+    trainer.add_callback(callback)
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; progress goes through the callback
+    output = trainer.train(resume_from_checkpoint=last_checkpoint(output_dir, resume))
+    trainer.save_model(output_dir)  # the adapter (or full model) and the tokenizer, ready for from_pretrained
+    last_step = next((log for log in reversed(trainer.state.log_history) if "loss" in log), {})
+    return {**numbers(last_step), **numbers(output.metrics)}, callback.stopped
+
+
+def numbers(logs: Mapping[str, Any]) -> dict[str, float]:
+    return {key: float(value) for key, value in logs.items() if isinstance(value, int | float)}
+
+
+def _keep_going(step: int, total: int, metrics: dict[str, float]) -> bool:
+    return False
+
+
+@dataclass
+class ProgressCallback(TrainerCallback):
+    """Reports each optimisation step to a ProgressFn (with its metrics on logging steps) and stops when it asks.
+
+    A stop requested at step n ends training after step n, with a checkpoint saved there.
+    """
+
+    fn: ProgressFn
+    stopped: bool = False
+    _reported: int = field(default=-1, repr=False)
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        if not control.should_log:  # otherwise the step is reported with its metrics, from on_log just after
+            self._report(state, control, {})
+        return control
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
+        if state.global_step > self._reported:  # not the end-of-training summary of a step already reported
+            self._report(state, control, numbers(logs or {}))
+        return control
+
+    def _report(self, state: TrainerState, control: TrainerControl, metrics: dict[str, float]) -> None:
+        self._reported = state.global_step
+        if self.fn(state.global_step, state.max_steps, metrics) and not control.should_training_stop:
+            self.stopped = True
+            control.should_training_stop = True
+            control.should_save = True

@@ -1,0 +1,90 @@
+"""DPO: train the policy directly on preference pairs with TRL's DPOTrainer, no reward model in between.
+
+With π the policy and π_ref the reference, the implicit reward of a response is r(x, y) = β (log π(y|x) -
+log π_ref(y|x)), and the sigmoid loss is -log σ(r(x, y_w) - r(x, y_l)): ln 2 while π = π_ref, falling as the
+policy moves probability from rejected to chosen responses. With LoRA the reference is the same model with the
+adapter disabled, so no second copy sits in memory (continuing an adapter, TRL freezes a copy of it instead).
+"""
+
+from dataclasses import dataclass
+
+from peft import PeftModel
+from transformers import set_seed
+from trl import DPOConfig as TRLDPOConfig
+from trl import DPOTrainer
+
+from training.engine.common import (
+    BaseConfig,
+    ProgressFn,
+    StageResult,
+    load_policy,
+    load_rows,
+    load_tokenizer,
+    lora_config,
+    numbers,
+    run_training,
+    split_dataset,
+    trainer_arguments,
+)
+
+# TRL's DPO losses that need nothing beyond beta (sigmoid is the paper's; ipo, hinge and robust are common variants).
+LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down",
+)  # fmt: skip
+
+
+@dataclass
+class DPOConfig(BaseConfig):
+    learning_rate: float = 5e-5  # DPO drifts easily; lower than SFT's LoRA rate
+    beta: float = 0.1  # the KL leash to the reference: smaller lets the policy move further
+    loss_type: str = "sigmoid"  # one of LOSS_TYPES
+    precompute_ref_log_probs: bool = False  # score the reference once before training: faster steps, one more pass
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        return [
+            *super().rules(),
+            ("beta", self.beta > 0, "must be > 0"),
+            ("loss_type", self.loss_type in LOSS_TYPES, f"must be one of {', '.join(LOSS_TYPES)}"),
+        ]
+
+
+def train_dpo(config: DPOConfig, data_file: str, output_dir: str, progress: ProgressFn | None = None) -> StageResult:
+    """Train the policy on a pairs export with DPO; save the adapter (or full model) and tokenizer in output_dir."""
+    set_seed(config.seed)
+    pairs = load_rows(data_file, ["prompt", "chosen", "rejected"])
+    train_pairs, eval_pairs = split_dataset(pairs, config.eval_fraction, config.seed)
+
+    tokenizer = load_tokenizer(config.model_name_or_path)
+    model = load_policy(config, is_trainable=True)
+    args = trainer_arguments(
+        TRLDPOConfig,
+        config,
+        output_dir,
+        beta=config.beta,
+        loss_type=[config.loss_type],
+        precompute_ref_log_probs=config.precompute_ref_log_probs,
+    )
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,  # LoRA: the adapter disabled; full fine-tuning: TRL loads a frozen copy of the base
+        args=args,
+        train_dataset=train_pairs,
+        eval_dataset=eval_pairs,
+        processing_class=tokenizer,
+        peft_config=lora_config(config, "CAUSAL_LM") if config.use_lora and not isinstance(model, PeftModel) else None,
+    )
+    metrics, stopped = run_training(trainer, output_dir, resume=config.resume, progress=progress)
+    report = {}
+    if eval_pairs is not None:
+        # rewards/accuracies: share of held-out pairs with r(x, y_w) > r(x, y_l); rewards/margins: their mean gap.
+        evaluation = {key.removeprefix("eval_"): value for key, value in numbers(trainer.evaluate()).items()}
+        report = {
+            "accuracy": evaluation["rewards/accuracies"],
+            "margin": evaluation["rewards/margins"],
+            "loss": evaluation["loss"],
+            "eval_pairs": len(trainer.eval_dataset),
+            "trl": evaluation,
+        }
+    return StageResult(
+        output_dir=output_dir, steps=trainer.state.global_step, stopped=stopped, metrics=metrics, eval_report=report
+    )

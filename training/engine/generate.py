@@ -1,0 +1,226 @@
+"""Sampling from a policy, and the numbers the registry keeps about one: mean reward and KL to its reference.
+
+Prompts are chat message lists, rendered with the model's chat template and `add_generation_prompt`, left-padded
+so that every row's last prompt token sits at the same position, and sampled in batches with the KV cache
+(`generate` keeps it by default). The same seed, batch size and device give the same samples.
+"""
+
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+
+from training.engine.common import (
+    BaseConfig,
+    adapter_base,
+    is_adapter,
+    load_policy,
+    load_reward_model,
+    load_tokenizer,
+    pick_device,
+)
+
+Messages = list[dict[str, str]]
+
+
+def generate(
+    model_path: str,
+    prompts: list[Messages],
+    *,
+    num_samples: int = 1,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: torch.device | None = None,
+) -> list[list[str]]:
+    """num_samples responses per prompt, in prompt order; temperature 0 decodes greedily."""
+    device = device or pick_device()
+    tokenizer = load_tokenizer(model_path, padding_side="left")
+    model = load_policy(BaseConfig(model_name_or_path=model_path), device=device).eval()
+    samples = sample(
+        model,
+        tokenizer,
+        prompts,
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    texts = _texts(tokenizer, samples)
+    return [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[Messages],
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    seed: int,
+) -> list[dict[str, torch.Tensor]]:
+    """Sample in batches; per batch: prompt_ids / prompt_mask (B, P) left-padded, response_ids / response_mask
+    (B, R) with the mask covering each response up to and including its first end-of-sequence token."""
+    set_seed(seed)
+    conversations = [prompt for prompt in prompts for _ in range(num_samples)]  # each prompt's samples together
+    eos_ids = torch.tensor(_eos_ids(model, tokenizer))
+    batches = []
+    for start in range(0, len(conversations), batch_size):
+        texts = [
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            for messages in conversations[start : start + batch_size]
+        ]
+        # The template already starts with the BOS token; the tokenizer must not add another.
+        inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+        output = model.generate(
+            **inputs,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_p=top_p if temperature > 0 else None,
+            top_k=None,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos_ids.tolist(),
+        )
+        response = output[:, inputs["input_ids"].shape[1] :]  # (B, R)
+        is_eos = torch.isin(response, eos_ids.to(response.device))
+        after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # tokens after the first EOS are padding
+        batches.append(
+            {
+                "prompt_ids": inputs["input_ids"],
+                "prompt_mask": inputs["attention_mask"],
+                "response_ids": response,
+                "response_mask": (~after_eos).long(),
+            }
+        )
+    return batches
+
+
+def evaluate_policy(
+    policy_path: str,
+    prompts: list[Messages],
+    *,
+    reward_model_path: str | None = None,
+    reference_path: str | None = None,
+    num_samples: int = 1,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    """Sample from the policy and report its mean reward (given a reward model) and its mean per-token KL to the
+    reference: the policy with its adapter disabled, or reference_path for a fully fine-tuned policy.
+
+    KL(π ‖ π_ref) per token is estimated on the policy's own samples as the mean of log π(y_t) − log π_ref(y_t)
+    over response tokens; it is an unbiased estimate only at temperature 1 and top_p 1 (the defaults).
+    """
+    device = device or pick_device()
+    tokenizer = load_tokenizer(policy_path, padding_side="left")
+    # Keep an adapter unmerged: disabling it gives the reference without a second copy of the base.
+    policy = _load_unmerged(policy_path, device)
+    batches = sample(
+        policy,
+        tokenizer,
+        prompts,
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    report: dict[str, Any] = {
+        "samples": len(prompts) * num_samples,
+        "mean_response_tokens": sum(b["response_mask"].sum().item() for b in batches) / (len(prompts) * num_samples),
+    }
+
+    reference = None
+    if reference_path is not None:
+        reference = load_policy(BaseConfig(model_name_or_path=reference_path), device=device).eval()
+    if reference is not None or isinstance(policy, PeftModel):
+        log_ratio, tokens = 0.0, 0
+        for batch in batches:
+            logps = _response_logps(policy, batch)  # (B, R)
+            if reference is not None:
+                ref_logps = _response_logps(reference, batch)
+            else:
+                with policy.disable_adapter():
+                    ref_logps = _response_logps(policy, batch)
+            mask = batch["response_mask"]
+            log_ratio += ((logps - ref_logps) * mask).sum().item()  # Σ_t log π(y_t) − log π_ref(y_t)
+            tokens += mask.sum().item()
+        report["kl"] = log_ratio / max(tokens, 1)
+
+    if reward_model_path is not None:
+        texts = _texts(tokenizer, batches)
+        conversations = [
+            [*prompt, {"role": "assistant", "content": text}]
+            for prompt, text in zip([p for p in prompts for _ in range(num_samples)], texts, strict=True)
+        ]
+        rewards = score(reward_model_path, conversations, batch_size=batch_size, device=device)
+        report["mean_reward"] = rewards.mean().item()
+        report["reward_std"] = rewards.std().item() if len(rewards) > 1 else 0.0
+    return report
+
+
+@torch.no_grad()
+def score(
+    reward_model_path: str, conversations: list[Messages], *, batch_size: int = 8, device: torch.device | None = None
+) -> torch.Tensor:
+    """The reward model's scalar for each whole conversation (prompt and answer), read at its last real token."""
+    device = device or pick_device()
+    model = load_reward_model(reward_model_path, device)
+    tokenizer = load_tokenizer(reward_model_path, padding_side="right")
+    rewards = []
+    for start in range(0, len(conversations), batch_size):
+        texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[start : start + batch_size]]
+        inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
+        rewards.append(model(**inputs).logits[:, 0].float().cpu())  # (B,)
+    return torch.cat(rewards)
+
+
+def _response_logps(model: PreTrainedModel | PeftModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log p(response token | everything before it) under model: (B, R)."""
+    ids = torch.cat([batch["prompt_ids"], batch["response_ids"]], dim=1)  # (B, P + R)
+    mask = torch.cat([batch["prompt_mask"], batch["response_mask"]], dim=1)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding: count positions from the first real token
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits  # (B, P + R, V)
+    prompt_length = batch["prompt_ids"].shape[1]
+    logits = logits[:, prompt_length - 1 : -1].float()  # the logits that predict each response token: (B, R, V)
+    # log softmax at the sampled token only: logit(y_t) - logsumexp(logits), without a second (B, R, V) tensor
+    picked = logits.gather(-1, batch["response_ids"].unsqueeze(-1)).squeeze(-1)
+    return picked - logits.logsumexp(dim=-1)
+
+
+def _load_unmerged(path: str, device: torch.device) -> PreTrainedModel | PeftModel:
+    if not is_adapter(path):
+        return load_policy(BaseConfig(model_name_or_path=path), device=device).eval()
+    base = load_policy(BaseConfig(model_name_or_path=adapter_base(path)), device=device)
+    return PeftModel.from_pretrained(base, path).to(device).eval()
+
+
+def _eos_ids(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token that ends a turn: the tokenizer's EOS and whatever the model's generation config adds."""
+    configured = model.generation_config.eos_token_id
+    configured = configured if isinstance(configured, list) else [configured] if configured is not None else []
+    return sorted({tokenizer.eos_token_id, *configured})
+
+
+def _texts(tokenizer: PreTrainedTokenizerBase, batches: list[dict[str, torch.Tensor]]) -> list[str]:
+    """Each sampled response as text, in order, up to its first end-of-sequence token."""
+    return [
+        tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
+        for batch in batches
+        for ids, mask in zip(batch["response_ids"], batch["response_mask"], strict=True)
+    ]

@@ -1,0 +1,74 @@
+"""SFT: supervised fine-tuning on the SFT export (preferred and human-written answers) with TRL's SFTTrainer.
+
+The loss is the next-token cross-entropy on the assistant's tokens only: the chat template's `{% generation %}`
+markers say which tokens those are, so the policy learns to write answers, not prompts. A standard-style export
+(prompt / completion strings) gets the same through TRL's completion-only loss.
+"""
+
+import math
+from dataclasses import dataclass
+
+from peft import PeftModel
+from transformers import set_seed
+from trl import SFTConfig as TRLSFTConfig
+from trl import SFTTrainer
+
+from training.engine.common import (
+    BaseConfig,
+    ProgressFn,
+    StageResult,
+    load_policy,
+    load_rows,
+    load_tokenizer,
+    lora_config,
+    numbers,
+    read_export,
+    run_training,
+    split_dataset,
+    trainer_arguments,
+)
+
+
+@dataclass
+class SFTConfig(BaseConfig):
+    assistant_only_loss: bool = True  # learn the answers, not the users' prompts; off trains on whole transcripts
+
+
+def train_sft(config: SFTConfig, data_file: str, output_dir: str, progress: ProgressFn | None = None) -> StageResult:
+    """Fine-tune the policy on an SFT export; save the adapter (or full model) and tokenizer in output_dir."""
+    set_seed(config.seed)
+    export = read_export(data_file)
+    conversational = "messages" in export.column_names  # else the standard style's prompt / completion strings
+    rows = load_rows(data_file, ["messages"] if conversational else ["prompt", "completion"], export)
+    train_rows, eval_rows = split_dataset(rows, config.eval_fraction, config.seed)
+
+    tokenizer = load_tokenizer(config.model_name_or_path)
+    model = load_policy(config, is_trainable=True)
+    args = trainer_arguments(
+        TRLSFTConfig,
+        config,
+        output_dir,
+        assistant_only_loss=config.assistant_only_loss and conversational,
+        completion_only_loss=config.assistant_only_loss and not conversational,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        processing_class=tokenizer,
+        peft_config=lora_config(config, "CAUSAL_LM") if config.use_lora and not isinstance(model, PeftModel) else None,
+    )
+    metrics, stopped = run_training(trainer, output_dir, resume=config.resume, progress=progress)
+    report = {}
+    if eval_rows is not None:
+        evaluation = {key.removeprefix("eval_"): value for key, value in numbers(trainer.evaluate()).items()}
+        report = {
+            "loss": evaluation["loss"],  # mean cross-entropy per trained token on held-out conversations
+            "perplexity": math.exp(min(evaluation["loss"], 50.0)),
+            "mean_token_accuracy": evaluation.get("mean_token_accuracy"),
+            "eval_examples": len(trainer.eval_dataset),
+        }
+    return StageResult(
+        output_dir=output_dir, steps=trainer.state.global_step, stopped=stopped, metrics=metrics, eval_report=report
+    )

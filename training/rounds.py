@@ -1,0 +1,426 @@
+"""Launching and running training rounds: database rows in, engine calls, registry entries out.
+
+`launch_round` checks a lead's request (method, base, settings, dataset filters) and saves a queued round with
+a pending dataset snapshot; the Celery task calls `run_round`, which claims the round once, writes the snapshot,
+runs the method's stages from training/engine/ with a progress callback (heartbeat, metrics, cancel), and
+registers what they trained. `fail_stale_rounds` (Celery beat) fails rounds whose worker stopped beating.
+
+Stages per method: reward = [reward]; ppo = [reward, ppo] (or [ppo] with a given reward model); dpo = [dpo];
+sft = [sft]. Settings: `key=value` applies to every stage of the method that has the key, `stage.key=value` to
+that stage only; anything else is refused, naming the key.
+"""
+
+import collections
+import logging
+import subprocess
+import threading
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import close_old_connections, connection, transaction
+
+from annotate.exports import create_snapshot, run_snapshot
+from annotate.models import DatasetSnapshot, Project
+from models_registry.models import ModelVersion
+from training.models import RoundMetric, TrainingRound
+
+logger = logging.getLogger(__name__)
+
+Method = TrainingRound.Method
+STAGES = {
+    Method.REWARD: ["reward"],
+    Method.PPO: ["reward", "ppo"],
+    Method.DPO: ["dpo"],
+    Method.SFT: ["sft"],
+}
+LOG_TAIL_LINES = 200
+EVAL_PROMPTS = 16  # prompts sampled for a policy's eval report (mean reward, KL to the reference)
+
+
+def stage_configs() -> dict[str, type]:
+    """Stage name → its config dataclass (imports the engine: torch and friends)."""
+    from training.engine.dpo import DPOConfig
+    from training.engine.ppo import PPOConfig
+    from training.engine.reward import RewardConfig
+    from training.engine.sft import SFTConfig
+
+    return {"reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig, "sft": SFTConfig}
+
+
+# Launching -----------------------------------------------------------------------------------------------
+
+
+def launch_round(
+    project: Project,
+    *,
+    method: str,
+    user: Any = None,
+    base: str = "",
+    reward_model: str = "",
+    settings_: Mapping[str, Any] | None = None,
+    filters: Mapping[str, Any] | None = None,
+) -> TrainingRound:
+    """Check the request and queue a round (and its pending snapshot); ValidationError names what is wrong."""
+    if method not in Method.values:
+        raise ValidationError({"method": f"Must be one of {', '.join(Method.values)}, not {method!r}."})
+    base_version, base_model = resolve_base(project, base)
+    reward_version = _resolve_reward(project, method, reward_model)
+    stages = [s for s in STAGES[method] if not (s == "reward" and reward_version is not None)]
+    config = build_config(stages, base_model=base_model, policy_path=base_version.path if base_version else base_model,
+                          settings_=settings_ or {})  # fmt: skip
+    return _queue(
+        project,
+        method=method,
+        base_model=base_model,
+        base_version=base_version,
+        reward_version=reward_version,
+        config=config,
+        filters=filters or {},
+        user=user,
+    )
+
+
+def relaunch(training_round: TrainingRound, *, user: Any = None) -> TrainingRound:
+    """A new queued round with the same method, base, settings and filters (after a failure or a cancel)."""
+    return _queue(
+        training_round.project,
+        method=training_round.method,
+        base_model=training_round.base_model,
+        base_version=training_round.base_version,
+        reward_version=training_round.reward_version,
+        config=training_round.config,
+        filters=training_round.filters,
+        user=user,
+    )
+
+
+def _queue(project: Project, *, method: str, filters: Mapping[str, Any], user: Any, **fields: Any) -> TrainingRound:
+    """Save the round with a pending snapshot of its data and send it to a worker once committed."""
+    with transaction.atomic():
+        kind = DatasetSnapshot.Kind.SFT if method == Method.SFT else DatasetSnapshot.Kind.PAIRS
+        snapshot = create_snapshot(project, kind=kind, filters=filters, user=user)
+        # The project's row orders concurrent launches, so round numbers never collide.
+        Project.objects.select_for_update().filter(pk=project.pk).values_list("pk").get()
+        number = (project.training_rounds.order_by("-number").values_list("number", flat=True).first() or 0) + 1
+        training_round = TrainingRound.objects.create(
+            project=project,
+            number=number,
+            method=method,
+            filters=snapshot.filters,
+            snapshot=snapshot,
+            created_by=user if getattr(user, "is_authenticated", False) else None,
+            **fields,
+        )
+        from training.tasks import run_training_round
+
+        transaction.on_commit(lambda: _enqueue(run_training_round, training_round))
+    return training_round
+
+
+def _enqueue(task: Any, training_round: TrainingRound) -> None:
+    result = task.delay(training_round.pk)
+    TrainingRound.objects.filter(pk=training_round.pk).update(celery_task_id=result.id or "")
+
+
+def resolve_base(project: Project, base: str) -> tuple[ModelVersion | None, str]:
+    """(registered version or None, root base model) for what a lead typed: "", "v3", "policy-v3", or an id/path.
+
+    Empty means the project's active policy, else ARBITER_DEFAULT_BASE_MODEL.
+    """
+    base = (base or "").strip()
+    if not base:
+        if active := ModelVersion.objects.active_policy(project):
+            return active, active.base_model
+        if settings.ARBITER_DEFAULT_BASE_MODEL:
+            return None, settings.ARBITER_DEFAULT_BASE_MODEL
+        raise ValidationError(
+            {"base": "The project has no active policy: give a hub id, a local path or a registered version."}
+        )
+    if version := _version_named(project, ModelVersion.Kind.POLICY, base):
+        return version, version.base_model
+    if base.startswith(("/", "./", "../", "~")) and not Path(base).expanduser().exists():
+        raise ValidationError({"base": f"No model at {base}."})
+    return None, base
+
+
+def _resolve_reward(project: Project, method: str, reward_model: str) -> ModelVersion | None:
+    reward_model = (reward_model or "").strip()
+    if not reward_model:
+        return None
+    if method != Method.PPO:
+        raise ValidationError({"reward_model": "Only a PPO round scores with a reward model."})
+    if version := _version_named(project, ModelVersion.Kind.REWARD, reward_model):
+        return version
+    raise ValidationError({"reward_model": f"No reward model {reward_model!r} in this project (e.g. reward-v2)."})
+
+
+def _version_named(project: Project, kind: str, name: str) -> ModelVersion | None:
+    number = name.removeprefix(f"{kind}-").removeprefix("v")
+    if not number.isdecimal():
+        return None
+    return ModelVersion.objects.filter(project=project, kind=kind, version=int(number)).first()
+
+
+def build_config(
+    stages: list[str], *, base_model: str, policy_path: str, settings_: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Each stage's config as a dict (asdict of its dataclass), from the defaults and the lead's settings."""
+    classes = stage_configs()
+    per_stage: dict[str, dict[str, Any]] = {stage: {} for stage in stages}
+    for key, value in settings_.items():
+        stage, _, name = key.rpartition(".")
+        targets = [stage] if stage else [s for s in stages if name in _field_names(classes[s])]
+        if stage and stage not in stages:
+            raise ValidationError({key: f"This round has no {stage} stage (its stages: {', '.join(stages)})."})
+        if not targets or name not in _field_names(classes[targets[0]]):
+            raise ValidationError({key: f"Not a setting of {' or '.join(stages)}."})
+        if name == "model_name_or_path":
+            raise ValidationError({key: "Set the model with the round's base, not a setting."})
+        for target in targets:
+            per_stage[target][name] = value
+    config = {}
+    for stage in stages:
+        # A reward model starts from the base model (with a fresh head); a policy from the base policy.
+        model = base_model if stage == "reward" else policy_path
+        try:
+            config[stage] = classes[stage].from_dict({"model_name_or_path": model, **per_stage[stage]}).to_dict()
+        except ValueError as error:
+            name = str(error).split(":", 1)[0]
+            raise ValidationError({f"{stage}.{name}": str(error)}) from None
+    return config
+
+
+def _field_names(config_class: type) -> set[str]:
+    return set(config_class.__dataclass_fields__)
+
+
+# Running -------------------------------------------------------------------------------------------------
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _LogTail(logging.Handler):
+    """The last lines logged while a round runs, for the round page."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+class _Heartbeat(threading.Thread):
+    """Beats the round's heart while the worker loads models or writes files between progress reports."""
+
+    def __init__(self, training_round: TrainingRound, log: _LogTail) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-round-{training_round.pk}")
+        self.training_round, self.log, self.stopping = training_round, log, threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.wait(settings.ARBITER_ROUND_HEARTBEAT_SECONDS):
+                self.training_round.beat(log_tail=self.log.text())
+        finally:
+            connection.close()  # this thread's own connection
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+
+
+def run_round(round_id: int) -> TrainingRound:
+    """Run a queued round to its end; a round that is not queued (a redelivered message) is left as it is."""
+    training_round = TrainingRound.objects.select_related("project", "snapshot", "base_version").get(pk=round_id)
+    if not training_round.claim():
+        logger.info("Round %s is %s, not queued: not running it again", round_id, training_round.status)
+        training_round.refresh_from_db()
+        return training_round
+    log = _LogTail()
+    watched = [logging.getLogger(name) for name in ("training", "transformers", "trl", "peft")]
+    for each in watched:
+        each.addHandler(log)
+    heartbeat = _Heartbeat(training_round, log)
+    heartbeat.start()
+    try:
+        _run_stages(training_round, log)
+    except _Cancelled:
+        logger.info("Round %s cancelled", round_id)
+        training_round.finish(TrainingRound.Status.CANCELLED)
+    except Exception as error:
+        logger.exception("Round %s failed", round_id)
+        message = f"{type(error).__name__}: {error}\n\n{traceback.format_exc(limit=-8)}"
+        training_round.finish(TrainingRound.Status.FAILED, error=message)
+    else:
+        training_round.finish(TrainingRound.Status.SUCCEEDED)
+    finally:
+        heartbeat.stop()
+        for each in watched:
+            each.removeHandler(log)
+        TrainingRound.objects.filter(pk=round_id).update(log_tail=log.text())
+    training_round.refresh_from_db()
+    return training_round
+
+
+def _run_stages(training_round: TrainingRound, log: _LogTail) -> None:
+    from training.engine.dpo import train_dpo
+    from training.engine.ppo import train_ppo
+    from training.engine.reward import train_reward
+    from training.engine.sft import train_sft
+
+    snapshot = run_snapshot(training_round.snapshot)
+    if snapshot.status != DatasetSnapshot.Status.READY:
+        raise RuntimeError(f"The dataset snapshot failed: {snapshot.error}")
+    if not snapshot.row_count:
+        raise RuntimeError("The dataset snapshot has no rows: annotate more, or loosen the round's filters.")
+    logger.info("Snapshot %s: %s rows, sha256 %s", snapshot.pk, snapshot.row_count, snapshot.sha256)
+    data_file = snapshot.file.path
+    out_root = Path(settings.ARBITER_ARTIFACTS_ROOT) / training_round.project.slug / f"round-{training_round.number}"
+    classes = stage_configs()
+    stages = list(training_round.config)
+    reward_path = training_round.reward_version.path if training_round.reward_version else ""
+    results = {}
+    for index, stage in enumerate(stages):
+        config = classes[stage].from_dict(training_round.config[stage])
+        output_dir = str(out_root / stage)
+        progress = _progress_callback(training_round, stage, index, len(stages))
+        training_round.beat(stage=stage, step=0, total_steps=0)
+        logger.info("Stage %s: training from %s into %s", stage, config.model_name_or_path, output_dir)
+        if stage == "reward":
+            result = train_reward(config, data_file, output_dir, progress)
+            reward_path = result.output_dir
+        elif stage == "ppo":
+            result = train_ppo(config, data_file, reward_path, output_dir, progress)
+        elif stage == "dpo":
+            result = train_dpo(config, data_file, output_dir, progress)
+        else:
+            result = train_sft(config, data_file, output_dir, progress)
+        if result.stopped:
+            raise _Cancelled
+        logger.info("Stage %s done: %s steps, eval %s", stage, result.steps, result.eval_report)
+        results[stage] = (config, result)
+    _register(training_round, snapshot, results, reward_path)
+
+
+def _progress_callback(training_round: TrainingRound, stage: str, index: int, stages: int) -> Any:
+    def progress(step: int, total: int, metrics: dict[str, float]) -> bool:
+        if metrics:
+            RoundMetric.objects.create(training_round=training_round, stage=stage, step=step, values=metrics)
+            shown = ", ".join(f"{name} {value:.4g}" for name, value in sorted(metrics.items()))
+            logger.info("%s step %s/%s: %s", stage, step, total, shown)
+        done = (index + (step / total if total else 0)) / stages
+        still_running = training_round.beat(step=step, total_steps=total, progress=min(done, 1.0))
+        # Stop when the lead cancelled, or when the round was failed under us (its worker was thought dead).
+        return not still_running or training_round.cancel_is_requested()
+
+    return progress
+
+
+def _register(training_round: TrainingRound, snapshot: DatasetSnapshot, results: dict, reward_path: str) -> None:
+    """Registry entries for what the round trained, each pointing at the snapshot, config and code."""
+    common = {
+        "project": training_round.project,
+        "training_round": training_round,
+        "snapshot_sha256": snapshot.sha256,
+        "code_version": code_version(),
+    }
+    if "reward" in results:
+        config, result = results["reward"]
+        ModelVersion.register(
+            kind=ModelVersion.Kind.REWARD,
+            base_model=training_round.base_model,
+            adapter_path=result.output_dir,
+            config=config.to_dict(),
+            eval_report=result.eval_report,
+            **common,
+        )
+    policy_stage = next((stage for stage in ("ppo", "dpo", "sft") if stage in results), None)
+    if policy_stage is None:
+        return
+    config, result = results[policy_stage]
+    report = {**result.eval_report, **_evaluate_policy(training_round, result.output_dir, reward_path, config)}
+    ModelVersion.register(
+        kind=ModelVersion.Kind.POLICY,
+        base_model=training_round.base_model,
+        adapter_path=result.output_dir,
+        parent=training_round.base_version,
+        config=config.to_dict(),
+        eval_report=report,
+        **common,
+    )
+
+
+def _evaluate_policy(training_round: TrainingRound, policy_path: str, reward_path: str, config: Any) -> dict:
+    """Mean reward (with the round's reward model, else the project's latest) and KL to the reference."""
+    import json
+
+    from training.engine.generate import evaluate_policy
+
+    if not reward_path and (latest := ModelVersion.objects.latest_reward(training_round.project)):
+        reward_path = latest.path
+    prompts, seen = [], set()
+    with open(training_round.snapshot.file.path) as rows:
+        for line in rows:
+            row = json.loads(line)
+            prompt = row.get("prompt") or row["messages"][:-1]
+            key = json.dumps(prompt, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                prompts.append(prompt)
+            if len(prompts) == EVAL_PROMPTS:
+                break
+    training_round.beat(stage="eval")
+    logger.info("Evaluating the policy on %s prompts", len(prompts))
+    return evaluate_policy(
+        policy_path,
+        prompts,
+        reward_model_path=reward_path or None,
+        reference_path=None if config.use_lora else config.model_name_or_path,
+        max_new_tokens=getattr(config, "max_new_tokens", 64),
+        seed=config.seed,
+    )
+
+
+def code_version() -> str:
+    """The git commit of the running code (ARBITER_CODE_VERSION where the image has no .git)."""
+    if settings.ARBITER_CODE_VERSION:
+        return settings.ARBITER_CODE_VERSION
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=10
+        )
+    except OSError:
+        return ""
+    return found.stdout.strip() if found.returncode == 0 else ""
+
+
+# Watching ------------------------------------------------------------------------------------------------
+
+
+def fail_stale_rounds() -> int:
+    """Fail running rounds whose worker stopped sending heartbeats (killed, out of memory, machine lost)."""
+    close_old_connections()
+    failed = 0
+    for training_round in TrainingRound.objects.stale():
+        seen = training_round.heartbeat_at
+        message = (
+            f"The worker stopped sending heartbeats (last at {seen:%Y-%m-%d %H:%M:%S} UTC): it was killed or lost "
+            "its machine. Relaunch the round to train again."
+        )
+        # Conditional on the heartbeat too: a worker that beat just now is alive after all.
+        if TrainingRound.objects.filter(pk=training_round.pk, status="running", heartbeat_at=seen).update(
+            status=TrainingRound.Status.FAILED, error=message, finished_at=training_round.heartbeat_at
+        ):
+            logger.warning("Round %s: %s", training_round.pk, message)
+            failed += 1
+    return failed

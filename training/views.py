@@ -1,0 +1,53 @@
+"""The lead's round pages: the list of a project's rounds, and one round live (htmx polls it while it runs)."""
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from annotate.models import Project
+from training.charts import charts_for
+from training.models import TrainingRound
+
+POLL_SECONDS = 2
+
+
+def _get_project_led_by_user(request: HttpRequest, project_slug: str) -> Project:
+    """The project if the user leads it (or is a superuser); 404 for annotators and outsiders alike."""
+    return get_object_or_404(Project.objects.led_by(request.user), slug=project_slug)
+
+
+def _get_round_for_lead(request: HttpRequest, project_slug: str, number: int) -> TrainingRound:
+    project = _get_project_led_by_user(request, project_slug)
+    return get_object_or_404(
+        TrainingRound.objects.select_related("project", "snapshot", "created_by"), project=project, number=number
+    )
+
+
+@login_required
+def round_list(request: HttpRequest, project_slug: str) -> HttpResponse:
+    project = _get_project_led_by_user(request, project_slug)
+    rounds = project.training_rounds.select_related("snapshot", "created_by")
+    return render(request, "training/round_list.html", {"project": project, "rounds": rounds})
+
+
+@login_required
+def round_page(request: HttpRequest, project_slug: str, number: int) -> HttpResponse:
+    training_round = _get_round_for_lead(request, project_slug, number)
+    context = {
+        "project": training_round.project,
+        "round": training_round,
+        "charts": charts_for(training_round.metric_series()),
+        "versions": training_round.model_versions.all(),
+        "poll_seconds": POLL_SECONDS,
+    }
+    template = "training/round.html#live" if request.htmx else "training/round.html"
+    return render(request, template, context)
+
+
+@require_POST
+@login_required
+def cancel_round(request: HttpRequest, project_slug: str, number: int) -> HttpResponse:
+    training_round = _get_round_for_lead(request, project_slug, number)
+    training_round.request_cancel()
+    return redirect("round_page", project_slug=project_slug, number=number)
