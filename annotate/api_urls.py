@@ -1,8 +1,9 @@
-"""The API's routes, mounted at /api/v1/ (see annotate/api.py for who may call what)."""
+"""The API's routes, mounted at /api/v1/ (see annotate/api.py for who may call what; training/api.py for rounds)."""
 
 from django.urls import path
 
 from annotate import api
+from training import api as training_api
 
 app_name = "api"
 
@@ -27,5 +28,28 @@ urlpatterns = [
         "projects/<slug:slug>/exports/<int:snapshot_id>/download/",
         api.ExportDownloadView.as_view(),
         name="export_download",
+    ),
+    path("projects/<slug:slug>/rounds/", training_api.RoundListView.as_view(), name="rounds"),
+    path("projects/<slug:slug>/rounds/<int:number>/", training_api.RoundDetailView.as_view(), name="round_detail"),
+    path(
+        "projects/<slug:slug>/rounds/<int:number>/cancel/",
+        training_api.RoundCancelView.as_view(),
+        name="round_cancel",
+    ),
+    path(
+        "projects/<slug:slug>/rounds/<int:number>/relaunch/",
+        training_api.RoundRelaunchView.as_view(),
+        name="round_relaunch",
+    ),
+    path("projects/<slug:slug>/models/", training_api.ModelVersionListView.as_view(), name="models"),
+    path(
+        "projects/<slug:slug>/models/<int:version_id>/",
+        training_api.ModelVersionDetailView.as_view(),
+        name="model_detail",
+    ),
+    path(
+        "projects/<slug:slug>/models/<int:version_id>/promote/",
+        training_api.ModelVersionPromoteView.as_view(),
+        name="model_promote",
     ),
 ]

@@ -1,7 +1,8 @@
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 
 from annotate.admin import ProjectScopedAdmin
 from models_registry.models import ModelVersion
@@ -29,7 +30,7 @@ class ModelVersionAdmin(ProjectScopedAdmin):
 
     @admin.display(description="Lineage (newest first)")
     def lineage(self, version: ModelVersion) -> str:
-        return format_html_join(format_html(" &larr; "), "{} ({})", ((v, v.base_model) for v in version.lineage()))
+        return format_html_join(mark_safe(" &larr; "), "{} ({})", ((v, v.base_model) for v in version.lineage()))
 
     @admin.action(description="Promote to the project's active version of its kind")
     def promote(self, request: HttpRequest, queryset: QuerySet) -> None:

@@ -142,7 +142,8 @@ class TrainingRound(models.Model):
         series: dict[str, list[tuple[int, float]]] = {}
         for stage, step, values in self.metrics.order_by("id").values_list("stage", "step", "values"):
             for name, value in values.items():
-                series.setdefault(f"{stage}/{name}", []).append((step, value))
+                if value is not None:  # a NaN or infinite value, stored as null
+                    series.setdefault(f"{stage}/{name}", []).append((step, value))
         return series
 
 

@@ -12,6 +12,8 @@ that stage only; anything else is refused, naming the key.
 
 import collections
 import logging
+import math
+import os
 import subprocess
 import threading
 import traceback
@@ -142,7 +144,7 @@ def resolve_base(project: Project, base: str) -> tuple[ModelVersion | None, str]
         )
     if version := _version_named(project, ModelVersion.Kind.POLICY, base):
         return version, version.base_model
-    if base.startswith(("/", "./", "../", "~")) and not Path(base).expanduser().exists():
+    if base.startswith(("/", "./", "../", "~")) and not Path(os.path.expanduser(base)).exists():
         raise ValidationError({"base": f"No model at {base}."})
     return None, base
 
@@ -315,9 +317,11 @@ def _run_stages(training_round: TrainingRound, log: _LogTail) -> None:
 def _progress_callback(training_round: TrainingRound, stage: str, index: int, stages: int) -> Any:
     def progress(step: int, total: int, metrics: dict[str, float]) -> bool:
         if metrics:
-            RoundMetric.objects.create(training_round=training_round, stage=stage, step=step, values=metrics)
             shown = ", ".join(f"{name} {value:.4g}" for name, value in sorted(metrics.items()))
             logger.info("%s step %s/%s: %s", stage, step, total, shown)
+            # JSON has no NaN or infinity: a diverged value is stored as null (and is in the log line above).
+            values = {name: value if math.isfinite(value) else None for name, value in metrics.items()}
+            RoundMetric.objects.create(training_round=training_round, stage=stage, step=step, values=values)
         done = (index + (step / total if total else 0)) / stages
         still_running = training_round.beat(step=step, total_steps=total, progress=min(done, 1.0))
         # Stop when the lead cancelled, or when the round was failed under us (its worker was thought dead).

@@ -5,7 +5,8 @@ The rule (annotate/api.py says it too):
 - outsider (logged in, not a member): the project does not exist for them, 404, never 403; their own things
   (me, tokens, the empty project list) answer as for anyone;
 - annotator: reads the project, its stats and their own annotations, works the queue with their own leases;
-  lead-only endpoints (prompts, responses, import, exports) answer 403, since they know the project exists;
+  lead-only endpoints (prompts, responses, import, exports, training rounds, model versions) answer 403, since
+  they know the project exists;
 - lead and admin (a superuser leads every project, member or not): everything;
 - someone else's lease is 404 for everyone, leads and admins included: a lease is its annotator's alone;
 - a token cannot make tokens (403 for every caller with one; the browser session and the password can).
@@ -21,17 +22,21 @@ from rest_framework.test import APIClient
 
 from annotate import api_urls
 from annotate.models import DatasetSnapshot, Project
+from models_registry.models import ModelVersion
 from tests.conftest import PASSWORD
+from training.rounds import launch_round
 
 ROLES = ["anonymous", "outsider", "annotator", "lead", "admin"]
 JSONL = b'{"id": "new-1", "prompt": "Hello?", "responses": ["Hi.", "Hey."]}\n'
 
 
 ANSWER = {"preference": "a1"}
+BASE = "tiny/base"  # a hub id: launching does not load it
 
 
 class World:
-    """A project with tasks, a lease of each member's own, another annotator's lease, and a ready export."""
+    """A project with tasks, a lease of each member's own, another annotator's lease, a ready export, a queued
+    training round and a registered policy."""
 
     def __init__(self, project, users, make_task, client_for):
         self.project = project
@@ -49,6 +54,8 @@ class World:
             sha256="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
         )
         self.snapshot.file.save("empty.jsonl", ContentFile(b""))
+        self.round = launch_round(project, method="dpo", base=BASE, user=users["lead"])
+        self.version = ModelVersion.register(project=project, kind="policy", base_model=BASE)
 
     def lease_id(self, role):
         """The caller's own lease; for callers without one, the annotator's."""
@@ -91,6 +98,14 @@ ENDPOINTS = [
     ("exports-create", "post", lambda w, r: f"{P}/exports/", {"kind": "pairs"}, (401, 404, 403, 202, 202)),
     ("export", "get", lambda w, r: f"{P}/exports/{w.snapshot.pk}/", None, (401, 404, 403, 200, 200)),
     ("export-download", "get", lambda w, r: f"{P}/exports/{w.snapshot.pk}/download/", None, (401, 404, 403, 200, 200)),
+    ("rounds", "get", lambda w, r: f"{P}/rounds/", None, (401, 404, 403, 200, 200)),
+    ("rounds-launch", "post", lambda w, r: f"{P}/rounds/", {"method": "dpo", "base": BASE}, (401, 404, 403, 201, 201)),
+    ("round", "get", lambda w, r: f"{P}/rounds/{w.round.number}/", None, (401, 404, 403, 200, 200)),
+    ("round-cancel", "post", lambda w, r: f"{P}/rounds/{w.round.number}/cancel/", None, (401, 404, 403, 202, 202)),
+    ("round-relaunch", "post", lambda w, r: f"{P}/rounds/{w.round.number}/relaunch/", None, (401, 404, 403, 201, 201)),
+    ("models", "get", lambda w, r: f"{P}/models/", None, (401, 404, 403, 200, 200)),
+    ("model", "get", lambda w, r: f"{P}/models/{w.version.pk}/", None, (401, 404, 403, 200, 200)),
+    ("model-promote", "post", lambda w, r: f"{P}/models/{w.version.pk}/promote/", None, (401, 404, 403, 200, 200)),
     ("schema", "get", lambda w, r: "/api/schema/", None, (200, 200, 200, 200, 200)),
     ("docs", "get", lambda w, r: "/api/docs/", None, (200, 200, 200, 200, 200)),
 ]

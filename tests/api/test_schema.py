@@ -24,6 +24,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from annotate.models import ApiToken, DatasetSnapshot
+from models_registry.models import ModelVersion
+from training.rounds import launch_round
 
 
 def test_the_schema_is_valid_and_generates_without_warnings(tmp_path):
@@ -76,7 +78,8 @@ def test_the_docs_page_is_served_from_static_files(client, db):
 
 
 class Data:
-    """A project with tasks of every kind, some skipped, two leases of the lead's, a ready export, a spare token."""
+    """A project with tasks of every kind, some skipped, two leases of the lead's, a ready export, a spare token,
+    a queued training round and a registered policy."""
 
     def __init__(self, project, lead, annotator, make_task, client_for):
         for kind, texts in [("rating", ["x"]), ("pairwise", ["x", "y"]), ("ranking", ["x", "y", "z"])] * 2:
@@ -94,6 +97,8 @@ class Data:
             project=project, kind="pairs", status=DatasetSnapshot.Status.READY, row_count=0, sha256="0" * 64
         )
         self.snapshot.file.save("empty.jsonl", ContentFile(b""))
+        self.round = launch_round(project, method="dpo", base="tiny/base", user=lead)
+        self.version = ModelVersion.register(project=project, kind="policy", base_model="tiny/base")
 
 
 @pytest.fixture
@@ -134,6 +139,8 @@ def test_the_api_keeps_to_its_schema(case, data):
         "assignment_id": (data.to_skip if case.operation.path.endswith("/skip/") else data.to_submit).pk,
         "snapshot_id": data.snapshot.pk,
         "token_id": data.spare_token.pk,  # never the token the requests use
+        "number": data.round.number,
+        "version_id": data.version.pk,
     }
     for name in case.path_parameters or {}:
         case.path_parameters[name] = pinned[name]

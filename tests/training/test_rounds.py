@@ -2,6 +2,7 @@
 stale workers, and what lands in the registry."""
 
 import json
+import logging
 import threading
 import time
 from datetime import timedelta
@@ -186,3 +187,26 @@ class TestStale:
         assert silent.status == "failed" and "stopped sending heartbeats" in silent.error
         assert alive.status == "running"
         assert not silent.beat(step=3)  # a worker that comes back finds its round failed, and stops
+
+
+@pytest.mark.django_db
+def test_a_base_under_an_unknown_home_directory_is_refused_not_a_crash(pairs_project):
+    with pytest.raises(ValidationError, match="No model at ~nosuchuser"):
+        launch_round(pairs_project, method="dpo", base="~nosuchuser/model")
+
+
+@pytest.mark.django_db
+def test_a_nan_metric_is_kept_out_of_the_series_and_named_in_the_log(pairs_project, policy):
+    from training.rounds import _LogTail, _progress_callback
+
+    training_round = launch(pairs_project, policy, "dpo")
+    training_round.claim()
+    log = _LogTail()
+    logging.getLogger("training").addHandler(log)
+    try:
+        stop = _progress_callback(training_round, "dpo", 0, 1)(1, 4, {"loss": float("nan"), "accuracy": 0.5})
+    finally:
+        logging.getLogger("training").removeHandler(log)
+    assert stop is False
+    assert training_round.metric_series() == {"dpo/accuracy": [(1, 0.5)]}
+    assert "loss nan" in log.text()

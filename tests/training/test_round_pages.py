@@ -1,0 +1,209 @@
+"""Launching from the admin and the command line, the lead's round pages, and promoting registry versions."""
+
+import re
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.urls import reverse
+
+from annotate.admin import project_leads_group
+from annotate.models import DatasetSnapshot, Project
+from models_registry.models import ModelVersion
+from training.charts import chart
+from training.models import RoundMetric, TrainingRound
+from training.rounds import launch_round
+
+pytestmark = pytest.mark.django_db
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+@pytest.fixture
+def base(tmp_path):
+    """A local path that exists: launching checks no more than that (the worker loads it)."""
+    (tmp_path / "base").mkdir()
+    return str(tmp_path / "base")
+
+
+@pytest.fixture
+def staff_lead(lead):
+    lead.groups.add(project_leads_group())
+    return lead
+
+
+def launch_url(project=None):
+    url = reverse("admin:training_traininground_launch")
+    return f"{url}?project={project.pk}" if project else url
+
+
+class TestAdminLaunch:
+    def test_the_form_lists_each_stages_settings_with_defaults(self, client, staff_lead, project):
+        client.force_login(staff_lead)
+        page = client.get(launch_url(project)).content.decode()
+        assert re.search(rf'<option value="{project.pk}" selected>', page)
+        for setting in ("kl_coef", "beta", "use_margin", "assistant_only_loss", "learning_rate"):
+            assert f"<code>{setting}</code>" in page
+
+    def test_a_bad_setting_is_refused_with_its_name_and_nothing_is_queued(self, client, staff_lead, project, base):
+        client.force_login(staff_lead)
+        form = {"project": project.pk, "method": "dpo", "base": base, "settings": "max_steps=10\nbeta=-1"}
+        page = client.post(launch_url(), form)
+        assert page.status_code == 200 and "dpo.beta" in page.content.decode()
+        assert not TrainingRound.objects.exists() and not DatasetSnapshot.objects.exists()
+
+    def test_a_settings_line_without_equals_names_its_line(self, client, staff_lead, project, base):
+        client.force_login(staff_lead)
+        form = {"project": project.pk, "method": "dpo", "base": base, "settings": "max_steps=10\nbeta 0.1"}
+        assert "Line 2: expected key=value" in client.post(launch_url(), form).content.decode()
+        assert not TrainingRound.objects.exists()
+
+    def test_a_lead_cannot_launch_on_a_project_they_do_not_lead(self, client, staff_lead, base):
+        other = Project.objects.create(name="Other", slug="other")
+        client.force_login(staff_lead)
+        page = client.post(launch_url(), {"project": other.pk, "method": "dpo", "base": base})
+        assert page.status_code == 200 and "Select a valid choice" in page.content.decode()
+        assert not TrainingRound.objects.exists()
+
+    def test_annotators_cannot_reach_the_launch_form(self, client, annotator, project):
+        client.force_login(annotator)
+        assert client.get(launch_url(project)).status_code == 302  # to the admin login
+
+    def test_the_project_action_opens_the_launch_form_for_that_project(self, client, staff_lead, project):
+        client.force_login(staff_lead)
+        changelist = reverse("admin:annotate_project_changelist")
+        page = client.post(changelist, {"action": "launch_training_round", "_selected_action": [project.pk]})
+        assert page.status_code == 302 and page["Location"] == launch_url(project)
+
+    def test_cancel_action_cancels_a_queued_round(self, client, staff_lead, project, base):
+        training_round = launch_round(project, method="dpo", base=base)
+        client.force_login(staff_lead)
+        changelist = reverse("admin:training_traininground_changelist")
+        client.post(changelist, {"action": "cancel", "_selected_action": [training_round.pk]})
+        assert TrainingRound.objects.get().status == "cancelled"
+
+
+class TestRoundPage:
+    def url(self, training_round):
+        return reverse("round_page", args=[training_round.project.slug, training_round.number])
+
+    def test_a_running_round_polls_and_shows_progress_charts_and_log(self, client, lead, project, base):
+        training_round = launch_round(project, method="dpo", base=base)
+        training_round.claim()
+        training_round.beat(stage="dpo", step=2, total_steps=4, progress=0.5, log_tail="dpo step 2/4: loss 0.6")
+        for step, loss in ((1, 0.69), (2, 0.6)):
+            RoundMetric.objects.create(training_round=training_round, stage="dpo", step=step, values={"loss": loss})
+        client.force_login(lead)
+
+        page = client.get(self.url(training_round)).content.decode()
+        assert 'hx-trigger="every 2s"' in page and 'value="50"' in page and "step 2 of 4" in page
+        assert "dpo/loss" in page and "<polyline" in page and "dpo step 2/4: loss 0.6" in page
+        assert "Cancel round" in page
+
+        region = client.get(self.url(training_round), **HTMX).content.decode()
+        assert region.lstrip().startswith('<section id="live"') and "<html" not in region
+
+    def test_a_finished_round_stops_polling(self, client, lead, project, base):
+        training_round = launch_round(project, method="dpo", base=base)
+        training_round.request_cancel()
+        client.force_login(lead)
+        region = client.get(self.url(training_round), **HTMX).content.decode()
+        assert "Cancelled" in region and "hx-trigger" not in region and "Cancel round" not in region
+
+    def test_cancel_button_asks_the_round_to_stop(self, client, lead, project, base):
+        training_round = launch_round(project, method="dpo", base=base)
+        training_round.claim()
+        client.force_login(lead)
+        cancel = reverse("cancel_round", args=[project.slug, training_round.number])
+        assert client.post(cancel).status_code == 302
+        training_round.refresh_from_db()
+        assert training_round.cancel_requested and training_round.status == "running"  # the worker stops it
+
+    def test_annotators_and_outsiders_get_404(self, client, annotator, outsider, project, base):
+        training_round = launch_round(project, method="dpo", base=base)
+        for user in (annotator, outsider):
+            client.force_login(user)
+            assert client.get(self.url(training_round)).status_code == 404
+            assert client.get(reverse("round_list", args=[project.slug])).status_code == 404
+            cancel = reverse("cancel_round", args=[project.slug, training_round.number])
+            assert client.post(cancel).status_code == 404
+        assert not TrainingRound.objects.get().cancel_requested
+
+    def test_the_list_links_each_round(self, client, lead, project, base):
+        first, second = launch_round(project, method="dpo", base=base), launch_round(project, method="sft", base=base)
+        client.force_login(lead)
+        page = client.get(reverse("round_list", args=[project.slug])).content.decode()
+        assert self.url(first) in page and self.url(second) in page and "SFT" in page
+
+
+class TestChart:
+    def test_points_span_the_box_with_larger_values_higher(self):
+        drawn = chart("dpo/loss", [(1, 0.7), (2, 0.5), (3, 0.3)])
+        points = [tuple(map(float, p.split(","))) for p in drawn["points"].split()]
+        assert points[0][0] < points[1][0] < points[2][0]
+        assert points[0][1] < points[1][1] < points[2][1]  # y grows downwards in SVG: lower loss, lower on screen
+        assert (drawn["low"], drawn["high"], drawn["last"]) == (0.3, 0.7, 0.3)
+
+    def test_a_single_point_does_not_divide_by_zero(self):
+        assert chart("ppo/kl", [(5, 1.0)])["points"] == "4.0,116.0"
+
+
+class TestCommand:
+    def test_queues_a_round_with_settings_and_filters(self, project, base):
+        out = StringIO()
+        call_command(
+            "launch_round", project.slug, "--method", "dpo", "--base", base, "--set", "beta=0.3",
+            "--filter", "split=train", stdout=out,
+        )  # fmt: skip
+        training_round = TrainingRound.objects.get()
+        assert "Queued round 1" in out.getvalue()
+        assert training_round.config["dpo"]["beta"] == 0.3 and training_round.filters["split"] == "train"
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["--set", "beta"], "--set 'beta': expected KEY=VALUE"),
+            (["--set", "bogus=1"], "bogus: Not a setting of dpo"),
+            (["--filter", "split=nope"], "split: Must be one of"),
+        ],
+    )
+    def test_refuses_bad_input_naming_it(self, project, base, args, message):
+        with pytest.raises(CommandError, match=re.escape(message)):
+            call_command("launch_round", project.slug, "--method", "dpo", "--base", base, *args)
+        assert not TrainingRound.objects.exists()
+
+    @pytest.mark.django_db(transaction=True)  # the round is sent at commit
+    def test_wait_exits_non_zero_when_the_round_fails(self, project, base, settings):
+        # Eager: the round runs at commit, in this process; the project has no annotations, so it fails.
+        settings.CELERY_TASK_ALWAYS_EAGER = True
+        from arbiter.celery import app
+
+        app.conf.task_always_eager = True
+        try:
+            with pytest.raises(CommandError, match="Round 1 failed: .*no rows"):
+                call_command("launch_round", project.slug, "--method", "dpo", "--base", base, "--wait")
+        finally:
+            app.conf.task_always_eager = False
+
+
+class TestRegistry:
+    def test_promote_archives_the_previous_active_version(self, project):
+        first = ModelVersion.register(project=project, kind="policy", base_model="tiny")
+        second = ModelVersion.register(project=project, kind="policy", base_model="tiny", parent=first)
+        reward = ModelVersion.register(project=project, kind="reward", base_model="tiny")
+        first.promote()
+        reward.promote()
+        second.promote()
+        statuses = dict(ModelVersion.objects.values_list("pk", "status"))
+        assert statuses == {first.pk: "archived", second.pk: "active", reward.pk: "active"}
+        assert ModelVersion.objects.active_policy(project) == second
+        assert (second.version, reward.version) == (2, 1) and second.lineage() == [second, first]
+
+    def test_promote_action_in_the_admin(self, client, staff_lead, project):
+        version = ModelVersion.register(project=project, kind="policy", base_model="tiny")
+        client.force_login(staff_lead)
+        changelist = reverse("admin:models_registry_modelversion_changelist")
+        client.post(changelist, {"action": "promote", "_selected_action": [version.pk]})
+        version.refresh_from_db()
+        assert version.status == "active"
+        page = client.get(reverse("admin:models_registry_modelversion_change", args=[version.pk])).content.decode()
+        assert "Lineage" in page

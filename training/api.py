@@ -1,0 +1,164 @@
+"""Training rounds and the model registry in the API (/api/v1/projects/<slug>/rounds/ and …/models/): leads only.
+
+Access is annotate/api.py's: 401 without credentials, 404 for a project you are not a member of, 403 for its
+annotators (they know the project exists, but training is the leads' business). Rounds are named by their
+number in the project, as on the round pages; model versions by id (their name, policy-v3, is in the body).
+Each view makes the call the admin makes: launch_round, relaunch, TrainingRound.request_cancel, ModelVersion.promote.
+"""
+
+from django.db.models import QuerySet
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import exceptions
+from rest_framework.generics import ListAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotate.api import _errors, _get_or_404, _project_led_by, _valid
+from annotate.api_defaults import NewestFirstPagination
+from annotate.models import Project
+from annotate.serializers import ErrorSerializer
+from models_registry.models import ModelVersion
+from training.models import TrainingRound
+from training.rounds import launch_round, relaunch
+from training.serializers import (
+    LaunchIn,
+    ModelVersionDetailSerializer,
+    ModelVersionFilter,
+    ModelVersionSerializer,
+    RoundDetailSerializer,
+    RoundSerializer,
+)
+
+_REFUSED = OpenApiResponse(
+    OpenApiTypes.OBJECT,
+    "Refused, nothing queued: errors by field, or by the setting or dataset filter at fault "
+    '({"dpo.beta": ["beta: must be > 0, got -1.0"]}).',
+)
+
+
+# Rounds ----------------------------------------------------------------------------------------------------
+
+
+def _rounds(project: Project) -> QuerySet[TrainingRound]:
+    return project.training_rounds.select_related(
+        "project", "snapshot", "created_by", "base_version__project", "reward_version__project"
+    )
+
+
+def _round_for(request: Request, slug: str, number: int) -> TrainingRound:
+    return _get_or_404(_rounds(_project_led_by(request, slug)), number=number)
+
+
+def _round_created(training_round: TrainingRound) -> Response:
+    location = reverse("api:round_detail", args=[training_round.project.slug, training_round.number])
+    return Response(RoundDetailSerializer(training_round).data, status=201, headers={"Location": location})
+
+
+@extend_schema_view(get=extend_schema(responses={200: RoundSerializer(many=True), **_errors(401, 403, 404)}))
+class RoundListView(ListAPIView):
+    """The project's training rounds, newest first (leads)."""
+
+    serializer_class = RoundSerializer
+    pagination_class = NewestFirstPagination
+
+    def get_queryset(self) -> QuerySet[TrainingRound]:
+        return _rounds(_project_led_by(self.request, self.kwargs["slug"]))
+
+    @extend_schema(request=LaunchIn, responses={201: RoundDetailSerializer, 400: _REFUSED, **_errors(401, 403, 404)})
+    def post(self, request: Request, slug: str) -> Response:
+        """Launch a round: checked as the admin's launch form checks it, then queued for a GPU worker; poll it."""
+        project = _project_led_by(request, slug)
+        data = _valid(LaunchIn, request.data)
+        training_round = launch_round(
+            project,
+            method=data["method"],
+            user=request.user,
+            base=data.get("base", ""),
+            reward_model=data.get("reward_model", ""),
+            settings_=data.get("settings", {}),
+            filters=data.get("filters", {}),
+        )
+        return _round_created(training_round)
+
+
+class RoundDetailView(APIView):
+    @extend_schema(responses={200: RoundDetailSerializer, **_errors(401, 403, 404)})
+    def get(self, request: Request, slug: str, number: int) -> Response:
+        """One round: status, progress, its snapshot and config, the metric series, the log tail, what it registered."""
+        return Response(RoundDetailSerializer(_round_for(request, slug, number)).data)
+
+
+class RoundFinished(exceptions.APIException):
+    status_code = 409
+
+
+class RoundCancelView(APIView):
+    @extend_schema(
+        request=None,
+        responses={
+            202: RoundDetailSerializer,
+            **_errors(401, 403, 404),
+            409: OpenApiResponse(ErrorSerializer, "The round has already finished."),
+        },
+    )
+    def post(self, request: Request, slug: str, number: int) -> Response:
+        """Cancel a round: a queued one at once; a running one stops after its current step (poll it)."""
+        training_round = _round_for(request, slug, number)
+        if training_round.is_finished:
+            raise RoundFinished(f"The round has already {training_round.status}.")
+        training_round.request_cancel()
+        return Response(RoundDetailSerializer(training_round).data, status=202)
+
+
+class RoundRelaunchView(APIView):
+    @extend_schema(request=None, responses={201: RoundDetailSerializer, 400: _REFUSED, **_errors(401, 403, 404)})
+    def post(self, request: Request, slug: str, number: int) -> Response:
+        """A new round with this one's method, base, settings and filters (after a failure or a cancel)."""
+        return _round_created(relaunch(_round_for(request, slug, number), user=request.user))
+
+
+# Model versions --------------------------------------------------------------------------------------------
+
+
+def _versions(project: Project) -> QuerySet[ModelVersion]:
+    return project.model_versions.select_related("project", "parent__project", "training_round")
+
+
+def _version_for(request: Request, slug: str, version_id: int) -> ModelVersion:
+    return _get_or_404(_versions(_project_led_by(request, slug)), pk=version_id)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        parameters=[ModelVersionFilter],
+        responses={200: ModelVersionSerializer(many=True), **_errors(400, 401, 403, 404)},
+    )
+)
+class ModelVersionListView(ListAPIView):
+    """The project's registered policies and reward models, newest first (leads)."""
+
+    serializer_class = ModelVersionSerializer
+    pagination_class = NewestFirstPagination
+
+    def get_queryset(self) -> QuerySet[ModelVersion]:
+        versions = _versions(_project_led_by(self.request, self.kwargs["slug"]))
+        return versions.filter(**_valid(ModelVersionFilter, self.request.query_params))
+
+
+class ModelVersionDetailView(APIView):
+    @extend_schema(responses={200: ModelVersionDetailSerializer, **_errors(401, 403, 404)})
+    def get(self, request: Request, slug: str, version_id: int) -> Response:
+        """One version by id: where it came from (base, parent, round, snapshot, config, code) and its evaluation."""
+        return Response(ModelVersionDetailSerializer(_version_for(request, slug, version_id)).data)
+
+
+class ModelVersionPromoteView(APIView):
+    @extend_schema(request=None, responses={200: ModelVersionDetailSerializer, **_errors(401, 403, 404)})
+    def post(self, request: Request, slug: str, version_id: int) -> Response:
+        """Make this the project's active version of its kind; the one active before is archived."""
+        version = _version_for(request, slug, version_id)
+        version.promote()
+        return Response(ModelVersionDetailSerializer(version).data)

@@ -1,0 +1,209 @@
+"""The training API's inputs and outputs (views in training/api.py): rounds and registered model versions."""
+
+from typing import Any
+
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from annotate.models import DatasetSnapshot
+from annotate.serializers import ExportFiltersSerializer
+from models_registry.models import ModelVersion
+from training.models import TrainingRound
+
+# Model versions --------------------------------------------------------------------------------------------
+
+
+def version_name(version: ModelVersion) -> str:
+    """What leads type for a version (a round's base, a PPO round's reward model): policy-v3, reward-v2."""
+    return f"{version.kind}-v{version.version}"
+
+
+class VersionRefSerializer(serializers.ModelSerializer):
+    """A version named, for the rounds and versions that point at it."""
+
+    name = serializers.SerializerMethodField(help_text="policy-v3, reward-v2: what a round's base accepts.")
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "name", "status", "url"]
+
+    def get_name(self, version: ModelVersion) -> str:
+        return version_name(version)
+
+    def get_url(self, version: ModelVersion) -> str:
+        return reverse("api:model_detail", args=[version.project.slug, version.pk])
+
+
+class ModelVersionSerializer(VersionRefSerializer):
+    """A registered policy or reward model, traceable to its base, round, data and code."""
+
+    parent = VersionRefSerializer(allow_null=True, help_text="The registered policy it was trained from.")
+    training_round = serializers.IntegerField(
+        source="training_round.number", allow_null=True, help_text="The project's round that trained it."
+    )
+    eval_report = serializers.DictField()
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "version",
+            "status",
+            "base_model",
+            "adapter_path",
+            "parent",
+            "training_round",
+            "snapshot_sha256",
+            "eval_report",
+            "code_version",
+            "created_at",
+            "url",
+        ]
+
+
+class ModelVersionDetailSerializer(ModelVersionSerializer):
+    """A version with its training config and lineage."""
+
+    config = serializers.DictField(help_text="The stage's config that trained it.")
+    lineage = serializers.SerializerMethodField(
+        help_text="This version and the ones it was trained from, newest first."
+    )
+
+    class Meta(ModelVersionSerializer.Meta):
+        fields = [*ModelVersionSerializer.Meta.fields, "config", "lineage"]
+
+    @extend_schema_field(ModelVersionSerializer(many=True))
+    def get_lineage(self, version: ModelVersion) -> list[dict[str, Any]]:
+        return ModelVersionSerializer(version.lineage(), many=True).data
+
+
+class ModelVersionFilter(serializers.Serializer):
+    kind = serializers.ChoiceField(ModelVersion.Kind.choices, required=False)
+    status = serializers.ChoiceField(ModelVersion.Status.choices, required=False)
+
+
+# Rounds ----------------------------------------------------------------------------------------------------
+
+
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]})
+class SettingValue(serializers.Field):
+    """A setting's value: a string ("200", as `--set` sends it), a number or a boolean."""
+
+    default_error_messages = {"invalid": "Must be a string, a number or a boolean."}
+    # Strings are checked as every text field is: no NUL or lone surrogates, which the database cannot store.
+    text = serializers.CharField(allow_blank=True, trim_whitespace=False)
+
+    def to_internal_value(self, data: Any) -> str | int | float | bool:
+        if isinstance(data, str):
+            return self.text.run_validation(data)
+        if isinstance(data, bool | int | float):
+            return data
+        self.fail("invalid")
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class LaunchIn(serializers.Serializer):
+    """A round as the admin's launch form takes it; launch_round checks the rest, naming the field or setting."""
+
+    method = serializers.ChoiceField(TrainingRound.Method.choices)
+    base = serializers.CharField(
+        max_length=500,
+        required=False,
+        allow_blank=True,
+        help_text="A policy version (policy-v3), a hub id or a local path; empty: the project's active policy.",
+    )
+    reward_model = serializers.CharField(
+        max_length=100,
+        required=False,
+        allow_blank=True,
+        help_text="PPO only: score with this reward version (reward-v2) instead of training one.",
+    )
+    settings = serializers.DictField(
+        child=SettingValue(),
+        required=False,
+        help_text="Hyper-parameters: `key` for every stage that has it, `stage.key` for one stage "
+        '({"max_steps": 200, "ppo.kl_coef": 0.05}). An unknown or bad one is refused under its own name.',
+    )
+    filters = ExportFiltersSerializer(required=False, help_text="Which annotations the round's snapshot takes.")
+
+
+class RoundSnapshotSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DatasetSnapshot
+        fields = ["id", "status", "row_count", "sha256"]
+
+
+class RoundSerializer(serializers.ModelSerializer):
+    project = serializers.SlugField(source="project.slug")
+    base_version = VersionRefSerializer(allow_null=True, help_text="The registered policy it starts from, if any.")
+    reward_version = VersionRefSerializer(allow_null=True, help_text="PPO: the reward model given instead of one.")
+    snapshot = RoundSnapshotSerializer(allow_null=True, help_text="The dataset it trains on, written when it starts.")
+    filters = serializers.DictField()
+    created_by = serializers.CharField(source="created_by.username", allow_null=True)
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TrainingRound
+        fields = [
+            "id",
+            "project",
+            "number",
+            "method",
+            "status",
+            "cancel_requested",
+            "stage",
+            "step",
+            "total_steps",
+            "progress",
+            "base_model",
+            "base_version",
+            "reward_version",
+            "snapshot",
+            "filters",
+            "error",
+            "created_by",
+            "created_at",
+            "started_at",
+            "heartbeat_at",
+            "finished_at",
+            "url",
+        ]
+        extra_kwargs = {"step": {"help_text": "The current stage's step, of total_steps."}}
+
+    def get_url(self, training_round: TrainingRound) -> str:
+        return reverse("api:round_detail", args=[training_round.project.slug, training_round.number])
+
+
+class MetricPointSerializer(serializers.Serializer):
+    step = serializers.IntegerField()
+    value = serializers.FloatField()
+
+
+class RoundDetailSerializer(RoundSerializer):
+    config = serializers.DictField(help_text="Per stage, its settings with the defaults filled in.")
+    metrics = serializers.SerializerMethodField(
+        help_text='Each series reported, by "stage/metric": reward/loss, ppo/kl…'
+    )
+    model_versions = serializers.SerializerMethodField(help_text="What the round registered, once it succeeded.")
+
+    class Meta(RoundSerializer.Meta):
+        fields = [*RoundSerializer.Meta.fields, "config", "log_tail", "metrics", "model_versions"]
+        extra_kwargs = {**RoundSerializer.Meta.extra_kwargs, "log_tail": {"help_text": "The last lines it logged."}}
+
+    @extend_schema_field(serializers.DictField(child=MetricPointSerializer(many=True)))
+    def get_metrics(self, training_round: TrainingRound) -> dict[str, list[dict[str, Any]]]:
+        return {
+            name: [{"step": step, "value": value} for step, value in points]
+            for name, points in training_round.metric_series().items()
+        }
+
+    @extend_schema_field(ModelVersionSerializer(many=True))
+    def get_model_versions(self, training_round: TrainingRound) -> list[dict[str, Any]]:
+        versions = training_round.model_versions.select_related("project", "parent__project", "training_round")
+        return ModelVersionSerializer(versions, many=True).data
