@@ -183,6 +183,10 @@ class ProjectAdmin(ProjectScopedAdmin):
         (None, {"fields": ["name", "slug", "guidelines", "created_at"]}),
         ("Tasks", {"fields": ["task_kinds", "overlap", "lease_length", "max_open_leases"]}),
         ("Rating scale", {"fields": ["rating_min", "rating_max", "rating_descriptions", "labels"]}),
+        (
+            "New samples after each policy round",
+            {"fields": ["samples_per_prompt", "sample_prompts", "pair_selection", "sample_rating_tasks"]},
+        ),
     ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:

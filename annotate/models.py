@@ -102,6 +102,23 @@ class Project(models.Model):
     max_open_leases = models.PositiveSmallIntegerField(
         default=3, help_text="Most tasks one annotator may hold unsubmitted at once."
     )
+    # After a policy round, its samples come back as tasks (training/sampling.py).
+    samples_per_prompt = models.PositiveSmallIntegerField(
+        default=2, help_text="Responses the new policy writes per train prompt (K); 2 or more make pairs."
+    )
+    sample_prompts = models.PositiveIntegerField(
+        default=50, help_text="Prompts sampled after each policy round, from each split (eval and train)."
+    )
+    pair_selection = models.CharField(
+        max_length=16,
+        choices=[("random", "Random"), ("uncertainty", "Reward-model uncertainty")],
+        default="random",
+        help_text="Which two of a train prompt's samples to compare: random, or the two the round's reward model "
+        "tells apart least (smallest |r(a) − r(b)|), most uncertain prompts first.",
+    )
+    sample_rating_tasks = models.BooleanField(
+        default=False, help_text="Also make a rating task of every new sample (if rating is enabled)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
     # Counters for the progress bars, so no page counts a project's tasks (45 ms at 1M). Kept by Task.save,
@@ -117,6 +134,7 @@ class Project(models.Model):
             models.CheckConstraint(condition=Q(rating_min__lt=models.F("rating_max")), name="project_rating_scale"),
             models.CheckConstraint(condition=Q(overlap__gte=1), name="project_overlap_positive"),
             models.CheckConstraint(condition=Q(max_open_leases__gte=1), name="project_max_open_leases_positive"),
+            models.CheckConstraint(condition=Q(samples_per_prompt__gte=1), name="project_samples_per_prompt_positive"),
         ]
 
     def __str__(self) -> str:

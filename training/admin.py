@@ -20,6 +20,7 @@ from training.rounds import STAGES, launch_round, relaunch, stage_configs
 
 class LaunchForm(DatasetFiltersForm):
     project = forms.ModelChoiceField(queryset=Project.objects.none())
+    split = forms.ChoiceField(required=False, choices=[("train", "Train"), ("eval", "Eval")], initial="train")
     method = forms.ChoiceField(choices=TrainingRound.Method.choices)
     base = forms.CharField(
         required=False,
@@ -38,6 +39,7 @@ class LaunchForm(DatasetFiltersForm):
     def __init__(self, *args: Any, projects: QuerySet, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["project"].queryset = projects
+        self.fields["split"].help_text = "Rounds train on train prompts; eval prompts measure each new policy."
 
     def clean_settings(self) -> dict[str, str]:
         pairs = {}

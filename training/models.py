@@ -27,6 +27,7 @@ class TrainingRound(models.Model):
         PPO = "ppo", "Reward model, then PPO"
         DPO = "dpo", "DPO"
         SFT = "sft", "SFT"
+        SAMPLE = "sample", "New samples only"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"

@@ -35,9 +35,10 @@ logger = logging.getLogger(__name__)
 Method = TrainingRound.Method
 STAGES = {
     Method.REWARD: ["reward"],
-    Method.PPO: ["reward", "ppo"],
-    Method.DPO: ["dpo"],
-    Method.SFT: ["sft"],
+    Method.PPO: ["reward", "ppo", "sample"],
+    Method.DPO: ["dpo", "sample"],
+    Method.SFT: ["sft", "sample"],
+    Method.SAMPLE: ["sample"],  # a registered policy's samples into the queue, on demand
 }
 LOG_TAIL_LINES = 200
 EVAL_PROMPTS = 16  # prompts sampled for a policy's eval report (mean reward, KL to the reference)
@@ -46,11 +47,12 @@ EVAL_PROMPTS = 16  # prompts sampled for a policy's eval report (mean reward, KL
 def stage_configs() -> dict[str, type]:
     """Stage name → its config dataclass (imports the engine: torch and friends)."""
     from training.engine.dpo import DPOConfig
+    from training.engine.generate import SampleConfig
     from training.engine.ppo import PPOConfig
     from training.engine.reward import RewardConfig
     from training.engine.sft import SFTConfig
 
-    return {"reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig, "sft": SFTConfig}
+    return {"reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig, "sft": SFTConfig, "sample": SampleConfig}
 
 
 # Launching -----------------------------------------------------------------------------------------------
@@ -70,10 +72,15 @@ def launch_round(
     if method not in Method.values:
         raise ValidationError({"method": f"Must be one of {', '.join(Method.values)}, not {method!r}."})
     base_version, base_model = resolve_base(project, base)
+    if method == Method.SAMPLE and base_version is None:
+        raise ValidationError({"base": "New samples come from a registered policy version (e.g. policy-v2)."})
     reward_version = _resolve_reward(project, method, reward_model)
     stages = [s for s in STAGES[method] if not (s == "reward" and reward_version is not None)]
     config = build_config(stages, base_model=base_model, policy_path=base_version.path if base_version else base_model,
                           settings_=settings_ or {})  # fmt: skip
+    filters = dict(filters or {})
+    if method != Method.SAMPLE and not filters.get("split"):
+        filters["split"] = "train"  # eval prompts measure the rounds: no round trains on them unless asked
     return _queue(
         project,
         method=method,
@@ -81,7 +88,7 @@ def launch_round(
         base_version=base_version,
         reward_version=reward_version,
         config=config,
-        filters=filters or {},
+        filters=filters,
         user=user,
     )
 
@@ -104,7 +111,11 @@ def _queue(project: Project, *, method: str, filters: Mapping[str, Any], user: A
     """Save the round with a pending snapshot of its data and send it to a worker once committed."""
     with transaction.atomic():
         kind = DatasetSnapshot.Kind.SFT if method == Method.SFT else DatasetSnapshot.Kind.PAIRS
-        snapshot = create_snapshot(project, kind=kind, filters=filters, user=user)
+        snapshot = None
+        if method != Method.SAMPLE:
+            snapshot = create_snapshot(project, kind=kind, filters=filters, user=user)
+        elif any(value not in (None, "", False) for value in filters.values()):
+            raise ValidationError({"filters": "A round that only samples trains on no data: give no filters."})
         # The project's row orders concurrent launches, so round numbers never collide.
         Project.objects.select_for_update().filter(pk=project.pk).values_list("pk").get()
         number = (project.training_rounds.order_by("-number").values_list("number", flat=True).first() or 0) + 1
@@ -112,7 +123,7 @@ def _queue(project: Project, *, method: str, filters: Mapping[str, Any], user: A
             project=project,
             number=number,
             method=method,
-            filters=snapshot.filters,
+            filters=snapshot.filters if snapshot else {},
             snapshot=snapshot,
             created_by=user if getattr(user, "is_authenticated", False) else None,
             **fields,
@@ -188,8 +199,9 @@ def build_config(
     for stage in stages:
         # A reward model starts from the base model (with a fresh head); a policy from the base policy.
         model = base_model if stage == "reward" else policy_path
+        given = per_stage[stage] if stage == "sample" else {"model_name_or_path": model, **per_stage[stage]}
         try:
-            config[stage] = classes[stage].from_dict({"model_name_or_path": model, **per_stage[stage]}).to_dict()
+            config[stage] = classes[stage].from_dict(given).to_dict()
         except ValueError as error:
             name = str(error).split(":", 1)[0]
             raise ValidationError({f"{stage}.{name}": str(error)}) from None
@@ -276,42 +288,66 @@ def run_round(round_id: int) -> TrainingRound:
 
 def _run_stages(training_round: TrainingRound, log: _LogTail) -> None:
     from training.engine.dpo import train_dpo
+    from training.engine.generate import GenerationStopped
     from training.engine.ppo import train_ppo
     from training.engine.reward import train_reward
     from training.engine.sft import train_sft
+    from training.sampling import sample_into_queue
 
-    snapshot = run_snapshot(training_round.snapshot)
-    if snapshot.status != DatasetSnapshot.Status.READY:
-        raise RuntimeError(f"The dataset snapshot failed: {snapshot.error}")
-    if not snapshot.row_count:
-        raise RuntimeError("The dataset snapshot has no rows: annotate more, or loosen the round's filters.")
-    logger.info("Snapshot %s: %s rows, sha256 %s", snapshot.pk, snapshot.row_count, snapshot.sha256)
-    data_file = snapshot.file.path
-    out_root = Path(settings.ARBITER_ARTIFACTS_ROOT) / training_round.project.slug / f"round-{training_round.number}"
     classes = stage_configs()
     stages = list(training_round.config)
+    training = [stage for stage in stages if stage != "sample"]
     reward_path = training_round.reward_version.path if training_round.reward_version else ""
-    results = {}
-    for index, stage in enumerate(stages):
-        config = classes[stage].from_dict(training_round.config[stage])
-        output_dir = str(out_root / stage)
-        progress = _progress_callback(training_round, stage, index, len(stages))
-        training_round.beat(stage=stage, step=0, total_steps=0)
-        logger.info("Stage %s: training from %s into %s", stage, config.model_name_or_path, output_dir)
-        if stage == "reward":
-            result = train_reward(config, data_file, output_dir, progress)
-            reward_path = result.output_dir
-        elif stage == "ppo":
-            result = train_ppo(config, data_file, reward_path, output_dir, progress)
-        elif stage == "dpo":
-            result = train_dpo(config, data_file, output_dir, progress)
-        else:
-            result = train_sft(config, data_file, output_dir, progress)
-        if result.stopped:
-            raise _Cancelled
-        logger.info("Stage %s done: %s steps, eval %s", stage, result.steps, result.eval_report)
-        results[stage] = (config, result)
-    _register(training_round, snapshot, results, reward_path)
+    policy = training_round.base_version
+    if training:
+        snapshot = run_snapshot(training_round.snapshot)
+        if snapshot.status != DatasetSnapshot.Status.READY:
+            raise RuntimeError(f"The dataset snapshot failed: {snapshot.error}")
+        if not snapshot.row_count:
+            raise RuntimeError("The dataset snapshot has no rows: annotate more, or loosen the round's filters.")
+        logger.info("Snapshot %s: %s rows, sha256 %s", snapshot.pk, snapshot.row_count, snapshot.sha256)
+        data_file = snapshot.file.path
+        out_root = Path(settings.ARBITER_ARTIFACTS_ROOT) / training_round.project.slug
+        out_root = out_root / f"round-{training_round.number}"
+        results = {}
+        for index, stage in enumerate(training):
+            config = classes[stage].from_dict(training_round.config[stage])
+            output_dir = str(out_root / stage)
+            progress = _progress_callback(training_round, stage, index, len(stages))
+            training_round.beat(stage=stage, step=0, total_steps=0)
+            logger.info("Stage %s: training from %s into %s", stage, config.model_name_or_path, output_dir)
+            if stage == "reward":
+                result = train_reward(config, data_file, output_dir, progress)
+                reward_path = result.output_dir
+            elif stage == "ppo":
+                result = train_ppo(config, data_file, reward_path, output_dir, progress)
+            elif stage == "dpo":
+                result = train_dpo(config, data_file, output_dir, progress)
+            else:
+                result = train_sft(config, data_file, output_dir, progress)
+            if result.stopped:
+                raise _Cancelled
+            logger.info("Stage %s done: %s steps, eval %s", stage, result.steps, result.eval_report)
+            results[stage] = (config, result)
+        policy = _register(training_round, snapshot, results, reward_path) or policy
+    if "sample" in stages:
+        if not reward_path and (latest := ModelVersion.objects.latest_reward(training_round.project)):
+            reward_path = latest.path
+        report = _progress_callback(training_round, "sample", len(stages) - 1, len(stages))
+        try:
+            made = sample_into_queue(
+                training_round.project,
+                policy,
+                round_number=training_round.number,
+                config=classes["sample"].from_dict(training_round.config["sample"]),
+                previous=training_round.base_version if policy != training_round.base_version else policy.parent,
+                base_model=training_round.base_model,
+                reward_path=reward_path,
+                progress=lambda done, total: report(done, total, {}),
+            )
+        except GenerationStopped:
+            raise _Cancelled from None
+        logger.info("New samples in the queue: %s responses, %s tasks", made["responses"], made["tasks"])
 
 
 def _progress_callback(training_round: TrainingRound, stage: str, index: int, stages: int) -> Any:
@@ -330,8 +366,10 @@ def _progress_callback(training_round: TrainingRound, stage: str, index: int, st
     return progress
 
 
-def _register(training_round: TrainingRound, snapshot: DatasetSnapshot, results: dict, reward_path: str) -> None:
-    """Registry entries for what the round trained, each pointing at the snapshot, config and code."""
+def _register(
+    training_round: TrainingRound, snapshot: DatasetSnapshot, results: dict, reward_path: str
+) -> ModelVersion | None:
+    """Registry entries for what the round trained, each pointing at the snapshot, config and code; the policy."""
     common = {
         "project": training_round.project,
         "training_round": training_round,
@@ -350,10 +388,10 @@ def _register(training_round: TrainingRound, snapshot: DatasetSnapshot, results:
         )
     policy_stage = next((stage for stage in ("ppo", "dpo", "sft") if stage in results), None)
     if policy_stage is None:
-        return
+        return None
     config, result = results[policy_stage]
     report = {**result.eval_report, **_evaluate_policy(training_round, result.output_dir, reward_path, config)}
-    ModelVersion.register(
+    return ModelVersion.register(
         kind=ModelVersion.Kind.POLICY,
         base_model=training_round.base_model,
         adapter_path=result.output_dir,

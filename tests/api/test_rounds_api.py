@@ -71,7 +71,7 @@ class TestLaunch:
         body = response.json()
         assert (body["number"], body["method"], body["status"], body["created_by"]) == (1, "ppo", "queued", "lead")
         assert body["base_model"] == base and body["base_version"] is None
-        assert list(body["config"]) == ["reward", "ppo"]
+        assert list(body["config"]) == ["reward", "ppo", "sample"]
         assert body["config"]["reward"]["max_steps"] == body["config"]["ppo"]["max_steps"] == 10
         assert body["config"]["ppo"]["kl_coef"] == 0.2
         assert body["filters"]["split"] == "train"

@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from annotate.importing import import_file
-from annotate.models import DatasetSnapshot
+from annotate.models import DatasetSnapshot, Response, Task
 from models_registry.models import ModelVersion
 from tests.training.conftest import marker_pairs
 from training.models import RoundMetric, TrainingRound
@@ -25,6 +25,10 @@ FAST = {"max_steps": "3", "per_device_batch_size": "2", "lora_r": "4", "max_leng
 def pairs_project(project, tmp_path):
     """The project with 16 imported preference pairs (chosen answers contain the marker word)."""
     rows = [{key: row[key] for key in ("prompt", "chosen", "rejected")} for row in marker_pairs(16, style="standard")]
+    for number, row in enumerate(rows):
+        row["prompt"] = f"{row['prompt']} ({number})"  # one prompt per pair
+        if number >= 12:
+            row["split"] = "eval"  # measured, never trained on: the round's new samples are compared on these
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     import_file(project, path)
@@ -38,6 +42,8 @@ def policy(tiny):
 
 def launch(project, policy, method, **extra):
     settings_ = {**FAST, **extra.pop("settings_", {})}
+    if method != "reward":
+        settings_.setdefault("sample.max_new_tokens", "8")
     return launch_round(project, method=method, base=policy, settings_=settings_, **extra)
 
 
@@ -46,7 +52,7 @@ class TestLaunch:
     def test_queues_a_round_with_a_pending_snapshot_and_each_stages_config(self, pairs_project, policy, lead):
         training_round = launch(pairs_project, policy, "ppo", user=lead, settings_={"ppo.kl_coef": "0.2"})
         assert (training_round.number, training_round.status, training_round.created_by) == (1, "queued", lead)
-        assert list(training_round.config) == ["reward", "ppo"]
+        assert list(training_round.config) == ["reward", "ppo", "sample"]
         assert training_round.config["ppo"]["kl_coef"] == 0.2 and training_round.config["ppo"]["max_steps"] == 3
         assert training_round.config["reward"]["max_steps"] == 3  # an unprefixed key goes to every stage with it
         assert training_round.config["reward"]["model_name_or_path"] == policy
@@ -101,7 +107,7 @@ class TestRun:
         assert training_round.status == "succeeded", training_round.error
         assert training_round.progress == 1.0 and training_round.finished_at is not None
         snapshot = training_round.snapshot
-        assert snapshot.status == "ready" and snapshot.row_count == 16 and len(snapshot.sha256) == 64
+        assert snapshot.status == "ready" and snapshot.row_count == 12 and len(snapshot.sha256) == 64
         reward, policy_version = (
             ModelVersion.objects.get(kind="reward", training_round=training_round),
             ModelVersion.objects.get(kind="policy", training_round=training_round),
@@ -210,3 +216,64 @@ def test_a_nan_metric_is_kept_out_of_the_series_and_named_in_the_log(pairs_proje
     assert stop is False
     assert training_round.metric_series() == {"dpo/accuracy": [(1, 0.5)]}
     assert "loss nan" in log.text()
+
+
+@pytest.mark.django_db(transaction=True)
+class TestSamplesBackIntoTheQueue:
+    def test_a_dpo_round_queues_eval_pairs_against_what_was_there_and_train_pairs_among_its_samples(
+        self, pairs_project, policy
+    ):
+        training_round = run_round(launch(pairs_project, policy, "dpo").pk)
+        assert training_round.status == "succeeded", training_round.error
+        assert training_round.snapshot.row_count == 12  # the train split only: eval prompts are held out
+        version = ModelVersion.objects.get(kind="policy")
+        new = Response.objects.filter(model_version=version)
+        assert new.filter(prompt__split="eval").count() == 4 and new.filter(prompt__split="train").count() == 24
+        assert all(r.generation_params["max_new_tokens"] == 8 and r.source == "model" for r in new)
+
+        tasks = Task.objects.filter(round_number=1)
+        eval_tasks, train_tasks = tasks.filter(prompt__split="eval"), tasks.filter(prompt__split="train")
+        assert eval_tasks.count() == 4 and set(eval_tasks.values_list("priority", flat=True)) == {10}
+        for task in eval_tasks:
+            sources = [(r.model_version_id, r.source) for r in task.responses.order_by("task_responses__position")]
+            assert sources == [(version.pk, "model"), (None, "imported")]  # round one: against the imported answer
+        assert train_tasks.count() == 12 and set(train_tasks.values_list("kind", flat=True)) == {"pairwise"}
+        for task in train_tasks:
+            assert set(task.responses.values_list("model_version", flat=True)) == {version.pk}
+        pairs_project.refresh_from_db()
+        assert pairs_project.task_count == Task.objects.count()  # the counters include the new tasks
+        assert "New samples in the queue: 28 responses, 16 tasks" in training_round.log_tail
+
+    def test_uncertainty_pairs_the_closest_rewards_first_and_three_samples_also_make_a_ranking(
+        self, pairs_project, policy
+    ):
+        pairs_project.pair_selection, pairs_project.samples_per_prompt = "uncertainty", 3
+        pairs_project.save()
+        training_round = run_round(launch(pairs_project, policy, "ppo", settings_={"ppo.max_new_tokens": "8"}).pk)
+        assert training_round.status == "succeeded", training_round.error
+        pairwise = Task.objects.filter(round_number=1, prompt__split="train", kind="pairwise")
+        priorities = sorted(pairwise.values_list("priority", flat=True), reverse=True)
+        assert priorities == [9, 9, 9, 9, 8, 7, 6, 5, 4, 3, 2, 1]  # most uncertain first, below the eval tasks
+        assert Task.objects.filter(round_number=1, kind="ranking").count() == 12
+
+        from training.engine.generate import score
+
+        reward = ModelVersion.objects.get(kind="reward")
+        for task in pairwise:
+            chosen = set(task.responses.values_list("pk", flat=True))
+            samples = list(Response.objects.filter(prompt=task.prompt, model_version__kind="policy"))
+            rewards = score(reward.path, [[*task.prompt.messages, {"role": "assistant", "content": r.content}]
+                                          for r in samples]).tolist()  # fmt: skip
+            by_reward = sorted(zip(rewards, [r.pk for r in samples], strict=True))
+            gaps = [(b[0] - a[0], {a[1], b[1]}) for a, b in zip(by_reward, by_reward[1:], strict=False)]
+            assert chosen == min(gaps, key=lambda gap: gap[0])[1]
+
+    def test_a_sample_round_samples_a_registered_version_on_demand(self, pairs_project, policy):
+        run_round(launch(pairs_project, policy, "dpo").pk)
+        with pytest.raises(ValidationError, match="registered policy version"):
+            launch_round(pairs_project, method="sample", base=policy)
+        second = run_round(launch_round(pairs_project, method="sample", base="policy-v1").pk)
+        assert second.status == "succeeded", second.error
+        assert second.snapshot is None and list(second.config) == ["sample"]
+        assert Task.objects.filter(round_number=2).count() == 16
+        assert not ModelVersion.objects.filter(training_round=second).exists()

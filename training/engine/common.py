@@ -51,7 +51,36 @@ class StageResult:
 
 
 @dataclass
-class BaseConfig:
+class Settings:
+    """A config dataclass's plumbing: range checks on construction, and from_dict / to_dict."""
+
+    def __post_init__(self) -> None:
+        for name, ok, rule in self.rules():
+            if not ok:
+                raise ValueError(f"{name}: {rule}, got {getattr(self, name)!r}")
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        """(field, holds, what it must be): the range checks; a subclass adds its own."""
+        return []
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """A config from JSON, `--set key=value` or a form: strings become the field's type; errors name the field."""
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {}
+        for name, value in data.items():
+            if name not in known:
+                raise ValueError(f"{name}: unknown setting for {cls.__name__} (known: {', '.join(sorted(known))})")
+            values[name] = _coerce(name, value, hints[name])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BaseConfig(Settings):
     model_name_or_path: str = ""  # a hub id or a local path (a full model or a PEFT adapter directory)
     dtype: str = "auto"  # auto: bfloat16 on a GPU that has it, float32 otherwise; or float32, bfloat16, float16
     use_lora: bool = True  # train a small adapter; the base stays frozen and doubles as the reference model
@@ -72,14 +101,10 @@ class BaseConfig:
     resume: bool = False  # continue from the latest checkpoint in the output directory, if there is one
     activation_checkpointing: bool = False  # recompute activations in backward: less memory, about 20% slower
 
-    def __post_init__(self) -> None:
-        for name, ok, rule in self.rules():
-            if not ok:
-                raise ValueError(f"{name}: {rule}, got {getattr(self, name)!r}")
-
     def rules(self) -> list[tuple[str, bool, str]]:
         """(field, holds, what it must be): the range checks; a stage's config adds its own."""
         return [
+            *super().rules(),
             ("dtype", self.dtype in ("auto", *DTYPES), f"must be one of auto, {', '.join(DTYPES)}"),
             ("lora_r", self.lora_r > 0, "must be > 0"),
             ("lora_alpha", self.lora_alpha > 0, "must be > 0"),
@@ -96,21 +121,6 @@ class BaseConfig:
             ("logging_steps", self.logging_steps > 0, "must be > 0"),
             ("save_steps", self.save_steps > 0, "must be > 0"),
         ]
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        """A config from JSON, `--set key=value` or a form: strings become the field's type; errors name the field."""
-        hints = typing.get_type_hints(cls)
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {}
-        for name, value in data.items():
-            if name not in known:
-                raise ValueError(f"{name}: unknown setting for {cls.__name__} (known: {', '.join(sorted(known))})")
-            values[name] = _coerce(name, value, hints[name])
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _coerce(name: str, value: Any, kind: Any) -> Any:

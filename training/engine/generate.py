@@ -5,6 +5,8 @@ so that every row's last prompt token sits at the same position, and sampled in 
 (`generate` keeps it by default). The same seed, batch size and device give the same samples.
 """
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from training.engine.common import (
     BaseConfig,
+    Settings,
     adapter_base,
     is_adapter,
     load_policy,
@@ -22,6 +25,30 @@ from training.engine.common import (
 )
 
 Messages = list[dict[str, str]]
+
+
+@dataclass
+class SampleConfig(Settings):
+    """How a round samples its new policy for the annotation queue."""
+
+    max_new_tokens: int = 128  # response length cap
+    temperature: float = 1.0  # 1 samples the policy as it is; 0 decodes greedily (no variety between samples)
+    top_p: float = 1.0  # < 1 keeps to the nucleus: fewer derailed answers, less variety
+    batch_size: int = 8  # sequences generated together
+    seed: int = 0  # the same seed, batch size and device give the same samples
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("max_new_tokens", self.max_new_tokens > 0, "must be > 0"),
+            ("temperature", self.temperature >= 0, "must be >= 0"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("batch_size", self.batch_size > 0, "must be > 0"),
+            ("seed", self.seed >= 0, "must be >= 0"),
+        ]
+
+
+class GenerationStopped(Exception):
+    """Sampling stopped because its progress callback asked it to."""
 
 
 def generate(
@@ -35,8 +62,13 @@ def generate(
     batch_size: int = 8,
     seed: int = 0,
     device: torch.device | None = None,
+    progress: Callable[[int, int], bool] | None = None,
 ) -> list[list[str]]:
-    """num_samples responses per prompt, in prompt order; temperature 0 decodes greedily."""
+    """num_samples responses per prompt, in prompt order; temperature 0 decodes greedily.
+
+    progress(done, total) is called after each batch (in sequences); if it returns True, sampling stops and
+    GenerationStopped is raised.
+    """
     device = device or pick_device()
     tokenizer = load_tokenizer(model_path, padding_side="left")
     model = load_policy(BaseConfig(model_name_or_path=model_path), device=device).eval()
@@ -50,6 +82,7 @@ def generate(
         top_p=top_p,
         batch_size=batch_size,
         seed=seed,
+        progress=progress,
     )
     texts = _texts(tokenizer, samples)
     return [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
@@ -67,6 +100,7 @@ def sample(
     top_p: float,
     batch_size: int,
     seed: int,
+    progress: Callable[[int, int], bool] | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Sample in batches; per batch: prompt_ids / prompt_mask (B, P) left-padded, response_ids / response_mask
     (B, R) with the mask covering each response up to and including its first end-of-sequence token."""
@@ -102,6 +136,9 @@ def sample(
                 "response_mask": (~after_eos).long(),
             }
         )
+        done = min(start + batch_size, len(conversations))
+        if progress is not None and progress(done, len(conversations)):
+            raise GenerationStopped(f"stopped after {done} of {len(conversations)} sequences")
     return batches
 
 

@@ -1,0 +1,191 @@
+"""A new policy's samples back into the annotation queue: tasks that measure the round, and data for the next.
+
+After a policy round (reward→PPO, DPO, SFT) succeeds, and for a "sample" round on demand, `sample_into_queue`:
+
+- eval prompts (split "eval"; the project's first `sample_prompts` of them, the same ones every round): one new
+  sample each, and a pairwise task of it against the previous policy's response to that prompt (the base version's
+  sample, else a response already there, else one sampled from the base model now), to measure the round;
+- train prompts (`sample_prompts` of them, drawn at random with the round's number as seed): `samples_per_prompt`
+  samples each (K), and among them one pairwise task per prompt: a random pair, or with pair_selection
+  "uncertainty" the pair the reward model separates least (smallest |r(a) − r(b)|), the most uncertain prompts
+  first (task priority); a ranking task of all K when K >= 3 and the project enables ranking; a rating task of
+  each sample when the project asks for them.
+
+Responses record the model version and the sampling parameters; tasks carry the round's number. Eval tasks come
+before train tasks in the queue (priority 10 above). All tasks of a round are written in one transaction.
+"""
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from django.db import transaction
+
+from annotate.models import Project, Prompt, Response, Task, TaskKind, TaskResponse
+from models_registry.models import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+EVAL_PRIORITY = 10  # measuring the round comes first: its answer decides whether to keep the new policy
+Progress = Callable[[int, int], bool]
+
+
+def sample_into_queue(
+    project: Project,
+    policy: ModelVersion,
+    *,
+    round_number: int,
+    config: Any,
+    previous: ModelVersion | None = None,
+    base_model: str = "",
+    reward_path: str = "",
+    progress: Progress | None = None,
+) -> dict[str, int]:
+    """Sample `policy` for the project's eval and train prompts and queue tasks over the samples; counts made."""
+    from training.engine.generate import generate
+
+    eval_prompts = list(project.prompts.filter(split=Prompt.Split.EVAL).order_by("id")[: project.sample_prompts])
+    train_ids = list(project.prompts.filter(split=Prompt.Split.TRAIN).values_list("id", flat=True))
+    train_ids = random.Random(round_number).sample(train_ids, min(project.sample_prompts, len(train_ids)))
+    train_prompts = list(Prompt.objects.filter(id__in=train_ids).order_by("id"))
+    prompts = eval_prompts + train_prompts
+    if not prompts:
+        logger.info("No prompts to sample")
+        return {"responses": 0, "tasks": 0}
+
+    k = project.samples_per_prompt
+    logger.info("Sampling %s x %s from %s", len(prompts), k, policy)
+    params = {name: getattr(config, name) for name in ("max_new_tokens", "temperature", "top_p", "seed")}
+    samples = generate(
+        policy.path,
+        [prompt.messages for prompt in prompts],
+        num_samples=k,
+        batch_size=config.batch_size,
+        progress=progress,
+        **params,
+    )
+    opponents = _opponents(eval_prompts, previous, base_model, config)
+
+    with transaction.atomic():
+        made = [
+            Response(
+                prompt=prompt,
+                content=text,
+                source=Response.Source.MODEL,
+                model_version=policy,
+                generation_params={**params, "round": round_number},
+            )
+            # An eval prompt needs one sample: the first of its K.
+            for prompt, texts in zip(prompts, samples, strict=True)
+            for text in (texts[:1] if prompt.split == Prompt.Split.EVAL else texts)
+        ]
+        Response.objects.bulk_create(made)
+        by_prompt: dict[int, list[Response]] = {}
+        for response in made:
+            by_prompt.setdefault(response.prompt_id, []).append(response)
+
+        tasks: list[tuple[Prompt, str, list[Response], int]] = []
+        for prompt in eval_prompts:
+            if opponent := opponents.get(prompt.pk):
+                tasks.append((prompt, TaskKind.PAIRWISE, [by_prompt[prompt.pk][0], opponent], EVAL_PRIORITY))
+        for prompt, pair, priority in _train_pairs(project, train_prompts, by_prompt, reward_path):
+            tasks.append((prompt, TaskKind.PAIRWISE, pair, priority))
+        for prompt in train_prompts:
+            answers = by_prompt[prompt.pk]
+            if len(answers) >= 3 and TaskKind.RANKING in project.task_kinds:
+                tasks.append((prompt, TaskKind.RANKING, answers, 0))
+            if project.sample_rating_tasks and TaskKind.RATING in project.task_kinds:
+                tasks.extend((prompt, TaskKind.RATING, [answer], 0) for answer in answers)
+        _create_tasks(project, tasks, round_number)
+    logger.info("Queued %s new responses and %s tasks", len(made), len(tasks))
+    return {"responses": len(made), "tasks": len(tasks)}
+
+
+def _opponents(
+    eval_prompts: list[Prompt], previous: ModelVersion | None, base_model: str, config: Any
+) -> dict[int, Response]:
+    """Per eval prompt, what the new sample is compared with: the previous policy's answer to it, or another."""
+    from training.engine.generate import generate
+
+    opponents: dict[int, Response] = {}
+    if previous is not None:
+        for response in Response.objects.filter(prompt__in=eval_prompts, model_version=previous).order_by("-id"):
+            opponents.setdefault(response.prompt_id, response)
+    missing = [p for p in eval_prompts if p.pk not in opponents]
+    if previous is None:
+        # Round one: an answer that is already there (imported or written by people) stands for "before".
+        for response in Response.objects.filter(prompt__in=missing, model_version=None).order_by("id"):
+            opponents.setdefault(response.prompt_id, response)
+        missing = [p for p in missing if p.pk not in opponents]
+    if missing and (path := previous.path if previous else base_model):
+        logger.info("Sampling %s eval prompts from %s to compare against", len(missing), previous or base_model)
+        texts = generate(
+            path,
+            [p.messages for p in missing],
+            num_samples=1,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            batch_size=config.batch_size,
+            seed=config.seed,
+        )
+        made = Response.objects.bulk_create(
+            Response(
+                prompt=p, content=t[0], source=Response.Source.MODEL, model_version=previous,
+                generation_params={"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
+                                   "top_p": config.top_p, "seed": config.seed},
+            )
+            for p, t in zip(missing, texts, strict=True)
+        )  # fmt: skip
+        opponents.update({response.prompt_id: response for response in made})
+    return opponents
+
+
+def _train_pairs(
+    project: Project, prompts: list[Prompt], by_prompt: dict[int, list[Response]], reward_path: str
+) -> list[tuple[Prompt, list[Response], int]]:
+    """(prompt, the two samples to compare, priority) per train prompt with two samples or more."""
+    eligible = [p for p in prompts if len(by_prompt[p.pk]) >= 2]
+    if project.pair_selection == "uncertainty" and reward_path and eligible:
+        from training.engine.generate import score
+
+        conversations = [
+            [*p.messages, {"role": "assistant", "content": r.content}] for p in eligible for r in by_prompt[p.pk]
+        ]
+        rewards = iter(score(reward_path, conversations).tolist())
+        chosen = []
+        for prompt in eligible:
+            scored = [(next(rewards), r) for r in by_prompt[prompt.pk]]
+            # The closest two: sorted by reward, the smallest gap is between neighbours.
+            scored.sort(key=lambda pair: pair[0])
+            gap, i = min((scored[j + 1][0] - scored[j][0], j) for j in range(len(scored) - 1))
+            chosen.append((gap, prompt, [scored[i][1], scored[i + 1][1]]))
+        chosen.sort(key=lambda row: row[0])
+        # Most uncertain first: priorities len..1 in queue order (above 0, below the eval tasks).
+        return [(p, pair, min(len(chosen) - rank, EVAL_PRIORITY - 1)) for rank, (_, p, pair) in enumerate(chosen)]
+    if project.pair_selection == "uncertainty" and eligible:
+        logger.warning("No reward model to rank the samples by: pairs are drawn at random")
+    rng = random.Random(project.pk)
+    return [(p, rng.sample(by_prompt[p.pk], 2), 0) for p in eligible]
+
+
+def _create_tasks(project: Project, tasks: list[tuple[Prompt, str, list[Response], int]], round_number: int) -> None:
+    rows = [
+        Task(
+            project=project,
+            prompt=prompt,
+            kind=kind,
+            required_annotations=project.overlap,
+            priority=priority,
+            round_number=round_number,
+        )
+        for prompt, kind, _, priority in tasks
+    ]
+    Task.objects.bulk_create(rows)
+    TaskResponse.objects.bulk_create(
+        TaskResponse(task=task, response=response, position=position)
+        for task, (_, _, responses, _) in zip(rows, tasks, strict=True)
+        for position, response in enumerate(responses)
+    )
+    project.count_tasks(added=len(rows))  # bulk_create skips Task.save, which counts
