@@ -1,6 +1,7 @@
 """`manage.py seed_demo`: demo users, a project with tasks, safe to run twice, and never by accident in production."""
 
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -10,11 +11,13 @@ from django.urls import reverse
 from annotate.admin import LEADS_GROUP
 from annotate.management.commands.seed_demo import DEFAULT_PASSWORD
 from annotate.models import Membership, Project, Prompt, Response, Task, TaskResponse
+from models_registry.models import ModelVersion
 
 
-def seed(*args) -> str:
+def seed(*args, model: bool = False) -> str:
+    """Run seed_demo; without the demo policy (a minute of training) unless `model`."""
     out = StringIO()
-    call_command("seed_demo", *args, stdout=out)
+    call_command("seed_demo", *args, *([] if model else ["--no-model"]), stdout=out)
     return out.getvalue()
 
 
@@ -94,3 +97,23 @@ def test_refuses_to_run_with_debug_off_unless_forced(db, settings):
 
     seed("--force")
     assert Project.objects.filter(slug="demo").exists()
+
+
+def test_the_demo_policy_is_registered_active_and_its_samples_are_queued(db, debug):
+    out = seed(model=True)
+    project = Project.objects.get(slug="demo")
+    policy = ModelVersion.objects.get(project=project)
+    assert (policy.kind, policy.version, policy.status) == ("policy", 1, "active")
+    assert (Path(policy.base_model) / "config.json").is_file() and f"Registered {policy}" in out
+
+    samples = Response.objects.filter(model_version=policy)
+    assert samples.count() >= 40 and len(set(samples.values_list("content", flat=True))) > samples.count() // 2
+    assert all(len(text.split()) >= 3 for text in samples.values_list("content", flat=True)[:20])  # words, not soup
+    tasks = Task.objects.filter(responses__model_version=policy).distinct()
+    assert tasks.filter(kind="pairwise").count() >= 30
+    project.refresh_from_db()
+    assert project.task_count == Task.objects.filter(project=project).count()
+
+    first = row_counts()
+    seed(model=True)  # a second run neither trains nor samples again
+    assert row_counts() == first and ModelVersion.objects.count() == 1

@@ -1,4 +1,10 @@
-"""Seed a demo: a lead, two annotators and a project with ~20 prompts to annotate. Safe to run again."""
+"""Seed a demo: a lead, two annotators and a project with prompts to annotate. Safe to run again.
+
+Unless --no-model: the demo policy (training/engine/demo.py: the tiny model, fine-tuned on a synthetic chat
+corpus, about a minute on a CPU, built once under ARBITER_ARTIFACTS_ROOT) is registered as the project's active
+policy, and its samples for 40 more prompts are queued as tasks, the way a round's samples are. A lead can then
+launch a round in the admin and watch its new samples arrive in the queue, with no GPU and no model hub.
+"""
 
 import os
 from pathlib import Path
@@ -12,11 +18,13 @@ from django.db import transaction
 
 from annotate.admin import project_leads_group
 from annotate.importing import import_file
-from annotate.models import Membership, Project
+from annotate.models import Membership, Project, Prompt
+from models_registry.models import ModelVersion
 
 DEMO_FILE = Path(__file__).resolve().parents[2] / "demo" / "prompts.jsonl"
 DEFAULT_PASSWORD = "arbiter-demo"
 URL = "http://127.0.0.1:8000/"
+DEMO_MODEL_PROMPTS = 40
 
 GUIDELINES = """\
 # How to judge responses
@@ -38,8 +46,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--force", action="store_true", help="Run even with DEBUG off (it creates users with a known password)."
         )
+        parser.add_argument("--no-model", action="store_true", help="Skip the demo policy and its samples.")
 
-    def handle(self, *args: Any, force: bool, **options: Any) -> None:
+    def handle(self, *args: Any, force: bool, no_model: bool = False, **options: Any) -> None:
         if not settings.DEBUG and not force:
             raise CommandError("DEBUG is off: demo users with a known password do not belong here. Use --force.")
         password = os.environ.get("DEMO_PASSWORD", DEFAULT_PASSWORD)
@@ -55,10 +64,36 @@ class Command(BaseCommand):
             result = import_file(project, DEMO_FILE, format="responses")
             self.stdout.write(f"Imported {DEMO_FILE.name}: {result}")
 
+        if not no_model:
+            self._seed_policy(project)
+
         self.stdout.write(self.style.SUCCESS(f"\nDemo ready. Open {URL} and log in as:\n"))
         for user, role in [(lead, "project lead, can open the admin"), *((a, "annotator") for a in annotators)]:
             self.stdout.write(f"  {user.username:<12} password: {password:<16} ({role})")
         self.stdout.write(f"\nAdmin: {URL}admin/    Project page: {URL}p/{project.slug}/")
+
+    def _seed_policy(self, project: Project) -> None:
+        from training.engine.demo import build_demo_policy, demo_prompts
+        from training.engine.generate import SampleConfig
+        from training.sampling import sample_into_queue
+
+        if ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.POLICY).exists():
+            return
+        path = Path(settings.ARBITER_ARTIFACTS_ROOT) / "demo-model" / "policy"
+        if not (path / "config.json").is_file():
+            self.stdout.write("Building the demo policy (the tiny model, fine-tuned on a synthetic corpus)…")
+            build_demo_policy(path.parent)
+        with transaction.atomic():
+            for number, messages in enumerate(demo_prompts(DEMO_MODEL_PROMPTS)):
+                Prompt.objects.get_or_create(
+                    project=project,
+                    external_id=f"demo-model-{number:03d}",
+                    defaults={"messages": messages, "split": "eval" if number % 4 == 0 else "train"},
+                )
+            policy = ModelVersion.register(project=project, kind=ModelVersion.Kind.POLICY, base_model=str(path))
+            policy.promote()
+            made = sample_into_queue(project, policy, round_number=0, config=SampleConfig(max_new_tokens=48))
+        self.stdout.write(f"Registered {policy} ({path}); queued {made['tasks']} tasks over its samples")
 
 
 def _demo_user(username: str, password: str, **flags: bool) -> AbstractUser:

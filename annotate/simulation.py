@@ -1,0 +1,387 @@
+"""Simulated annotators: bots that work a project's queue through the real HTTP API, answering by a hidden rule.
+
+For dry-running a campaign before paying people, for the demo, and for tests that need annotations made the way
+people make them (`manage.py simulate_annotators`). Each bot is a user `sim-<project>-<i>` with its own API
+token and its own HTTP connection; it asks for its next task, answers it by the rule, submits, and goes on until
+the queue has nothing left for it, it has answered its quota, or time is up. The bots see only what the API
+shows: responses in the lease's displayed order, lettered A, B, …, and the answer fields with their choices.
+
+Rules (the bot's hidden preference). Every rule measures a feature of a response's text:
+
+- `word:<w>`  how often the word w occurs (case-insensitive, whole words: "cat" counts in "Cat!", not in "cats");
+              more is better.
+- `shorter`   length in characters; fewer is better.
+- `longer`    length in characters; more is better.
+
+How a bot answers by its rule:
+
+- pairwise: the better response by the feature; equal features are a tie (and a tie has no strength). "Much
+  better" (a2/b2) when the difference is large: for `word`, two or more occurrences apart; for `shorter` and
+  `longer`, one response at least twice as long as the other. Both-bad is never set.
+- ranking: responses grouped by the feature, best group first; equal features share a rank (a tie).
+- rating: `word` rates by the count: 0 is the bottom of the project's scale, each occurrence one point up,
+  capped at the top. `longer` and `shorter` rate by length band: under 50 characters, 50-99, 100-199,
+  200-399, … (each band twice the last), the band number counted up from the bottom of the scale for `longer`
+  and down from the top for `shorter`, capped at the scale's ends. On a 1-5 scale `longer` gives 1 below 50
+  characters, 2 for 50-99, 3 for 100-199, 4 for 200-399, 5 from 400 (and `shorter` the reverse: 5 … 1).
+
+Noise p: with probability p a bot answers uniformly at random over what the task's form accepts (any score
+and any set of labels; any of the five pairwise choices; any rank 1..n for each response, so ties happen)
+instead of by its rule. The summary counts draws, so a random answer that happens to agree with the rule
+still counts as random.
+
+Submits are throttled (settings REST_FRAMEWORK, scope `submit`, ARBITER_THROTTLE_SUBMIT): a bot answered 429
+waits for the seconds in Retry-After and sends the same request again, which the API makes safe (a submit
+repeated stores one annotation).
+"""
+
+import json
+import logging
+import math
+import random
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from http.client import HTTPConnection, HTTPSConnection
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from django.contrib.auth import get_user_model
+from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler, get_internal_wsgi_application
+from django.db import connection
+from django.urls import reverse
+
+from annotate.models import ApiToken, Membership, Project
+
+MUCH_MORE_WORDS = 2  # `word`: this many occurrences apart is "much better"
+MUCH_LONGER = 2  # `shorter`/`longer`: this many times as long is "much better"
+FIRST_LENGTH_BAND = 50  # characters: below this is band 0; each band after is twice as wide
+TOKEN_NAME = "simulate_annotators"
+
+
+def check_rule(rule: str) -> str:
+    """The rule if it is `word:<w>` (w one word), `shorter` or `longer`; ValueError otherwise."""
+    if rule in ("shorter", "longer"):
+        return rule
+    kind, _, word = rule.partition(":")
+    if kind != "word" or not re.fullmatch(r"\w+", word):
+        raise ValueError(f"Unknown rule {rule!r}: use word:<w> (one word), shorter or longer.")
+    return rule
+
+
+def feature(text: str, rule: str) -> int:
+    """What the rule measures in a text: the target word's count, or the length in characters."""
+    if check_rule(rule).startswith("word:"):
+        word = rule.removeprefix("word:")
+        return len(re.findall(rf"(?<!\w){re.escape(word)}(?!\w)", text, flags=re.IGNORECASE))
+    return len(text)
+
+
+def _merit(text: str, rule: str) -> int:
+    """The feature, signed so that higher is better."""
+    return -feature(text, rule) if rule == "shorter" else feature(text, rule)
+
+
+def _much_better(x: int, y: int, rule: str) -> bool:
+    """Whether two features are far enough apart for "much better"."""
+    if rule.startswith("word:"):
+        return abs(x - y) >= MUCH_MORE_WORDS
+    return max(x, y) >= MUCH_LONGER * min(x, y)
+
+
+def _length_band(length: int) -> int:
+    # 0 below 50 characters, 1 for 50-99, 2 for 100-199, …
+    return 0 if length < FIRST_LENGTH_BAND else int(math.log2(length / FIRST_LENGTH_BAND)) + 1
+
+
+def rating_score(text: str, rule: str, scale: list[int]) -> int:
+    """The rule's score for one response on a scale (its points, lowest first)."""
+    top = len(scale) - 1
+    if rule == "shorter":
+        return scale[max(top - _length_band(len(text)), 0)]
+    steps = _length_band(len(text)) if rule == "longer" else feature(text, rule)
+    return scale[min(steps, top)]
+
+
+def _choices(payload: dict[str, Any], name: str) -> list[Any]:
+    return next(f["choices"] for f in payload["answer_fields"] if f["name"] == name)
+
+
+def rule_answer(payload: dict[str, Any], rule: str) -> dict[str, Any]:
+    """The submit body the rule gives for a lease, as the next-task endpoint showed it."""
+    responses = payload["responses"]  # in displayed order: A first
+    if payload["kind"] == "rating":
+        return {"score": rating_score(responses[0]["content"], rule, sorted(_choices(payload, "score")))}
+    if payload["kind"] == "pairwise":
+        a, b = (feature(r["content"], rule) for r in responses)
+        merit_a, merit_b = (_merit(r["content"], rule) for r in responses)
+        if merit_a == merit_b:
+            return {"preference": "tie"}
+        side = "a" if merit_a > merit_b else "b"
+        return {"preference": f"{side}{2 if _much_better(a, b, rule) else 1}"}
+    merits = {r["id"]: _merit(r["content"], rule) for r in responses}
+    # Dense ranks: equal merits share a rank, and the ranks run 1, 2, … with no gaps.
+    rank_of = {merit: rank for rank, merit in enumerate(sorted(set(merits.values()), reverse=True), start=1)}
+    return {"ranks": {str(response_id): rank_of[merit] for response_id, merit in merits.items()}}
+
+
+def random_answer(payload: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """A valid answer drawn uniformly over what the task's form accepts."""
+    if payload["kind"] == "rating":
+        labels = [label for label in _choices(payload, "labels") if rng.random() < 0.5]
+        return {"score": rng.choice(_choices(payload, "score")), "labels": labels}
+    if payload["kind"] == "pairwise":
+        return {"preference": rng.choice(_choices(payload, "preference"))}
+    n = len(payload["responses"])
+    return {"ranks": {str(r["id"]): rng.randint(1, n) for r in payload["responses"]}}
+
+
+class Answer(NamedTuple):
+    body: dict[str, Any]  # what to POST to the lease's submit_url
+    by_rule: bool  # False: the noise draw made it a random answer
+
+
+def answer(payload: dict[str, Any], rule: str, noise: float, rng: random.Random) -> Answer:
+    """A bot's answer to a lease: by the rule, or with probability `noise` at random."""
+    if rng.random() < noise:
+        return Answer(random_answer(payload, rng), by_rule=False)
+    return Answer(rule_answer(payload, rule), by_rule=True)
+
+
+# Bots ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """What bots did; bots keep their own and the run adds them up, so no thread shares one."""
+
+    answered: Counter = field(default_factory=Counter)  # by task kind
+    by_rule: int = 0
+    at_random: int = 0
+    requests: int = 0
+    throttled: int = 0  # 429s answered, each waited out
+    throttle_wait: float = 0.0  # seconds spent waiting on Retry-After
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: "Tally") -> None:
+        self.answered += other.answered
+        self.by_rule += other.by_rule
+        self.at_random += other.at_random
+        self.requests += other.requests
+        self.throttled += other.throttled
+        self.throttle_wait += other.throttle_wait
+        self.errors += other.errors
+
+
+class ApiError(Exception):
+    """A response the bot did not expect: its method, path, status and detail."""
+
+
+class ApiClient:
+    """One bot's keep-alive connection to the API: JSON bodies, its bearer token, and 429s waited out."""
+
+    def __init__(self, base_url: str, token: str, tally: Tally) -> None:
+        parts = urlsplit(base_url)
+        connection_class = HTTPSConnection if parts.scheme == "https" else HTTPConnection
+        self.connection = connection_class(parts.hostname, parts.port, timeout=60)
+        self.prefix = parts.path.rstrip("/")  # where the app is mounted, if not at the root
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.tally = tally
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        """POST `body` as JSON; the status and decoded JSON (None when empty). A 429 is waited out and retried."""
+        while True:
+            self.connection.request("POST", path, body=json.dumps(body or {}), headers=self.headers)
+            response = self.connection.getresponse()
+            content = response.read()
+            self.tally.requests += 1
+            if response.status != 429:
+                return response.status, json.loads(content) if content else None
+            wait = float(response.getheader("Retry-After") or 1)
+            self.tally.throttled += 1
+            self.tally.throttle_wait += wait
+            # A server's keep-alive may not outlast the wait (gunicorn's is 2 s): reconnect after it.
+            self.connection.close()
+            time.sleep(wait)
+
+    def expect(self, path: str, statuses: tuple[int, ...], body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        status, data = self.post(path, body)
+        if status not in statuses:
+            detail = data.get("detail", data) if isinstance(data, dict) else data
+            raise ApiError(f"POST {path}: {status} {detail}")
+        return status, data
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@dataclass
+class Bot:
+    username: str
+    token: ApiToken
+    plaintext: str  # the token itself, which only this run knows
+    rng: random.Random
+
+
+def run_bot(
+    bot: Bot,
+    *,
+    base_url: str,
+    project_slug: str,
+    rule: str,
+    noise: float,
+    per_user: int | None,
+    deadline: float,
+) -> Tally:
+    """Work the queue as one bot until it is empty for it, `per_user` tasks are answered, or the deadline."""
+    tally = Tally()
+    client = ApiClient(base_url, bot.plaintext, tally)
+    next_path = client.prefix + reverse("api:next_task", args=[project_slug])
+    try:
+        while (per_user is None or tally.by_rule + tally.at_random < per_user) and time.monotonic() < deadline:
+            status, lease = client.expect(next_path, (200, 204))
+            if status == 204:
+                break
+            reply = answer(lease, rule, noise, bot.rng)
+            # submit_url is the server's own path (with its script prefix), so it goes as it is.
+            client.expect(lease["submit_url"], (200,), reply.body)
+            tally.answered[lease["kind"]] += 1
+            tally.by_rule += reply.by_rule
+            tally.at_random += not reply.by_rule
+    except Exception as error:  # a bot's failure goes into the summary: raised in a thread, it would be lost
+        tally.errors.append(f"{bot.username}: {type(error).__name__}: {error}")
+    finally:
+        client.close()
+    return tally
+
+
+def enrol_bots(project: Project, count: int, *, seed: int | None = None) -> list[Bot]:
+    """Users sim-<slug>-1 … as annotators of the project (made or reused), each with a fresh API token."""
+    users = get_user_model()
+    bots = []
+    for i in range(1, count + 1):
+        user, created = users.objects.get_or_create(username=f"sim-{project.slug}-{i}")
+        if created:
+            user.set_unusable_password()  # bots sign in with their token only
+            user.save(update_fields=["password"])
+        Membership.objects.get_or_create(project=project, user=user)
+        token, plaintext = ApiToken.issue(user, TOKEN_NAME)
+        rng = random.Random(f"{seed}:{i}") if seed is not None else random.Random()
+        bots.append(Bot(user.username, token, plaintext, rng))
+    return bots
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per request would bury the summary
+
+
+def _one_at_a_time(app: Callable) -> Callable:
+    lock = threading.Lock()
+
+    def serialised(environ: dict[str, Any], start_response: Callable) -> Any:
+        with lock:
+            return app(environ, start_response)
+
+    return serialised
+
+
+@contextmanager
+def serve_in_process() -> Iterator[str]:
+    """Serve this project's WSGI app on 127.0.0.1 at a free port, a thread per connection; yields its base URL."""
+    app = get_internal_wsgi_application()
+    if connection.vendor == "sqlite" and connection.is_in_memory_db():
+        # The tests' in-memory SQLite shares one cache between connections, where a second writer fails at once
+        # ("database table is locked") instead of waiting as it does on a file: there, requests take turns.
+        app = _one_at_a_time(app)
+    server = ThreadedWSGIServer(("127.0.0.1", 0), _QuietHandler, allow_reuse_address=False)
+    server.set_app(app)
+    thread = threading.Thread(target=server.serve_forever, name="simulate-annotators-server", daemon=True)
+    thread.start()
+    # Each 429 would be logged as a warning; the summary counts them. Server errors are still logged.
+    request_log = logging.getLogger("django.request")
+    level = request_log.level
+    request_log.setLevel(logging.ERROR)
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        request_log.setLevel(level)
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@dataclass
+class SimulationResult:
+    base_url: str
+    in_process: bool
+    bots: int
+    tally: Tally
+    elapsed: float
+
+    def summary(self) -> list[str]:
+        tally = self.tally
+        answered = sum(tally.answered.values())
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(tally.answered.items())) or "none"
+        where = "an in-process server" if self.in_process else "the server"
+        return [
+            f"bots: {self.bots}, at {self.base_url} ({where})",
+            f"answered {answered} tasks: {kinds}",
+            f"by the rule {tally.by_rule}, at random (noise) {tally.at_random}",
+            f"throttled (429) {tally.throttled} times"
+            + (f", each waited out as Retry-After said: {tally.throttle_wait:.1f} s in all" if tally.throttled else ""),
+            f"errors {len(tally.errors)}",
+            *(f"  {error}" for error in tally.errors),
+            f"elapsed {self.elapsed:.1f} s, {tally.requests} requests, "
+            f"{tally.requests / max(self.elapsed, 1e-9):.1f} requests/s",
+        ]
+
+
+def simulate_annotators(
+    *,
+    project: Project,
+    users: int,
+    rule: str,
+    noise: float,
+    url: str | None = None,
+    per_user: int | None = None,
+    seconds: float | None = None,
+    seed: int | None = None,
+) -> SimulationResult:
+    """Run `users` bots at once against the API at `url` (a server on this database), or an in-process server."""
+    check_rule(rule)
+    bots = enrol_bots(project, users, seed=seed)
+    tallies = [Tally() for _ in bots]
+    started = time.monotonic()
+    deadline = started + seconds if seconds is not None else math.inf
+    try:
+        with serve_in_process() if url is None else nullcontext(url) as base_url:
+
+            def work(index: int) -> None:
+                tallies[index] = run_bot(
+                    bots[index],
+                    base_url=base_url,
+                    project_slug=project.slug,
+                    rule=rule,
+                    noise=noise,
+                    per_user=per_user,
+                    deadline=deadline,
+                )
+
+            threads = [threading.Thread(target=work, args=(i,), name=bot.username) for i, bot in enumerate(bots)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        # The tokens were for this run only; revoked, they stay listed under the bots' names.
+        for bot in bots:
+            bot.token.revoke()
+    total = Tally()
+    for tally in tallies:
+        total.add(tally)
+    return SimulationResult(base_url, url is None, len(bots), total, time.monotonic() - started)

@@ -1,0 +1,7 @@
+from django.urls import path
+
+from models_registry import views
+
+urlpatterns = [
+    path("p/<slug:project_slug>/models/", views.model_leaderboard, name="model_leaderboard"),
+]

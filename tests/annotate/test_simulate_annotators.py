@@ -1,0 +1,212 @@
+"""Simulated annotators: the rules' answers, the noise, and bots working a project through the real HTTP API."""
+
+import random
+from io import StringIO
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from rest_framework.throttling import ScopedRateThrottle
+
+from annotate.models import Annotation, ApiToken, Membership, Prompt, Response, Task, TaskResponse
+from annotate.serializers import AnswerIn, LeaseSerializer
+from annotate.simulation import answer, check_rule, feature, random_answer, rating_score, rule_answer
+
+SCALE = [1, 2, 3, 4, 5]
+
+
+def payload(kind: str, *texts: str, scale: list[int] = SCALE, labels: tuple[str, ...] = ()) -> dict:
+    """A lease as the next-task endpoint shows it (only the parts a bot reads), responses in displayed order."""
+    fields = {
+        "rating": [{"name": "score", "choices": scale}, {"name": "labels", "choices": list(labels)}],
+        "pairwise": [{"name": "preference", "choices": ["a2", "a1", "tie", "b1", "b2"]}],
+        "ranking": [{"name": "ranks", "choices": list(range(1, len(texts) + 1))}],
+    }[kind]
+    responses = [{"letter": chr(65 + i), "id": 100 + i, "content": text} for i, text in enumerate(texts)]
+    return {"kind": kind, "responses": responses, "answer_fields": fields, "submit_url": "/unused/"}
+
+
+# Rules ----------------------------------------------------------------------------------------------------------
+
+
+def test_word_feature_counts_whole_words_whatever_their_case():
+    assert feature("Cat, cat! CAT? cats concat scat cat_x", "word:cat") == 3
+    assert feature("No felines here.", "word:cat") == 0
+
+
+def test_length_features_count_characters():
+    assert feature("héllo", "shorter") == feature("héllo", "longer") == 5
+
+
+@pytest.mark.parametrize("rule", ["word:", "word:two words", "word", "short", "Longer", "word:a.b"])
+def test_unknown_rules_are_refused(rule):
+    with pytest.raises(ValueError, match="Unknown rule"):
+        check_rule(rule)
+
+
+@pytest.mark.parametrize(
+    ("texts", "rule", "preference"),
+    [
+        (("a cat", "cat cat cat"), "word:cat", "b2"),  # 1 vs 3: two apart is much better
+        (("cat cat", "a cat"), "word:cat", "a1"),
+        (("Cat.", "a CAT"), "word:cat", "tie"),
+        (("dog", "bird"), "word:cat", "tie"),
+        (("x" * 10, "x" * 19), "longer", "b1"),
+        (("x" * 10, "x" * 20), "longer", "b2"),  # twice as long is much better
+        (("x" * 10, "x" * 20), "shorter", "a2"),
+        (("x" * 15, "x" * 10), "shorter", "b1"),
+        (("same", "size"), "shorter", "tie"),
+    ],
+)
+def test_pairwise_prefers_the_displayed_side_the_rule_favours(texts, rule, preference):
+    assert rule_answer(payload("pairwise", *texts), rule) == {"preference": preference}
+
+
+def test_ranking_orders_by_the_feature_and_ties_equal_features():
+    lease = payload("ranking", "cat", "cat cat", "dog", "CAT and cat")
+    assert rule_answer(lease, "word:cat") == {"ranks": {"100": 2, "101": 1, "102": 3, "103": 1}}
+    assert rule_answer(payload("ranking", "ccc", "a", "bb"), "shorter") == {"ranks": {"100": 3, "101": 1, "102": 2}}
+    assert rule_answer(payload("ranking", "ccc", "a", "bb"), "longer") == {"ranks": {"100": 1, "101": 3, "102": 2}}
+
+
+def test_word_rating_goes_one_point_up_per_occurrence_capped_at_the_top():
+    assert [rating_score(" cat" * n, "word:cat", SCALE) for n in range(7)] == [1, 2, 3, 4, 5, 5, 5]
+    assert rating_score("cat cat", "word:cat", [-2, -1, 0, 1, 2]) == 0
+    assert rule_answer(payload("rating", "Cat cat cat"), "word:cat") == {"score": 4}
+
+
+def test_length_ratings_go_by_bands_that_double():
+    lengths = [0, 49, 50, 99, 100, 199, 200, 399, 400, 5000]
+    assert [rating_score("x" * n, "longer", SCALE) for n in lengths] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert [rating_score("x" * n, "shorter", SCALE) for n in lengths] == [5, 5, 4, 4, 3, 3, 2, 2, 1, 1]
+    assert rating_score("x" * 120, "longer", list(range(0, 11))) == 2
+
+
+def test_without_noise_every_answer_follows_the_rule():
+    rng = random.Random(0)
+    lease = payload("pairwise", "cat", "dog")
+    assert all(answer(lease, "word:cat", 0, rng) == ({"preference": "a1"}, True) for _ in range(50))
+
+
+def test_with_full_noise_every_answer_is_random():
+    rng = random.Random(0)
+    lease = payload("pairwise", "cat", "dog")
+    answers = [answer(lease, "word:cat", 1, rng) for _ in range(200)]
+    assert not any(by_rule for _, by_rule in answers)
+    assert {body["preference"] for body, _ in answers} == {"a2", "a1", "tie", "b1", "b2"}
+
+
+def test_random_answers_cover_the_form():
+    rng = random.Random(1)
+    ratings = [random_answer(payload("rating", "x", labels=("rude", "wrong")), rng) for _ in range(200)]
+    assert {r["score"] for r in ratings} == set(SCALE)
+    assert {tuple(r["labels"]) for r in ratings} == {(), ("rude",), ("wrong",), ("rude", "wrong")}
+    ranks = [random_answer(payload("ranking", "x", "y", "z"), rng)["ranks"] for _ in range(200)]
+    assert {rank for r in ranks for rank in r.values()} == {1, 2, 3}
+    assert any(len(set(r.values())) < 3 for r in ranks)  # ties happen
+
+
+@pytest.fixture
+def make_task(project):
+    """A task of `kind` over fresh responses with these texts (positions 0, 1, …), on its own prompt."""
+
+    def make(kind: str, *texts: str) -> Task:
+        messages = [{"role": "user", "content": "?"}]
+        prompt = Prompt.objects.create(project=project, external_id=f"p{Prompt.objects.count()}", messages=messages)
+        task = Task.objects.create(project=project, prompt=prompt, kind=kind, required_annotations=project.overlap)
+        for position, text in enumerate(texts):
+            TaskResponse.objects.create(
+                task=task, response=Response.objects.create(prompt=prompt, content=text), position=position
+            )
+        return task
+
+    return make
+
+
+def test_random_answers_to_real_leases_are_accepted(project, annotator, make_task):
+    # The real lease shapes, and the API's own path from a submit body to clean_answer.
+    make_task("rating", "a")
+    make_task("pairwise", "a", "b")
+    make_task("ranking", "a", "b", "c", "d")
+    rng = random.Random(2)
+    for _ in range(3):
+        lease = project.next_assignment(annotator)
+        shown = LeaseSerializer(lease).data
+        for _ in range(100):
+            body = answer(shown, "word:cat", 1, rng).body
+            submitted = AnswerIn(data=body)
+            assert submitted.is_valid(), submitted.errors
+            lease.task.clean_answer(lease.answer_from_form(AnswerIn.form_data(submitted.validated_data)))
+        lease.submit(lease.answer_from_form(AnswerIn.form_data(submitted.validated_data)), user=annotator)
+
+
+# Bots through the real API -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def expected(task: Task) -> dict:
+    """What a bot with rule word:cat must have stored, in the task's positions (as annotations store answers)."""
+    counts = [feature(link.response.content, "word:cat") for link in task.task_responses.select_related("response")]
+    if task.kind == "rating":
+        return {"score": min(1 + counts[0], 5)}
+    if task.kind == "pairwise":
+        a, b = counts
+        if a == b:
+            return {"choice": "tie", "strength": None}
+        return {"choice": "a" if a > b else "b", "strength": 2 if abs(a - b) >= 2 else 1}
+    ids = task.response_ids()
+    by_count = sorted(set(counts), reverse=True)
+    return {"ranking": [sorted(i for i, c in zip(ids, counts, strict=True) if c == count) for count in by_count]}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bots_annotate_every_task_by_the_rule_through_the_api(project, make_task, monkeypatch):
+    # A tight submit rate: the bots must wait out the 429s, not fail on them.
+    monkeypatch.setitem(ScopedRateThrottle.THROTTLE_RATES, "submit", "2/s")
+    # Every lease shows its responses in reverse: a bot that took A for the task's first response would get every
+    # pairwise answer wrong.
+    monkeypatch.setattr("annotate.models.random.shuffle", list.reverse)
+    tasks = [
+        make_task("rating", "No felines."),
+        make_task("rating", "cat CAT cat"),
+        make_task("pairwise", "a cat", "cat, cat and cat"),  # B much better
+        make_task("pairwise", "cat cat", "one cat"),  # A better
+        make_task("pairwise", "Cat!", "cat?"),  # tie
+        make_task("ranking", "cat cat", "dog", "cat and cat", "cat"),
+    ]
+    out = StringIO()
+
+    call_command("simulate_annotators", project=project.slug, users=2, rule="word:cat", noise=0, seed=7, stdout=out)
+
+    summary = out.getvalue()
+    assert "answered 12 tasks: pairwise 6, ranking 2, rating 4" in summary
+    assert "by the rule 12, at random (noise) 0" in summary
+    assert "errors 0" in summary
+    assert "throttled (429) 0 times" not in summary
+    assert "each waited out as Retry-After said" in summary
+    bots = set(get_user_model().objects.filter(username__startswith="sim-helpfulness-"))
+    assert {bot.username for bot in bots} == {"sim-helpfulness-1", "sim-helpfulness-2"}
+    for task in tasks:
+        task.refresh_from_db()
+        assert (task.status, task.annotation_count) == (Task.Status.COMPLETE, 2)
+        annotations = task.annotations.select_related("annotator", "assignment")
+        assert {a.annotator for a in annotations} == bots
+        for annotation in annotations:
+            assert annotation.source == Annotation.Source.HUMAN
+            assert annotation.assignment.shown_order == task.response_ids()[::-1]  # made on a lease, as the API does
+            stored = {key: getattr(annotation, key) for key in expected(task)}
+            assert stored == expected(task), f"{task} shown as {annotation.assignment.shown_order}"
+    # Each bot authenticated with a token of its own, revoked when the run ended.
+    tokens = ApiToken.objects.filter(user__in=bots)
+    assert tokens.count() == 2
+    assert all(t.last_used_at and t.revoked_at for t in tokens)
+
+    # A second run reuses the bots, finds nothing left, and says so.
+    out = StringIO()
+    call_command("simulate_annotators", project=project.slug, users=2, rule="word:cat", stdout=out)
+    assert "answered 0 tasks" in out.getvalue()
+    assert Membership.objects.filter(project=project, user__username__startswith="sim-").count() == 2
