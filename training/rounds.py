@@ -383,7 +383,7 @@ def _register(
             base_model=training_round.base_model,
             adapter_path=result.output_dir,
             config=config.to_dict(),
-            eval_report=result.eval_report,
+            eval_report={**result.eval_report, **_human_eval_accuracy(training_round, result.output_dir)},
             **common,
         )
     policy_stage = next((stage for stage in ("ppo", "dpo", "sft") if stage in results), None)
@@ -400,6 +400,32 @@ def _register(
         eval_report=report,
         **common,
     )
+
+
+def _human_eval_accuracy(training_round: TrainingRound, reward_path: str) -> dict[str, Any]:
+    """How often the reward model prefers what people preferred on eval prompts, which no round trains on."""
+    import json
+
+    from training.engine.generate import score
+
+    if training_round.filters.get("split") == "eval":
+        return {}  # it trained on the eval split: nothing is held out
+    filters = {**training_round.filters, "split": "eval"}
+    snapshot = run_snapshot(create_snapshot(training_round.project, kind=DatasetSnapshot.Kind.PAIRS, filters=filters))
+    if snapshot.status != DatasetSnapshot.Status.READY or not snapshot.row_count:
+        return {}
+    with open(snapshot.file.path) as rows:
+        pairs = [json.loads(line) for line in rows]
+    conversations = [row["prompt"] + row[side] for side in ("chosen", "rejected") for row in pairs]
+    rewards = score(reward_path, conversations).tolist()
+    chosen, rejected = rewards[: len(pairs)], rewards[len(pairs) :]
+    wins = sum(c > r for c, r in zip(chosen, rejected, strict=True))
+    logger.info("Reward model on %s held-out human pairs: %s agree", len(pairs), wins)
+    return {
+        "human_eval_accuracy": wins / len(pairs),
+        "human_eval_pairs": len(pairs),
+        "human_eval_snapshot_sha256": snapshot.sha256,
+    }
 
 
 def _evaluate_policy(training_round: TrainingRound, policy_path: str, reward_path: str, config: Any) -> dict:

@@ -117,6 +117,8 @@ class TestRun:
             assert version.snapshot_sha256 == snapshot.sha256 and version.base_model == policy
             assert version.adapter_path and len(version.code_version) == 40, version.code_version
         assert 0 <= reward.eval_report["accuracy"] <= 1 and reward.config["max_steps"] == 3
+        # The eval prompts' 4 imported votes are held out of training and measure the reward model.
+        assert reward.eval_report["human_eval_pairs"] == 4 and 0 <= reward.eval_report["human_eval_accuracy"] <= 1
         assert {"mean_reward", "kl"} <= set(policy_version.eval_report), policy_version.eval_report
         series = training_round.metric_series()
         assert any(name.startswith("reward/") for name in series) and "ppo/kl" in series, sorted(series)
