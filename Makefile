@@ -18,10 +18,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-input -e '.[dev,train]'
 	touch $@
 
+# The server and, beside it, one Celery worker for both queues with beat inside (exports, training rounds, lease
+# expiry); the worker stops with the server.
 run: install
 	mkdir -p var
 	$(BIN)/python manage.py migrate
 	$(BIN)/python manage.py seed_demo
+	$(BIN)/celery -A arbiter worker -Q default,gpu --pool solo --beat --loglevel INFO \
+		--schedule var/celerybeat-schedule > var/worker.log 2>&1 & \
+	trap 'kill $$!' EXIT INT TERM; \
+	echo "Celery worker started (log: var/worker.log)"; \
 	$(BIN)/python manage.py runserver 127.0.0.1:8000
 
 # The suite runs on a throwaway PostgreSQL (everything runs), then on the embedded SQLite default (the tests

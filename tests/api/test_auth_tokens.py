@@ -266,6 +266,13 @@ class TestTokensPage:
     def test_anonymous_is_sent_to_log_in(self, client, db):
         assert client.get(reverse("api_tokens")).status_code == 302
 
+    def test_the_navigation_links_to_it_once_logged_in(self, client, annotator):
+        link = f'href="{reverse("api_tokens")}"'
+        assert link not in client.get(reverse("login")).content.decode()
+        client.force_login(annotator)
+
+        assert link in client.get(reverse("home")).content.decode()
+
     def test_making_a_token_shows_it_once(self, client, annotator):
         client.force_login(annotator)
 
