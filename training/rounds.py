@@ -23,7 +23,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import close_old_connections, connection, transaction
+from django.db import connection, transaction
 
 from annotate.exports import create_snapshot, run_snapshot
 from annotate.models import DatasetSnapshot, Project
@@ -295,7 +295,8 @@ def _run_stages(training_round: TrainingRound, log: _LogTail) -> None:
     from training.sampling import sample_into_queue
 
     classes = stage_configs()
-    stages = list(training_round.config)
+    # In STAGES' order: PostgreSQL's jsonb keeps an object's keys sorted, not in the order they were written.
+    stages = [stage for stage in STAGES[training_round.method] if stage in training_round.config]
     training = [stage for stage in stages if stage != "sample"]
     reward_path = training_round.reward_version.path if training_round.reward_version else ""
     policy = training_round.base_version
@@ -477,7 +478,6 @@ def code_version() -> str:
 
 def fail_stale_rounds() -> int:
     """Fail running rounds whose worker stopped sending heartbeats (killed, out of memory, machine lost)."""
-    close_old_connections()
     failed = 0
     for training_round in TrainingRound.objects.stale():
         seen = training_round.heartbeat_at

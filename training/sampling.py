@@ -65,6 +65,7 @@ def sample_into_queue(
         progress=progress,
         **params,
     )
+    samples = [[_storable(text) for text in texts] for texts in samples]
     opponents = _opponents(eval_prompts, previous, base_model, config)
 
     with transaction.atomic():
@@ -132,7 +133,7 @@ def _opponents(
         )
         made = Response.objects.bulk_create(
             Response(
-                prompt=p, content=t[0], source=Response.Source.MODEL, model_version=previous,
+                prompt=p, content=_storable(t[0]), source=Response.Source.MODEL, model_version=previous,
                 generation_params={"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
                                    "top_p": config.top_p, "seed": config.seed},
             )
@@ -189,3 +190,8 @@ def _create_tasks(project: Project, tasks: list[tuple[Prompt, str, list[Response
         for position, response in enumerate(responses)
     )
     project.count_tasks(added=len(rows))  # bulk_create skips Task.save, which counts
+
+
+def _storable(text: str) -> str:
+    """Model text as a database can hold it: PostgreSQL refuses NUL characters, which byte-level models can emit."""
+    return text.replace("\x00", "\ufffd")
