@@ -87,8 +87,8 @@ def hh_expected(row: dict) -> tuple[str, str, str]:
     """(prompt, chosen, rejected) of an HH-RLHF row in the standard style, read from the source transcripts.
 
     The prompt is the transcript both sides share up to their last shared "Assistant:" turn; its turns become
-    "user: …" / "assistant: …" separated by blank lines (a repeated speaker's turns joined by a blank line), or
-    the bare text when it is a single user turn.
+    "user: …" / "assistant: …", each followed by a blank line (a repeated speaker's turns joined by a blank
+    line), and then "assistant:" and a line break, the turn the answers take.
     """
     shared = len(os.path.commonprefix([row["chosen"], row["rejected"]]))
     cut = row["chosen"].rfind(ASSISTANT, 0, shared)
@@ -100,7 +100,7 @@ def hh_expected(row: dict) -> tuple[str, str, str]:
             turns[-1][1] += "\n\n" + text.strip()
         else:
             turns.append([role, text.strip()])
-    prompt = turns[0][1] if len(turns) == 1 else "\n\n".join(f"{role}: {text}" for role, text in turns)
+    prompt = "".join(f"{role}: {text}\n\n" for role, text in turns) + "assistant:\n"
     start = cut + len(ASSISTANT)
     return prompt, row["chosen"][start:].strip(), row["rejected"][start:].strip()
 

@@ -136,6 +136,19 @@ def test_dpo_trainer_trains_a_lora_adapter_on_exported_pairs(export, tiny, tmp_p
     assert all(torch.equal(p.detach(), frozen[name]) for name, p in trainer.model.named_parameters() if name in frozen)
 
 
+def test_a_standard_prompt_ends_on_a_token_boundary(export, tiny):
+    """DPOTrainer takes a completion to start where the prompt's tokens stop being a prefix of the tokens of prompt
+    + completion: the standard prompt ends with "assistant:" and a line break, which no completion's text joins."""
+    pairs = export("pairs", "standard")
+    tokenizer = AutoTokenizer.from_pretrained(tiny.policy)
+
+    for row in pairs:
+        assert row["prompt"].endswith("\n\nassistant:\n")
+        prompt = tokenizer(text=row["prompt"])["input_ids"]
+        for side in ("chosen", "rejected"):
+            assert tokenizer(text=row["prompt"] + row[side])["input_ids"][: len(prompt)] == prompt
+
+
 @pytest.fixture
 def rated(project, annotator, tmp_path):
     """The same responses, each rated through the queue: chosen ones 5 (desirable), rejected ones 1."""

@@ -12,7 +12,7 @@ import pytest
 from django.contrib.messages import get_messages
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
@@ -217,7 +217,8 @@ class TestPairs:
         d = data
         rows = rows_of(export(project, ratings_as_pairs=True))
         # r1 (4.5) over r2 (2.0), after p1's task pair; r7 and r8 both average 3 and make no pair.
-        from_ratings = pair(d, None, d.r1, d.r2, 2.5, 3, None, None, None, None)
+        # The margin is the difference of the means on the votes' scale: 2 * 2.5 / (5 - 1).
+        from_ratings = pair(d, None, d.r1, d.r2, 1.25, 3, None, None, None, None)
         assert rows == [
             pair(d, d.t1, d.r1, d.r2, 1 / 3, 3, 2, 1, 0, 2 / 3),
             from_ratings,
@@ -225,6 +226,23 @@ class TestPairs:
             pair(d, d.t4, d.r8, d.r9, 1.0, 2, 2, 0, 0, 1.0),
             pair(d, d.t5, d.hello, d.go_away, 1.0, 1, 1, 0, 0, 1.0),
         ]
+
+    def test_margin_is_one_scale_from_0_to_2_for_votes_and_ratings(self, project, data):
+        d = data
+
+        def margins(**filters):
+            return {(row["task_id"], row["chosen_id"]): row["margin"] for row in rows_of(export(project, **filters))}
+
+        # Votes: the mean strength on the winning side, "better" 1 and "much better" 2 (a ranking's order is 1).
+        assert margins(annotator="bob")[d.t1.id, d.r1.id] == 1.0
+        assert margins(annotator="alice")[d.t1.id, d.r1.id] == 2.0
+        # Ratings: means the whole scale apart are 2 ("much better"), half of it 1.
+        Annotation.objects.filter(pk=d.ratings["4", "bob"].pk).update(score=5)
+        Annotation.objects.filter(pk=d.ratings["5", "alice"].pk).update(score=1)
+        assert margins(ratings_as_pairs=True)[None, d.r1.id] == 2.0  # 5 over 1 on 1-5
+        Project.objects.filter(pk=project.pk).update(rating_max=9)
+        project.refresh_from_db()
+        assert margins(ratings_as_pairs=True)[None, d.r1.id] == 1.0  # 5 over 1 on 1-9
 
     def test_min_agreement_leaves_out_split_votes_but_not_pairs_from_ratings(self, project, data):
         d = data
@@ -242,13 +260,15 @@ class TestPairs:
         rows = rows_of(export(project, style="standard", include_ties=True))
         assert rows[0] == {
             **pair(d, d.t1, d.r1, d.r2, 1 / 3, 3, 2, 1, 0, 2 / 3),
-            "prompt": "What is 2+2?",  # one user message: its content
+            # The prompt ends with the turn the answer takes, so that prompt + chosen (as TRL joins them) reads
+            # "…assistant:\n4", not "What is 2+2?4".
+            "prompt": "user: What is 2+2?\n\nassistant:\n",
             "chosen": "4",
             "rejected": "5",
         }
         assert (rows[1]["task_id"], rows[1]["prompt"], rows[1]["chosen"], rows[1]["rejected"]) == (
             d.t2.id,
-            "system: Be brief.\n\nuser: Hi\n\nassistant: Hello\n\nuser: What is 3+3?",
+            "system: Be brief.\n\nuser: Hi\n\nassistant: Hello\n\nuser: What is 3+3?\n\nassistant:\n",
             "6",
             "Six",
         )
@@ -300,7 +320,8 @@ class TestUnpaired:
             row(d.r8, 3.0, 1, False),
         ]
         standard = rows_of(export(project, kind="unpaired", style="standard", annotator="bob"))
-        assert standard == [{**row(d.r1, 4.0, 1, True), "prompt": "What is 2+2?", "completion": "4"}]
+        prompt = "user: What is 2+2?\n\nassistant:\n"
+        assert standard == [{**row(d.r1, 4.0, 1, True), "prompt": prompt, "completion": "4"}]
 
     def test_midpoint_of_an_even_scale_is_between_points(self, project, data):
         Project.objects.filter(pk=project.pk).update(rating_min=1, rating_max=4)  # midpoint 2.5
@@ -417,7 +438,7 @@ class TestSft:
         assert standard == []  # p2's pairs are a tie and a both-bad one
         standard = rows_of(export(project, kind="sft", style="standard"))
         assert standard[1] == {
-            "prompt": "What is 2+2?",
+            "prompt": "user: What is 2+2?\n\nassistant:\n",
             "completion": "Four.",
             "prompt_id": "p1",
             "response_id": d.r10.id,
@@ -539,6 +560,37 @@ class TestSnapshots:
         assert snapshot.status == "failed" and "Not a directory" in snapshot.error
         assert (snapshot.sha256, snapshot.row_count, snapshot.file.name) == ("", None, "")
         assert snapshot.finished_at is not None
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+class TestReadingAhead:
+    def test_readers_on_connections_of_their_own_write_the_same_files_and_close_them(
+        self, project, django_user_model, tmp_path, monkeypatch
+    ):
+        build_data(project, django_user_model, tmp_path)
+        monkeypatch.setattr(exports, "CHUNK_SIZE", 1)  # a chunk per prompt, so that the readers take turns
+        read_ahead, real = [], exports._read_ahead
+        monkeypatch.setattr(exports, "_read_ahead", lambda *args: read_ahead.append(1) or real(*args))
+
+        def backends():
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND backend_type = 'client backend'"
+                )
+                return cursor.fetchone()[0]
+
+        before = backends()
+        for kind in DatasetSnapshot.Kind.values:
+            with transaction.atomic():  # in a transaction, this connection reads it all
+                alone = export(project, kind=kind, format="parquet", style="standard")
+            assert not read_ahead
+            ahead = export(project, kind=kind, format="parquet", style="standard")
+            assert read_ahead
+            assert (ahead.sha256, ahead.row_count) == (alone.sha256, alone.row_count) and alone.row_count > 0
+            read_ahead.clear()
+        assert backends() == before
 
 
 class TestCommand:
