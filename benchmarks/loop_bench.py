@@ -1,0 +1,545 @@
+"""Closing the loop: training rounds on simulated annotators' votes, each round's samples back into the queue.
+
+    .venv/bin/python benchmarks/loop_bench.py                          # two DPO rounds and two PPO rounds
+    .venv/bin/python benchmarks/loop_bench.py --campaigns dpo --rounds 1   # a quick look
+    .venv/bin/python benchmarks/loop_bench.py --database-url postgres://…  # a database you run (migrated here)
+
+Per campaign: a project of demo prompts (a held-out eval split and a train split), the demo policy (the tiny model
+SFT'd on the demo corpus, training/engine/demo.py) registered as policy v1 and sampled into the queue (round 0),
+and simulated annotators (annotate/simulation.py: token-authenticated bots on the real HTTP API, served in-process)
+following a hidden rule with some noise. Then, `--rounds` times: launch_round (from the previous round's policy)
+and run_round in-process, which snapshots the votes, trains, registers, evaluates, and samples the new policy
+back into the queue; the bots annotate what the round queued (eval pairs new-vs-parent and train pairs), and the
+next round trains on everything voted so far. One campaign each, fixed seeds: no medians.
+
+Defaults: 100 eval and 1,000 train prompts, all sampled every round (sample_prompts 1000, K = 4), pairwise tasks,
+3 bots' votes per task and rounds that keep pairs with at least 60 % agreement. With one vote per task, a random
+answer (noise) to a pair the rule calls equal still makes a pair, and about one held-out vote in ten is then a coin
+toss that no reward model can beat; three votes and the agreement filter drop those (see benchmarks/README.md).
+
+Measured per round: the share of the policy's samples on the held-out eval prompts that satisfy the rule (with a
+95 % Wilson interval; round 0 is the demo policy); the win rate over the parent from the bots' votes on the eval
+pairs (models_registry.measures.win_rate); the reward model's held-out accuracy (eval_report["accuracy"]), and
+beside it how far the held-out votes themselves agree with the rule; KL to the reference (eval_report["kl"]) and
+to the demo policy; the wall time from launch_round to the new samples being in the queue, split by stage; the
+pairs the round trained on; how much of the machine other work took meanwhile (/proc/stat less this process).
+
+Everything lands in benchmarks/output/loop-<time>/ (SQLite database, media, artifacts, the rounds' log, a JSON
+of the results); the last lines printed are a Markdown table for BENCHMARKS.md.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import secrets
+import subprocess
+import sys
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = REPO_ROOT / "benchmarks" / "output"
+
+# The efficacy test's DPO settings (tests/training/test_efficacy.py): the tiny model learns faster whole.
+DPO_SETTINGS = {
+    "use_lora": "false",
+    "learning_rate": "5e-4",
+    "num_train_epochs": "3",
+    "per_device_batch_size": "8",
+    "max_length": "96",
+    "beta": "0.1",
+    "eval_fraction": "0",
+    "sample.max_new_tokens": "40",
+    "sample.batch_size": "64",
+}
+# PPO needs LoRA (its reference is the policy with the adapter off); on the tiny model's tied embeddings an
+# adapter on lm_head lets it move, and a small β lets the reward lead (tests/training/test_ppo.py).
+PPO_SETTINGS = {
+    "reward.use_lora": "false",
+    "reward.learning_rate": "1e-3",
+    "reward.num_train_epochs": "5",
+    "reward.per_device_batch_size": "8",
+    "reward.max_length": "96",
+    "reward.eval_fraction": "0.2",
+    "ppo.lora_target_modules": "q_proj,v_proj,lm_head",
+    "ppo.learning_rate": "1e-4",
+    "ppo.kl_coef": "0.01",
+    "ppo.max_steps": "100",
+    "ppo.per_device_batch_size": "8",
+    "ppo.ppo_epochs": "4",
+    "ppo.max_new_tokens": "40",
+    "ppo.max_length": "96",
+    "sample.max_new_tokens": "40",
+    "sample.batch_size": "64",
+}
+DEFAULTS = {"dpo": DPO_SETTINGS, "ppo": PPO_SETTINGS}
+MEASURE_SEED = 11  # the same sampling for every policy measured
+
+
+# Machine ----------------------------------------------------------------------------------------------------------
+
+
+def machine_ticks() -> tuple[int, int]:
+    """Busy and total CPU time of the whole machine so far, in clock ticks summed over CPUs (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)  # less idle and iowait
+
+
+def own_ticks() -> int:
+    """User + system CPU time of this process, all its threads (the bots' server included), in clock ticks."""
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 of proc(5)
+
+
+class Meter:
+    """How much of the machine went to other work between start() and stop(): all busy CPU time less ours."""
+
+    def start(self) -> None:
+        self.begin = (*machine_ticks(), own_ticks())
+
+    def stop(self) -> dict[str, float]:
+        busy, total, own = (*machine_ticks(), own_ticks())
+        span = max(1, total - self.begin[1])
+        others = max(0, (busy - self.begin[0]) - (own - self.begin[2]))
+        return {"other_pct": 100 * others / span, "own_pct": 100 * (own - self.begin[2]) / span}
+
+
+def busy_percent(seconds: float = 2.0) -> float:
+    """Percent of the machine busy over the next `seconds`."""
+    busy1, total1 = machine_ticks()
+    time.sleep(seconds)
+    busy2, total2 = machine_ticks()
+    return 100 * (busy2 - busy1) / max(1, total2 - total1)
+
+
+def wait_until_quiet(limit: float, patience_s: float) -> float:
+    """Wait (at most `patience_s`) until the machine is less than `limit` percent busy; return the last sample."""
+    deadline = time.monotonic() + patience_s
+    while (busy := busy_percent()) >= limit and time.monotonic() < deadline:
+        print(f"  machine {busy:.0f} % busy, waiting for < {limit:.0f} %", file=sys.stderr)
+        time.sleep(10)
+    return busy
+
+
+def code_version() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + (
+        " with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    )
+
+
+# Set-up -----------------------------------------------------------------------------------------------------------
+
+
+class StageClock(logging.Handler):
+    """Times the rounds' log lines (training.*), to split a round's wall time by stage."""
+
+    MARKS = ("Snapshot ", "Stage ", "Evaluating the policy", "Sampling ", "New samples in the queue")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.marks: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(self.MARKS):
+            self.marks.append((time.monotonic(), message))
+
+
+def set_up(args: argparse.Namespace, run_dir: Path) -> StageClock:
+    """Environment, Django, a migrated database, quiet logs (the rounds' go to run_dir/rounds.log)."""
+    var = run_dir / "var"
+    for folder in ("celery-broker/queue", "celery-broker/control"):
+        (var / folder).mkdir(parents=True, exist_ok=True)  # launch_round sends its message there; nobody reads it
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "arbiter.settings",
+            "DATABASE_URL": args.database_url or f"sqlite:///{run_dir / 'loop.sqlite3'}",
+            "ARBITER_VAR_DIR": str(var),
+            "MEDIA_ROOT": str(run_dir / "media"),
+            "ARBITER_ARTIFACTS_ROOT": str(run_dir / "artifacts"),
+            "ARBITER_THROTTLE_SUBMIT": "100000/min",  # bots answer as fast as the server lets them
+            "SECRET_KEY": secrets.token_hex(32),
+            "LOG_LEVEL": "WARNING",
+            "HF_HUB_OFFLINE": "1",
+            "TQDM_DISABLE": "1",  # the trainers' and loaders' progress bars
+            "TRANSFORMERS_VERBOSITY": "error",  # a load report for every fresh reward head
+            "OMP_NUM_THREADS": str(args.threads),
+            "MKL_NUM_THREADS": str(args.threads),
+        }
+    )
+    sys.path.insert(0, str(REPO_ROOT))
+    import django
+    import torch
+
+    torch.set_num_threads(args.threads)
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+    # The tiny model's lm_head adapter shares its weight with the embeddings; peft says so at every save.
+    warnings.filterwarnings("ignore", message="Model (has|with) `tie_word_embeddings=True`")
+    warnings.filterwarnings("ignore", message="Setting `save_embedding_layers`")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    clock = StageClock()
+    training_log = logging.getLogger("training")
+    training_log.setLevel(logging.INFO)
+    training_log.propagate = False
+    to_file = logging.FileHandler(run_dir / "rounds.log")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    training_log.addHandler(to_file)
+    training_log.addHandler(clock)
+    return clock
+
+
+# Measures ---------------------------------------------------------------------------------------------------------
+
+
+def satisfaction(path: str, prompts: list, args: argparse.Namespace) -> dict[str, Any]:
+    """The share of `measure_samples` samples per eval prompt that satisfy the rule, with a 95 % Wilson interval."""
+    from annotate.simulation import feature
+    from models_registry.measures import wilson_interval
+    from training.engine.generate import generate
+
+    texts = generate(
+        path,
+        prompts,
+        num_samples=args.measure_samples,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=64,
+        seed=MEASURE_SEED,
+    )
+    flat = [text for per_prompt in texts for text in per_prompt]
+    k, n = sum(feature(text, args.rule) > 0 for text in flat), len(flat)
+    low, high = wilson_interval(k / n, n)
+    return {"k": k, "n": n, "rate": k / n, "low": low, "high": high, "texts": texts}
+
+
+def kl_to(path: str, reference: str, prompts: list, args: argparse.Namespace) -> float | None:
+    """Mean per-token KL(policy ‖ reference) on the policy's own samples for the eval prompts."""
+    from training.engine.generate import evaluate_policy
+
+    report = evaluate_policy(
+        path, prompts, reference_path=reference, num_samples=4, max_new_tokens=args.max_new_tokens, seed=MEASURE_SEED
+    )
+    return report.get("kl")
+
+
+def held_out_labels(snapshot_path: str, reward_config: dict, rule: str) -> dict[str, Any]:
+    """How the reward stage's held-out pairs (the same split it made) agree with the rule: agreeing, flipped,
+    and undecided (equal features, so only noise made them a pair); `ceiling` is what a model that knows the rule
+    scores on them (undecided pairs at chance)."""
+    from annotate.simulation import feature
+    from training.engine.common import load_rows, split_dataset
+
+    rows = load_rows(snapshot_path, ["prompt", "chosen", "rejected"])
+    _, held = split_dataset(rows, reward_config["eval_fraction"], reward_config["seed"])
+    if held is None or not len(held):
+        return {}
+    counts = {"agree": 0, "flipped": 0, "undecided": 0}
+    for row in held:
+        chosen, rejected = (row[side][-1]["content"] for side in ("chosen", "rejected"))
+        gap = feature(chosen, rule) - feature(rejected, rule)
+        counts["agree" if gap > 0 else "flipped" if gap < 0 else "undecided"] += 1
+    n = sum(counts.values())
+    return {**counts, "n": n, "ceiling": (counts["agree"] + counts["undecided"] / 2) / n}
+
+
+def rule_accuracy(reward_path: str, prompts: list, samples: list[list[list[str]]], rule: str) -> dict[str, Any]:
+    """The reward model against the rule itself, on the eval prompts: over every pair of samples of one prompt
+    whose features differ, the share it orders as the rule does (a tie counts half)."""
+    from annotate.simulation import feature
+    from training.engine.generate import score
+
+    per_prompt = [[text for texts in samples for text in texts[i]] for i in range(len(prompts))]
+    conversations = [
+        [*prompt, {"role": "assistant", "content": text}]
+        for prompt, texts in zip(prompts, per_prompt, strict=True)
+        for text in texts
+    ]
+    rewards = iter(score(reward_path, conversations, batch_size=64).tolist())
+    right = pairs = 0.0
+    for texts in per_prompt:
+        scored = [(feature(text, rule), next(rewards)) for text in texts]
+        for i, (f1, r1) in enumerate(scored):
+            for f2, r2 in scored[i + 1 :]:
+                if f1 != f2:
+                    pairs += 1
+                    right += 0.5 if r1 == r2 else float((f1 > f2) == (r1 > r2))
+    return {"accuracy": right / pairs if pairs else None, "pairs": int(pairs)}
+
+
+# A campaign -------------------------------------------------------------------------------------------------------
+
+
+def annotate(project: Any, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    from annotate.simulation import simulate_annotators
+
+    result = simulate_annotators(project=project, users=args.users, rule=args.rule, noise=args.noise, seed=seed)
+    if result.tally.errors:
+        sys.exit("the bots failed:\n" + "\n".join(result.summary()))
+    return {"answered": sum(result.tally.answered.values()), "seconds": result.elapsed}
+
+
+def stage_times(marks: list[tuple[float, str]], start: float, end: float) -> dict[str, float]:
+    """Seconds per part of a round, from its log lines: data (snapshot), each stage's training, eval, sample."""
+    spans: dict[str, float] = {}
+    current, since = "data", start
+    for at, message in marks:
+        if message.startswith("Stage ") and ": training from" in message:
+            name = message.removeprefix("Stage ").split(":", 1)[0]
+        elif message.startswith("Evaluating the policy"):
+            name = "eval"
+        elif message.startswith("Sampling ") and current != "sample":
+            name = "sample"
+        else:
+            continue
+        spans[current] = spans.get(current, 0.0) + at - since
+        current, since = name, at
+    spans[current] = spans.get(current, 0.0) + end - since
+    return spans
+
+
+def campaign(method: str, args: argparse.Namespace, demo: Path, clock: StageClock) -> list[dict[str, Any]]:
+    from annotate.models import Project, Prompt, Task
+    from models_registry.measures import win_rate
+    from models_registry.models import ModelVersion
+    from training.engine.demo import demo_prompts
+    from training.engine.generate import SampleConfig
+    from training.rounds import launch_round, run_round
+    from training.sampling import sample_into_queue
+
+    settings_ = {**DEFAULTS[method], **dict(item.split("=", 1) for item in getattr(args, f"{method}_set") or [])}
+    kinds = args.kinds.split(",")
+    project = Project.objects.create(
+        name=f"Loop {method.upper()}",
+        slug=f"loop-{method}",
+        task_kinds=kinds,
+        overlap=args.overlap,
+        samples_per_prompt=args.samples_per_prompt,
+        sample_prompts=args.sample_prompts,
+    )
+    for number, messages in enumerate(demo_prompts(args.eval_prompts + args.train_prompts, seed=7)):
+        split = Prompt.Split.EVAL if number < args.eval_prompts else Prompt.Split.TRAIN
+        Prompt.objects.create(project=project, external_id=f"q{number}", messages=messages, split=split)
+    eval_prompts = [p.messages for p in project.prompts.filter(split=Prompt.Split.EVAL).order_by("id")]
+
+    base = ModelVersion.register(project=project, kind="policy", base_model=str(demo))
+    base.promote()
+    started = time.monotonic()
+    sample_into_queue(
+        project, base, round_number=0, config=SampleConfig(max_new_tokens=args.max_new_tokens, seed=1, batch_size=64)
+    )
+    queued0 = time.monotonic() - started
+    bots = annotate(project, args, seed=100)
+    measured = satisfaction(base.path, eval_prompts, args)
+    rows = [
+        {
+            "campaign": method,
+            "round": 0,
+            "policy": f"policy v{base.version}",
+            "satisfaction": {k: v for k, v in measured.items() if k != "texts"},
+            "queued_s": queued0,
+            "tasks": Task.objects.filter(project=project, round_number=0).count(),
+            "bots": bots,
+        }
+    ]
+    print(f"{method} round 0: {_describe(rows[-1])}", file=sys.stderr)
+    samples = [measured["texts"]]
+    parent = base
+    filters = {"min_agreement": args.min_agreement} if args.min_agreement else None
+    for number in range(1, args.rounds + 1):
+        busy_before = wait_until_quiet(args.quiet_below, args.quiet_wait) if args.quiet_below else busy_percent()
+        meter = Meter()
+        clock.marks.clear()
+        meter.start()
+        start = time.monotonic()
+        training_round = launch_round(
+            project, method=method, base=f"policy-v{parent.version}", settings_=settings_, filters=filters
+        )
+        training_round = run_round(training_round.pk)
+        end = time.monotonic()
+        load = meter.stop()
+        if training_round.status != "succeeded":
+            sys.exit(f"{method} round {number} {training_round.status}: {training_round.error}")
+        new = ModelVersion.objects.get(training_round=training_round, kind=ModelVersion.Kind.POLICY)
+        reward = ModelVersion.objects.filter(training_round=training_round, kind=ModelVersion.Kind.REWARD).first()
+        tasks = Task.objects.filter(project=project, round_number=training_round.number).count()
+        row = {
+            "campaign": method,
+            "round": number,
+            "policy": f"policy v{new.version}",
+            "parent": f"policy v{parent.version}",
+            "wall_s": end - start,
+            "stages": stage_times(list(clock.marks), start, end),
+            "busy_before": busy_before,
+            **load,
+            "pairs": training_round.snapshot.row_count,
+            "tasks": tasks,
+            "kl": new.eval_report.get("kl"),
+            "kl_reference": "parent" if training_round.config[method].get("use_lora") is False else "demo",
+            "mean_reward": new.eval_report.get("mean_reward"),
+        }
+        if reward is not None:
+            row["rm_accuracy"] = reward.eval_report.get("accuracy")
+            row["rm_human_eval"] = reward.eval_report.get("human_eval_accuracy")
+            row["rm_human_eval_pairs"] = reward.eval_report.get("human_eval_pairs")
+            row["rm_eval_pairs"] = reward.eval_report.get("eval_pairs")
+            row["rm_labels"] = held_out_labels(training_round.snapshot.file.path, training_round.config["reward"],
+                                               args.rule)  # fmt: skip
+        row["bots"] = annotate(project, args, seed=100 + number)
+        rate = win_rate(project, new, parent)
+        row["win_rate"] = {"rate": rate.rate, "low": rate.low, "high": rate.high, "n": rate.n,
+                           "wins": rate.wins, "ties": rate.ties, "losses": rate.losses}  # fmt: skip
+        measured = satisfaction(new.path, eval_prompts, args)
+        row["satisfaction"] = {k: v for k, v in measured.items() if k != "texts"}
+        samples.append(measured["texts"])
+        row["kl_demo"] = kl_to(new.path, str(demo), eval_prompts, args)
+        if reward is not None:
+            row["rm_rule"] = rule_accuracy(reward.path, eval_prompts, [samples[0], samples[-1]], args.rule)
+        rows.append(row)
+        print(f"{method} round {number}: {_describe(row)}", file=sys.stderr)
+        parent = new
+    return rows
+
+
+# Reporting --------------------------------------------------------------------------------------------------------
+
+
+def _share(share: dict[str, Any] | None) -> str:
+    if not share or share.get("rate") is None:
+        return "—"
+    return f"{100 * share['rate']:.0f} % [{100 * share['low']:.0f}, {100 * share['high']:.0f}]"
+
+
+def _number(value: float | None, form: str = "{:.3f}") -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else form.format(value)
+
+
+def _describe(row: dict[str, Any]) -> str:
+    parts = [f"rule {row['satisfaction']['k']}/{row['satisfaction']['n']} = {_share(row['satisfaction'])}"]
+    if row["round"] == 0:
+        parts.append(f"{row['tasks']} tasks queued in {row['queued_s']:.0f} s")
+    else:
+        stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in row["stages"].items())
+        parts += [
+            f"launch → queued {row['wall_s']:.0f} s ({stages})",
+            f"{row['pairs']} pairs, {row['tasks']} tasks queued",
+            f"win rate {_share(row['win_rate'])} of {row['win_rate']['n']}",
+            f"KL {_number(row['kl'])} (to {row['kl_reference']}), to demo {_number(row['kl_demo'])}",
+            f"machine {row['busy_before']:.0f} % busy before, others {row['other_pct']:.0f} % during",
+        ]
+        if "rm_accuracy" in row:
+            labels = row["rm_labels"]
+            parts.append(
+                f"RM held-out {_number(row['rm_accuracy'], '{:.1%}')} of {row['rm_eval_pairs']} pairs"
+                f" (labels: {labels.get('agree')} agree, {labels.get('flipped')} flipped, {labels.get('undecided')}"
+                f" undecided by the rule; ceiling {_number(labels.get('ceiling'), '{:.1%}')}),"
+                f" on eval-split votes {_number(row['rm_human_eval'], '{:.1%}')} of {row['rm_human_eval_pairs']},"
+                f" against the rule on eval prompts {_number(row['rm_rule']['accuracy'], '{:.1%}')}"
+                f" of {row['rm_rule']['pairs']} pairs"
+            )
+    parts.append(f"bots answered {row['bots']['answered']} in {row['bots']['seconds']:.0f} s")
+    return "; ".join(parts)
+
+
+def markdown(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| Campaign | Round | Policy | Rule satisfied, eval prompts (95 % CI) | Win rate over parent (votes) "
+        "| RM held-out accuracy (pairs; label ceiling) | KL to reference | KL to demo | Launch → samples queued "
+        "| Pairs | Other work |",
+        "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        sat = row["satisfaction"]
+        first = f"| {row['campaign'].upper()} | {row['round']} | {row['policy']}"
+        first += f" | {_share(sat)} ({sat['k']}/{sat['n']})"
+        if row["round"] == 0:
+            lines.append(first + " | — | — | — | — | — | — | — |")
+            continue
+        rate = row["win_rate"]
+        rm = "—"
+        if "rm_accuracy" in row:
+            ceiling = row["rm_labels"].get("ceiling")
+            rm = f"{_number(row['rm_accuracy'], '{:.1%}')} ({row['rm_eval_pairs']}; {_number(ceiling, '{:.0%}')})"
+        lines.append(
+            f"{first} | {_share(rate)} ({rate['n']}) | {rm} | {_number(row['kl'])} ({row['kl_reference']})"
+            f" | {_number(row['kl_demo'])} | {row['wall_s']:.0f} s | {row['pairs']} | {row['other_pct']:.0f} % |"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--campaigns", default="dpo,ppo", help="methods, one campaign each (default dpo,ppo)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per campaign (default 2)")
+    parser.add_argument("--rule", default="word:thanks", help="the bots' hidden rule (default word:thanks)")
+    parser.add_argument("--noise", type=float, default=0.1, help="share of random answers (default 0.1)")
+    parser.add_argument("--users", type=int, default=4, help="bots (default 4)")
+    parser.add_argument("--eval-prompts", type=int, default=100, help="held-out eval prompts (default 100)")
+    parser.add_argument("--train-prompts", type=int, default=1000, help="train prompts (default 1000)")
+    parser.add_argument("--sample-prompts", type=int, default=1000, help="project.sample_prompts (default 1000)")
+    parser.add_argument("--samples-per-prompt", type=int, default=4, help="K (default 4)")
+    parser.add_argument("--kinds", default="pairwise", help="the project's task kinds (default pairwise)")
+    parser.add_argument("--overlap", type=int, default=3, help="annotations per task (default 3)")
+    parser.add_argument("--min-agreement", type=float, default=0.6, help="the rounds' filter; 0: none (0.6)")
+    parser.add_argument("--measure-samples", type=int, default=16, help="samples per eval prompt measured (16)")
+    parser.add_argument("--max-new-tokens", type=int, default=40, help="sampling cap, round 0 and measures (40)")
+    parser.add_argument("--dpo-set", action="append", metavar="KEY=VALUE", help="a DPO round setting (repeat)")
+    parser.add_argument("--ppo-set", action="append", metavar="KEY=VALUE", help="a PPO round setting (repeat)")
+    parser.add_argument("--demo-policy", type=Path, help="a demo policy built before (default: build one, ~1 min)")
+    parser.add_argument("--database-url", help="a database to migrate and use (default: a new SQLite file)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--quiet-below", type=float, help="before each round, wait until the machine is less busy (%%)")
+    parser.add_argument("--quiet-wait", type=float, default=300, help="how long to wait for that, seconds (300)")
+    args = parser.parse_args()
+
+    run_dir = OUTPUT / f"loop-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir.mkdir(parents=True)
+    busy, code = busy_percent(), code_version()  # the code as it was when the run started
+    print(f"output in {run_dir.relative_to(REPO_ROOT)}; machine {busy:.0f} % busy at the start", file=sys.stderr)
+    clock = set_up(args, run_dir)
+    from training.engine.demo import build_demo_policy
+
+    demo, demo_s = args.demo_policy, 0.0
+    if demo is None:
+        started = time.monotonic()
+        demo = build_demo_policy(run_dir / "demo")
+        demo_s = time.monotonic() - started
+        print(f"demo policy built in {demo_s:.0f} s", file=sys.stderr)
+
+    rows = []
+    for method in args.campaigns.split(","):
+        rows += campaign(method, args, Path(demo), clock)
+
+    import platform
+
+    import torch
+    import transformers
+    import trl
+
+    header = (
+        f"{platform.platform()}, CPython {platform.python_version()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+        f" ({args.threads} thread(s)), transformers {transformers.__version__}, trl {trl.__version__};"
+        f" code {code}; rule {args.rule}, noise {args.noise}, {args.users} bots; {args.eval_prompts} eval"
+        f" and {args.train_prompts} train prompts, sample_prompts {args.sample_prompts}, K {args.samples_per_prompt},"
+        f" kinds {args.kinds}, overlap {args.overlap}, min_agreement {args.min_agreement};"
+        f" machine {busy:.0f} % busy at the start"
+    )
+    (run_dir / "results.json").write_text(
+        json.dumps({"header": header, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1)
+    )
+    print(f"\n{header}")
+    print("\n".join(markdown(rows)))
+
+
+if __name__ == "__main__":
+    main()
