@@ -5,12 +5,14 @@ a pending dataset snapshot; the Celery task calls `run_round`, which claims the 
 runs the method's stages from training/engine/ with a progress callback (heartbeat, metrics, cancel), and
 registers what they trained. `fail_stale_rounds` (Celery beat) fails rounds whose worker stopped beating.
 
-Stages per method: reward = [reward]; ppo = [reward, ppo] (or [ppo] with a given reward model); dpo = [dpo];
-sft = [sft]. Settings: `key=value` applies to every stage of the method that has the key, `stage.key=value` to
-that stage only; anything else is refused, naming the key.
+Stages per method: reward = [reward]; ppo = [reward, ppo, sample] ([ppo, sample] with a given reward model);
+dpo = [dpo, sample]; sft = [sft, sample]; sample = [sample] (training/sampling.py). Settings: `key=value`
+applies to every stage of the method that has the key, `stage.key=value` to that stage only; anything else is
+refused, naming the key.
 """
 
 import collections
+import json
 import logging
 import math
 import os
@@ -26,7 +28,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 
 from annotate.exports import create_snapshot, run_snapshot
-from annotate.models import DatasetSnapshot, Project
+from annotate.models import DatasetSnapshot, Project, Prompt
 from models_registry.models import ModelVersion
 from training.models import RoundMetric, TrainingRound
 
@@ -128,14 +130,14 @@ def _queue(project: Project, *, method: str, filters: Mapping[str, Any], user: A
             created_by=user if getattr(user, "is_authenticated", False) else None,
             **fields,
         )
-        from training.tasks import run_training_round
-
-        transaction.on_commit(lambda: _enqueue(run_training_round, training_round))
+        transaction.on_commit(lambda: _enqueue(training_round))
     return training_round
 
 
-def _enqueue(task: Any, training_round: TrainingRound) -> None:
-    result = task.delay(training_round.pk)
+def _enqueue(training_round: TrainingRound) -> None:
+    from training.tasks import run_training_round  # training.tasks imports this module
+
+    result = run_training_round.delay(training_round.pk)
     TrainingRound.objects.filter(pk=training_round.pk).update(celery_task_id=result.id or "")
 
 
@@ -267,7 +269,7 @@ def run_round(round_id: int) -> TrainingRound:
     heartbeat = _Heartbeat(training_round, log)
     heartbeat.start()
     try:
-        _run_stages(training_round, log)
+        _run_stages(training_round)
     except _Cancelled:
         logger.info("Round %s cancelled", round_id)
         training_round.finish(TrainingRound.Status.CANCELLED)
@@ -286,7 +288,7 @@ def run_round(round_id: int) -> TrainingRound:
     return training_round
 
 
-def _run_stages(training_round: TrainingRound, log: _LogTail) -> None:
+def _run_stages(training_round: TrainingRound) -> None:
     from training.engine.dpo import train_dpo
     from training.engine.generate import GenerationStopped
     from training.engine.ppo import train_ppo
@@ -330,10 +332,11 @@ def _run_stages(training_round: TrainingRound, log: _LogTail) -> None:
                 raise _Cancelled
             logger.info("Stage %s done: %s steps, eval %s", stage, result.steps, result.eval_report)
             results[stage] = (config, result)
+    if not reward_path and (latest := ModelVersion.objects.latest_reward(training_round.project)):
+        reward_path = latest.path  # scores the new policy's eval samples and, for uncertainty, its pairs
+    if training:
         policy = _register(training_round, snapshot, results, reward_path) or policy
     if "sample" in stages:
-        if not reward_path and (latest := ModelVersion.objects.latest_reward(training_round.project)):
-            reward_path = latest.path
         report = _progress_callback(training_round, "sample", len(stages) - 1, len(stages))
         try:
             made = sample_into_queue(
@@ -405,8 +408,6 @@ def _register(
 
 def _human_eval_accuracy(training_round: TrainingRound, reward_path: str) -> dict[str, Any]:
     """How often the reward model prefers what people preferred on eval prompts, which no round trains on."""
-    import json
-
     from training.engine.generate import score
 
     if training_round.filters.get("split") == "eval":
@@ -430,24 +431,13 @@ def _human_eval_accuracy(training_round: TrainingRound, reward_path: str) -> dic
 
 
 def _evaluate_policy(training_round: TrainingRound, policy_path: str, reward_path: str, config: Any) -> dict:
-    """Mean reward (with the round's reward model, else the project's latest) and KL to the reference."""
-    import json
-
+    """Mean reward (given a reward model) and KL to the reference, on the project's first eval prompts (which no
+    round trains on by default), else its first prompts."""
     from training.engine.generate import evaluate_policy
 
-    if not reward_path and (latest := ModelVersion.objects.latest_reward(training_round.project)):
-        reward_path = latest.path
-    prompts, seen = [], set()
-    with open(training_round.snapshot.file.path) as rows:
-        for line in rows:
-            row = json.loads(line)
-            prompt = row.get("prompt") or row["messages"][:-1]
-            key = json.dumps(prompt, sort_keys=True)
-            if key not in seen:
-                seen.add(key)
-                prompts.append(prompt)
-            if len(prompts) == EVAL_PROMPTS:
-                break
+    prompts = training_round.project.prompts.order_by("id")
+    held_out = prompts.filter(split=Prompt.Split.EVAL)
+    prompts = [p.messages for p in (held_out if held_out.exists() else prompts)[:EVAL_PROMPTS]]
     training_round.beat(stage="eval")
     logger.info("Evaluating the policy on %s prompts", len(prompts))
     return evaluate_policy(
@@ -486,7 +476,8 @@ def fail_stale_rounds() -> int:
             "its machine. Relaunch the round to train again."
         )
         # Conditional on the heartbeat too: a worker that beat just now is alive after all.
-        if TrainingRound.objects.filter(pk=training_round.pk, status="running", heartbeat_at=seen).update(
+        running = {"status": TrainingRound.Status.RUNNING, "heartbeat_at": seen}
+        if TrainingRound.objects.filter(pk=training_round.pk, **running).update(
             status=TrainingRound.Status.FAILED, error=message, finished_at=training_round.heartbeat_at
         ):
             logger.warning("Round %s: %s", training_round.pk, message)

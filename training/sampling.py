@@ -7,9 +7,9 @@ After a policy round (reward→PPO, DPO, SFT) succeeds, and for a "sample" round
   sample, else a response already there, else one sampled from the base model now), to measure the round;
 - train prompts (`sample_prompts` of them, drawn at random with the round's number as seed): `samples_per_prompt`
   samples each (K), and among them one pairwise task per prompt: a random pair, or with pair_selection
-  "uncertainty" the pair the reward model separates least (smallest |r(a) − r(b)|), the most uncertain prompts
-  first (task priority); a ranking task of all K when K >= 3 and the project enables ranking; a rating task of
-  each sample when the project asks for them.
+  "uncertainty" the pair the reward model separates least (smallest |r(a) − r(b)|), created most uncertain
+  first, so the queue (which serves equal priorities oldest first) gives them in that order; a ranking task of
+  all K when K >= 3 and the project enables ranking; a rating task of each sample when the project asks.
 
 Responses record the model version and the sampling parameters; tasks carry the round's number. Eval tasks come
 before train tasks in the queue (priority 10 above). All tasks of a round are written in one transaction.
@@ -49,37 +49,23 @@ def sample_into_queue(
     train_ids = list(project.prompts.filter(split=Prompt.Split.TRAIN).values_list("id", flat=True))
     train_ids = random.Random(round_number).sample(train_ids, min(project.sample_prompts, len(train_ids)))
     train_prompts = list(Prompt.objects.filter(id__in=train_ids).order_by("id"))
-    prompts = eval_prompts + train_prompts
-    if not prompts:
+    # One sample per eval prompt, K per train prompt: each sequence is one row of the batched generation.
+    asked = eval_prompts + [prompt for prompt in train_prompts for _ in range(project.samples_per_prompt)]
+    if not asked:
         logger.info("No prompts to sample")
         return {"responses": 0, "tasks": 0}
 
-    k = project.samples_per_prompt
-    logger.info("Sampling %s x %s from %s", len(prompts), k, policy)
+    logger.info("Sampling %s sequences from %s", len(asked), policy)
     params = {name: getattr(config, name) for name in ("max_new_tokens", "temperature", "top_p", "seed")}
-    samples = generate(
-        policy.path,
-        [prompt.messages for prompt in prompts],
-        num_samples=k,
-        batch_size=config.batch_size,
-        progress=progress,
-        **params,
+    texts = generate(
+        policy.path, [p.messages for p in asked], batch_size=config.batch_size, progress=progress, **params
     )
-    samples = [[_storable(text) for text in texts] for texts in samples]
-    opponents = _opponents(eval_prompts, previous, base_model, config)
+    opponents = _opponents(eval_prompts, previous, base_model, config, params)
 
     with transaction.atomic():
         made = [
-            Response(
-                prompt=prompt,
-                content=text,
-                source=Response.Source.MODEL,
-                model_version=policy,
-                generation_params={**params, "round": round_number},
-            )
-            # An eval prompt needs one sample: the first of its K.
-            for prompt, texts in zip(prompts, samples, strict=True)
-            for text in (texts[:1] if prompt.split == Prompt.Split.EVAL else texts)
+            _response(prompt, text[0], policy, {**params, "round": round_number})
+            for prompt, text in zip(asked, texts, strict=True)
         ]
         Response.objects.bulk_create(made)
         by_prompt: dict[int, list[Response]] = {}
@@ -90,8 +76,8 @@ def sample_into_queue(
         for prompt in eval_prompts:
             if opponent := opponents.get(prompt.pk):
                 tasks.append((prompt, TaskKind.PAIRWISE, [by_prompt[prompt.pk][0], opponent], EVAL_PRIORITY))
-        for prompt, pair, priority in _train_pairs(project, train_prompts, by_prompt, reward_path):
-            tasks.append((prompt, TaskKind.PAIRWISE, pair, priority))
+        for prompt, pair in _train_pairs(project, train_prompts, by_prompt, reward_path):
+            tasks.append((prompt, TaskKind.PAIRWISE, pair, 0))
         for prompt in train_prompts:
             answers = by_prompt[prompt.pk]
             if len(answers) >= 3 and TaskKind.RANKING in project.task_kinds:
@@ -104,7 +90,7 @@ def sample_into_queue(
 
 
 def _opponents(
-    eval_prompts: list[Prompt], previous: ModelVersion | None, base_model: str, config: Any
+    eval_prompts: list[Prompt], previous: ModelVersion | None, base_model: str, config: Any, params: dict[str, Any]
 ) -> dict[int, Response]:
     """Per eval prompt, what the new sample is compared with: the previous policy's answer to it, or another."""
     from training.engine.generate import generate
@@ -121,32 +107,18 @@ def _opponents(
         missing = [p for p in missing if p.pk not in opponents]
     if missing and (path := previous.path if previous else base_model):
         logger.info("Sampling %s eval prompts from %s to compare against", len(missing), previous or base_model)
-        texts = generate(
-            path,
-            [p.messages for p in missing],
-            num_samples=1,
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            batch_size=config.batch_size,
-            seed=config.seed,
-        )
+        texts = generate(path, [p.messages for p in missing], batch_size=config.batch_size, **params)
         made = Response.objects.bulk_create(
-            Response(
-                prompt=p, content=_storable(t[0]), source=Response.Source.MODEL, model_version=previous,
-                generation_params={"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
-                                   "top_p": config.top_p, "seed": config.seed},
-            )
-            for p, t in zip(missing, texts, strict=True)
-        )  # fmt: skip
+            _response(p, t[0], previous, params) for p, t in zip(missing, texts, strict=True)
+        )
         opponents.update({response.prompt_id: response for response in made})
     return opponents
 
 
 def _train_pairs(
     project: Project, prompts: list[Prompt], by_prompt: dict[int, list[Response]], reward_path: str
-) -> list[tuple[Prompt, list[Response], int]]:
-    """(prompt, the two samples to compare, priority) per train prompt with two samples or more."""
+) -> list[tuple[Prompt, list[Response]]]:
+    """(prompt, the two samples to compare) per train prompt with two samples or more, in queue order."""
     eligible = [p for p in prompts if len(by_prompt[p.pk]) >= 2]
     if project.pair_selection == "uncertainty" and reward_path and eligible:
         from training.engine.generate import score
@@ -162,13 +134,12 @@ def _train_pairs(
             scored.sort(key=lambda pair: pair[0])
             gap, i = min((scored[j + 1][0] - scored[j][0], j) for j in range(len(scored) - 1))
             chosen.append((gap, prompt, [scored[i][1], scored[i + 1][1]]))
-        chosen.sort(key=lambda row: row[0])
-        # Most uncertain first: priorities len..1 in queue order (above 0, below the eval tasks).
-        return [(p, pair, min(len(chosen) - rank, EVAL_PRIORITY - 1)) for rank, (_, p, pair) in enumerate(chosen)]
+        chosen.sort(key=lambda row: row[0])  # most uncertain first
+        return [(p, pair) for _, p, pair in chosen]
     if project.pair_selection == "uncertainty" and eligible:
         logger.warning("No reward model to rank the samples by: pairs are drawn at random")
     rng = random.Random(project.pk)
-    return [(p, rng.sample(by_prompt[p.pk], 2), 0) for p in eligible]
+    return [(p, rng.sample(by_prompt[p.pk], 2)) for p in eligible]
 
 
 def _create_tasks(project: Project, tasks: list[tuple[Prompt, str, list[Response], int]], round_number: int) -> None:
@@ -192,6 +163,13 @@ def _create_tasks(project: Project, tasks: list[tuple[Prompt, str, list[Response
     project.count_tasks(added=len(rows))  # bulk_create skips Task.save, which counts
 
 
-def _storable(text: str) -> str:
-    """Model text as a database can hold it: PostgreSQL refuses NUL characters, which byte-level models can emit."""
-    return text.replace("\x00", "\ufffd")
+def _response(prompt: Prompt, text: str, version: ModelVersion | None, params: dict[str, Any]) -> Response:
+    """A sampled response, as a database can hold it: PostgreSQL refuses NUL characters, which byte-level models
+    can emit."""
+    return Response(
+        prompt=prompt,
+        content=text.replace("\x00", "\ufffd"),
+        source=Response.Source.MODEL,
+        model_version=version,
+        generation_params=params,
+    )

@@ -247,20 +247,20 @@ class TestSamplesBackIntoTheQueue:
         assert "New samples in the queue: 28 responses, 16 tasks" in training_round.log_tail
 
     def test_uncertainty_pairs_the_closest_rewards_first_and_three_samples_also_make_a_ranking(
-        self, pairs_project, policy
+        self, pairs_project, policy, lead
     ):
         pairs_project.pair_selection, pairs_project.samples_per_prompt = "uncertainty", 3
         pairs_project.save()
         training_round = run_round(launch(pairs_project, policy, "ppo", settings_={"ppo.max_new_tokens": "8"}).pk)
         assert training_round.status == "succeeded", training_round.error
         pairwise = Task.objects.filter(round_number=1, prompt__split="train", kind="pairwise")
-        priorities = sorted(pairwise.values_list("priority", flat=True), reverse=True)
-        assert priorities == [9, 9, 9, 9, 8, 7, 6, 5, 4, 3, 2, 1]  # most uncertain first, below the eval tasks
+        assert set(pairwise.values_list("priority", flat=True)) == {0}  # below the eval tasks
         assert Task.objects.filter(round_number=1, kind="ranking").count() == 12
 
         from training.engine.generate import score
 
         reward = ModelVersion.objects.get(kind="reward")
+        smallest_gaps = []
         for task in pairwise:
             chosen = set(task.responses.values_list("pk", flat=True))
             samples = list(Response.objects.filter(prompt=task.prompt, model_version__kind="policy"))
@@ -269,6 +269,11 @@ class TestSamplesBackIntoTheQueue:
             by_reward = sorted(zip(rewards, [r.pk for r in samples], strict=True))
             gaps = [(b[0] - a[0], {a[1], b[1]}) for a, b in zip(by_reward, by_reward[1:], strict=False)]
             assert chosen == min(gaps, key=lambda gap: gap[0])[1]
+            smallest_gaps.append((min(gaps, key=lambda gap: gap[0])[0], task.pk))
+        # Most uncertain first: the queue serves tasks of one priority in id order.
+        queue = [task.pk for task in pairs_project.available_tasks(lead, timezone.now()) if task.kind == "pairwise"]
+        train_queue = [pk for pk in queue if pk in {pk for _, pk in smallest_gaps}]
+        assert train_queue == [pk for _, pk in sorted(smallest_gaps)]
 
     def test_a_sample_round_samples_a_registered_version_on_demand(self, pairs_project, policy):
         run_round(launch(pairs_project, policy, "dpo").pk)
