@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
+from annotate.access import get_project_for_user, get_project_led_by_user
 from annotate.models import REMAINING_CAP, ApiToken, Assignment, LeaseError, Membership, Project, Task, TaskKind
 
 REMAINING_RECOUNT_SECONDS = 60
@@ -25,19 +26,9 @@ PREFERENCES = [
 ]
 
 
-def _get_project_for_user(request: HttpRequest, project_slug: str) -> Project:
-    """The project if the user belongs to it; 404 otherwise, so outsiders cannot tell it exists."""
-    return get_object_or_404(Project.objects.for_user(request.user), slug=project_slug)
-
-
-def _get_project_led_by_user(request: HttpRequest, project_slug: str) -> Project:
-    """The project if the user leads it (or is a superuser); 404 for annotators and outsiders alike."""
-    return get_object_or_404(Project.objects.led_by(request.user), slug=project_slug)
-
-
 def _get_assignment_for_user(request: HttpRequest, project_slug: str, assignment_id: int) -> Assignment:
     """The user's own lease in a project they belong to; 404 for anyone else's, so lease ids cannot be probed."""
-    project = _get_project_for_user(request, project_slug)
+    project = get_project_for_user(request, project_slug)
     return get_object_or_404(
         Assignment.objects.select_related("task__prompt", "task__project"),
         pk=assignment_id,
@@ -58,7 +49,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def project_detail(request: HttpRequest, project_slug: str) -> HttpResponse:
-    project = _get_project_for_user(request, project_slug)
+    project = get_project_for_user(request, project_slug)
     return render(
         request,
         "annotate/project_detail.html",
@@ -73,13 +64,13 @@ def project_detail(request: HttpRequest, project_slug: str) -> HttpResponse:
 
 @login_required
 def guidelines(request: HttpRequest, project_slug: str) -> HttpResponse:
-    project = _get_project_for_user(request, project_slug)
+    project = get_project_for_user(request, project_slug)
     return render(request, "annotate/guidelines.html", {"project": project})
 
 
 @login_required
 def task_page(request: HttpRequest, project_slug: str) -> HttpResponse:
-    project = _get_project_for_user(request, project_slug)
+    project = get_project_for_user(request, project_slug)
     return _render_task(request, project, project.next_assignment(request.user))
 
 
@@ -116,7 +107,7 @@ def skip_assignment(request: HttpRequest, project_slug: str, assignment_id: int)
 
 @login_required
 def project_stats(request: HttpRequest, project_slug: str) -> HttpResponse:
-    project = _get_project_led_by_user(request, project_slug)
+    project = get_project_led_by_user(request, project_slug)
     stats = project.lead_stats()
     busiest_hour = max((n for _hour, n in stats["per_hour"]), default=0)
     return render(

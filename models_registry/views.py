@@ -2,20 +2,15 @@
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 
-from annotate.models import Project
+from annotate.access import get_project_led_by_user
 from models_registry.measures import cross_version_votes, leaderboard, reward_accuracies, round_win_rates
-
-
-def _get_project_led_by_user(request: HttpRequest, project_slug: str) -> Project:
-    """The project if the user leads it (or is a superuser); 404 for annotators and outsiders alike."""
-    return get_object_or_404(Project.objects.led_by(request.user), slug=project_slug)
 
 
 @login_required
 def model_leaderboard(request: HttpRequest, project_slug: str) -> HttpResponse:
-    project = _get_project_led_by_user(request, project_slug)
+    project = get_project_led_by_user(request, project_slug)
     votes = cross_version_votes(project)  # read once, measured three ways
     context = {
         "project": project,

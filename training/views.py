@@ -5,20 +5,15 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from annotate.models import Project
+from annotate.access import get_project_led_by_user
 from training.charts import charts_for
 from training.models import TrainingRound
 
 POLL_SECONDS = 2
 
 
-def _get_project_led_by_user(request: HttpRequest, project_slug: str) -> Project:
-    """The project if the user leads it (or is a superuser); 404 for annotators and outsiders alike."""
-    return get_object_or_404(Project.objects.led_by(request.user), slug=project_slug)
-
-
 def _get_round_for_lead(request: HttpRequest, project_slug: str, number: int) -> TrainingRound:
-    project = _get_project_led_by_user(request, project_slug)
+    project = get_project_led_by_user(request, project_slug)
     return get_object_or_404(
         TrainingRound.objects.select_related("project", "snapshot", "created_by"), project=project, number=number
     )
@@ -26,7 +21,7 @@ def _get_round_for_lead(request: HttpRequest, project_slug: str, number: int) ->
 
 @login_required
 def round_list(request: HttpRequest, project_slug: str) -> HttpResponse:
-    project = _get_project_led_by_user(request, project_slug)
+    project = get_project_led_by_user(request, project_slug)
     rounds = project.training_rounds.select_related("snapshot", "created_by")
     return render(request, "training/round_list.html", {"project": project, "rounds": rounds})
 
