@@ -281,6 +281,12 @@ def lora_config(config: BaseConfig, task_type: TaskType | str) -> LoraConfig:
     )
 
 
+def new_adapter(config: BaseConfig, model: Any, task_type: TaskType | str) -> LoraConfig | None:
+    """The adapter for TRL to add to `model`: none when training whole, or when the model carries one already
+    (a stage continuing from an adapter directory)."""
+    return lora_config(config, task_type) if config.use_lora and not isinstance(model, PeftModel) else None
+
+
 # Data -------------------------------------------------------------------------------------------------------------
 
 
@@ -383,6 +389,11 @@ def run_training(
 
 def numbers(logs: Mapping[str, Any]) -> dict[str, float]:
     return {key: float(value) for key, value in logs.items() if isinstance(value, int | float)}
+
+
+def evaluate(trainer: Any) -> dict[str, float]:
+    """The trainer's metrics on its eval dataset, without the "eval_" prefix."""
+    return {key.removeprefix("eval_"): value for key, value in numbers(trainer.evaluate()).items()}
 
 
 def _keep_going(step: int, total: int, metrics: dict[str, float]) -> bool:

@@ -8,7 +8,6 @@ adapter disabled, so no second copy sits in memory (continuing an adapter, TRL f
 
 from dataclasses import dataclass
 
-from peft import PeftModel
 from transformers import set_seed
 from trl import DPOConfig as TRLDPOConfig
 from trl import DPOTrainer
@@ -17,11 +16,11 @@ from training.engine.common import (
     BaseConfig,
     ProgressFn,
     StageResult,
+    evaluate,
     load_policy,
     load_rows,
     load_tokenizer,
-    lora_config,
-    numbers,
+    new_adapter,
     run_training,
     split_dataset,
     trainer_arguments,
@@ -71,13 +70,13 @@ def train_dpo(config: DPOConfig, data_file: str, output_dir: str, progress: Prog
         train_dataset=train_pairs,
         eval_dataset=eval_pairs,
         processing_class=tokenizer,
-        peft_config=lora_config(config, "CAUSAL_LM") if config.use_lora and not isinstance(model, PeftModel) else None,
+        peft_config=new_adapter(config, model, "CAUSAL_LM"),
     )
     metrics, stopped = run_training(trainer, output_dir, resume=config.resume, progress=progress)
     report = {}
     if eval_pairs is not None:
         # rewards/accuracies: share of held-out pairs with r(x, y_w) > r(x, y_l); rewards/margins: their mean gap.
-        evaluation = {key.removeprefix("eval_"): value for key, value in numbers(trainer.evaluate()).items()}
+        evaluation = evaluate(trainer)
         report = {
             "accuracy": evaluation["rewards/accuracies"],
             "margin": evaluation["rewards/margins"],

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, set_seed
 from trl import RewardConfig as TRLRewardConfig
 from trl import RewardTrainer
@@ -21,7 +20,7 @@ from training.engine.common import (
     load_model,
     load_rows,
     load_tokenizer,
-    lora_config,
+    new_adapter,
     run_training,
     split_dataset,
     trainer_arguments,
@@ -66,7 +65,7 @@ def train_reward(
         eval_dataset=eval_pairs,
         processing_class=tokenizer,
         # SEQ_CLS makes PEFT train (and save) the score head in full beside the adapter.
-        peft_config=lora_config(config, "SEQ_CLS") if config.use_lora and not isinstance(model, PeftModel) else None,
+        peft_config=new_adapter(config, model, "SEQ_CLS"),
     )
     metrics, stopped = run_training(trainer, output_dir, resume=config.resume, progress=progress)
     return StageResult(

@@ -8,7 +8,6 @@ markers say which tokens those are, so the policy learns to write answers, not p
 import math
 from dataclasses import dataclass
 
-from peft import PeftModel
 from transformers import set_seed
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
@@ -17,11 +16,11 @@ from training.engine.common import (
     BaseConfig,
     ProgressFn,
     StageResult,
+    evaluate,
     load_policy,
     load_rows,
     load_tokenizer,
-    lora_config,
-    numbers,
+    new_adapter,
     read_export,
     run_training,
     split_dataset,
@@ -57,12 +56,12 @@ def train_sft(config: SFTConfig, data_file: str, output_dir: str, progress: Prog
         train_dataset=train_rows,
         eval_dataset=eval_rows,
         processing_class=tokenizer,
-        peft_config=lora_config(config, "CAUSAL_LM") if config.use_lora and not isinstance(model, PeftModel) else None,
+        peft_config=new_adapter(config, model, "CAUSAL_LM"),
     )
     metrics, stopped = run_training(trainer, output_dir, resume=config.resume, progress=progress)
     report = {}
     if eval_rows is not None:
-        evaluation = {key.removeprefix("eval_"): value for key, value in numbers(trainer.evaluate()).items()}
+        evaluation = evaluate(trainer)
         report = {
             "loss": evaluation["loss"],  # mean cross-entropy per trained token on held-out conversations
             "perplexity": math.exp(min(evaluation["loss"], 50.0)),
