@@ -111,7 +111,7 @@ _ERROR_TEXT = {
 _FIELD_ERRORS = OpenApiResponse(OpenApiTypes.OBJECT, description='Invalid input, by field: {"score": ["…"]}.')
 
 
-def _errors(*codes: int) -> dict[int, OpenApiResponse]:
+def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
     return {
         code: _FIELD_ERRORS if code == 400 else OpenApiResponse(ErrorSerializer, _ERROR_TEXT[code]) for code in codes
     }
@@ -136,7 +136,7 @@ def _project_for(request: Request, slug: str) -> Project:
     return project
 
 
-def _project_led_by(request: Request, slug: str) -> Project:
+def project_led_by(request: Request, slug: str) -> Project:
     """The project if the user leads it; 404 for outsiders, 403 for its annotators."""
     project = _project_for(request, slug)
     if project.role != Membership.Role.LEAD:
@@ -144,14 +144,14 @@ def _project_led_by(request: Request, slug: str) -> Project:
     return project
 
 
-def _get_or_404(queryset: QuerySet, **lookup: Any) -> Any:
+def get_or_404(queryset: QuerySet, **lookup: Any) -> Any:
     found = queryset.filter(**lookup).first()
     if found is None:
         raise exceptions.NotFound()
     return found
 
 
-def _valid(serializer_class: type, data: Any) -> dict[str, Any]:
+def validated(serializer_class: type, data: Any) -> dict[str, Any]:
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data
@@ -161,7 +161,7 @@ def _valid(serializer_class: type, data: Any) -> dict[str, Any]:
 
 
 class MeView(APIView):
-    @extend_schema(responses={200: MeSerializer, **_errors(401)})
+    @extend_schema(responses={200: MeSerializer, **error_responses(401)})
     def get(self, request: Request) -> Response:
         return Response(MeSerializer(request.user, context={"request": request}).data)
 
@@ -181,12 +181,12 @@ class LoginView(APIView):
             400: OpenApiResponse(
                 OpenApiTypes.OBJECT, 'Missing fields, by field, or {"detail": "Wrong username or password."}.'
             ),
-            **_errors(429),
+            **error_responses(429),
         },
         auth=[],
     )
     def post(self, request: Request) -> Response:
-        data = _valid(LoginIn, request.data)
+        data = validated(LoginIn, request.data)
         user = authenticate(request, username=data["username"], password=data["password"])
         if user is None:
             return Response({"detail": "Wrong username or password."}, status=400)
@@ -194,7 +194,7 @@ class LoginView(APIView):
         return Response(NewTokenSerializer(token, context={"plaintext": plaintext}).data, status=201)
 
 
-@extend_schema_view(get=extend_schema(responses={200: TokenSerializer(many=True), **_errors(401, 404)}))
+@extend_schema_view(get=extend_schema(responses={200: TokenSerializer(many=True), **error_responses(401, 404)}))
 class TokenListView(ListAPIView):
     """Your API tokens, newest first; revoked ones stay listed with revoked_at."""
 
@@ -204,29 +204,29 @@ class TokenListView(ListAPIView):
     def get_queryset(self) -> QuerySet[ApiToken]:
         return self.request.user.api_tokens.all()
 
-    @extend_schema(request=TokenIn, responses={201: NewTokenSerializer, **_errors(400, 401, 403)})
+    @extend_schema(request=TokenIn, responses={201: NewTokenSerializer, **error_responses(400, 401, 403)})
     def post(self, request: Request) -> Response:
         """Make a token: the response holds its plaintext, which is shown this once. Needs a session or password."""
         # A leaked token that could make tokens would outlive its own revocation.
         if isinstance(request.auth, ApiToken):
             raise exceptions.PermissionDenied("A token cannot make tokens: use /tokens/ or POST /api/v1/auth/token/.")
-        data = _valid(TokenIn, request.data)
+        data = validated(TokenIn, request.data)
         token, plaintext = ApiToken.issue(request.user, data["name"])
         return Response(NewTokenSerializer(token, context={"plaintext": plaintext}).data, status=201)
 
 
 class TokenDetailView(APIView):
-    @extend_schema(responses={204: None, **_errors(401, 404)})
+    @extend_schema(responses={204: None, **error_responses(401, 404)})
     def delete(self, request: Request, token_id: int) -> Response:
         """Revoke a token: refused from now on, and still listed. Revoking it again changes nothing."""
-        _get_or_404(request.user.api_tokens, pk=token_id).revoke()
+        get_or_404(request.user.api_tokens, pk=token_id).revoke()
         return Response(status=204)
 
 
 # Projects ----------------------------------------------------------------------------------------------------
 
 
-@extend_schema_view(get=extend_schema(responses={200: ProjectSerializer(many=True), **_errors(401, 404)}))
+@extend_schema_view(get=extend_schema(responses={200: ProjectSerializer(many=True), **error_responses(401, 404)}))
 class ProjectListView(ListAPIView):
     """The projects you are a member of (every project, for superusers), with your role."""
 
@@ -237,13 +237,13 @@ class ProjectListView(ListAPIView):
 
 
 class ProjectDetailView(APIView):
-    @extend_schema(responses={200: ProjectSerializer, **_errors(401, 404)})
+    @extend_schema(responses={200: ProjectSerializer, **error_responses(401, 404)})
     def get(self, request: Request, slug: str) -> Response:
         return Response(ProjectSerializer(_project_for(request, slug)).data)
 
 
 class ProjectStatsView(APIView):
-    @extend_schema(responses={200: StatsSerializer, **_errors(401, 404)})
+    @extend_schema(responses={200: StatsSerializer, **error_responses(401, 404)})
     def get(self, request: Request, slug: str) -> Response:
         """Your progress here; for leads also the project's figures (`lead`, null for annotators)."""
         project = _project_for(request, slug)
@@ -253,7 +253,7 @@ class ProjectStatsView(APIView):
 
 @extend_schema_view(
     get=extend_schema(
-        parameters=[PromptFilter], responses={200: PromptSerializer(many=True), **_errors(400, 401, 403, 404)}
+        parameters=[PromptFilter], responses={200: PromptSerializer(many=True), **error_responses(400, 401, 403, 404)}
     )
 )
 class PromptListView(ListAPIView):
@@ -262,15 +262,16 @@ class PromptListView(ListAPIView):
     serializer_class = PromptSerializer
 
     def get_queryset(self) -> QuerySet[Prompt]:
-        prompts = _project_led_by(self.request, self.kwargs["slug"]).prompts.all()
-        if split := _valid(PromptFilter, self.request.query_params).get("split"):
+        prompts = project_led_by(self.request, self.kwargs["slug"]).prompts.all()
+        if split := validated(PromptFilter, self.request.query_params).get("split"):
             prompts = prompts.filter(split=split)
         return prompts
 
 
 @extend_schema_view(
     get=extend_schema(
-        parameters=[ResponseFilter], responses={200: ResponseSerializer(many=True), **_errors(400, 401, 403, 404)}
+        parameters=[ResponseFilter],
+        responses={200: ResponseSerializer(many=True), **error_responses(400, 401, 403, 404)},
     )
 )
 class ResponseListView(ListAPIView):
@@ -279,9 +280,9 @@ class ResponseListView(ListAPIView):
     serializer_class = ResponseSerializer
 
     def get_queryset(self) -> QuerySet[ModelResponse]:
-        project = _project_led_by(self.request, self.kwargs["slug"])
+        project = project_led_by(self.request, self.kwargs["slug"])
         responses = ModelResponse.objects.filter(prompt__project=project)
-        if prompt := _valid(ResponseFilter, self.request.query_params).get("prompt"):
+        if prompt := validated(ResponseFilter, self.request.query_params).get("prompt"):
             responses = responses.filter(prompt_id=prompt)
         return responses
 
@@ -302,12 +303,12 @@ class ImportView(APIView):
         responses={
             201: ImportResultSerializer,
             400: OpenApiResponse(ImportErrorSerializer, "The file was refused, naming the line and field."),
-            **_errors(401, 403, 404),
+            **error_responses(401, 403, 404),
         },
     )
     def post(self, request: Request, slug: str) -> Response:
         """Import a JSONL or CSV file (optionally gzipped), all or nothing; the formats of `manage.py import_data`."""
-        project = _project_led_by(request, slug)
+        project = project_led_by(request, slug)
         upload = ImportIn(data=request.data)
         if not upload.is_valid():
             # One shape for every refusal here, whether of the upload or of a line in it.
@@ -324,7 +325,7 @@ def _assignment_for(request: Request, slug: str, assignment_id: int) -> Assignme
     """The user's own lease in a project they belong to; 404 for anyone else's, so lease ids cannot be probed."""
     project = _project_for(request, slug)
     assignments = Assignment.objects.select_related("task__project", "task__prompt")
-    return _get_or_404(assignments, pk=assignment_id, task__project=project, annotator=request.user)
+    return get_or_404(assignments, pk=assignment_id, task__project=project, annotator=request.user)
 
 
 class NextTaskView(APIView):
@@ -333,7 +334,7 @@ class NextTaskView(APIView):
         responses={
             200: LeaseSerializer,
             204: OpenApiResponse(description="Nothing is left for you in this project now."),
-            **_errors(400, 401, 404),
+            **error_responses(400, 401, 404),
             409: OpenApiResponse(ErrorSerializer, "With reuse_lease false: you already hold max_open_leases leases."),
         },
     )
@@ -343,7 +344,7 @@ class NextTaskView(APIView):
         The responses come in the order this lease shows them, lettered A, B, …; answer in those terms.
         """
         project = _project_for(request, slug)
-        reuse_lease = _valid(NextIn, request.data)["reuse_lease"]
+        reuse_lease = validated(NextIn, request.data)["reuse_lease"]
         assignment = project.next_assignment(request.user, reuse_lease=reuse_lease)
         if assignment is not None:
             return Response(LeaseSerializer(assignment).data)
@@ -358,17 +359,17 @@ class NextTaskView(APIView):
 class SubmitView(APIView):
     throttle_scope = "submit"
 
-    @extend_schema(request=AnswerIn, responses={200: AnnotationSerializer, **_errors(400, 401, 404, 409, 429)})
+    @extend_schema(request=AnswerIn, responses={200: AnnotationSerializer, **error_responses(400, 401, 404, 409, 429)})
     def post(self, request: Request, slug: str, assignment_id: int) -> Response:
         """Answer a lease (throttled: scope `submit`). Sending the same answer twice stores it once: both succeed."""
         assignment = _assignment_for(request, slug, assignment_id)
-        answer = assignment.answer_from_form(AnswerIn.form_data(_valid(AnswerIn, request.data)))
+        answer = assignment.answer_from_form(AnswerIn.form_data(validated(AnswerIn, request.data)))
         annotation = assignment.submit(answer, user=request.user)
         return Response(AnnotationSerializer(annotation).data)
 
 
 class SkipView(APIView):
-    @extend_schema(request=None, responses={204: None, **_errors(401, 404, 409)})
+    @extend_schema(request=None, responses={204: None, **error_responses(401, 404, 409)})
     def post(self, request: Request, slug: str, assignment_id: int) -> Response:
         """Give the task back; you will not be given it again."""
         _assignment_for(request, slug, assignment_id).skip(user=request.user)
@@ -377,7 +378,8 @@ class SkipView(APIView):
 
 @extend_schema_view(
     get=extend_schema(
-        parameters=[AnnotationFilter], responses={200: AnnotationSerializer(many=True), **_errors(400, 401, 404)}
+        parameters=[AnnotationFilter],
+        responses={200: AnnotationSerializer(many=True), **error_responses(400, 401, 404)},
     )
 )
 class AnnotationListView(ListAPIView):
@@ -394,7 +396,7 @@ class AnnotationListView(ListAPIView):
         )
         if project.role != Membership.Role.LEAD:
             annotations = annotations.filter(annotator=self.request.user)
-        if task := _valid(AnnotationFilter, self.request.query_params).get("task"):
+        if task := validated(AnnotationFilter, self.request.query_params).get("task"):
             annotations = annotations.filter(task_id=task)
         return annotations
 
@@ -402,7 +404,7 @@ class AnnotationListView(ListAPIView):
 # Exports -----------------------------------------------------------------------------------------------------
 
 
-@extend_schema_view(get=extend_schema(responses={200: SnapshotSerializer(many=True), **_errors(401, 403, 404)}))
+@extend_schema_view(get=extend_schema(responses={200: SnapshotSerializer(many=True), **error_responses(401, 403, 404)}))
 class ExportListView(ListAPIView):
     """The project's dataset exports, newest first (leads)."""
 
@@ -410,13 +412,13 @@ class ExportListView(ListAPIView):
     pagination_class = NewestFirstPagination
 
     def get_queryset(self) -> QuerySet[DatasetSnapshot]:
-        return _project_led_by(self.request, self.kwargs["slug"]).snapshots.select_related("project", "created_by")
+        return project_led_by(self.request, self.kwargs["slug"]).snapshots.select_related("project", "created_by")
 
-    @extend_schema(request=ExportIn, responses={202: SnapshotSerializer, **_errors(400, 401, 403, 404)})
+    @extend_schema(request=ExportIn, responses={202: SnapshotSerializer, **error_responses(400, 401, 403, 404)})
     def post(self, request: Request, slug: str) -> Response:
         """Start an export; it runs in the background: poll it until status is ready, then download it."""
-        project = _project_led_by(request, slug)
-        data = _valid(ExportIn, request.data)
+        project = project_led_by(request, slug)
+        data = validated(ExportIn, request.data)
         snapshot = create_snapshot(
             project,
             kind=data["kind"],
@@ -431,12 +433,12 @@ class ExportListView(ListAPIView):
 
 
 def _snapshot_for(request: Request, slug: str, snapshot_id: int) -> DatasetSnapshot:
-    project = _project_led_by(request, slug)
-    return _get_or_404(project.snapshots.select_related("project", "created_by"), pk=snapshot_id)
+    project = project_led_by(request, slug)
+    return get_or_404(project.snapshots.select_related("project", "created_by"), pk=snapshot_id)
 
 
 class ExportDetailView(APIView):
-    @extend_schema(responses={200: SnapshotSerializer, **_errors(401, 403, 404)})
+    @extend_schema(responses={200: SnapshotSerializer, **error_responses(401, 403, 404)})
     def get(self, request: Request, slug: str, snapshot_id: int) -> Response:
         """One export: status, rows written so far, and when ready its row count and sha256."""
         return Response(SnapshotSerializer(_snapshot_for(request, slug, snapshot_id)).data)
@@ -465,7 +467,7 @@ class ExportDownloadView(APIView):
     @extend_schema(
         responses={
             **{(200, media_type): OpenApiTypes.BINARY for media_type in EXPORT_MEDIA_TYPES.values()},
-            **_errors(401, 403, 404, 409),
+            **error_responses(401, 403, 404, 409),
         }
     )
     def get(self, request: Request, slug: str, snapshot_id: int) -> FileResponse:

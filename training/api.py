@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotate.api import _errors, _get_or_404, _project_led_by, _valid
+from annotate.api import error_responses, get_or_404, project_led_by, validated
 from annotate.api_defaults import NewestFirstPagination
 from annotate.models import Project
 from annotate.serializers import ErrorSerializer
@@ -49,7 +49,7 @@ def _rounds(project: Project) -> QuerySet[TrainingRound]:
 
 
 def _round_for(request: Request, slug: str, number: int) -> TrainingRound:
-    return _get_or_404(_rounds(_project_led_by(request, slug)), number=number)
+    return get_or_404(_rounds(project_led_by(request, slug)), number=number)
 
 
 def _round_created(training_round: TrainingRound) -> Response:
@@ -57,7 +57,7 @@ def _round_created(training_round: TrainingRound) -> Response:
     return Response(RoundDetailSerializer(training_round).data, status=201, headers={"Location": location})
 
 
-@extend_schema_view(get=extend_schema(responses={200: RoundSerializer(many=True), **_errors(401, 403, 404)}))
+@extend_schema_view(get=extend_schema(responses={200: RoundSerializer(many=True), **error_responses(401, 403, 404)}))
 class RoundListView(ListAPIView):
     """The project's training rounds, newest first (leads)."""
 
@@ -65,13 +65,15 @@ class RoundListView(ListAPIView):
     pagination_class = NewestFirstPagination
 
     def get_queryset(self) -> QuerySet[TrainingRound]:
-        return _rounds(_project_led_by(self.request, self.kwargs["slug"]))
+        return _rounds(project_led_by(self.request, self.kwargs["slug"]))
 
-    @extend_schema(request=LaunchIn, responses={201: RoundDetailSerializer, 400: _REFUSED, **_errors(401, 403, 404)})
+    @extend_schema(
+        request=LaunchIn, responses={201: RoundDetailSerializer, 400: _REFUSED, **error_responses(401, 403, 404)}
+    )
     def post(self, request: Request, slug: str) -> Response:
         """Launch a round: checked as the admin's launch form checks it, then queued for a GPU worker; poll it."""
-        project = _project_led_by(request, slug)
-        data = _valid(LaunchIn, request.data)
+        project = project_led_by(request, slug)
+        data = validated(LaunchIn, request.data)
         training_round = launch_round(
             project,
             method=data["method"],
@@ -85,7 +87,7 @@ class RoundListView(ListAPIView):
 
 
 class RoundDetailView(APIView):
-    @extend_schema(responses={200: RoundDetailSerializer, **_errors(401, 403, 404)})
+    @extend_schema(responses={200: RoundDetailSerializer, **error_responses(401, 403, 404)})
     def get(self, request: Request, slug: str, number: int) -> Response:
         """One round: status, progress, its snapshot and config, the metric series, the log tail, what it registered."""
         return Response(RoundDetailSerializer(_round_for(request, slug, number)).data)
@@ -100,7 +102,7 @@ class RoundCancelView(APIView):
         request=None,
         responses={
             202: RoundDetailSerializer,
-            **_errors(401, 403, 404),
+            **error_responses(401, 403, 404),
             409: OpenApiResponse(ErrorSerializer, "The round has already finished."),
         },
     )
@@ -114,7 +116,9 @@ class RoundCancelView(APIView):
 
 
 class RoundRelaunchView(APIView):
-    @extend_schema(request=None, responses={201: RoundDetailSerializer, 400: _REFUSED, **_errors(401, 403, 404)})
+    @extend_schema(
+        request=None, responses={201: RoundDetailSerializer, 400: _REFUSED, **error_responses(401, 403, 404)}
+    )
     def post(self, request: Request, slug: str, number: int) -> Response:
         """A new round with this one's method, base, settings and filters (after a failure or a cancel)."""
         return _round_created(relaunch(_round_for(request, slug, number), user=request.user))
@@ -128,13 +132,13 @@ def _versions(project: Project) -> QuerySet[ModelVersion]:
 
 
 def _version_for(request: Request, slug: str, version_id: int) -> ModelVersion:
-    return _get_or_404(_versions(_project_led_by(request, slug)), pk=version_id)
+    return get_or_404(_versions(project_led_by(request, slug)), pk=version_id)
 
 
 @extend_schema_view(
     get=extend_schema(
         parameters=[ModelVersionFilter],
-        responses={200: ModelVersionSerializer(many=True), **_errors(400, 401, 403, 404)},
+        responses={200: ModelVersionSerializer(many=True), **error_responses(400, 401, 403, 404)},
     )
 )
 class ModelVersionListView(ListAPIView):
@@ -144,19 +148,19 @@ class ModelVersionListView(ListAPIView):
     pagination_class = NewestFirstPagination
 
     def get_queryset(self) -> QuerySet[ModelVersion]:
-        versions = _versions(_project_led_by(self.request, self.kwargs["slug"]))
-        return versions.filter(**_valid(ModelVersionFilter, self.request.query_params))
+        versions = _versions(project_led_by(self.request, self.kwargs["slug"]))
+        return versions.filter(**validated(ModelVersionFilter, self.request.query_params))
 
 
 class ModelVersionDetailView(APIView):
-    @extend_schema(responses={200: ModelVersionDetailSerializer, **_errors(401, 403, 404)})
+    @extend_schema(responses={200: ModelVersionDetailSerializer, **error_responses(401, 403, 404)})
     def get(self, request: Request, slug: str, version_id: int) -> Response:
         """One version by id: where it came from (base, parent, round, snapshot, config, code) and its evaluation."""
         return Response(ModelVersionDetailSerializer(_version_for(request, slug, version_id)).data)
 
 
 class ModelVersionPromoteView(APIView):
-    @extend_schema(request=None, responses={200: ModelVersionDetailSerializer, **_errors(401, 403, 404)})
+    @extend_schema(request=None, responses={200: ModelVersionDetailSerializer, **error_responses(401, 403, 404)})
     def post(self, request: Request, slug: str, version_id: int) -> Response:
         """Make this the project's active version of its kind; the one active before is archived."""
         version = _version_for(request, slug, version_id)
