@@ -25,7 +25,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from import_bench import OUTPUT, REPO_ROOT, WORDS, child_env, importer_version  # noqa: E402  (the same texts)
+from _machine import busy_percent, code_version, wait_until_quiet
+from import_bench import OUTPUT, REPO_ROOT, WORDS, child_env  # noqa: E402  (the same texts)
 
 SEED = 20261124
 DATABASE = "arbiter_export_bench"
@@ -64,28 +65,6 @@ def run_child(args: list[str], database_url: str, **env: str) -> tuple[dict, flo
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"benchmark child failed with exit code {os.waitstatus_to_exitcode(status)}")
     return json.loads(out.splitlines()[-1]), usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # KiB
-
-
-def busy_percent() -> float:
-    """How busy the machine's CPUs were over the next two seconds (other work skews every figure)."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-
-    total1, idle1 = sample()
-    time.sleep(2)
-    total2, idle2 = sample()
-    return 100 * (1 - (idle2 - idle1) / max(1, total2 - total1))
-
-
-def wait_until_quiet(limit: float, patience_s: float) -> float:
-    """Wait (at most `patience_s`) until the machine is less than `limit` percent busy; return the last sample."""
-    deadline = time.monotonic() + patience_s
-    while (busy := busy_percent()) >= limit and time.monotonic() < deadline:
-        print(f"  machine {busy:.0f} % busy, waiting for < {limit:.0f} %", file=sys.stderr)
-        time.sleep(10)
-    return busy
 
 
 # Children -----------------------------------------------------------------------------------------
@@ -166,18 +145,6 @@ def child_export(format: str, profile: Path | None) -> None:
 
 
 # Parent -------------------------------------------------------------------------------------------
-
-
-def code_version() -> str:
-    """The last commit of annotate/exports.py, marked when the working copy differs from it."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-
-    commit = git("log", "-1", "--format=%h", "--", "annotate/exports.py")
-    if not commit:
-        return "uncommitted"
-    return commit + ("+edits" if git("status", "--porcelain", "--", "annotate/exports.py") else "")
 
 
 def main() -> None:
@@ -276,16 +243,18 @@ def main() -> None:
     if imported:
         print("| Database | Importer | Pairs | File | Import time | Rows/s | Peak RSS |")
         print("|---|---|---:|---:|---:|---:|---:|")
+        importer = code_version("annotate/importing.py")
         print(
-            f"| {version} | {importer_version()} | {args.rows:,} | {size_mb:,.0f} MB | {imported[0]:.1f} s"
+            f"| {version} | {importer} | {args.rows:,} | {size_mb:,.0f} MB | {imported[0]:.1f} s"
             f" | {args.rows / imported[0]:,.0f} | {imported[1]:,.0f} MiB |"
         )
     print("| Database | Exporter | Pairs | Format | Output | Wall time | CPU | Rows/s | First byte | Peak RSS | Busy |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    exporter = code_version("annotate/exports.py")
     for format, runs in results.items():
         seconds = statistics.median(r["seconds"] for r in runs)
         print(
-            f"| {version} | {code_version()} | {runs[0]['rows']:,} | {format} | {runs[0]['bytes'] / 2**20:,.0f} MiB"
+            f"| {version} | {exporter} | {runs[0]['rows']:,} | {format} | {runs[0]['bytes'] / 2**20:,.0f} MiB"
             f" | {seconds:.1f} s | {statistics.median(r['cpu'] for r in runs):.1f} s | {runs[0]['rows'] / seconds:,.0f}"
             f" | {statistics.median(r['first_byte'] for r in runs):.2f} s"
             f" | {statistics.median(r['peak'] for r in runs):,.0f} MiB | {max(r['busy'] for r in runs):.0f} % |"

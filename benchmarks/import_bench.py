@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from _machine import code_version
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = REPO_ROOT / "benchmarks" / "output"
 SEED = 20241124
@@ -177,16 +179,6 @@ def child_import(path: Path, profile: Path | None) -> None:
     )
 
 
-def importer_version() -> str:
-    """The last commit of annotate/importing.py, marked when the working copy differs from it."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-
-    commit = git("log", "-1", "--format=%h", "--", "annotate/importing.py") or "unknown"
-    return commit + ("+edits" if git("status", "--porcelain", "--", "annotate/importing.py") else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000, help="rows to generate and import (default 100000)")
@@ -244,8 +236,9 @@ def main() -> None:
     print(f"\n{databases.version()}, {args.rows:,} rows ({size_mb:.0f} MB), median of {len(runs)} runs:")
     print("| Database | Importer | Rows | File | Import time | Rows/s | Peak RSS |")
     print("|---|---|---:|---:|---:|---:|---:|")
+    importer = code_version("annotate/importing.py")
     print(
-        f"| {databases.version()} | {importer_version()} | {args.rows:,} | {size_mb:.0f} MB | {seconds:.1f} s"
+        f"| {databases.version()} | {importer} | {args.rows:,} | {size_mb:.0f} MB | {seconds:.1f} s"
         f" | {args.rows / seconds:,.0f} | {peak:,.0f} MiB |"
     )
 

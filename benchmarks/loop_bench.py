@@ -34,13 +34,14 @@ import logging
 import math
 import os
 import secrets
-import subprocess
 import sys
 import time
 import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from _machine import Meter, busy_percent, code_version, wait_until_quiet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = REPO_ROOT / "benchmarks" / "output"
@@ -82,57 +83,6 @@ MEASURE_SEED = 11  # the same sampling for every policy measured
 
 
 # Machine ----------------------------------------------------------------------------------------------------------
-
-
-def machine_ticks() -> tuple[int, int]:
-    """Busy and total CPU time of the whole machine so far, in clock ticks summed over CPUs (/proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return sum(fields) - fields[3] - fields[4], sum(fields)  # less idle and iowait
-
-
-def own_ticks() -> int:
-    """User + system CPU time of this process, all its threads (the bots' server included), in clock ticks."""
-    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 of proc(5)
-
-
-class Meter:
-    """How much of the machine went to other work between start() and stop(): all busy CPU time less ours."""
-
-    def start(self) -> None:
-        self.begin = (*machine_ticks(), own_ticks())
-
-    def stop(self) -> dict[str, float]:
-        busy, total, own = (*machine_ticks(), own_ticks())
-        span = max(1, total - self.begin[1])
-        others = max(0, (busy - self.begin[0]) - (own - self.begin[2]))
-        return {"other_pct": 100 * others / span, "own_pct": 100 * (own - self.begin[2]) / span}
-
-
-def busy_percent(seconds: float = 2.0) -> float:
-    """Percent of the machine busy over the next `seconds`."""
-    busy1, total1 = machine_ticks()
-    time.sleep(seconds)
-    busy2, total2 = machine_ticks()
-    return 100 * (busy2 - busy1) / max(1, total2 - total1)
-
-
-def wait_until_quiet(limit: float, patience_s: float) -> float:
-    """Wait (at most `patience_s`) until the machine is less than `limit` percent busy; return the last sample."""
-    deadline = time.monotonic() + patience_s
-    while (busy := busy_percent()) >= limit and time.monotonic() < deadline:
-        print(f"  machine {busy:.0f} % busy, waiting for < {limit:.0f} %", file=sys.stderr)
-        time.sleep(10)
-    return busy
-
-
-def code_version() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-
-    return (git("rev-parse", "--short", "HEAD") or "unknown") + (
-        " with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
-    )
 
 
 # Set-up -----------------------------------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from _machine import busy_percent, code_version, machine_ticks, process_ticks, wait_until_quiet
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = REPO_ROOT / "benchmarks" / "output"
 SEED = 20261124
@@ -408,48 +410,16 @@ def check_integrity(url: str) -> dict[str, int]:
 # Machine ---------------------------------------------------------------------------------------------------
 
 
-def _machine_ticks() -> tuple[int, int]:
-    """Busy and total CPU time of the whole machine so far, in clock ticks summed over CPUs (/proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return sum(fields) - fields[3] - fields[4], sum(fields)  # less idle and iowait
-
-
-def _process_ticks(pid: int) -> int | None:
-    """User + system CPU time of one process, in clock ticks; None once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 of proc(5)
-
-
 def _every_process() -> dict[int, tuple[str, int]]:
     """Each process's name and CPU ticks so far."""
     found = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (ticks := _process_ticks(int(entry.name))) is not None:
+        if entry.name.isdigit() and (ticks := process_ticks(int(entry.name))) is not None:
             try:
                 found[int(entry.name)] = ((entry / "comm").read_text().strip(), ticks)
             except OSError:
                 continue
     return found
-
-
-def cpu_busy(seconds: float = 2.0) -> float:
-    """Percent of the machine busy over the next `seconds`."""
-    busy1, total1 = _machine_ticks()
-    time.sleep(seconds)
-    busy2, total2 = _machine_ticks()
-    return 100 * (busy2 - busy1) / max(1, total2 - total1)
-
-
-def wait_until_quiet(limit: float, patience_s: float) -> float:
-    """Wait (at most `patience_s`) until the machine is less than `limit` percent busy; return the last sample."""
-    deadline = time.monotonic() + patience_s
-    while (busy := cpu_busy()) >= limit and time.monotonic() < deadline:
-        print(f"  machine {busy:.0f}% busy, waiting for < {limit:.0f}%", file=sys.stderr)
-        time.sleep(10)
-    return busy
 
 
 class Meter:
@@ -470,7 +440,7 @@ class Meter:
         self.last: dict[int, int] = {}
         self.stopped = threading.Event()
         self.sample(baseline=True)
-        self.lap_start = (*_machine_ticks(), 0)
+        self.lap_start = (*machine_ticks(), 0)
         self.everyone = _every_process()
         self.culprits = ""
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -484,7 +454,7 @@ class Meter:
 
     def sample(self, baseline: bool = False) -> None:
         for pid in self.pids():
-            if (ticks := _process_ticks(pid)) is not None:
+            if (ticks := process_ticks(pid)) is not None:
                 # A process that appears later (a new backend) used all its CPU time on our behalf.
                 self.first.setdefault(pid, ticks if baseline else 0)
                 self.last[pid] = ticks
@@ -500,7 +470,7 @@ class Meter:
         """Percent of the machine's CPU time since the last lap that went to other work; `culprits` names the
         other processes that used most of it (those that ended in between are not seen)."""
         self.sample()
-        busy, total, own = *_machine_ticks(), self.own()
+        busy, total, own = *machine_ticks(), self.own()
         start_busy, start_total, start_own = self.lap_start
         self.lap_start = (busy, total, own)
         everyone, ours = _every_process(), set(self.last)
@@ -785,17 +755,6 @@ def medians(runs: list[dict]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in numbers}
 
 
-def code_version() -> str:
-    """The last commit of the queue and its pages, marked when the working copy differs from it."""
-    paths = ["annotate/models.py", "annotate/views.py", "templates/annotate/"]
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-
-    commit = git("log", "-1", "--format=%h", "--", *paths) or "unknown"
-    return commit + ("+edits" if git("status", "--porcelain", "--", *paths) else "")
-
-
 def one_run(
     databases: Databases, template: str, args: argparse.Namespace, explain: Path | None, profile: Path | None
 ) -> dict:
@@ -916,7 +875,7 @@ def main() -> None:
         for attempt in range(1, args.runs + args.retries + 1):
             explain = OUTPUT / f"queue-explain-{tasks}.txt" if attempt == 1 else None
             profile = OUTPUT / f"queue-profile-{tasks}.txt" if attempt == 1 and args.profile else None
-            busy = wait_until_quiet(args.quiet_below, args.quiet_wait) if args.quiet_below else cpu_busy()
+            busy = wait_until_quiet(args.quiet_below, args.quiet_wait) if args.quiet_below else busy_percent()
             r = one_run(databases, template, args, explain, profile)
             runs.append(r)
             print(
@@ -943,7 +902,7 @@ def main() -> None:
         # Each phase's figures come from the runs that other work disturbed least during that phase.
         return sorted(runs, key=lambda run: run[f"{phase}_others"])[: args.runs]
 
-    version, code = databases.version(), code_version()
+    version, code = databases.version(), code_version("annotate/models.py", "annotate/views.py", "templates/annotate/")
     print(f"\n{version}, gunicorn {args.workers} sync workers, code {code}.")
     worst = max(r["single_others"] for _, runs in summary for r in least_disturbed(runs, "single"))
     print(
