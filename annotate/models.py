@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
-from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, F, Max, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce, TruncHour
 from django.utils import timezone
 
@@ -379,18 +379,6 @@ class Response(models.Model):
         return f"Response {self.pk} to {self.prompt_id}"
 
 
-def _live_lease_count(now: datetime) -> QuerySet:
-    """The number of live leases on the outer task, for a subquery."""
-    return (
-        Assignment.objects.live(now)
-        .filter(task=OuterRef("pk"))
-        .order_by()
-        .values("task")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
-
-
 class TaskQuerySet(models.QuerySet):
     def available_to(self, user: Any, now: datetime) -> "TaskQuerySet":
         """Open tasks the user may be given, in queue order.
@@ -401,11 +389,19 @@ class TaskQuerySet(models.QuerySet):
         The partial index task_queue serves this order, so the query reads index entries until it finds one
         that qualifies instead of counting or sorting the table.
         """
+        live_leases = (
+            Assignment.objects.live(now)
+            .filter(task=OuterRef("pk"))
+            .order_by()
+            .values("task")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
         tasks = (
             self.filter(status=Task.Status.OPEN)
             .exclude(Exists(Assignment.objects.filter(task=OuterRef("pk"), annotator=user)))
             .exclude(Exists(Annotation.objects.filter(task=OuterRef("pk"), annotator=user)))
-            .alias(live=Coalesce(Subquery(_live_lease_count(now)), 0))
+            .alias(live=Coalesce(Subquery(live_leases), 0))
             .filter(annotation_count__lt=F("required_annotations") - F("live"))
             .order_by("-priority", "annotation_count", "id")
         )
@@ -463,15 +459,8 @@ class Task(models.Model):
 
     def has_room_for(self, user: Any, now: datetime) -> bool:
         """Whether the user may lease this task now (exact when the task row is locked)."""
-        # One statement: the task's counts, its live leases, and whether the user held or answered it.
-        return (
-            Task.objects.filter(pk=self.pk, status=Task.Status.OPEN)
-            .exclude(Exists(Assignment.objects.filter(task=OuterRef("pk"), annotator=user)))
-            .exclude(Exists(Annotation.objects.filter(task=OuterRef("pk"), annotator=user)))
-            .alias(live=Coalesce(Subquery(_live_lease_count(now)), 0))
-            .filter(annotation_count__lt=F("required_annotations") - F("live"))
-            .exists()
-        )
+        # The queue's own rule, for this one task, in one statement.
+        return Task.objects.filter(pk=self.pk).available_to(user, now).exists()
 
     def refresh_progress(self) -> None:
         """Recount the annotations and set the status from it (after an edit or delete outside the queue)."""
