@@ -101,9 +101,10 @@ class TrainingRound(models.Model):
 
     @property
     def duration(self) -> timedelta | None:
+        """How long it has run (or ran), to the second."""
         if self.started_at is None:
             return None
-        return (self.finished_at or timezone.now()) - self.started_at
+        return timedelta(seconds=round(((self.finished_at or timezone.now()) - self.started_at).total_seconds()))
 
     def _move(self, from_statuses: list[str], **fields: Any) -> bool:
         """Change the row only if it is still in one of `from_statuses`; True if this call changed it."""

@@ -1,11 +1,13 @@
 """Launching from the admin and the command line, the lead's round pages, and promoting registry versions."""
 
 import re
+from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
+from django.utils import timezone
 
 from annotate.admin import project_leads_group
 from annotate.models import DatasetSnapshot, Project
@@ -102,12 +104,15 @@ class TestRoundPage:
         region = client.get(self.url(training_round), **HTMX).content.decode()
         assert region.lstrip().startswith('<section id="live"') and "<html" not in region
 
-    def test_a_finished_round_stops_polling(self, client, lead, project, base):
+    def test_a_finished_round_stops_polling_and_shows_how_long_it_ran(self, client, lead, project, base):
         training_round = launch_round(project, method="dpo", base=base)
         training_round.request_cancel()
+        started = timezone.now() - timedelta(hours=10, minutes=3, seconds=4.4)
+        TrainingRound.objects.filter(pk=training_round.pk).update(started_at=started, finished_at=timezone.now())
         client.force_login(lead)
         region = client.get(self.url(training_round), **HTMX).content.decode()
         assert "Cancelled" in region and "hx-trigger" not in region and "Cancel round" not in region
+        assert "· 10:03:04" in region
 
     def test_cancel_button_asks_the_round_to_stop(self, client, lead, project, base):
         training_round = launch_round(project, method="dpo", base=base)
