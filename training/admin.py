@@ -5,6 +5,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -130,7 +131,8 @@ class TrainingRoundAdmin(ProjectScopedAdmin):
     @admin.action(description="Relaunch the selected rounds as new rounds")
     def relaunch_rounds(self, request: HttpRequest, queryset: QuerySet) -> None:
         try:
-            new = [relaunch(training_round, user=request.user) for training_round in queryset]
+            with transaction.atomic():  # all or nothing: a refused round rolls back (and unsends) the others
+                new = [relaunch(training_round, user=request.user) for training_round in queryset]
         except ValidationError as error:
             messages.error(request, f"Nothing relaunched: {'; '.join(error.messages)}")
             return
