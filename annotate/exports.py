@@ -57,8 +57,13 @@ first row is written after the first chunk, and no transaction or server-side cu
 (rows_written) is visible while it runs. (On PostgreSQL, Django's .iterator() outside a transaction declares a
 WITH HOLD cursor, which the server materialises in full before the first row.) A project that changes during an
 export is read chunk by chunk, each as it was when it was read. On PostgreSQL, READERS threads read the next
-chunks, each on a connection of its own, while this one turns a chunk into rows, and another thread writes and
-hashes the batch before.
+chunks, each on a connection of its own, while this one turns a chunk into rows; on either database another thread
+writes and hashes the batch before.
+
+Two settings reach past the export to the whole process, each worth its cost in BENCHMARKS.md: run_snapshot
+pauses the garbage collector's cycle detection (in every thread) until it returns, and importing this module makes
+jemalloc pyarrow's allocator (unless one is set already), for every user of pyarrow in the process and in the
+processes it starts.
 """
 
 import contextlib
@@ -103,9 +108,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# pyarrow's allocator, read when pyarrow first allocates, so set before that (a value already set wins): jemalloc
-# gives freed memory back to the system, where the default, mimalloc, keeps what each Parquet batch freed, some
-# 20 MB more at an export's peak (BENCHMARKS.md). pyarrow without jemalloc (Windows) warns and keeps its default.
+# pyarrow's allocator: jemalloc gives freed memory back to the system, where the default, mimalloc, keeps what each
+# Parquet batch freed, some 20 MB more at an export's peak (BENCHMARKS.md). Arrow reads the variable once, at its
+# first allocation, and keeps that pool for the whole process; a pool handed to read_json and ParquetWriter would
+# not do instead, as the Parquet encoders still take the default one. So it is set on import, as early as this
+# module can; a value already set wins, and child processes inherit it. pyarrow without jemalloc (Windows) warns
+# and keeps its default.
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 
 CHUNK_SIZE = 1000  # prompts read per round of queries; rows per write (and per Parquet row group)
@@ -200,12 +208,12 @@ def run_snapshot(snapshot: DatasetSnapshot) -> DatasetSnapshot:
 
 @contextlib.contextmanager
 def _no_cycle_collection() -> Iterator[None]:
-    """Pause the garbage collector's cycle detection while an export runs.
+    """Pause the garbage collector's cycle detection while an export runs (the process's, so every thread's).
 
     An export allocates millions of short-lived rows, tuples and dicts, none of them in a cycle, and each few
     hundred allocations set off a collection that walks the young objects (and now and then everything Django
     holds): about a third of an export's time (BENCHMARKS.md). Reference counting still frees every row; the
-    collector is switched back on afterwards, as it was.
+    collector is switched back on afterwards, on error too, if it was on before.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -337,22 +345,21 @@ class _Sql:
         options = snapshot.filters
         self.prompt, self.response = Prompt._meta.db_table, Response._meta.db_table
         self.task, self.task_response = Task._meta.db_table, TaskResponse._meta.db_table
-        self.annotation, self.assignment = Annotation._meta.db_table, Assignment._meta.db_table
-        self.user = get_user_model()._meta.db_table
-        self.kinds = {
+        self.annotation, self.user = Annotation._meta.db_table, get_user_model()._meta.db_table
+        kinds = {
             Kind.PAIRS: [TaskKind.PAIRWISE, TaskKind.RANKING],
             Kind.UNPAIRED: [TaskKind.RATING],
             Kind.VOTES: list(TaskKind.values),
             Kind.SFT: [TaskKind.PAIRWISE, TaskKind.RANKING],
         }[snapshot.kind]
         if options["ratings_as_pairs"]:
-            self.kinds.append(TaskKind.RATING)
+            kinds.append(TaskKind.RATING)
         self.prompts, self.prompt_params = "p.project_id = %s", [snapshot.project_id]
         if options["split"]:
             self.prompts += " AND p.split = %s"
             self.prompt_params.append(options["split"])
-        self.tasks = f"t.project_id = %s AND t.kind IN ({', '.join(['%s'] * len(self.kinds))})"
-        self.task_params = [snapshot.project_id, *self.kinds]
+        self.tasks = f"t.project_id = %s AND t.kind IN ({', '.join(['%s'] * len(kinds))})"
+        self.task_params = [snapshot.project_id, *kinds]
         if options["round"] is not None:
             self.tasks += " AND t.round_number = %s"
             self.task_params.append(options["round"])
@@ -365,6 +372,13 @@ class _Sql:
         if options["annotator"]:
             self.annotations += f" AND a.annotator_id = (SELECT u.id FROM {self.user} u WHERE u.username = %s)"
             self.annotation_params.append(options["annotator"])
+        self.annotation_columns, self.annotation_joins = _ANSWER_COLUMNS, ""
+        if snapshot.kind == Kind.VOTES:
+            self.annotation_columns = _VOTE_COLUMNS
+            self.annotation_joins = (
+                f" LEFT JOIN {self.user} u ON u.id = a.annotator_id"
+                f" LEFT JOIN {Assignment._meta.db_table} s ON s.id = a.assignment_id"
+            )
 
 
 def _fetch(sql: str, params: list[Any]) -> list[tuple]:
@@ -375,11 +389,11 @@ def _fetch(sql: str, params: list[Any]) -> list[tuple]:
 
 def _chunks(snapshot: DatasetSnapshot) -> Iterator[_Chunk]:
     """The project's prompts (of the split asked for) in id order, CHUNK_SIZE at a time, with their data."""
-    sql, votes = _Sql(snapshot), snapshot.kind == Kind.VOTES
+    sql = _Sql(snapshot)
     if connection.vendor != "postgresql" or connection.in_atomic_block:
-        chunks = (_read_chunk(sql, after, upto, votes) for after, upto in _ranges(sql))
+        chunks = (_read_chunk(sql, after, upto) for after, upto in _ranges(sql))
     else:
-        chunks = _read_ahead(sql, votes)
+        chunks = _read_ahead(sql)
     yield from filter(None, chunks)
 
 
@@ -395,7 +409,7 @@ def _ranges(sql: _Sql) -> Iterator[tuple[int, int | None]]:
     yield after, None
 
 
-def _read_ahead(sql: _Sql, votes: bool) -> Iterator[_Chunk | None]:
+def _read_ahead(sql: _Sql) -> Iterator[_Chunk | None]:
     """The chunks, READERS of them read at once while this thread turns the one before into rows.
 
     Each reader is a thread with a database connection of its own: PostgreSQL (other processes) finds, decompresses
@@ -407,7 +421,7 @@ def _read_ahead(sql: _Sql, votes: bool) -> Iterator[_Chunk | None]:
         try:
             pending: deque[Future] = deque()
             for after, upto in _ranges(sql):
-                pending.append(readers.submit(_read_chunk, sql, after, upto, votes))
+                pending.append(readers.submit(_read_chunk, sql, after, upto))
                 if len(pending) > READERS:
                     yield pending.popleft().result()
             while pending:
@@ -426,7 +440,7 @@ def _read_ahead(sql: _Sql, votes: bool) -> Iterator[_Chunk | None]:
                 closing.result()
 
 
-def _read_chunk(sql: _Sql, after: int, upto: int | None, votes: bool) -> _Chunk | None:
+def _read_chunk(sql: _Sql, after: int, upto: int | None) -> _Chunk | None:
     """The prompts after < id <= upto and their data, or None if there are none."""
     rows = _fetch(
         f"SELECT p.id, p.external_id, p.messages, p.split FROM {sql.prompt} p WHERE {sql.prompts} AND p.id > %s"
@@ -444,14 +458,6 @@ def _read_chunk(sql: _Sql, after: int, upto: int | None, votes: bool) -> _Chunk 
     # one short range). Where other prompts or tasks lie between (other projects, splits, kinds, rounds), a join
     # keeps theirs out; where none do, the plain range is cheaper.
     first, last = next(iter(prompts)), next(reversed(prompts))
-    responses_sql, params = f"SELECT r.id, r.content, r.model_version_id, r.source FROM {sql.response} r", []
-    if last - first + 1 > len(prompts):
-        responses_sql += f" JOIN {sql.prompt} p ON p.id = r.prompt_id AND {sql.prompts} AND p.id BETWEEN %s AND %s"
-        params = [*sql.prompt_params, first, last]
-    responses = {
-        row[0]: _Response(*row)
-        for row in _fetch(f"{responses_sql} WHERE r.prompt_id BETWEEN %s AND %s", [*params, first, last])
-    }
     tasks = {
         task_id: _Task(prompt_id, kind, round_number)
         for task_id, prompt_id, kind, round_number in _fetch(
@@ -461,9 +467,27 @@ def _read_chunk(sql: _Sql, after: int, upto: int | None, votes: bool) -> _Chunk 
         )
         if prompt_id in prompts
     }
-    chunk = _Chunk(prompts, responses, tasks, {}, {})
-    if not tasks:
-        return chunk
+    chunk = _Chunk(prompts, {}, tasks, {}, {})
+    if tasks:
+        _read_task_data(sql, chunk, first, last)
+    # Responses last: whatever a task read above points at was committed before this query, so it is here even
+    # when an import or a round adds responses and tasks to these prompts while the chunk is read.
+    responses_sql, params = f"SELECT r.id, r.content, r.model_version_id, r.source FROM {sql.response} r", []
+    if last - first + 1 > len(prompts):
+        responses_sql += f" JOIN {sql.prompt} p ON p.id = r.prompt_id AND {sql.prompts} AND p.id BETWEEN %s AND %s"
+        params = [*sql.prompt_params, first, last]
+    chunk.responses.update(
+        (row[0], _Response(*row))
+        for row in _fetch(f"{responses_sql} WHERE r.prompt_id BETWEEN %s AND %s", [*params, first, last])
+    )
+    for task_id, response_ids in chunk.task_responses.items():
+        chunk.task_responses[task_id] = [chunk.responses[response_id] for response_id in response_ids]
+    return chunk
+
+
+def _read_task_data(sql: _Sql, chunk: _Chunk, first: int, last: int) -> None:
+    """The chunk's tasks' response ids (in position order) and annotations."""
+    tasks = chunk.tasks
     task_range = [min(tasks), max(tasks)]
     others_between = task_range[1] - task_range[0] + 1 > len(tasks)
 
@@ -482,21 +506,14 @@ def _read_chunk(sql: _Sql, after: int, upto: int | None, votes: bool) -> _Chunk 
         in_tasks_params,
     ):
         if task_id in tasks:
-            chunk.task_responses.setdefault(task_id, []).append(responses[response_id])
-    columns, joins = _ANSWER_COLUMNS, ""
-    if votes:
-        columns = _VOTE_COLUMNS
-        joins = (
-            f" LEFT JOIN {sql.user} u ON u.id = a.annotator_id LEFT JOIN {sql.assignment} s ON s.id = a.assignment_id"
-        )
+            chunk.task_responses.setdefault(task_id, []).append(response_id)
     for row in _fetch(
-        f"SELECT {columns} FROM {sql.annotation} a{joins}"
+        f"SELECT {sql.annotation_columns} FROM {sql.annotation} a{sql.annotation_joins}"
         f" WHERE {in_tasks('a.task_id')} AND {sql.annotations} ORDER BY a.task_id, a.id",
         [*in_tasks_params, *sql.annotation_params],
     ):
         if row[0] in tasks:
             chunk.annotations.setdefault(row[0], []).append(row)
-    return chunk
 
 
 class _Rated(NamedTuple):
@@ -510,8 +527,10 @@ def _rated(chunk: _Chunk) -> list[_Rated]:
     """The chunk's rated responses, by prompt and response id, with their score totals."""
     sums: dict[tuple[int, int], list[int]] = {}
     for task_id, task in chunk.tasks.items():
+        if task.kind != TaskKind.RATING:
+            continue
         scores = [row[1] for row in chunk.annotations.get(task_id, ()) if row[1] is not None]
-        if task.kind != TaskKind.RATING or not scores:
+        if not scores:
             continue
         for response in chunk.task_responses[task_id]:
             total = sums.setdefault((task.prompt_id, response.id), [0, 0])
@@ -632,18 +651,10 @@ def _chunk_pairs(snapshot: DatasetSnapshot, chunk: _Chunk) -> list[_Pair]:
 
 
 def _rows(snapshot: DatasetSnapshot) -> Iterator[dict[str, Any]]:
-    kind, style = snapshot.kind, snapshot.style
+    kind_rows = {Kind.PAIRS: _pair_rows, Kind.UNPAIRED: _unpaired_rows, Kind.VOTES: _vote_rows, Kind.SFT: _sft_rows}
     for chunk in _chunks(snapshot):
-        rendered = {prompt_id: _render(prompt.messages, style) for prompt_id, prompt in chunk.prompts.items()}
-        if kind == Kind.PAIRS:
-            for pair in _chunk_pairs(snapshot, chunk):
-                yield _pair_row(pair, chunk.prompts, rendered, style)
-        elif kind == Kind.UNPAIRED:
-            yield from _unpaired_rows(snapshot, chunk, rendered)
-        elif kind == Kind.VOTES:
-            yield from _vote_rows(snapshot, chunk, rendered)
-        else:
-            yield from _sft_rows(snapshot, chunk, rendered)
+        rendered = {prompt_id: _render(prompt.messages, snapshot.style) for prompt_id, prompt in chunk.prompts.items()}
+        yield from kind_rows[snapshot.kind](snapshot, chunk, rendered)
 
 
 def _render(messages: list[dict[str, str]], style: str) -> list[dict[str, str]] | str:
@@ -656,26 +667,27 @@ def _completion(text: str, style: str) -> list[dict[str, str]] | str:
     return [{"role": "assistant", "content": text}] if style == Style.CONVERSATIONAL else text
 
 
-def _pair_row(pair: _Pair, prompts: dict[int, _Prompt], rendered: dict[int, Any], style: str) -> dict[str, Any]:
-    return {
-        "prompt": rendered[pair.prompt_id],
-        "chosen": _completion(pair.chosen.content, style),
-        "rejected": _completion(pair.rejected.content, style),
-        "margin": pair.margin,
-        "votes": pair.votes,
-        "votes_chosen": pair.votes_chosen,
-        "votes_rejected": pair.votes_rejected,
-        "votes_tie": pair.votes_tie,
-        "agreement": pair.agreement,
-        "tie": pair.tie,
-        "both_bad": pair.both_bad,
-        "prompt_id": prompts[pair.prompt_id].external_id,
-        "task_id": pair.task_id,
-        "chosen_id": pair.chosen.id,
-        "rejected_id": pair.rejected.id,
-        "chosen_model_version": pair.chosen.model_version,
-        "rejected_model_version": pair.rejected.model_version,
-    }
+def _pair_rows(snapshot: DatasetSnapshot, chunk: _Chunk, rendered: dict[int, Any]) -> Iterator[dict[str, Any]]:
+    for pair in _chunk_pairs(snapshot, chunk):
+        yield {
+            "prompt": rendered[pair.prompt_id],
+            "chosen": _completion(pair.chosen.content, snapshot.style),
+            "rejected": _completion(pair.rejected.content, snapshot.style),
+            "margin": pair.margin,
+            "votes": pair.votes,
+            "votes_chosen": pair.votes_chosen,
+            "votes_rejected": pair.votes_rejected,
+            "votes_tie": pair.votes_tie,
+            "agreement": pair.agreement,
+            "tie": pair.tie,
+            "both_bad": pair.both_bad,
+            "prompt_id": chunk.prompts[pair.prompt_id].external_id,
+            "task_id": pair.task_id,
+            "chosen_id": pair.chosen.id,
+            "rejected_id": pair.rejected.id,
+            "chosen_model_version": pair.chosen.model_version,
+            "rejected_model_version": pair.rejected.model_version,
+        }
 
 
 def _unpaired_rows(snapshot: DatasetSnapshot, chunk: _Chunk, rendered: dict[int, Any]) -> Iterator[dict[str, Any]]:
@@ -817,11 +829,11 @@ def _schema(kind: str, style: str) -> "pa.Schema":
 def _write(snapshot: DatasetSnapshot, rows: Iterator[dict[str, Any]], out: IO[bytes]) -> tuple[int, str]:
     """Write the rows to `out` CHUNK_SIZE at a time, recording progress after each; returns how many and the
     sha256 of what was written."""
-    file = _HashedFile(out)
+    file, batches = _HashedFile(out), _jsonl_batches(rows)
     if snapshot.format == Format.PARQUET:
-        count = _write_parquet(snapshot, _jsonl_batches(rows), file)
+        count = _write_parquet(snapshot, batches, file)
     else:
-        count = _write_batches(snapshot, _jsonl_batches(rows), file.write)
+        count = _write_batches(snapshot, batches, file.write)
     out.flush()
     return count, file.sha256.hexdigest()
 

@@ -1,5 +1,6 @@
 """Dataset exports: the exact rows of each kind, the aggregation of votes, filters, snapshots, the command and admin."""
 
+import gc
 import hashlib
 import hmac
 import io
@@ -561,6 +562,31 @@ class TestSnapshots:
         assert (snapshot.sha256, snapshot.row_count, snapshot.file.name) == ("", None, "")
         assert snapshot.finished_at is not None
 
+    def test_the_garbage_collector_pauses_only_while_an_export_runs(self, project, data, monkeypatch):
+        collecting, rows = [], exports._rows
+
+        def watched_rows(snapshot):
+            collecting.append(gc.isenabled())
+            yield from rows(snapshot)
+
+        def failing_rows(snapshot):
+            collecting.append(gc.isenabled())
+            raise RuntimeError("broken")
+
+        monkeypatch.setattr(exports, "_rows", watched_rows)
+        export(project)
+        assert collecting == [False] and gc.isenabled()
+        monkeypatch.setattr(exports, "_rows", failing_rows)
+        assert run_snapshot(create_snapshot(project, kind="pairs")).error == "broken"
+        assert collecting == [False, False] and gc.isenabled()
+        gc.disable()  # whoever turned it off keeps it off
+        try:
+            monkeypatch.setattr(exports, "_rows", watched_rows)
+            export(project)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
@@ -672,3 +698,20 @@ class TestAdmin:
         Membership.objects.create(project=project, user=annotator)
         client.force_login(annotator)
         assert client.get(reverse("admin:annotate_datasetsnapshot_download", args=[mine.pk])).status_code == 302
+
+
+def test_responses_and_a_task_added_while_a_chunk_is_read_do_not_break_the_export(data, monkeypatch):
+    """An import or a round may add responses and a task over them to a prompt between the chunk's queries."""
+    d, fetch, added = data, exports._fetch, []
+
+    def fetch_then_add(sql, params):
+        rows = fetch(sql, params)
+        # Just after the chunk's first read of its tasks or responses, before the other.
+        if ("FROM annotate_task t" in sql or "FROM annotate_response r" in sql) and not added:
+            late = [Response.objects.create(prompt=d.p1, content=f"Late {n}") for n in range(2)]
+            added.append(make_task(d.project, d.p1, "pairwise", late))
+        return rows
+
+    before = rows_of(export(d.project))
+    monkeypatch.setattr(exports, "_fetch", fetch_then_add)
+    assert rows_of(export(d.project)) == before and added  # the late task was not in the chunk's task list
