@@ -101,6 +101,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return drf_exception_handler(exc, context)
 
 
+class Conflict(exceptions.APIException):
+    """409: the thing asked for is not in a state that allows it (an export not ready, a round already finished)."""
+
+    status_code = 409
+
+
 _ERROR_TEXT = {
     401: "No credentials, or a token that is wrong or revoked.",
     403: "A member of the project without the role this needs (leads only).",
@@ -130,10 +136,7 @@ def _projects_with_role(user: Any) -> QuerySet[Project]:
 
 def _project_for(request: Request, slug: str) -> Project:
     """The project if the user is a member (or a superuser); 404 otherwise."""
-    project = _projects_with_role(request.user).filter(slug=slug).first()
-    if project is None:
-        raise exceptions.NotFound()
-    return project
+    return get_or_404(_projects_with_role(request.user), slug=slug)
 
 
 def project_led_by(request: Request, slug: str) -> Project:
@@ -166,6 +169,11 @@ class MeView(APIView):
         return Response(MeSerializer(request.user, context={"request": request}).data)
 
 
+def _token_issued(user: Any, name: str) -> Response:
+    token, plaintext = ApiToken.issue(user, name)
+    return Response(NewTokenSerializer(token, context={"plaintext": plaintext}).data, status=201)
+
+
 class LoginView(APIView):
     """Exchange a username and password for a new token (throttled: scope `login`)."""
 
@@ -190,8 +198,7 @@ class LoginView(APIView):
         user = authenticate(request, username=data["username"], password=data["password"])
         if user is None:
             return Response({"detail": "Wrong username or password."}, status=400)
-        token, plaintext = ApiToken.issue(user, data["name"])
-        return Response(NewTokenSerializer(token, context={"plaintext": plaintext}).data, status=201)
+        return _token_issued(user, data["name"])
 
 
 @extend_schema_view(get=extend_schema(responses={200: TokenSerializer(many=True), **error_responses(401, 404)}))
@@ -210,9 +217,7 @@ class TokenListView(ListAPIView):
         # A leaked token that could make tokens would outlive its own revocation.
         if isinstance(request.auth, ApiToken):
             raise exceptions.PermissionDenied("A token cannot make tokens: use /tokens/ or POST /api/v1/auth/token/.")
-        data = validated(TokenIn, request.data)
-        token, plaintext = ApiToken.issue(request.user, data["name"])
-        return Response(NewTokenSerializer(token, context={"plaintext": plaintext}).data, status=201)
+        return _token_issued(request.user, validated(TokenIn, request.data)["name"])
 
 
 class TokenDetailView(APIView):
@@ -349,10 +354,12 @@ class NextTaskView(APIView):
         if assignment is not None:
             return Response(LeaseSerializer(assignment).data)
         # next_assignment says None both when the queue is empty and when the cap is reached; a bot asking for
-        # several leases must not mistake the second for the first and stop.
-        held = Assignment.objects.live().filter(task__project=project, annotator=request.user).count()
-        if not reuse_lease and held >= project.max_open_leases:
-            raise LeaseError(f"You hold {held} unsubmitted tasks here, the most allowed: submit or skip one first.")
+        # several leases must not mistake the second for the first and stop. Only a caller not reusing can reach
+        # the cap: one reusing a lease would have been given it.
+        if not reuse_lease:
+            held = Assignment.objects.live().filter(task__project=project, annotator=request.user).count()
+            if held >= project.max_open_leases:
+                raise LeaseError(f"You hold {held} unsubmitted tasks here, the most allowed: submit or skip one first.")
         return Response(status=204)
 
 
@@ -444,10 +451,6 @@ class ExportDetailView(APIView):
         return Response(SnapshotSerializer(_snapshot_for(request, slug, snapshot_id)).data)
 
 
-class ExportNotReady(exceptions.APIException):
-    status_code = 409
-
-
 EXPORT_MEDIA_TYPES = {
     DatasetSnapshot.Format.JSONL: "application/jsonl",
     DatasetSnapshot.Format.PARQUET: "application/vnd.apache.parquet",
@@ -474,7 +477,7 @@ class ExportDownloadView(APIView):
         """The export's file, once ready; its ETag is the sha256 of the content."""
         snapshot = _snapshot_for(request, slug, snapshot_id)
         if snapshot.status != DatasetSnapshot.Status.READY:
-            raise ExportNotReady(f"The export is {snapshot.status}, not ready: poll it until it is.")
+            raise Conflict(f"The export is {snapshot.status}, not ready: poll it until it is.")
         response = FileResponse(
             snapshot.file.open("rb"),
             as_attachment=True,

@@ -553,10 +553,10 @@ class Assignment(models.Model):
     def __str__(self) -> str:
         return f"{self.task} leased to {self.annotator}"
 
-    def shown_responses(self) -> list[Response]:
-        """The task's responses in the order this annotator was shown them (the first is A)."""
+    def shown_responses(self) -> list[tuple[str, Response]]:
+        """The task's responses in the order this annotator was shown them, with their letters (A, B, …)."""
         by_id = Response.objects.in_bulk(self.shown_order)
-        return [by_id[response_id] for response_id in self.shown_order]
+        return [(_letter(index), by_id[response_id]) for index, response_id in enumerate(self.shown_order)]
 
     def answer_from_form(self, data: Any) -> dict[str, Any]:
         """Turn the task page's form fields (in displayed terms) into an answer for clean_answer."""
@@ -852,3 +852,8 @@ class ApiToken(models.Model):
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at"])
+
+
+def _letter(index: int) -> str:
+    """A response's letter by its shown position: A to Z, then numbers."""
+    return chr(ord("A") + index) if index < 26 else str(index + 1)

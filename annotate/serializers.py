@@ -297,76 +297,72 @@ class LeaseSerializer(serializers.ModelSerializer):
     @extend_schema_field(ShownResponseSerializer(many=True))
     def get_responses(self, assignment: Assignment) -> list[dict[str, Any]]:
         return [
-            {"letter": _letter(index), "id": response.pk, "content": response.content}
-            for index, response in enumerate(assignment.shown_responses())
+            {"letter": letter, "id": response.pk, "content": response.content}
+            for letter, response in assignment.shown_responses()
         ]
 
     @extend_schema_field(AnswerFieldSerializer(many=True))
     def get_answer_fields(self, assignment: Assignment) -> list[dict[str, Any]]:
-        return answer_fields(assignment)
+        """What a submit for this lease must send: the task page's fields, with the values each allows."""
+        task, project = assignment.task, assignment.task.project
+        comment = {"name": "comment", "type": "string", "required": False, "choices": [], "description": "Optional."}
+        if task.kind == TaskKind.RATING:
+            meanings = project.rating_descriptions or {}
+            scale = "; ".join(f"{p}: {meanings[str(p)]}" for p in project.rating_points if str(p) in meanings)
+            return [
+                {
+                    "name": "score",
+                    "type": "integer",
+                    "required": True,
+                    "choices": list(project.rating_points),
+                    "description": scale or "The rating.",
+                },
+                {
+                    "name": "labels",
+                    "type": "array",
+                    "required": False,
+                    "choices": project.labels,
+                    "description": "The project's labels that apply.",
+                },
+                comment,
+            ]
+        if task.kind == TaskKind.PAIRWISE:
+            return [
+                {
+                    "name": "preference",
+                    "type": "string",
+                    "required": True,
+                    "choices": [p["value"] for p in PREFERENCES],
+                    "description": ", ".join(f"{p['value']}: {p['text']}" for p in PREFERENCES)
+                    + " (A and B as lettered in responses).",
+                },
+                {
+                    "name": "both_bad",
+                    "type": "boolean",
+                    "required": False,
+                    "choices": [],
+                    "description": "Both responses are bad, whichever is better.",
+                },
+                comment,
+            ]
+        return [
+            {
+                "name": "ranks",
+                "type": "object",
+                "required": True,
+                "choices": list(range(1, len(assignment.shown_order) + 1)),
+                "keys": [str(response_id) for response_id in assignment.shown_order],
+                "description": "Each response's rank by its id, 1 the best; equal ranks are ties. "
+                "An error about one response is reported as rank-<id>.",
+            },
+            comment,
+        ]
 
     def get_submit_url(self, assignment: Assignment) -> str:
         return reverse("api:submit", args=[assignment.task.project.slug, assignment.pk])
 
     def get_skip_url(self, assignment: Assignment) -> str:
         return reverse("api:skip", args=[assignment.task.project.slug, assignment.pk])
-
-
-def answer_fields(assignment: Assignment) -> list[dict[str, Any]]:
-    """What a submit for this lease must send: the task page's fields, with the values each allows."""
-    task, project = assignment.task, assignment.task.project
-    comment = {"name": "comment", "type": "string", "required": False, "choices": [], "description": "Optional."}
-    if task.kind == TaskKind.RATING:
-        meanings = project.rating_descriptions or {}
-        scale = "; ".join(f"{p}: {meanings[str(p)]}" for p in project.rating_points if str(p) in meanings)
-        return [
-            {
-                "name": "score",
-                "type": "integer",
-                "required": True,
-                "choices": list(project.rating_points),
-                "description": scale or "The rating.",
-            },
-            {
-                "name": "labels",
-                "type": "array",
-                "required": False,
-                "choices": project.labels,
-                "description": "The project's labels that apply.",
-            },
-            comment,
-        ]
-    if task.kind == TaskKind.PAIRWISE:
-        return [
-            {
-                "name": "preference",
-                "type": "string",
-                "required": True,
-                "choices": [p["value"] for p in PREFERENCES],
-                "description": ", ".join(f"{p['value']}: {p['text']}" for p in PREFERENCES)
-                + " (A and B as lettered in responses).",
-            },
-            {
-                "name": "both_bad",
-                "type": "boolean",
-                "required": False,
-                "choices": [],
-                "description": "Both responses are bad, whichever is better.",
-            },
-            comment,
-        ]
-    return [
-        {
-            "name": "ranks",
-            "type": "object",
-            "required": True,
-            "choices": list(range(1, len(assignment.shown_order) + 1)),
-            "keys": [str(response_id) for response_id in assignment.shown_order],
-            "description": "Each response's rank by its id, 1 the best; equal ranks are ties. "
-            "An error about one response is reported as rank-<id>.",
-        },
-        comment,
-    ]
 
 
 class AnswerIn(serializers.Serializer):
@@ -425,6 +421,7 @@ class AnnotationSerializer(serializers.ModelSerializer):
         ]
 
     def get_responses(self, annotation: Annotation) -> list[int]:
+        # From the list's prefetch (in position order, TaskResponse's ordering): Task.response_ids would query per row.
         return [link.response_id for link in annotation.task.task_responses.all()]
 
     def get_shown_order(self, annotation: Annotation) -> list[int] | None:
@@ -504,7 +501,3 @@ class SnapshotSerializer(serializers.ModelSerializer):
         if snapshot.status != DatasetSnapshot.Status.READY:
             return None
         return reverse("api:export_download", args=[snapshot.project.slug, snapshot.pk])
-
-
-def _letter(index: int) -> str:
-    return chr(ord("A") + index) if index < 26 else str(index + 1)

@@ -44,8 +44,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from http.client import HTTPConnection, HTTPSConnection
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -239,23 +241,21 @@ def run_bot(
 ) -> Tally:
     """Work the queue as one bot until it is empty for it, `per_user` tasks are answered, or the deadline."""
     tally = Tally()
-    client = ApiClient(base_url, bot.plaintext, tally)
-    next_path = client.prefix + reverse("api:next_task", args=[project_slug])
     try:
-        while (per_user is None or tally.by_rule + tally.at_random < per_user) and time.monotonic() < deadline:
-            status, lease = client.expect(next_path, (200, 204))
-            if status == 204:
-                break
-            reply = answer(lease, rule, noise, bot.rng)
-            # submit_url is the server's own path (with its script prefix), so it goes as it is.
-            client.expect(lease["submit_url"], (200,), reply.body)
-            tally.answered[lease["kind"]] += 1
-            tally.by_rule += reply.by_rule
-            tally.at_random += not reply.by_rule
-    except Exception as error:  # a bot's failure goes into the summary: raised in a thread, it would be lost
+        with closing(ApiClient(base_url, bot.plaintext, tally)) as client:
+            next_path = client.prefix + reverse("api:next_task", args=[project_slug])
+            while (per_user is None or tally.by_rule + tally.at_random < per_user) and time.monotonic() < deadline:
+                status, lease = client.expect(next_path, (200, 204))
+                if status == 204:
+                    break
+                reply = answer(lease, rule, noise, bot.rng)
+                # submit_url is the server's own path (with its script prefix), so it goes as it is.
+                client.expect(lease["submit_url"], (200,), reply.body)
+                tally.answered[lease["kind"]] += 1
+                tally.by_rule += reply.by_rule
+                tally.at_random += not reply.by_rule
+    except Exception as error:  # a bot's failure goes into the summary, even one in making its client (a bad URL)
         tally.errors.append(f"{bot.username}: {type(error).__name__}: {error}")
-    finally:
-        client.close()
     return tally
 
 
@@ -355,28 +355,23 @@ def simulate_annotators(
     """Run `users` bots at once against the API at `url` (a server on this database), or an in-process server."""
     check_rule(rule)
     bots = enrol_bots(project, users, seed=seed)
-    tallies = [Tally() for _ in bots]
     started = time.monotonic()
     deadline = started + seconds if seconds is not None else math.inf
     try:
-        with serve_in_process() if url is None else nullcontext(url) as base_url:
-
-            def work(index: int) -> None:
-                tallies[index] = run_bot(
-                    bots[index],
-                    base_url=base_url,
-                    project_slug=project.slug,
-                    rule=rule,
-                    noise=noise,
-                    per_user=per_user,
-                    deadline=deadline,
-                )
-
-            threads = [threading.Thread(target=work, args=(i,), name=bot.username) for i, bot in enumerate(bots)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+        with (
+            serve_in_process() if url is None else nullcontext(url) as base_url,
+            ThreadPoolExecutor(len(bots), thread_name_prefix="simulate-annotators-bot") as pool,
+        ):
+            work = partial(
+                run_bot,
+                base_url=base_url,
+                project_slug=project.slug,
+                rule=rule,
+                noise=noise,
+                per_user=per_user,
+                deadline=deadline,
+            )
+            tallies = list(pool.map(work, bots))
     finally:
         # The tokens were for this run only; revoked, they stay listed under the bots' names.
         for bot in bots:

@@ -190,7 +190,7 @@ def _answer_form(project: Project, assignment: Assignment, data: QueryDict) -> d
     responses = assignment.shown_responses()
     form: dict[str, Any] = {
         "task": task,
-        "responses": [{"letter": _letter(i), "response": r} for i, r in enumerate(responses)],
+        "responses": [{"letter": letter, "response": r} for letter, r in responses],
         "comment": data.get("comment", ""),
         "submit_url": reverse("submit_assignment", args=[project.slug, assignment.pk]),
         "skip_url": reverse("skip_assignment", args=[project.slug, assignment.pk]),
@@ -278,7 +278,3 @@ def _one_less_remaining(request: HttpRequest, project: Project) -> None:
     """After a submit or skip the next lease comes out of what remained."""
     if counted := request.session.get(_remaining_key(project)):
         request.session[_remaining_key(project)] = {**counted, "n": max(counted["n"] - 1, 0)}
-
-
-def _letter(index: int) -> str:
-    return chr(ord("A") + index) if index < 26 else str(index + 1)

@@ -24,19 +24,20 @@ for the same votes.
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from django.db.models import Exists, F, Max, Min, OuterRef, Q
 from django.db.models.functions import Coalesce
 
-from annotate.models import Annotation, Task, TaskKind, TaskResponse
+from annotate.models import Annotation, Project, Task, TaskKind, TaskResponse
 from models_registry.models import ModelVersion
 
 REFERENCE = "reference data"  # the entry of every response that no model version wrote
 Z_95 = 1.959963984540054  # the standard normal's 97.5th percentile
 PRIOR_GAMES = 1.0  # virtual games of every entry against θ = 0, half won
 ELO_PER_NAT = 400 / math.log(10)
+PAIRWISE_SCORE = {Annotation.Choice.A: 1.0, Annotation.Choice.B: 0.0, Annotation.Choice.TIE: 0.5}  # of position A
 
 
 class Vote(NamedTuple):
@@ -96,7 +97,7 @@ def entry_name(version: ModelVersion | None) -> str:
     return REFERENCE if version is None else f"{version.kind} v{version.version}"
 
 
-def cross_version_votes(project: Any) -> list[Vote]:
+def cross_version_votes(project: Project) -> list[Vote]:
     """Every human pairwise or ranking outcome between two different entries of the project, by annotation."""
     # Model version ids start at 1, so 0 stands for reference data in SQL (NULLs would not compare).
     entry = Coalesce("response__model_version_id", 0)
@@ -128,7 +129,7 @@ def cross_version_votes(project: Any) -> list[Vote]:
         task_responses = responses[task_id]
         if kind == TaskKind.PAIRWISE:
             (_, a), (_, b) = task_responses[:2]
-            votes.append(Vote(annotation_id, a, b, {"a": 1.0, "b": 0.0, "tie": 0.5}[choice]))
+            votes.append(Vote(annotation_id, a, b, PAIRWISE_SCORE[choice]))
         else:
             votes.extend(_ranking_votes(annotation_id, ranking, dict(task_responses)))
     return votes
@@ -148,7 +149,7 @@ def _ranking_votes(annotation_id: int, ranking: list[list[int]], entry_of: dict[
 
 
 def win_rate(
-    project: Any, new: ModelVersion | None, old: ModelVersion | None, *, votes: list[Vote] | None = None
+    project: Project, new: ModelVersion | None, old: ModelVersion | None, *, votes: list[Vote] | None = None
 ) -> WinRate:
     """How often `new` beats `old` (None: reference data) in human votes, ties as half, with a 95 % interval."""
     if votes is None:
@@ -175,7 +176,7 @@ def wilson_interval(p: float, n: int, z: float = Z_95) -> tuple[float, float]:
     return low, high
 
 
-def round_win_rates(project: Any, *, votes: list[Vote] | None = None) -> list[RoundWinRate]:
+def round_win_rates(project: Project, *, votes: list[Vote] | None = None) -> list[RoundWinRate]:
     """For each policy version, newest first: its win rate over its parent, and over the policy before it."""
     if votes is None:
         votes = cross_version_votes(project)
@@ -204,7 +205,9 @@ def round_win_rates(project: Any, *, votes: list[Vote] | None = None) -> list[Ro
     return rows[::-1]
 
 
-def leaderboard(project: Any, *, bootstrap: int = 200, seed: int = 0, votes: list[Vote] | None = None) -> list[Entry]:
+def leaderboard(
+    project: Project, *, bootstrap: int = 200, seed: int = 0, votes: list[Vote] | None = None
+) -> list[Entry]:
     """Every entry with votes, best first: Bradley–Terry score on the Elo scale with a 95 % bootstrap interval."""
     if votes is None:
         votes = cross_version_votes(project)
@@ -286,7 +289,7 @@ def _elo(theta: np.ndarray) -> np.ndarray:
     return 1000 + ELO_PER_NAT * (theta - theta.mean())
 
 
-def reward_accuracies(project: Any) -> list[RewardAccuracy]:
+def reward_accuracies(project: Project) -> list[RewardAccuracy]:
     """Each reward model's accuracy as its round reported it (eval_report), newest first."""
     versions = ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.REWARD).select_related(
         "training_round"

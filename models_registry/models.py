@@ -88,10 +88,15 @@ class ModelVersion(models.Model):
             self.save(update_fields=["status"])
 
     def lineage(self) -> list["ModelVersion"]:
-        """This version and its ancestors, newest first."""
-        chain, seen, version = [], set(), self
-        while version is not None and version.pk not in seen:
+        """This version and its ancestors, newest first (two queries however long the line: the project's versions
+        are read once and linked in memory)."""
+        versions = ModelVersion.objects.filter(project_id=self.project_id).select_related("project", "training_round")
+        by_id = versions.in_bulk()
+        chain, version = [], by_id.get(self.pk, self)
+        while version is not None and version not in chain:
             chain.append(version)
-            seen.add(version.pk)
-            version = version.parent
+            parent = by_id.get(version.parent_id)
+            if parent is not None:
+                version.parent = parent  # the relation, filled from what was read: no query per ancestor
+            version = parent
         return chain

@@ -10,13 +10,12 @@ from django.db.models import QuerySet
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import exceptions
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotate.api import error_responses, get_or_404, project_led_by, validated
+from annotate.api import Conflict, error_responses, get_or_404, project_led_by, validated
 from annotate.api_defaults import NewestFirstPagination
 from annotate.models import Project
 from annotate.serializers import ErrorSerializer
@@ -24,6 +23,7 @@ from models_registry.models import ModelVersion
 from training.models import TrainingRound
 from training.rounds import launch_round, relaunch
 from training.serializers import (
+    VERSION_RELATED,
     LaunchIn,
     ModelVersionDetailSerializer,
     ModelVersionFilter,
@@ -93,10 +93,6 @@ class RoundDetailView(APIView):
         return Response(RoundDetailSerializer(_round_for(request, slug, number)).data)
 
 
-class RoundFinished(exceptions.APIException):
-    status_code = 409
-
-
 class RoundCancelView(APIView):
     @extend_schema(
         request=None,
@@ -110,7 +106,7 @@ class RoundCancelView(APIView):
         """Cancel a round: a queued one at once; a running one stops after its current step (poll it)."""
         training_round = _round_for(request, slug, number)
         if training_round.is_finished:
-            raise RoundFinished(f"The round has already {training_round.status}.")
+            raise Conflict(f"The round has already {training_round.status}.")
         training_round.request_cancel()
         return Response(RoundDetailSerializer(training_round).data, status=202)
 
@@ -128,7 +124,7 @@ class RoundRelaunchView(APIView):
 
 
 def _versions(project: Project) -> QuerySet[ModelVersion]:
-    return project.model_versions.select_related("project", "parent__project", "training_round")
+    return project.model_versions.select_related(*VERSION_RELATED)
 
 
 def _version_for(request: Request, slug: str, version_id: int) -> ModelVersion:

@@ -14,11 +14,6 @@ from training.models import TrainingRound
 # Model versions --------------------------------------------------------------------------------------------
 
 
-def version_name(version: ModelVersion) -> str:
-    """What leads type for a version (a round's base, a PPO round's reward model): policy-v3, reward-v2."""
-    return f"{version.kind}-v{version.version}"
-
-
 class VersionRefSerializer(serializers.ModelSerializer):
     """A version named, for the rounds and versions that point at it."""
 
@@ -30,10 +25,14 @@ class VersionRefSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "status", "url"]
 
     def get_name(self, version: ModelVersion) -> str:
-        return version_name(version)
+        return f"{version.kind}-v{version.version}"
 
     def get_url(self, version: ModelVersion) -> str:
         return reverse("api:model_detail", args=[version.project.slug, version.pk])
+
+
+# What ModelVersionSerializer reads besides the version's row, for select_related: a page of versions in one query.
+VERSION_RELATED = ("project", "parent__project", "training_round")
 
 
 class ModelVersionSerializer(VersionRefSerializer):
@@ -205,5 +204,5 @@ class RoundDetailSerializer(RoundSerializer):
 
     @extend_schema_field(ModelVersionSerializer(many=True))
     def get_model_versions(self, training_round: TrainingRound) -> list[dict[str, Any]]:
-        versions = training_round.model_versions.select_related("project", "parent__project", "training_round")
+        versions = training_round.model_versions.select_related(*VERSION_RELATED)
         return ModelVersionSerializer(versions, many=True).data

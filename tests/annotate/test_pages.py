@@ -87,7 +87,8 @@ class TestTaskPage:
 
         page, assignment = open_task(client, project)
 
-        first, second = assignment.shown_responses()
+        (letter_a, first), (letter_b, second) = assignment.shown_responses()
+        assert (letter_a, letter_b) == ("A", "B")
         assert page.index(f'data-response-id="{first.pk}"') < page.index(f'data-response-id="{second.pk}"')
         assert page.index("Response A") < page.index(first.content) < page.index("Response B")
         for value in ["a2", "a1", "tie", "b1", "b2"]:

@@ -5,7 +5,7 @@ from io import StringIO
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from rest_framework.throttling import ScopedRateThrottle
 
 from annotate.models import Annotation, ApiToken, Membership, Prompt, Response, Task, TaskResponse
@@ -210,3 +210,13 @@ def test_bots_annotate_every_task_by_the_rule_through_the_api(project, make_task
     call_command("simulate_annotators", project=project.slug, users=2, rule="word:cat", stdout=out)
     assert "answered 0 tasks" in out.getvalue()
     assert Membership.objects.filter(project=project, user__username__startswith="sim-").count() == 2
+
+
+def test_a_bot_whose_client_cannot_be_made_is_reported_and_fails_the_run(project):
+    out = StringIO()
+
+    with pytest.raises(CommandError, match="Bots failed: 2"):
+        call_command("simulate_annotators", project=project.slug, users=2, rule="longer", url="http://h:x", stdout=out)
+
+    assert "sim-helpfulness-1: ValueError: Port could not be cast to integer value" in out.getvalue()
+    assert all(token.revoked_at for token in ApiToken.objects.filter(name="simulate_annotators"))

@@ -4,6 +4,8 @@ and list, inspect and promote registered versions. Rounds stay queued here: no w
 from types import SimpleNamespace
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from annotate.models import DatasetSnapshot, Project
@@ -265,6 +267,18 @@ class TestModels:
             "abc123",
         )
         assert [v["name"] for v in body["lineage"]] == ["policy-v2", "policy-v1"]
+
+    def test_the_detail_reads_a_long_lineage_in_as_many_queries_as_a_short_one(self, lead_client, project):
+        def queries_for(version):
+            with CaptureQueriesContext(connection) as queries:
+                assert lead_client.get(f"{P}/models/{version.pk}/").status_code == 200
+            return len(queries)
+
+        newest = register(project)
+        short = queries_for(newest)
+        for _ in range(3):
+            newest = register(project, parent=newest)
+        assert queries_for(newest) <= short  # not one more per ancestor
 
     def test_promoting_a_version_archives_the_one_active_before(self, lead_client, project):
         old, new = register(project), register(project)
