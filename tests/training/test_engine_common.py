@@ -3,13 +3,14 @@
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.training.conftest import marker_pairs, save_adapter, write_jsonl
 from training.engine.common import (
     BaseConfig,
     is_adapter,
     load_policy,
+    load_reward_model,
     load_rows,
     load_tokenizer,
     lora_config,
@@ -127,6 +128,20 @@ def test_loads_an_adapter_directory_onto_its_base(tiny, adapter):
     assert {name for name, p in trainable.named_parameters() if p.requires_grad} == {
         name for name, _ in trainable.named_parameters() if "lora_" in name
     }
+
+
+def test_reward_model_without_a_pad_id_reads_padding_as_its_tokenizer_pads(tiny, tmp_path):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny.reward)
+    model.config.pad_token_id = None
+    model.save_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny.reward)
+    tokenizer.save_pretrained(tmp_path)
+
+    loaded = load_reward_model(tmp_path, torch.device("cpu"))
+    given = load_reward_model(tmp_path, torch.device("cpu"), tokenizer=load_tokenizer(tmp_path))
+
+    assert loaded.config.pad_token_id == given.config.pad_token_id == tokenizer.pad_token_id
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
 
 
 def test_load_rows_keeps_what_the_trainer_needs(tmp_path):

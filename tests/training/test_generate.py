@@ -4,9 +4,10 @@ import math
 
 import pytest
 import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.training.conftest import save_adapter
-from training.engine.generate import evaluate_policy, generate, score
+from training.engine.generate import evaluate_policy, generate, reward_model_scores, score
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
@@ -74,3 +75,21 @@ def test_mean_reward_is_the_reward_model_on_the_policy_samples(tiny):
     rewards = score(str(tiny.reward), conversations, device=CPU)
     assert report["mean_reward"] == pytest.approx(rewards.mean().item(), abs=1e-5)
     assert report["reward_std"] > 0
+
+
+def test_reward_model_scores_the_last_real_token_whatever_the_padding(tiny):
+    tokenizer = AutoTokenizer.from_pretrained(tiny.reward)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(tiny.reward).eval()
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)["input_ids"]
+    answer = tokenizer("Hello there.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    alone = torch.tensor([prompt + answer])
+    pad = tokenizer.pad_token_id
+    # The same sequence in a batch: two pads on the left of the prompt, two after the response.
+    padded = torch.tensor([[pad, pad, *prompt, *answer, pad, pad]])
+    padded_mask = (padded != pad).long()
+
+    scores = reward_model_scores(reward_model, padded, padded_mask)
+
+    torch.testing.assert_close(scores, reward_model_scores(reward_model, alone, torch.ones_like(alone)))
+    with torch.no_grad():
+        torch.testing.assert_close(scores, reward_model(alone).logits[:, 0])

@@ -13,11 +13,12 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.training.conftest import QUESTIONS, settings, write_jsonl
 from training.engine import ppo
 from training.engine.__main__ import main
+from training.engine.generate import response_mask
 from training.engine.ppo import (
     KLController,
     PPOConfig,
@@ -29,8 +30,6 @@ from training.engine.ppo import (
     masked_whiten,
     policy_loss,
     ppo_targets,
-    response_mask,
-    reward_model_scores,
     train_ppo,
     value_loss,
 )
@@ -201,7 +200,7 @@ def test_batches_walk_through_shuffled_epochs_without_state():
     assert batch_indices(12, 2, 5, seed=0) == first_epoch[10:] + second_epoch[:3]  # a batch may span two epochs
 
 
-# --- prompts and the reward model ------------------------------------------------------------------------------
+# --- prompts ------------------------------------------------------------------------------------------------
 
 
 def test_prompts_are_rendered_for_generation_once_each_and_split(tiny, prompts, tmp_path):
@@ -219,24 +218,6 @@ def test_prompts_are_rendered_for_generation_once_each_and_split(tiny, prompts, 
     strings = write_jsonl(tmp_path / "strings.jsonl", [{"prompt": "Hi"}, {"prompt": "word " * 200}])
     train, held_out = load_prompts(strings, tokenizer, quick(tiny, eval_fraction=0.0))
     assert [tokenizer.decode(ids) for ids in train] == ["<s><|user|>Hi</s><|assistant|>"]
-
-
-def test_reward_model_scores_the_last_real_token_whatever_the_padding(tiny):
-    tokenizer = AutoTokenizer.from_pretrained(tiny.reward)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(tiny.reward).eval()
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)["input_ids"]
-    answer = tokenizer("Hello there.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    alone = torch.tensor([prompt + answer])
-    pad = tokenizer.pad_token_id
-    # The same sequence in a batch: two pads on the left of the prompt, two after the response.
-    padded = torch.tensor([[pad, pad, *prompt, *answer, pad, pad]])
-    padded_mask = (padded != pad).long()
-
-    scores = reward_model_scores(reward_model, padded, padded_mask)
-
-    torch.testing.assert_close(scores, reward_model_scores(reward_model, alone, torch.ones_like(alone)))
-    with torch.no_grad():
-        torch.testing.assert_close(scores, reward_model(alone).logits[:, 0])
 
 
 # --- the loop -----------------------------------------------------------------------------------------------

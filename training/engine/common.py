@@ -246,19 +246,18 @@ def load_policy(
 
 
 def load_reward_model(
-    path: str | Path, device: torch.device | None = None, *, dtype: torch.dtype | None = None
+    path: str | Path, device: torch.device | None = None, *, tokenizer: PreTrainedTokenizerBase | None = None
 ) -> PreTrainedModel:
-    """A one-logit sequence classifier for scoring, frozen and in eval mode; an adapter is merged into its base."""
-    device = device or pick_device()
-    dtype = dtype or resolve_dtype("auto", device)
-    if is_adapter(path):
-        base = AutoModelForSequenceClassification.from_pretrained(adapter_base(path), num_labels=1, dtype=dtype)
-        model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
-    if model.config.pad_token_id is None:  # the classifier finds each sequence's last real token by its padding
-        model.config.pad_token_id = load_tokenizer(path).pad_token_id
-    return model.to(device).eval().requires_grad_(False)
+    """A one-logit sequence classifier for scoring, frozen and in eval mode; an adapter is merged into its base.
+
+    The classifier reads each sequence at its last token that is not padding: without a pad id in its config it
+    takes the tokenizer's (the reward model's own; pass it when it is loaded already).
+    """
+    config = BaseConfig(model_name_or_path=str(path))
+    model = load_model(AutoModelForSequenceClassification, config, device=device or pick_device(), num_labels=1)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = (tokenizer if tokenizer is not None else load_tokenizer(path)).pad_token_id
+    return model.eval().requires_grad_(False)
 
 
 def _load_dtype(config: BaseConfig, device: torch.device, is_trainable: bool) -> torch.dtype:

@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 
 from training.engine.sft import SFTConfig, train_sft
-from training.engine.tiny import TinyConfig, build_tiny_models
+from training.engine.tiny import build_tiny_models
 
 TOPICS = [
     "the sea", "the moon", "a garden", "the city", "music", "a river", "the forest", "bread", "winter", "a train",
@@ -54,8 +54,7 @@ def build_demo_policy(out_dir: Path, *, steps: int = 300, seed: int = 0) -> Path
     """The tiny policy, fully fine-tuned on the demo corpus; returns the directory to from_pretrained."""
     out_dir = Path(out_dir)
     chats = demo_conversations(2000, seed=seed)
-    tiny = build_tiny_models(out_dir / "tiny", corpus=[m["content"] for c in chats for m in c["messages"]],
-                             config=TinyConfig(), seed=seed)  # fmt: skip
+    tiny = build_tiny_models(out_dir / "tiny", corpus=[m["content"] for c in chats for m in c["messages"]], seed=seed)
     data = out_dir / "demo-sft.jsonl"
     data.write_text("".join(json.dumps(chat) + "\n" for chat in chats), encoding="utf-8")
     config = SFTConfig(

@@ -3,6 +3,8 @@
 Prompts are chat message lists, rendered with the model's chat template and `add_generation_prompt`, left-padded
 so that every row's last prompt token sits at the same position, and sampled in batches with the KV cache
 (`generate` keeps it by default). The same seed, batch size and device give the same samples.
+
+The pieces at the end (batched completion, the EOS mask, log-probs, reward-model scores) are PPO's too.
 """
 
 from collections.abc import Callable
@@ -102,39 +104,28 @@ def sample(
     seed: int,
     progress: Callable[[int, int], bool] | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """Sample in batches; per batch: prompt_ids / prompt_mask (B, P) left-padded, response_ids / response_mask
-    (B, R) with the mask covering each response up to and including its first end-of-sequence token."""
+    """Sample in batches of batch_size sequences, each prompt's num_samples together; per batch, what `complete`
+    returns."""
     set_seed(seed)
-    conversations = [prompt for prompt in prompts for _ in range(num_samples)]  # each prompt's samples together
-    eos_ids = torch.tensor(_eos_ids(model, tokenizer))
+    conversations = [prompt for prompt in prompts for _ in range(num_samples)]
+    eos = stop_token_ids(model, tokenizer)
     batches = []
     for start in range(0, len(conversations), batch_size):
-        texts = [
-            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            for messages in conversations[start : start + batch_size]
-        ]
-        # The template already starts with the BOS token; the tokenizer must not add another.
-        inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
-        output = model.generate(
-            **inputs,
-            do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else None,
-            top_p=top_p if temperature > 0 else None,
-            top_k=None,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=eos_ids.tolist(),
-        )
-        response = output[:, inputs["input_ids"].shape[1] :]  # (B, R)
-        is_eos = torch.isin(response, eos_ids.to(response.device))
-        after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # tokens after the first EOS are padding
+        batch = [encode_prompt(messages, tokenizer) for messages in conversations[start : start + batch_size]]
         batches.append(
-            {
-                "prompt_ids": inputs["input_ids"],
-                "prompt_mask": inputs["attention_mask"],
-                "response_ids": response,
-                "response_mask": (~after_eos).long(),
-            }
+            complete(
+                model,
+                tokenizer,
+                batch,
+                eos,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_p=top_p if temperature > 0 else None,
+                top_k=None,
+                max_new_tokens=max_new_tokens,
+            )
         )
         done = min(start + batch_size, len(conversations))
         if progress is not None and progress(done, len(conversations)):
@@ -177,9 +168,10 @@ def evaluate_policy(
         batch_size=batch_size,
         seed=seed,
     )
+    count = len(prompts) * num_samples
     report: dict[str, Any] = {
-        "samples": len(prompts) * num_samples,
-        "mean_response_tokens": sum(b["response_mask"].sum().item() for b in batches) / (len(prompts) * num_samples),
+        "samples": count,
+        "mean_response_tokens": sum(b["response_mask"].sum().item() for b in batches) / count,
     }
 
     reference = None
@@ -216,28 +208,25 @@ def score(
     reward_model_path: str, conversations: list[Messages], *, batch_size: int = 8, device: torch.device | None = None
 ) -> torch.Tensor:
     """The reward model's scalar for each whole conversation (prompt and answer), read at its last real token."""
-    device = device or pick_device()
-    model = load_reward_model(reward_model_path, device)
     tokenizer = load_tokenizer(reward_model_path, padding_side="right")
+    model = load_reward_model(reward_model_path, device, tokenizer=tokenizer)
     rewards = []
     for start in range(0, len(conversations), batch_size):
         texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[start : start + batch_size]]
-        inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
-        rewards.append(model(**inputs).logits[:, 0].float().cpu())  # (B,)
+        inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+        rewards.append(reward_model_scores(model, inputs["input_ids"], inputs["attention_mask"]).cpu())
     return torch.cat(rewards)
 
 
+@torch.no_grad()
 def _response_logps(model: PreTrainedModel | PeftModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """log p(response token | everything before it) under model: (B, R)."""
     ids = torch.cat([batch["prompt_ids"], batch["response_ids"]], dim=1)  # (B, P + R)
     mask = torch.cat([batch["prompt_mask"], batch["response_mask"]], dim=1)
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding: count positions from the first real token
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits  # (B, P + R, V)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits  # (B, P + R, V)
     prompt_length = batch["prompt_ids"].shape[1]
-    logits = logits[:, prompt_length - 1 : -1].float()  # the logits that predict each response token: (B, R, V)
-    # log softmax at the sampled token only: logit(y_t) - logsumexp(logits), without a second (B, R, V) tensor
-    picked = logits.gather(-1, batch["response_ids"].unsqueeze(-1)).squeeze(-1)
-    return picked - logits.logsumexp(dim=-1)
+    # The logits at position t predict token t + 1: those of the response tokens start at P − 1. (B, R, V)
+    return token_logprobs(logits[:, prompt_length - 1 : -1].float(), batch["response_ids"])
 
 
 def _load_unmerged(path: str, device: torch.device) -> PreTrainedModel | PeftModel:
@@ -247,13 +236,6 @@ def _load_unmerged(path: str, device: torch.device) -> PreTrainedModel | PeftMod
     return PeftModel.from_pretrained(base, path).to(device).eval()
 
 
-def _eos_ids(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Every token that ends a turn: the tokenizer's EOS and whatever the model's generation config adds."""
-    configured = model.generation_config.eos_token_id
-    configured = configured if isinstance(configured, list) else [configured] if configured is not None else []
-    return sorted({tokenizer.eos_token_id, *configured})
-
-
 def _texts(tokenizer: PreTrainedTokenizerBase, batches: list[dict[str, torch.Tensor]]) -> list[str]:
     """Each sampled response as text, in order, up to its first end-of-sequence token."""
     return [
@@ -261,3 +243,82 @@ def _texts(tokenizer: PreTrainedTokenizerBase, batches: list[dict[str, torch.Ten
         for batch in batches
         for ids, mask in zip(batch["response_ids"], batch["response_mask"], strict=True)
     ]
+
+
+# Pieces that PPO's rollouts use too -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def complete(
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    eos_ids: list[int],
+    **generation: Any,
+) -> dict[str, torch.Tensor]:
+    """One response to each prompt (token ids), all in one batched `generate` called with `generation` (settings,
+    or a generation_config) whose stop tokens are eos_ids.
+
+    Returns prompt_ids / prompt_mask (B, P) left-padded, and response_ids / response_mask (B, R), the mask covering
+    each response up to and including its first end-of-sequence token.
+    """
+    inputs = tokenizer.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt").to(model.device)
+    output = model.generate(**inputs, **generation)
+    responses = output[:, inputs["input_ids"].shape[1] :]  # (B, R)
+    mask, _ = response_mask(responses, eos_ids)
+    return {
+        "prompt_ids": inputs["input_ids"],
+        "prompt_mask": inputs["attention_mask"],
+        "response_ids": responses,
+        "response_mask": mask,
+    }
+
+
+def encode_prompt(prompt: str | Messages, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """A prompt's token ids, ready for the answer: messages rendered with the chat template and its generation
+    prompt; a string is one user message (plain text when the tokenizer has no chat template)."""
+    if isinstance(prompt, str) and not tokenizer.chat_template:
+        return tokenizer(prompt)["input_ids"]
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    # The template writes its own BOS token, and apply_chat_template adds no other.
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+
+
+def stop_token_ids(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token that ends a turn: the tokenizer's EOS and whatever the model's generation config adds (chat
+    models often end turns with a token of their own)."""
+    configured = model.generation_config.eos_token_id
+    configured = configured if isinstance(configured, list) else [configured] if configured is not None else []
+    return sorted({tokenizer.eos_token_id, *configured})
+
+
+def response_mask(responses: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask (B, R): 1 up to and including the first EOS, has_eos (B,)) for sampled responses (B, R); any of
+    eos_ids ends a response."""
+    is_eos = torch.isin(responses, torch.tensor(eos_ids, device=responses.device))  # (B, R)
+    # The response runs up to and including the first EOS: the tokens with no EOS strictly before them.
+    eos_before = torch.cumsum(is_eos, dim=1) - is_eos.long()  # (B, R)
+    return (eos_before == 0).long(), is_eos.any(dim=1)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as `generate` counts them; (B, T)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) at each position; logits (B, T, V), tokens (B, T) -> (B, T)."""
+    # log softmax at the token only: logit(y_t) − logsumexp(logits), without a second (B, T, V) tensor
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
+
+
+@torch.no_grad()
+def reward_model_scores(
+    reward_model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """The reward model's logit for each sequence, which the model reads at its last token that is not padding (as
+    in training), whichever side the padding is on; positions skip left padding as `generate`'s do. (B, T) -> (B,)."""
+    logits = reward_model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
+    ).logits  # (B, 1)
+    return logits[:, 0].float()

@@ -41,8 +41,17 @@ from training.engine.common import (
     load_reward_model,
     load_rows,
     load_tokenizer,
-    lora_config,
+    new_adapter,
     split_dataset,
+)
+from training.engine.generate import (
+    complete,
+    encode_prompt,
+    position_ids,
+    response_mask,
+    reward_model_scores,
+    stop_token_ids,
+    token_logprobs,
 )
 
 # (responses (B, R), mask (B, R)) -> scores (B,): stands in for the reward model (tests use a programmatic reward).
@@ -189,15 +198,6 @@ def value_loss(
     return loss, clip_fraction
 
 
-def response_mask(responses: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask (B, R): 1 up to and including the first EOS, has_eos (B,)) for sampled responses (B, R); any of
-    eos_ids ends a response."""
-    is_eos = torch.isin(responses, torch.tensor(eos_ids, device=responses.device))  # (B, R)
-    # The response runs up to and including the first EOS: the tokens with no EOS strictly before them.
-    eos_before = torch.cumsum(is_eos, dim=1) - is_eos.long()  # (B, R)
-    return (eos_before == 0).long(), is_eos.any(dim=1)
-
-
 def apply_missing_eos_penalty(scores: torch.Tensor, has_eos: torch.Tensor, penalty: float | None) -> torch.Tensor:
     """Add `penalty` (negative) to the score of each response that ended without EOS; scores, has_eos: (B,)."""
     if penalty is None:
@@ -208,11 +208,6 @@ def apply_missing_eos_penalty(scores: torch.Tensor, has_eos: torch.Tensor, penal
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """H = logsumexp(z) − Σ softmax(z)·z per position; logits (B, T, V) -> (B, T)."""
     return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) at each position; logits (B, T, V), tokens (B, T) -> (B, T)."""
-    return torch.gather(torch.log_softmax(logits, dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 # --- the model: policy + value head -----------------------------------------------------------------------
@@ -243,11 +238,6 @@ class PolicyWithValueHead(nn.Module):
         return out.logits.float(), values
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as `generate` counts them; (B, T)."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
 # --- rollouts ---------------------------------------------------------------------------------------------
 
 
@@ -262,23 +252,17 @@ def load_prompts(
     """
     train, held_out = split_dataset(load_rows(prompts_file, ["prompt"]), config.eval_fraction, config.seed)
     limit = config.max_length - config.max_new_tokens
-    splits = []
-    for rows in (train, held_out):
-        prompts = {
-            json.dumps(prompt, sort_keys=True): prompt for prompt in (rows["prompt"] if rows is not None else [])
-        }
-        encoded = (_encode_prompt(prompt, tokenizer) for prompt in prompts.values())
-        splits.append([ids for ids in encoded if len(ids) <= limit])
-    if not splits[0]:
+    train_ids = _encode_distinct(train["prompt"], tokenizer, limit)
+    if not train_ids:
         raise ValueError(f"{prompts_file}: no training prompt fits in max_length - max_new_tokens = {limit} tokens")
-    return splits[0], splits[1]
+    return train_ids, _encode_distinct(held_out["prompt"], tokenizer, limit) if held_out is not None else []
 
 
-def _encode_prompt(prompt: str | list[dict[str, str]], tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    if isinstance(prompt, str) and not tokenizer.chat_template:
-        return tokenizer(prompt)["input_ids"]
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+def _encode_distinct(prompts: list[Any], tokenizer: PreTrainedTokenizerBase, limit: int) -> list[list[int]]:
+    """Each distinct prompt's token ids, in order of first appearance; those longer than `limit` left out."""
+    distinct = {json.dumps(prompt, sort_keys=True): prompt for prompt in prompts}
+    encoded = (encode_prompt(prompt, tokenizer) for prompt in distinct.values())
+    return [ids for ids in encoded if len(ids) <= limit]
 
 
 def batch_indices(n_prompts: int, step: int, batch_size: int, seed: int) -> list[int]:
@@ -298,10 +282,7 @@ def batch_indices(n_prompts: int, step: int, batch_size: int, seed: int) -> list
 def generation_config(
     config: PPOConfig, tokenizer: PreTrainedTokenizerBase, policy: PreTrainedModel | PeftModel
 ) -> GenerationConfig:
-    """Sampling as the config says. Every token that ends a turn stops a response: the tokenizer's EOS and what
-    the model's own generation config adds (chat models often end turns with a token of their own)."""
-    configured = policy.generation_config.eos_token_id
-    configured = configured if isinstance(configured, list) else [] if configured is None else [configured]
+    """Sampling as the config says; every token that ends a turn (see `stop_token_ids`) stops a response."""
     # top_k=0: sample from the whole softmax(z / T), the distribution the log-probs are computed under.
     return GenerationConfig(
         max_new_tokens=config.max_new_tokens,
@@ -310,7 +291,7 @@ def generation_config(
         top_p=config.top_p,
         top_k=0,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=sorted({tokenizer.eos_token_id, *configured}),
+        eos_token_id=stop_token_ids(policy, tokenizer),
     )
 
 
@@ -326,11 +307,9 @@ def sample_responses(
     Returns (queries (B, P) left-padded, query_mask (B, P), responses (B, R)) with R <= max_new_tokens and
     everything after a response's first EOS set to padding.
     """
-    batch = tokenizer.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt").to(policy.device)
-    sequences = policy.generate(**batch, generation_config=generation)  # (B, P + R)
-    responses = sequences[:, batch["input_ids"].shape[1] :]
-    mask, _ = response_mask(responses, generation.eos_token_id)
-    return batch["input_ids"], batch["attention_mask"], responses.masked_fill(mask == 0, tokenizer.pad_token_id)
+    batch = complete(policy, tokenizer, prompts, generation.eos_token_id, generation_config=generation)
+    responses = batch["response_ids"].masked_fill(batch["response_mask"] == 0, tokenizer.pad_token_id)
+    return batch["prompt_ids"], batch["prompt_mask"], responses
 
 
 def response_logprobs(
@@ -386,10 +365,8 @@ def sample_and_score(
         logits, values = model(ids, attention)
         logprobs, response_logits = response_logprobs(logits, ids, context_length, chunk_mask, config.temperature)
         with model.policy.disable_adapter():  # π_ref: the same weights without the adapter
-            ref_logits = model.policy(input_ids=ids, attention_mask=attention, position_ids=position_ids(attention))
-        ref_logprobs, _ = response_logprobs(
-            ref_logits.logits.float(), ids, context_length, chunk_mask, config.temperature
-        )
+            ref = model.policy(input_ids=ids, attention_mask=attention, position_ids=position_ids(attention))
+        ref_logprobs, _ = response_logprobs(ref.logits.float(), ids, context_length, chunk_mask, config.temperature)
         parts["logprobs"].append(logprobs)
         parts["ref"].append(ref_logprobs)
         parts["values"].append(values[:, context_length - 1 : -1].masked_fill(chunk_mask == 0, 0.0))
@@ -425,6 +402,7 @@ def ppo_targets(
     # k1 estimate of the per-token KL: log π(y_t) − log π_ref(y_t), whose sum over t is unbiased for KL(π‖π_ref).
     kl = samples.logprobs - samples.ref_logprobs  # (B, R), 0 after the end
     rewards = -beta * kl  # (B, R)
+    non_score_reward = rewards.sum(dim=1).mean()
     last = mask.sum(dim=1) - 1  # (B,): each response's last token (its EOS, or the cut-off)
     rewards[torch.arange(len(last), device=last.device), last] += scores
     advantages, returns = gae(rewards, samples.values, mask, config.gamma, config.lam)
@@ -434,7 +412,7 @@ def ppo_targets(
         "reward": samples.scores.mean(),
         "score": scores.mean(),
         "kl": kl.sum(dim=1).mean(),  # per sequence: the quantity the adaptive controller steers
-        "non_score_reward": (-beta * kl).sum(dim=1).mean(),
+        "non_score_reward": non_score_reward,
         "entropy": masked_mean(samples.entropy, mask),
         "response_length": mask.sum(dim=1).float().mean(),
         "eos_fraction": samples.has_eos.float().mean(),
@@ -514,14 +492,14 @@ def train_ppo(
     tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
     train_prompts, eval_prompts = load_prompts(prompts_file, tokenizer, config)
     policy = load_policy(config, device=device, is_trainable=True)
-    if not isinstance(policy, PeftModel):
-        policy = get_peft_model(policy, lora_config(config, "CAUSAL_LM"))
+    if (adapter := new_adapter(config, policy, "CAUSAL_LM")) is not None:
+        policy = get_peft_model(policy, adapter)
     generation = generation_config(config, tokenizer, policy)
     # The log-probs assume samples drawn from exactly softmax(z / T) (cut at top_p), but `generate` fills what a
     # config leaves unset from the model's own defaults (a repetition penalty, min-p…): make ours its defaults.
     policy.get_base_model().generation_config = generation
     model = PolicyWithValueHead(policy)
-    reward_model = None if reward_fn else _load_reward_model(reward_model_path, tokenizer, device)
+    reward_model = None if reward_fn is not None else _load_reward_model(reward_model_path, tokenizer, device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, eps=1e-5)
 
     def score(query_responses: torch.Tensor, attention_mask: torch.Tensor, context_length: int) -> torch.Tensor:
@@ -594,23 +572,12 @@ def _load_reward_model(
         raise ValueError("reward_model_path: PPO needs a reward model")
     # The reward model reads the policy's token ids as they are: the two must share a tokenizer, as they do when
     # the reward model was trained from the same base.
-    if load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
+    reward_tokenizer = load_tokenizer(path)
+    if reward_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ValueError(f"{path}: the reward model's tokenizer differs from the policy's")
-    reward_model = load_reward_model(path, device)
+    reward_model = load_reward_model(path, device, tokenizer=reward_tokenizer)
     reward_model.config.pad_token_id = tokenizer.pad_token_id  # what comes after each response's last real token
     return reward_model
-
-
-@torch.no_grad()
-def reward_model_scores(
-    reward_model: PreTrainedModel, query_responses: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """The reward model's logit for each prompt + response, which the model reads at the last token that is not
-    padding, as in training; positions skip the left padding as the policy's do. (B, T) -> (B,)."""
-    logits = reward_model(
-        input_ids=query_responses, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
-    ).logits  # (B, 1)
-    return logits[:, 0].float()
 
 
 @torch.no_grad()
@@ -664,9 +631,13 @@ def evaluate(
 
 def save_model(model: PolicyWithValueHead, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
     """The adapter (loadable with PeftModel.from_pretrained), the value head beside it, and the tokenizer."""
+    _save_weights(model, path)
+    tokenizer.save_pretrained(path)
+
+
+def _save_weights(model: PolicyWithValueHead, path: Path) -> None:
     model.policy.save_pretrained(path)
     save_file({name: tensor.cpu() for name, tensor in model.value_head.state_dict().items()}, path / VALUE_HEAD_FILE)
-    tokenizer.save_pretrained(path)
 
 
 def save_checkpoint(
@@ -680,10 +651,7 @@ def save_checkpoint(
     """What a resumed run needs to continue as if never stopped: weights, optimiser, step, β and every RNG."""
     path.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
-        model.policy.save_pretrained(path)
-        save_file(
-            {name: tensor.cpu() for name, tensor in model.value_head.state_dict().items()}, path / VALUE_HEAD_FILE
-        )
+        _save_weights(model, path)
         torch.save(optimizer.state_dict(), path / "optimizer.pt")
         (path / "ppo_state.json").write_text(json.dumps({"step": step, "kl_controller": asdict(kl_controller)}))
         # Keep the two newest: enough to resume from, and a large model's checkpoints add up.
