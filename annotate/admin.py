@@ -4,6 +4,7 @@ Leads are staff without superuser: every ModelAdmin here filters its rows, and t
 through the row's path to its project. Superusers see everything.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 from django import forms
@@ -225,9 +226,7 @@ class ProjectAdmin(ProjectScopedAdmin):
 
     def import_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
         """Import an uploaded file into the project: all of it, or nothing and the offending line is named."""
-        project = get_object_or_404(Project.objects.led_by(request.user), pk=object_id)
-        if not self.has_change_permission(request, project):
-            raise PermissionDenied
+        project = self._led_project(request, object_id)
         form = ImportForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             try:
@@ -237,34 +236,22 @@ class ProjectAdmin(ProjectScopedAdmin):
             else:
                 messages.success(request, f"Imported into {project}: {result}")
                 return HttpResponseRedirect(reverse("admin:annotate_project_change", args=[project.pk]))
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"Import data into {project}",
-            "opts": self.opts,
-            "original": project,
-            "form": form,
-        }
-        return TemplateResponse(request, "admin/annotate/project/import.html", context)
+        return self._form_page(request, project, form, f"Import data into {project}", "import.html")
 
     @admin.action(description="Export dataset")
     def export_dataset(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
-        if queryset.count() != 1:
-            messages.warning(request, "Select one project to export.")
-            return None
-        return HttpResponseRedirect(reverse("admin:annotate_project_export", args=[queryset.get().pk]))
+        return _to_one_project(
+            request, queryset, "export", lambda pk: reverse("admin:annotate_project_export", args=[pk])
+        )
 
     @admin.action(description="Launch training round")
     def launch_training_round(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
-        if queryset.count() != 1:
-            messages.warning(request, "Select one project to train on.")
-            return None
-        return HttpResponseRedirect(f"{reverse('admin:training_traininground_launch')}?project={queryset.get().pk}")
+        launch = reverse("admin:training_traininground_launch")
+        return _to_one_project(request, queryset, "train on", lambda pk: f"{launch}?project={pk}")
 
     def export_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
         """Start an export of the project as a dataset snapshot; a Celery worker writes it."""
-        project = get_object_or_404(Project.objects.led_by(request.user), pk=object_id)
-        if not self.has_change_permission(request, project):
-            raise PermissionDenied
+        project = self._led_project(request, object_id)
         form = ExportForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
@@ -286,14 +273,29 @@ class ProjectAdmin(ProjectScopedAdmin):
                     request, format_html('Export started: <a href="{}">{}</a> shows its progress.', link, snapshot)
                 )
                 return HttpResponseRedirect(reverse("admin:annotate_project_change", args=[project.pk]))
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"Export a dataset from {project}",
-            "opts": self.opts,
-            "original": project,
-            "form": form,
-        }
-        return TemplateResponse(request, "admin/annotate/project/export.html", context)
+        return self._form_page(request, project, form, f"Export a dataset from {project}", "export.html")
+
+    def _led_project(self, request: HttpRequest, object_id: int) -> Project:
+        project = get_object_or_404(Project.objects.led_by(request.user), pk=object_id)
+        if not self.has_change_permission(request, project):
+            raise PermissionDenied
+        return project
+
+    def _form_page(
+        self, request: HttpRequest, project: Project, form: forms.Form, title: str, template: str
+    ) -> HttpResponse:
+        context = {**self.admin_site.each_context(request), "title": title, "opts": self.opts, "original": project}
+        return TemplateResponse(request, f"admin/annotate/project/{template}", {**context, "form": form})
+
+
+def _to_one_project(
+    request: HttpRequest, queryset: QuerySet, doing: str, url_for: Callable[[int], str]
+) -> HttpResponse | None:
+    """An action on one project: to its page, or a warning when the selection is not one project."""
+    if queryset.count() != 1:
+        messages.warning(request, f"Select one project to {doing}.")
+        return None
+    return HttpResponseRedirect(url_for(queryset.get().pk))
 
 
 @admin.register(Membership)

@@ -339,3 +339,13 @@ def test_superuser_imports_into_any_project(client, superuser, other_project):
     )
 
     assert other_project.prompts.count() == 1
+
+
+@pytest.mark.parametrize(("action", "doing"), [("export_dataset", "export"), ("launch_training_round", "train on")])
+def test_project_actions_want_exactly_one_project(client, superuser, project, other_project, action, doing):
+    client.force_login(superuser)
+    changelist = admin_url(Project, "changelist")
+    both = client.post(changelist, {"action": action, "_selected_action": [project.pk, other_project.pk]})
+    assert f"Select one project to {doing}." in [m.message for m in get_messages(both.wsgi_request)]
+    one = client.post(changelist, {"action": action, "_selected_action": [project.pk]})
+    assert one.status_code == 302 and str(project.pk) in one["Location"]
