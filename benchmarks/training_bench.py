@@ -165,11 +165,14 @@ class BareLoop:
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=0.0, fused=True)
 
     def completion_logps(self, batch: dict) -> Any:
-        """Σ log p(completion token) per sequence, (2B,): log-softmax over the logits, read at the labels."""
-        ids = batch["input_ids"]
-        logits = self.model(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False).logits[:, :-1]
-        per_token = self.torch.gather(logits.float().log_softmax(-1), 2, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        return (per_token * batch["completion_mask"][:, 1:]).sum(dim=1)
+        """Σ log p(completion token) per sequence, (2B,): the LM head at the completion positions only (the ones
+        with a label, as TRL's head scores them), log-softmax, read at the labels."""
+        ids, labelled = batch["input_ids"], batch["completion_mask"][:, 1:].bool()
+        causal_lm = self.model.get_base_model()  # under the adapter; PEFT's LoRA layers (or their disabling) apply
+        hidden = causal_lm.model(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False)
+        logits = causal_lm.lm_head(hidden.last_hidden_state[:, :-1][labelled]).float()
+        per_token = logits.log_softmax(-1).gather(-1, ids[:, 1:][labelled].unsqueeze(-1)).squeeze(-1)
+        return per_token.new_zeros(labelled.shape).masked_scatter(labelled, per_token).sum(dim=1)
 
     def step(self, batch: dict) -> dict[str, float]:
         """One optimisation step on a batch as TRL's collator made it; the time of its parts in ms."""

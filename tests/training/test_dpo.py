@@ -74,3 +74,86 @@ def test_continues_training_an_adapter_it_saved(tiny, tmp_path):
     previous = load_policy(BaseConfig(model_name_or_path=first.output_dir)).eval()
     with torch.no_grad():
         assert not torch.allclose(reloaded(IDS).logits, previous(IDS).logits)
+
+
+@pytest.mark.parametrize("use_lora", [True, False], ids=["lora", "full"])
+def test_off_cuda_the_plain_lm_head_gives_what_trls_fused_head_gives(tiny, tmp_path, monkeypatch, use_lora):
+    """On the CPU train_dpo swaps TRL's fused LM head for the plain one (faster there): same outputs, same gradients,
+    for the policy, the reference through the disabled adapter and a separate reference model."""
+    compared = []
+    use_plain_lm_head = dpo.use_plain_lm_head
+
+    def outputs_of(model, batch, *, grad):
+        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+        model.zero_grad()
+        with torch.set_grad_enabled(grad):
+            out = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, fused_lm_head=True
+            )
+        if grad:
+            out.loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        return out, grads
+
+    def compare(trainer):
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        model = trainer.model
+        with torch.no_grad():  # as if trained a little, so that the policy and the reference differ
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.05)
+                elif not use_lora:
+                    p.add_(torch.randn_like(p), alpha=0.02)
+        patched = [m for m in (trainer.model.get_base_model() if use_lora else model, trainer.ref_model) if m]
+
+        def everything():
+            policy = outputs_of(model, batch, grad=True)
+            if use_lora:
+                with model.disable_adapter():
+                    reference = outputs_of(model, batch, grad=False)
+            else:
+                reference = outputs_of(trainer.ref_model, batch, grad=False)
+            return policy, reference
+
+        trls = everything()
+        forwards = [vars(m)["forward"] for m in patched]
+        use_plain_lm_head(trainer)
+        assert all(vars(m)["forward"] is not forward for m, forward in zip(patched, forwards, strict=True))
+        compared.append((trls, everything()))
+
+    monkeypatch.setattr(dpo, "use_plain_lm_head", compare)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", marker_pairs(16))
+    train_dpo(settings(DPOConfig, tiny.policy, max_steps=1, use_lora=use_lora), pairs, str(tmp_path / "dpo"))
+
+    [(((trl_policy, trl_grads), (trl_ref, _)), ((policy, grads), (ref, _)))] = compared
+    assert policy.label_mask.any() and not policy.label_mask.all()  # prompt tokens and padding are unlabelled
+    torch.testing.assert_close(policy.label_mask, trl_policy.label_mask, rtol=0, atol=0)
+    torch.testing.assert_close(policy.log_probs, trl_policy.log_probs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(policy.loss, trl_policy.loss)
+    torch.testing.assert_close(policy.entropy, trl_policy.entropy.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(policy.mean_logits, trl_policy.mean_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(policy.is_top1, trl_policy.is_top1, rtol=0, atol=0)
+    assert policy.is_top1.any()
+    assert grads.keys() == trl_grads.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, trl_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert not torch.allclose(ref.log_probs, policy.log_probs)  # the reference is another model
+    torch.testing.assert_close(ref.log_probs, trl_ref.log_probs, rtol=1e-5, atol=1e-5)
+
+
+def test_models_whose_logits_are_capped_after_the_head_keep_trls_fused_head(tiny, tmp_path, monkeypatch):
+    kept = {}
+    use_plain_lm_head = dpo.use_plain_lm_head
+
+    def capped(trainer):
+        policy = trainer.model.get_base_model()
+        policy.config.final_logit_softcapping = 30.0  # Gemma 2's: TRL's head applies it, the plain one would not
+        forward = vars(policy)["forward"]
+        use_plain_lm_head(trainer)
+        kept["same"] = vars(policy)["forward"] is forward
+
+    monkeypatch.setattr(dpo, "use_plain_lm_head", capped)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", marker_pairs(8))
+    train_dpo(settings(DPOConfig, tiny.policy, max_steps=1), pairs, str(tmp_path / "dpo"))
+
+    assert kept == {"same": True}

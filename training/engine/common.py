@@ -34,6 +34,8 @@ from transformers import (
     TrainingArguments,
 )
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import is_triton_available
+from trl.trainer.utils import FusedCausalLMOutput
 
 # Called with (step, total_steps, metrics); returning True asks the stage to stop after the current step.
 ProgressFn = Callable[[int, int, dict[str, float]], bool]
@@ -384,6 +386,103 @@ def run_training(
     trainer.save_model(output_dir)  # the adapter (or full model) and the tokenizer, ready for from_pretrained
     last_step = next((log for log in reversed(trainer.state.log_history) if "loss" in log), {})
     return {**numbers(last_step), **numbers(output.metrics)}, callback.stopped
+
+
+# TRL's fused LM head where it has no kernel ------------------------------------------------------------------------
+
+# Config fields with which a model scales or caps its logits after the LM head (Gemma 2, Cohere, Granite, Falcon-H1,
+# MiniCPM3, Muse Glimmer …): TRL's fused head applies them, the plain head below does not, so such models keep TRL's.
+_LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+)
+
+
+def use_plain_lm_head(trainer: Trainer) -> None:
+    """Where TRL has no Triton kernel for its fused LM head (the CPU), score the labelled tokens with the plain head.
+
+    DPOTrainer and SFTTrainer patch the policy (and a separate reference) so that `model(..., labels=labels,
+    fused_lm_head=True)` returns per-token log-probabilities without building the logits. On CUDA that is a Triton
+    kernel over the labelled positions only; elsewhere TRL folds vocabulary tiles in torch at every position, prompt
+    and padding included, with about ten passes over each tile (log-probs, entropy, mean logit, top-1 for its
+    metrics) and recomputes them in the backward: a DPO step 13 % slower than a bare torch loop on a CPU
+    (BENCHMARKS.md). Off Triton this replaces that call with the labelled positions' logits, a log-softmax and a
+    gather, the metrics' fields computed from the same logits without gradient; the outputs are TRL's
+    (tests/training/test_engine_stages.py compares them and their gradients). Memory is labelled tokens ×
+    vocabulary floats, which is what a CPU-sized model can afford. Models whose logits are scaled or capped after the
+    head, or that add a router loss, keep TRL's head.
+    """
+    if is_triton_available() and trainer.args.device.type in ("cuda", "xpu"):
+        return
+    policy = trainer.model.get_base_model() if isinstance(trainer.model, PeftModel) else trainer.model
+    # The policy's fields feed the trainers' metrics (and WPO's weights); a separate reference gives log-probs only.
+    fields = ("entropy", "mean_logits", "is_top1") + (
+        ("log_sum_sq_probs",) if getattr(trainer, "use_weighting", False) else ()
+    )
+    for model, wanted in ((policy, fields), (getattr(trainer, "ref_model", None), ())):
+        text = model.config.get_text_config() if model is not None else None
+        if (
+            model is None
+            or "forward" not in vars(model)  # not patched by TRL (a version without the fused head)
+            or any(getattr(text, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS)
+            or getattr(text, "output_router_logits", False)
+        ):
+            continue
+        model.forward = types.MethodType(_plain_head_forward(model.forward, wanted), model)
+
+
+def _plain_head_forward(fused_forward: Callable[..., Any], fields: tuple[str, ...]) -> Callable[..., Any]:
+    def forward(
+        self: PreTrainedModel,
+        *args: Any,
+        fused_lm_head: bool = False,
+        labels: torch.Tensor | None = None,
+        shift_labels: torch.Tensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if not fused_lm_head:  # generation, or a trainer asking for the logits: TRL's forward passes it through
+            return fused_forward(
+                *args, labels=labels, shift_labels=shift_labels, num_items_in_batch=num_items_in_batch, **kwargs
+            )
+        hidden = self.base_model(*args, **{**kwargs, "use_cache": False}).last_hidden_state
+        if shift_labels is None:  # label t is the token after position t
+            hidden, labels = hidden[:, :-1], labels[:, 1:]
+        else:  # already shifted (context or sequence parallelism)
+            labels = shift_labels
+        head = self.get_output_embeddings()
+        labels = labels.to(head.weight.device)
+        mask = labels != -100
+        targets = labels[mask]
+        logits = head(hidden.to(head.weight.device)[mask]).float()  # (labelled tokens, vocabulary)
+        log_softmax = logits.log_softmax(-1)
+        log_probs = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        extra = {}
+        with torch.no_grad():  # as TRL computes them (the trainers detach entropy before use)
+            if "entropy" in fields:
+                extra["entropy"] = -(log_softmax.exp() * log_softmax).sum(-1)
+            if "log_sum_sq_probs" in fields:
+                extra["log_sum_sq_probs"] = torch.logsumexp(2 * log_softmax, -1)
+            if "mean_logits" in fields:
+                extra["mean_logits"] = logits.mean(-1)
+            if "is_top1" in fields:
+                extra["is_top1"] = logits.argmax(-1) == targets  # the first maximum, as TRL's kernel breaks ties
+
+        def per_token(values: torch.Tensor) -> torch.Tensor:  # back to (batch, positions), zero where unlabelled
+            return values.new_zeros(mask.shape).masked_scatter(mask, values)
+
+        denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        return FusedCausalLMOutput(
+            loss=-log_probs.sum() / denominator,
+            log_probs=per_token(log_probs),
+            label_mask=mask,
+            **{name: per_token(values) for name, values in extra.items()},
+        )
+
+    return forward
 
 
 def numbers(logs: Mapping[str, Any]) -> dict[str, float]:
