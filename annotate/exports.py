@@ -854,12 +854,7 @@ def _jsonl_batches(rows: Iterator[dict[str, Any]]) -> Iterator[tuple[int, bytear
 
 
 def _write_parquet(snapshot: DatasetSnapshot, batches: Iterator[tuple[int, bytearray]], file: "_HashedFile") -> int:
-    """Write the JSON Lines batches as Parquet, each batch a row group.
-
-    Two stages after the rows are encoded: Arrow's JSON reader turns a batch into a table (on _write_batches'
-    thread) while the Parquet writer encodes, compresses and writes the batch before (on a thread of its own); both
-    are C++ that lets go of the GIL, so neither waits for the other or for the Python that makes the rows.
-    """
+    """Write the JSON Lines batches as Parquet, each batch a row group."""
     # Imported here: a JSON Lines export does without pyarrow.
     import pyarrow as pa
     import pyarrow.json
@@ -867,32 +862,20 @@ def _write_parquet(snapshot: DatasetSnapshot, batches: Iterator[tuple[int, bytea
 
     schema = _schema(snapshot.kind, snapshot.style)
     parse = pyarrow.json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
-    pending = None
 
     def write(data: bytearray) -> None:
-        nonlocal pending
-        # Arrow's JSON reader makes the table and, unlike pa.Table.from_pylist, does not import pandas (some 50 MB)
-        # where that is installed. One block for the whole batch: a row must not straddle two.
+        # Arrow's JSON reader makes the table: C++ that lets go of the GIL, so it runs beside the next batch's
+        # encoding, and unlike pa.Table.from_pylist it does not import pandas (some 50 MB) where that is installed.
+        # One block for the whole batch: a row must not straddle two.
         read = pyarrow.json.ReadOptions(use_threads=False, block_size=len(data) + 1)
-        table = pyarrow.json.read_json(pa.BufferReader(data), read_options=read, parse_options=parse)
-        if pending:
-            pending.result()  # the previous table is written (or its error raised here)
-        pending = encoder.submit(writer.write_table, table)
+        writer.write_table(pyarrow.json.read_json(pa.BufferReader(data), read_options=read, parse_options=parse))
 
     # No dictionary encoding: the texts are nearly all distinct, and building a dictionary of them costs time.
     # Statistics (each row group's min and max) only for numbers: a text's would be texts, which the writer keeps
-    # for the footer until the end. The writer's many small writes (a page, a header) gather in Arrow's buffer, so
-    # the file and its hash see a few large ones, each a single call back into Python.
+    # for the footer until the end.
     numbers = [field.name for field in schema if not (pa.types.is_string(field.type) or pa.types.is_list(field.type))]
-    with (
-        pa.BufferedOutputStream(pa.PythonFile(file, mode="w"), buffer_size=4 << 20) as out,
-        pq.ParquetWriter(out, schema, use_dictionary=False, write_statistics=numbers) as writer,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-parquet") as encoder,
-    ):
-        count = _write_batches(snapshot, batches, write)
-        if pending:
-            pending.result()
-    return count
+    with pq.ParquetWriter(file, schema, use_dictionary=False, write_statistics=numbers) as writer:
+        return _write_batches(snapshot, batches, write)
 
 
 def _write_batches(snapshot: DatasetSnapshot, batches: Iterator[tuple[int, Any]], write: Callable[[Any], Any]) -> int:
@@ -930,10 +913,6 @@ class _HashedFile:
 
     def flush(self) -> None:
         self.file.flush()
-
-    def close(self) -> None:  # Arrow's stream closes what it wraps at the end; the file is its owner's to close
-        self.flush()
-        self.closed = True
 
 
 def _progress(snapshot: DatasetSnapshot, rows_written: int) -> None:
