@@ -80,6 +80,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import combinations, groupby
 from operator import itemgetter
+from time import monotonic
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import orjson
@@ -118,6 +119,9 @@ os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 
 CHUNK_SIZE = 1000  # prompts read per round of queries; rows per write (and per Parquet row group)
 READERS = 2  # chunks read at once on PostgreSQL, each by a thread with a connection of its own
+# rows_written is recorded at most this often while an export runs: an UPDATE for every chunk took an eighth of the
+# main thread's time at 1M pairs on PostgreSQL (BENCHMARKS.md).
+PROGRESS_SECONDS = 1.0
 STANDARD_ANSWER = "assistant:\n"  # ends every standard-style prompt: the turn the completion answers
 
 Kind = DatasetSnapshot.Kind
@@ -880,22 +884,23 @@ def _write_parquet(snapshot: DatasetSnapshot, batches: Iterator[tuple[int, bytea
 
 def _write_batches(snapshot: DatasetSnapshot, batches: Iterator[tuple[int, Any]], write: Callable[[Any], Any]) -> int:
     """write(data) each (row count, data) batch on a thread of its own, one batch at a time, recording progress
-    after each; returns how many rows were written.
+    (rows_written) every PROGRESS_SECONDS; returns how many rows were written (the caller records the total).
 
     Writing, hashing and Parquet's encoding and compression release the GIL, so they run beside the reading and
     encoding of the next batch instead of after it.
     """
-    count, pending = 0, None
+    count, pending, reported = 0, None, monotonic()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-writer") as writer:
         for rows, data in batches:
             if pending:
                 pending.result()  # the previous batch is written (or its error raised here)
-                _progress(snapshot, count)
+                if monotonic() - reported >= PROGRESS_SECONDS:
+                    DatasetSnapshot.objects.filter(pk=snapshot.pk).update(rows_written=count)
+                    reported = monotonic()
             pending = writer.submit(write, data)
             count += rows
         if pending:
             pending.result()
-    _progress(snapshot, count)
     return count
 
 
@@ -914,6 +919,3 @@ class _HashedFile:
     def flush(self) -> None:
         self.file.flush()
 
-
-def _progress(snapshot: DatasetSnapshot, rows_written: int) -> None:
-    DatasetSnapshot.objects.filter(pk=snapshot.pk).update(rows_written=rows_written)

@@ -534,13 +534,18 @@ class TestSnapshots:
         assert list(error.value.message_dict) == [field]
         assert not DatasetSnapshot.objects.exists()
 
-    def test_celery_task_records_progress_per_chunk_and_ends_ready(self, project, data, monkeypatch):
+    @pytest.mark.parametrize(("every", "updates"), [(0, 7), (3600, 1)])
+    def test_celery_task_records_progress_while_it_runs_and_ends_ready(
+        self, project, data, monkeypatch, every, updates
+    ):
         monkeypatch.setattr(exports, "CHUNK_SIZE", 2)
+        monkeypatch.setattr(exports, "PROGRESS_SECONDS", every)
         snapshot = create_snapshot(project, kind="votes")
         with CaptureQueriesContext(connection) as queries:
             assert export_snapshot(snapshot.pk) == "ready"
         progress = [q["sql"] for q in queries if "rows_written" in q["sql"] and q["sql"].startswith("UPDATE")]
-        assert len(progress) >= 7  # 14 rows, 2 at a time, then the final save
+        # 14 rows, 2 at a time: after each written chunk but the last when every one is due, then the final save.
+        assert len(progress) == updates
         snapshot.refresh_from_db()
         assert (snapshot.status, snapshot.row_count, snapshot.rows_written) == ("ready", 14, 14)
         assert snapshot.file.name.startswith("exports/") and snapshot.file.name.endswith(".jsonl")
