@@ -918,4 +918,3 @@ class _HashedFile:
 
     def flush(self) -> None:
         self.file.flush()
-
