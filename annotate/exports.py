@@ -23,7 +23,8 @@ agreement = the share of votes on the winning side (for a tie, the share of tie 
 a pair most of whose votes say "both bad" is both_bad: both are left out unless include_ties / include_both_bad
 keep them, flagged in the `tie` / `both_bad` columns (a kept tie lists response a as chosen). A ranking implies
 a pair for every two of its task's responses, in position order; each ranking annotation is a vote of strength
-1 for the better of the two, and a pair it ties gets no vote from it. With ratings_as_pairs, two rated responses
+1 for the better of the two, or a tie vote where it ranks them equal (so a ranking that ties two responses lowers
+the agreement on them, and one alone makes their pair a tie). With ratings_as_pairs, two rated responses
 to one prompt whose mean scores differ make a pair as well, after the prompt's task pairs: votes = the ratings
 behind both; they have no task, no per-side votes and no agreement (min_agreement leaves them be). Imported
 annotations are votes like any other.
@@ -603,10 +604,9 @@ def _tallies(kind: str, responses: list[_Response], votes: list[tuple]) -> list[
     for *_, ranking in votes:
         groups = orjson.loads(ranking)
         rank = {response_id: place for place, group in enumerate(groups) for response_id in group}
-        for tally in tallies:
-            if rank[tally.a.id] != rank[tally.b.id]:
-                tally.add(1 if rank[tally.a.id] < rank[tally.b.id] else -1, False)
-    return [tally for tally in tallies if tally.votes]
+        for tally in tallies:  # a pair the ranking ties gets a tie vote, as a pairwise "tie" does
+            tally.add((rank[tally.b.id] > rank[tally.a.id]) - (rank[tally.a.id] > rank[tally.b.id]), False)
+    return tallies
 
 
 def _decide(prompt_id: int, task_id: int, tally: _Tally, options: dict[str, Any]) -> _Pair | None:

@@ -183,8 +183,8 @@ class TestPairs:
         assert rows_of(export(project)) == [
             # 2 - ... A much better (+2), A better (+1), B much better (-2): sum 1 over 3 votes.
             pair(d, d.t1, d.r1, d.r2, 1 / 3, 3, 2, 1, 0, 2 / 3),
-            # The ranking: r7/r8 split 1-1 (a tie, left out); alice ties r7 and r9, so bob's is the one vote.
-            pair(d, d.t4, d.r7, d.r9, 1.0, 1, 1, 0, 0, 1.0),
+            # The ranking: r7/r8 split 1-1 (a tie, left out); r7 over r9 by bob, alice ties them: 1 of 2 votes.
+            pair(d, d.t4, d.r7, d.r9, 0.5, 2, 1, 0, 1, 0.5),
             pair(d, d.t4, d.r8, d.r9, 1.0, 2, 2, 0, 0, 1.0),
             pair(d, d.t5, d.hello, d.go_away, 1.0, 1, 1, 0, 0, 1.0),
         ]
@@ -198,7 +198,7 @@ class TestPairs:
             pair(d, d.t2, d.r3, d.r4, 0.0, 1, 0, 0, 1, 1.0, tie=True),
             pair(d, d.t3, d.r5, d.r6, 1.5, 2, 2, 0, 0, 1.0, both_bad=True),
             pair(d, d.t4, d.r7, d.r8, 0.0, 2, 1, 1, 0, 0.0, tie=True),
-            pair(d, d.t4, d.r7, d.r9, 1.0, 1, 1, 0, 0, 1.0),
+            pair(d, d.t4, d.r7, d.r9, 0.5, 2, 1, 0, 1, 0.5),
             pair(d, d.t4, d.r8, d.r9, 1.0, 2, 2, 0, 0, 1.0),
             pair(d, d.t5, d.hello, d.go_away, 1.0, 1, 1, 0, 0, 1.0),
         ]
@@ -223,7 +223,7 @@ class TestPairs:
         assert rows == [
             pair(d, d.t1, d.r1, d.r2, 1 / 3, 3, 2, 1, 0, 2 / 3),
             from_ratings,
-            pair(d, d.t4, d.r7, d.r9, 1.0, 1, 1, 0, 0, 1.0),
+            pair(d, d.t4, d.r7, d.r9, 0.5, 2, 1, 0, 1, 0.5),
             pair(d, d.t4, d.r8, d.r9, 1.0, 2, 2, 0, 0, 1.0),
             pair(d, d.t5, d.hello, d.go_away, 1.0, 1, 1, 0, 0, 1.0),
         ]
@@ -250,8 +250,7 @@ class TestPairs:
         rows = rows_of(export(project, min_agreement=0.7, ratings_as_pairs=True))
         assert [(row["task_id"], row["chosen_id"]) for row in rows] == [
             (None, d.r1.id),
-            (d.t4.id, d.r7.id),
-            (d.t4.id, d.r8.id),
+            (d.t4.id, d.r8.id),  # not r7 over r9: alice's ranking ties them, agreement 1/2
             (d.t5.id, d.hello.id),
         ]
         assert [row["task_id"] for row in rows_of(export(project, min_agreement=2 / 3))][0] == d.t1.id
@@ -456,7 +455,8 @@ class TestSft:
         # An annotator filter leaves out human-written responses: they do not record who wrote them.
         assert response_ids(annotator="alice") == [d.r1.id, d.r8.id]
         assert response_ids(round=1) == [d.r7.id, d.r8.id]
-        assert response_ids(min_agreement=0.8) == [d.r10.id, d.r7.id, d.r8.id, d.hello.id]
+        # r7 won over r9 with 1 of 2 votes (alice's ranking ties them): under 0.8, so only r8's win gives p3 one.
+        assert response_ids(min_agreement=0.8) == [d.r10.id, d.r8.id, d.hello.id]
         Response.objects.filter(pk=d.r10.pk).update(created_at=day(9))
         assert response_ids(since="2026-01-08") == [d.r10.id]
 
