@@ -18,6 +18,7 @@ from django.utils import timezone
 # How many tasks "remaining" counts up to: past it the pages say "100+", so no request counts a whole table
 # (each candidate costs three index probes: 100 take ~2 ms at 300k tasks, 1,000 took ~7 ms).
 REMAINING_CAP = 100
+AGREEMENT_TASKS = 2000  # the stats page measures agreement on this many of the latest multiply-annotated tasks
 
 
 class _NoRoom(Exception):
@@ -272,7 +273,8 @@ class Project(models.Model):
         }
 
     def lead_stats(self) -> dict[str, Any]:
-        """What a lead watches: tasks by status and kind, annotations per annotator and per hour, live leases."""
+        """What a lead watches: tasks by status and kind, annotations per annotator and per hour, live leases,
+        and agreement (see agreement())."""
         now = timezone.now()
         annotations = Annotation.objects.filter(task__project=self, source=Annotation.Source.HUMAN)
         return {
@@ -300,7 +302,44 @@ class Project(models.Model):
                 .select_related("annotator", "task")
                 .order_by("expires_at")
             ),
+            "agreement": self.agreement(),
         }
+
+    def agreement(self, tasks: int = AGREEMENT_TASKS) -> dict[str, Any]:
+        """Inter-annotator agreement (annotate/agreement.py) on the latest `tasks` tasks with two annotations or
+        more: per kind (units, values, percent, alpha) and per annotator (lowest first)."""
+        from annotate import agreement
+
+        latest = list(self.tasks.filter(annotation_count__gte=2).order_by("-id").values_list("id", flat=True)[:tasks])
+        rows = (
+            Annotation.objects.filter(task__in=latest, source=Annotation.Source.HUMAN)
+            .order_by("task_id", "id")
+            .values_list("task_id", "task__kind", "annotator__username", "choice", "score", "ranking")
+        )
+        units: dict[str, dict[Any, list[tuple[str, Any]]]] = {kind: {} for kind in TaskKind.values}
+        for task_id, kind, username, choice, score, ranking in rows:
+            if kind == TaskKind.RANKING:
+                for pair, value in agreement.ranking_values(ranking).items():
+                    units[kind].setdefault((task_id, pair), []).append((username, value))
+            else:
+                units[kind].setdefault(task_id, []).append((username, score if kind == TaskKind.RATING else choice))
+        by_kind, compared = [], []
+        for kind, label in TaskKind.choices:
+            answers = [unit for unit in units[kind].values() if len(unit) >= 2]
+            values = [[value for _, value in unit] for unit in answers]
+            metric = "interval" if kind == TaskKind.RATING else "nominal"
+            by_kind.append(
+                agreement.KindAgreement(
+                    kind=kind,
+                    label=label,
+                    units=len(values),
+                    values=sum(map(len, values)),
+                    percent=agreement.percent_agreement(values),
+                    alpha=agreement.krippendorff_alpha(values, metric),
+                )
+            )
+            compared += answers
+        return {"tasks": len(latest), "by_kind": by_kind, "by_annotator": agreement.by_annotator(compared)}
 
 
 class Membership(models.Model):

@@ -155,11 +155,37 @@ class LiveLeaseSerializer(serializers.ModelSerializer):
         fields = ["id", "annotator", "task", "kind", "leased_at", "expires_at"]
 
 
+class KindAgreementSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(TaskKind.choices)
+    units = serializers.IntegerField(help_text="Items with two human answers or more.")
+    values = serializers.IntegerField(help_text="The answers on them.")
+    percent = serializers.FloatField(
+        allow_null=True, help_text="Of every two answers to one item, the share that are equal (0-1)."
+    )
+    alpha = serializers.FloatField(
+        allow_null=True, help_text="Krippendorff's alpha: 1 perfect, 0 chance; null with nothing to expect."
+    )
+
+
+class AnnotatorAgreementSerializer(serializers.Serializer):
+    username = serializers.CharField(source="annotator")
+    agreed = serializers.IntegerField(help_text="Comparisons with another's answer to the same item that were equal.")
+    compared = serializers.IntegerField()
+    percent = serializers.FloatField()
+
+
+class AgreementSerializer(serializers.Serializer):
+    tasks = serializers.IntegerField(help_text="The latest tasks with two annotations or more, measured.")
+    by_kind = KindAgreementSerializer(many=True)
+    by_annotator = AnnotatorAgreementSerializer(many=True, help_text="Lowest agreement first.")
+
+
 class LeadStatsSerializer(serializers.Serializer):
     tasks = TaskCountSerializer(many=True)
     per_annotator = AnnotatorCountSerializer(many=True)
     per_hour = HourCountSerializer(many=True, help_text="Annotations per hour over the last day.")
     live_leases = LiveLeaseSerializer(many=True)
+    agreement = AgreementSerializer(help_text="Inter-annotator agreement; see annotate/agreement.py.")
 
     def to_representation(self, stats: dict[str, Any]) -> dict[str, Any]:
         # Project.lead_stats gives tuples; the API names their parts.
@@ -175,6 +201,7 @@ class LeadStatsSerializer(serializers.Serializer):
                 ],
                 "per_hour": [{"hour": hour, "annotations": n} for hour, n in stats["per_hour"]],
                 "live_leases": stats["live_leases"],
+                "agreement": stats["agreement"],
             }
         )
 

@@ -120,6 +120,7 @@ def project_stats(request: HttpRequest, project_slug: str) -> HttpResponse:
             # Bar widths in percent of the busiest hour: the page draws them with CSS, no charting library.
             "per_hour": [(hour, n, round(100 * n / busiest_hour)) for hour, n in stats["per_hour"]],
             "live_leases": stats["live_leases"],
+            "agreement": stats["agreement"],
         },
     )
 
