@@ -411,7 +411,7 @@ def use_plain_lm_head(trainer: Trainer) -> None:
     metrics) and recomputes them in the backward: a DPO step 13 % slower than a bare torch loop on a CPU
     (BENCHMARKS.md). Off Triton this replaces that call with the labelled positions' logits, a log-softmax and a
     gather, the metrics' fields computed from the same logits without gradient; the outputs are TRL's
-    (tests/training/test_engine_stages.py compares them and their gradients). Memory is labelled tokens ×
+    (tests/training/test_dpo.py compares them and their gradients). Memory is labelled tokens ×
     vocabulary floats, which is what a CPU-sized model can afford. Models whose logits are scaled or capped after the
     head, or that add a router loss, keep TRL's head.
     """
