@@ -126,10 +126,13 @@ def test_stats_page_shows_agreement_and_escapes_usernames(client, project, lead,
     odd = make_user("<b>eve</b>")
     Membership.objects.create(project=project, user=odd)
     pairwise, _ = task(project, "pairwise")
-    answer(pairwise, [(odd, {"choice": "a"}), (lead, {"choice": "a"})])
+    answer(pairwise, [(odd, {"choice": "a"})])
     client.force_login(lead)
+    url = reverse("project_stats", args=[project.slug])
+    assert "No task has two annotations yet." in client.get(url).content.decode()
+    answer(pairwise, [(lead, {"choice": "a"})])
 
-    response = client.get(reverse("project_stats", args=[project.slug]))
+    response = client.get(url)
 
     page = response.content.decode()
     assert re.search(r"<td>Side-by-side pairwise</td>\s*<td class=\"num\">1</td>\s*<td class=\"num\">2</td>", page)
