@@ -71,3 +71,44 @@ def test_whole_transcripts_when_assistant_only_loss_is_off(tiny, tmp_path, spy):
     train_sft(settings(SFTConfig, tiny.policy, max_steps=1, assistant_only_loss=False), data, str(tmp_path / "sft"))
 
     assert all("<|user|>" in text for text in trained_text(seen["trainer"]))
+
+
+def test_off_cuda_the_plain_lm_head_gives_trls_loss_metrics_and_gradients(tiny, tmp_path, monkeypatch):
+    """On the CPU train_sft swaps TRL's fused LM head for the plain one: TRL's own compute_loss (token-normalised
+    over the batch, as with gradient accumulation) gives the same loss, entropy, accuracy and gradients."""
+    compared = []
+    use_plain_lm_head = sft.use_plain_lm_head
+
+    def loss_metrics_and_grads(trainer, batch):
+        model = trainer.model
+        model.zero_grad()
+        torch.manual_seed(0)  # SFT keeps LoRA's dropout: the same masks for both heads
+        # Tokens over all of a step's batches, as under gradient accumulation: more than this batch holds.
+        loss = trainer.compute_loss(model, batch, num_items_in_batch=3 * (batch["labels"] != -100).sum())
+        loss.backward()
+        metrics = {name: values.pop() for name, values in trainer._metrics["train"].items() if values}
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), metrics, grads
+
+    def compare(trainer):
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        with torch.no_grad():  # as if trained a little, so that the adapter changes the outputs and gradients
+            for name, p in trainer.model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.05)
+        trls = loss_metrics_and_grads(trainer, batch)
+        use_plain_lm_head(trainer)
+        compared.append((trls, loss_metrics_and_grads(trainer, batch)))
+
+    monkeypatch.setattr(sft, "use_plain_lm_head", compare)
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(16))
+    train_sft(settings(SFTConfig, tiny.policy, max_steps=1), data, str(tmp_path / "sft"))
+
+    [((trl_loss, trl_metrics, trl_grads), (loss, metrics, grads))] = compared
+    torch.testing.assert_close(loss, trl_loss)
+    assert {"entropy", "mean_token_accuracy"} <= metrics.keys()
+    for name in ("entropy", "mean_token_accuracy"):
+        assert metrics[name] == pytest.approx(trl_metrics[name], rel=1e-5), name
+    assert grads.keys() == trl_grads.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, trl_grads[name], rtol=1e-4, atol=1e-6, msg=name)
