@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tests.training.conftest import marker_pairs, settings, write_jsonl
-from training.engine import dpo
+from training.engine import common, dpo
 from training.engine.common import BaseConfig, load_policy
 from training.engine.dpo import DPOConfig, train_dpo
 
@@ -81,7 +81,7 @@ def test_off_cuda_the_plain_lm_head_gives_what_trls_fused_head_gives(tiny, tmp_p
     """On the CPU train_dpo swaps TRL's fused LM head for the plain one (faster there): same outputs, same gradients,
     for the policy, the reference through the disabled adapter and a separate reference model."""
     compared = []
-    use_plain_lm_head = dpo.use_plain_lm_head
+    use_plain_lm_head = common.use_plain_lm_head
 
     def outputs_of(model, batch, *, grad):
         labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
@@ -121,7 +121,7 @@ def test_off_cuda_the_plain_lm_head_gives_what_trls_fused_head_gives(tiny, tmp_p
         assert all(vars(m)["forward"] is not forward for m, forward in zip(patched, forwards, strict=True))
         compared.append((trls, everything()))
 
-    monkeypatch.setattr(dpo, "use_plain_lm_head", compare)
+    monkeypatch.setattr(common, "use_plain_lm_head", compare)
     pairs = write_jsonl(tmp_path / "pairs.jsonl", marker_pairs(16))
     train_dpo(settings(DPOConfig, tiny.policy, max_steps=1, use_lora=use_lora), pairs, str(tmp_path / "dpo"))
 
@@ -143,7 +143,7 @@ def test_off_cuda_the_plain_lm_head_gives_what_trls_fused_head_gives(tiny, tmp_p
 
 def test_models_whose_logits_are_capped_after_the_head_keep_trls_fused_head(tiny, tmp_path, monkeypatch):
     kept = {}
-    use_plain_lm_head = dpo.use_plain_lm_head
+    use_plain_lm_head = common.use_plain_lm_head
 
     def capped(trainer):
         policy = trainer.model.get_base_model()
@@ -152,7 +152,7 @@ def test_models_whose_logits_are_capped_after_the_head_keep_trls_fused_head(tiny
         use_plain_lm_head(trainer)
         kept["same"] = vars(policy)["forward"] is forward
 
-    monkeypatch.setattr(dpo, "use_plain_lm_head", capped)
+    monkeypatch.setattr(common, "use_plain_lm_head", capped)
     pairs = write_jsonl(tmp_path / "pairs.jsonl", marker_pairs(8))
     train_dpo(settings(DPOConfig, tiny.policy, max_steps=1), pairs, str(tmp_path / "dpo"))
 

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.training.conftest import MARKER, settings, sft_rows, write_jsonl
-from training.engine import sft
+from training.engine import common, sft
 from training.engine.common import BaseConfig, load_policy
 from training.engine.sft import SFTConfig, train_sft
 
@@ -77,7 +77,7 @@ def test_off_cuda_the_plain_lm_head_gives_trls_loss_metrics_and_gradients(tiny, 
     """On the CPU train_sft swaps TRL's fused LM head for the plain one: TRL's own compute_loss (token-normalised
     over the batch, as with gradient accumulation) gives the same loss, entropy, accuracy and gradients."""
     compared = []
-    use_plain_lm_head = sft.use_plain_lm_head
+    use_plain_lm_head = common.use_plain_lm_head
 
     def loss_metrics_and_grads(trainer, batch):
         model = trainer.model
@@ -100,7 +100,7 @@ def test_off_cuda_the_plain_lm_head_gives_trls_loss_metrics_and_gradients(tiny, 
         use_plain_lm_head(trainer)
         compared.append((trls, loss_metrics_and_grads(trainer, batch)))
 
-    monkeypatch.setattr(sft, "use_plain_lm_head", compare)
+    monkeypatch.setattr(common, "use_plain_lm_head", compare)
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(16))
     train_sft(settings(SFTConfig, tiny.policy, max_steps=1), data, str(tmp_path / "sft"))
 

@@ -379,6 +379,7 @@ def run_training(
         # and fp16's gradient scaler refuses half-precision gradients (PEFT upcasts LoRA, not a saved score head).
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()
+    use_plain_lm_head(trainer)  # DPO and SFT off CUDA: TRL's fused LM head is slower there than the plain one
     callback = ProgressCallback(progress or _keep_going)
     trainer.add_callback(callback)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; progress goes through the callback
@@ -403,6 +404,8 @@ _LOGIT_TRANSFORMS = (
 
 def use_plain_lm_head(trainer: Trainer) -> None:
     """Where TRL has no Triton kernel for its fused LM head (the CPU), score the labelled tokens with the plain head.
+
+    run_training calls it for every stage; trainers that do not patch the model (RewardTrainer) are left as they are.
 
     DPOTrainer and SFTTrainer patch the policy (and a separate reference) so that `model(..., labels=labels,
     fused_lm_head=True)` returns per-token log-probabilities without building the logits. On CUDA that is a Triton

@@ -24,7 +24,6 @@ from training.engine.common import (
     run_training,
     split_dataset,
     trainer_arguments,
-    use_plain_lm_head,
 )
 
 # TRL's DPO losses that need nothing beyond beta (sigmoid is the paper's; ipo, hinge and robust are common variants).
@@ -73,7 +72,6 @@ def train_dpo(config: DPOConfig, data_file: str, output_dir: str, progress: Prog
         processing_class=tokenizer,
         peft_config=new_adapter(config, model, "CAUSAL_LM"),
     )
-    use_plain_lm_head(trainer)  # off CUDA, TRL's fused head is slower than the plain one
     metrics, stopped = run_training(trainer, output_dir, resume=config.resume, progress=progress)
     report = {}
     if eval_pairs is not None:

@@ -25,7 +25,6 @@ from training.engine.common import (
     run_training,
     split_dataset,
     trainer_arguments,
-    use_plain_lm_head,
 )
 
 
@@ -59,7 +58,6 @@ def train_sft(config: SFTConfig, data_file: str, output_dir: str, progress: Prog
         processing_class=tokenizer,
         peft_config=new_adapter(config, model, "CAUSAL_LM"),
     )
-    use_plain_lm_head(trainer)  # off CUDA, TRL's fused head is slower than the plain one
     metrics, stopped = run_training(trainer, output_dir, resume=config.resume, progress=progress)
     report = {}
     if eval_rows is not None:
