@@ -136,6 +136,13 @@ ARBITER_ROUND_HEARTBEAT_SECONDS = env_int("ARBITER_ROUND_HEARTBEAT_SECONDS", "10
 # A running round whose worker has been silent this long is failed (killed, out of memory, machine lost).
 ARBITER_ROUND_HEARTBEAT_TIMEOUT = timedelta(seconds=env_int("ARBITER_ROUND_HEARTBEAT_TIMEOUT", "120"))
 ARBITER_ROUND_TIME_LIMIT = env_int("ARBITER_ROUND_TIME_LIMIT", str(24 * 3600))  # seconds; the worker kills it after
+# What a lead may name as a round's base besides the project's own versions (training/rounds.py resolve_base):
+# hub ids (org/name), and local paths under these absolute directories (none by default). ARBITER_ARTIFACTS_ROOT
+# is never one: it holds every project's adapters, which a project reaches by version name.
+ARBITER_ALLOW_HUB_MODELS = env_bool("ARBITER_ALLOW_HUB_MODELS", "True")
+ARBITER_MODEL_ROOTS = [Path(root) for root in env_list("ARBITER_MODEL_ROOTS", "")]
+if relative := [str(root) for root in ARBITER_MODEL_ROOTS if not root.is_absolute()]:
+    raise ImproperlyConfigured(f"ARBITER_MODEL_ROOTS: {', '.join(relative)} is not an absolute path.")
 
 # Imports: refuse files over this size before reading them.
 ARBITER_IMPORT_MAX_BYTES = env_int("ARBITER_IMPORT_MAX_BYTES", str(512 * 1024 * 1024))

@@ -47,6 +47,14 @@ def _files_in_tmp(settings, tmp_path):
     settings.ARBITER_ARTIFACTS_ROOT = tmp_path / "artifacts"
 
 
+@pytest.fixture
+def base(tmp_path, settings):
+    """A round's base: a folder under an allowed model root (launching checks no more than that; a worker loads it)."""
+    settings.ARBITER_MODEL_ROOTS = [tmp_path / "models"]
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    return str(tmp_path / "models" / "base")
+
+
 @pytest.fixture(autouse=True)
 def _empty_cache():
     # DRF's throttles count requests in the cache: one test's logins must not throttle the next test's.

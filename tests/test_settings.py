@@ -134,6 +134,11 @@ class TestManagementChecks:
         assert "ImproperlyConfigured" in result.stderr
         assert "SECRET_KEY" in result.stderr
 
+    def test_a_relative_model_root_refuses_to_start(self, sqlite_env):
+        result = manage("check", env={**sqlite_env, "ARBITER_MODEL_ROOTS": "/srv/models, models"})
+        assert result.returncode != 0
+        assert "ARBITER_MODEL_ROOTS: models is not an absolute path" in result.stderr
+
     def test_production_with_the_development_key_refuses_to_start(self, production_env):
         production_env["SECRET_KEY"] = "insecure-development-key-do-not-use-in-production"
         result = manage("check", env=production_env)

@@ -16,17 +16,14 @@ from annotate.admin import DatasetFiltersForm, ProjectScopedAdmin
 from annotate.models import Project
 from models_registry.models import ModelVersion
 from training.models import TrainingRound
-from training.rounds import STAGES, launch_round, relaunch, stage_configs
+from training.rounds import BASE_HELP, STAGES, launch_round, relaunch, stage_configs
 
 
 class LaunchForm(DatasetFiltersForm):
     project = forms.ModelChoiceField(queryset=Project.objects.none())
     split = forms.ChoiceField(required=False, choices=[("train", "Train"), ("eval", "Eval")], initial="train")
     method = forms.ChoiceField(choices=TrainingRound.Method.choices)
-    base = forms.CharField(
-        required=False,
-        help_text="A policy version (policy-v3), a hub id or a local path; empty: the project's active policy.",
-    )
+    base = forms.CharField(required=False, help_text=BASE_HELP)
     reward_model = forms.CharField(
         required=False, help_text="PPO only: score with this reward version (reward-v2) instead of training one."
     )

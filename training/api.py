@@ -37,6 +37,7 @@ _REFUSED = OpenApiResponse(
     "Refused, nothing queued: errors by field, or by the setting or dataset filter at fault "
     '({"dpo.beta": ["beta: must be > 0, got -1.0"]}).',
 )
+_LAUNCH_REFUSALS = {400: _REFUSED, **error_responses(401, 403, 404)}
 
 
 # Rounds ----------------------------------------------------------------------------------------------------
@@ -67,9 +68,7 @@ class RoundListView(ListAPIView):
     def get_queryset(self) -> QuerySet[TrainingRound]:
         return _rounds(project_led_by(self.request, self.kwargs["slug"]))
 
-    @extend_schema(
-        request=LaunchIn, responses={201: RoundDetailSerializer, 400: _REFUSED, **error_responses(401, 403, 404)}
-    )
+    @extend_schema(request=LaunchIn, responses={201: RoundDetailSerializer, **_LAUNCH_REFUSALS})
     def post(self, request: Request, slug: str) -> Response:
         """Launch a round: checked as the admin's launch form checks it, then queued for a GPU worker; poll it."""
         project = project_led_by(request, slug)
@@ -112,11 +111,10 @@ class RoundCancelView(APIView):
 
 
 class RoundRelaunchView(APIView):
-    @extend_schema(
-        request=None, responses={201: RoundDetailSerializer, 400: _REFUSED, **error_responses(401, 403, 404)}
-    )
+    @extend_schema(request=None, responses={201: RoundDetailSerializer, **_LAUNCH_REFUSALS})
     def post(self, request: Request, slug: str, number: int) -> Response:
-        """A new round with this one's method, base, settings and filters (after a failure or a cancel)."""
+        """A new round with this one's method, base, settings and filters (after a failure or a cancel); its base is
+        checked again, as a new launch's would be."""
         return _round_created(relaunch(_round_for(request, slug, number), user=request.user))
 
 

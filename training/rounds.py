@@ -3,7 +3,13 @@
 `launch_round` checks a lead's request (method, base, settings, dataset filters) and saves a queued round with
 a pending dataset snapshot; the Celery task calls `run_round`, which claims the round once, writes the snapshot,
 runs the method's stages from training/engine/ with a progress callback (heartbeat, metrics, cancel), and
-registers what they trained. `fail_stale_rounds` (Celery beat) fails rounds whose worker stopped beating.
+registers what they trained. A failure is stored in the words of `failure_message`, written for leads; the
+traceback stays in the worker's log.
+`fail_stale_rounds` (Celery beat) fails rounds whose worker stopped beating.
+
+A base (`resolve_base`) is the project's own registered policy, a hub id, or a folder under ARBITER_MODEL_ROOTS;
+anything else is refused with one message, so that a lead learns nothing of other projects' adapters or the
+server's files (the operator's `manage.py launch_round` may name any path).
 
 Stages per method: reward = [reward]; ppo = [reward, ppo, sample] ([ppo, sample] with a given reward model);
 dpo = [dpo, sample]; sft = [sft, sample]; sample = [sample] (training/sampling.py). Settings: `key=value`
@@ -12,13 +18,14 @@ refused, naming the key.
 """
 
 import collections
+import errno
 import json
 import logging
 import math
 import os
+import re
 import subprocess
 import threading
-import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +50,15 @@ STAGES = {
     Method.SAMPLE: ["sample"],  # a registered policy's samples into the queue, on demand
 }
 LOG_TAIL_LINES = 200
+BASE_HELP = (
+    "A policy version of this project (policy-v3), a hub id (org/name) or a folder under the server's allowed model "
+    "roots; empty: the project's active policy."
+)
+# A Hugging Face hub id, org/name: starting each part with a letter or digit, it spells no path (no leading /, ~
+# or ., no ..), so it reaches no file on the server. (transformers would load a folder of that name under the
+# worker's working directory if one existed; the app's folder has no model two levels down.)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", re.ASCII)
+VERSION_NAME = re.compile(r"(policy-)?v?\d+")
 EVAL_PROMPTS = 16  # prompts sampled for a policy's eval report (mean reward, KL to the reference)
 
 
@@ -69,11 +85,13 @@ def launch_round(
     reward_model: str = "",
     settings_: Mapping[str, Any] | None = None,
     filters: Mapping[str, Any] | None = None,
+    trusted: bool = False,
 ) -> TrainingRound:
-    """Check the request and queue a round (and its pending snapshot); ValidationError names what is wrong."""
+    """Check the request and queue a round (and its pending snapshot); ValidationError names what is wrong.
+    trusted: see resolve_base."""
     if method not in Method.values:
         raise ValidationError({"method": f"Must be one of {', '.join(Method.values)}, not {method!r}."})
-    base_version, base_model = resolve_base(project, base)
+    base_version, base_model = resolve_base(project, base, trusted=trusted)
     if method == Method.SAMPLE and base_version is None:
         raise ValidationError({"base": "New samples come from a registered policy version (e.g. policy-v2)."})
     reward_version = _resolve_reward(project, method, reward_model)
@@ -96,7 +114,14 @@ def launch_round(
 
 
 def relaunch(training_round: TrainingRound, *, user: Any = None) -> TrainingRound:
-    """A new queued round with the same method, base, settings and filters (after a failure or a cancel)."""
+    """A new queued round with the same method, base, settings and filters (after a failure or a cancel).
+
+    A base given by name or path is checked again as a lead's would be: what the settings allowed then (or the
+    operator's command line allowed) may be refused now. A registered version is the project's own.
+    """
+    base_model = training_round.base_model
+    if training_round.base_version is None and base_model != settings.ARBITER_DEFAULT_BASE_MODEL:
+        resolve_base(training_round.project, base_model)
     return _queue(
         training_round.project,
         method=training_round.method,
@@ -141,10 +166,14 @@ def _enqueue(training_round: TrainingRound) -> None:
     TrainingRound.objects.filter(pk=training_round.pk).update(celery_task_id=result.id or "")
 
 
-def resolve_base(project: Project, base: str) -> tuple[ModelVersion | None, str]:
-    """(registered version or None, root base model) for what a lead typed: "", "v3", "policy-v3", or an id/path.
+def resolve_base(project: Project, base: str, *, trusted: bool = False) -> tuple[ModelVersion | None, str]:
+    """(registered version or None, root base model) for what a lead typed: "", "v3", "policy-v3", a hub id or a
+    folder under ARBITER_MODEL_ROOTS (the real path, symlinks followed, is what the round loads).
 
-    Empty means the project's active policy, else ARBITER_DEFAULT_BASE_MODEL.
+    Empty means the project's active policy, else ARBITER_DEFAULT_BASE_MODEL (the operator's). Anything else is
+    refused with one message whether or not it exists, so a refusal tells nothing about the server's files; the
+    artifacts root is refused too, as it holds every project's adapters. trusted (the operator's command line,
+    run with the server's own file access): any hub id or local path.
     """
     base = (base or "").strip()
     if not base:
@@ -153,13 +182,39 @@ def resolve_base(project: Project, base: str) -> tuple[ModelVersion | None, str]
         if settings.ARBITER_DEFAULT_BASE_MODEL:
             return None, settings.ARBITER_DEFAULT_BASE_MODEL
         raise ValidationError(
-            {"base": "The project has no active policy: give a hub id, a local path or a registered version."}
+            {"base": "The project has no active policy: give a registered version, a hub id or an allowed path."}
         )
     if version := _version_named(project, ModelVersion.Kind.POLICY, base):
         return version, version.base_model
-    if base.startswith(("/", "./", "../", "~")) and not Path(os.path.expanduser(base)).exists():
-        raise ValidationError({"base": f"No model at {base}."})
-    return None, base
+    if VERSION_NAME.fullmatch(base):
+        raise ValidationError({"base": f"This project has no {base} (its policies: the Models page)."})
+    if HUB_ID.fullmatch(base) and (trusted or settings.ARBITER_ALLOW_HUB_MODELS):
+        return None, base
+    if base.startswith(("/", "~", ".")) and (path := _allowed_path(base, trusted=trusted)):
+        if not os.path.exists(path):  # under a root the operator opened to leads: saying so tells nothing new
+            raise ValidationError({"base": f"No model at {base}."})
+        return None, path
+    raise ValidationError({"base": _refused_base()})
+
+
+def _allowed_path(base: str, *, trusted: bool) -> str | None:
+    """The real path of `base` if a round may load it: under a model root and not under the artifacts root."""
+    path = Path(os.path.realpath(os.path.expanduser(base)))
+    if trusted:
+        return str(path)
+    if path.is_relative_to(os.path.realpath(settings.ARBITER_ARTIFACTS_ROOT)):
+        return None
+    roots = [os.path.realpath(root) for root in settings.ARBITER_MODEL_ROOTS]
+    return str(path) if any(path.is_relative_to(root) for root in roots) else None
+
+
+def _refused_base() -> str:
+    allowed = ["a policy version of this project (policy-v3)"]
+    if settings.ARBITER_ALLOW_HUB_MODELS:
+        allowed.append("a hub id (org/name)")
+    if settings.ARBITER_MODEL_ROOTS:
+        allowed.append(f"a folder under {', '.join(map(str, settings.ARBITER_MODEL_ROOTS))}")
+    return f"Not a base this server allows: give {' or '.join(allowed)}."
 
 
 def _resolve_reward(project: Project, method: str, reward_model: str) -> ModelVersion | None:
@@ -221,6 +276,41 @@ class _Cancelled(Exception):
     pass
 
 
+class RoundFailed(Exception):
+    """A failure already worded for the lead: its message is the round's error as it stands."""
+
+
+# An absolute, home or relative path in an error message: what a lead's view of an error leaves out.
+_PATH = re.compile(r"(?<![\w.~/-])(?:~|\.{1,2})?/[^\s'\"`,;()\[\]<>]+")
+
+
+def hide_paths(text: str) -> str:
+    return _PATH.sub("<path>", text)
+
+
+def failure_message(error: Exception, training_round: TrainingRound) -> str:
+    """A failed round's error as leads see it (API, pages, admin): the problem without server paths or the
+    traceback, which the worker's log has."""
+    if isinstance(error, RoundFailed):
+        return str(error)
+    # torch.OutOfMemoryError (CUDA or CPU) by name: torch may be what failed to import.
+    if type(error).__name__ == "OutOfMemoryError" or isinstance(error, MemoryError):
+        return (
+            "Out of memory: lower per_device_batch_size or max_length (or raise gradient_accumulation_steps), "
+            "or train a LoRA adapter (use_lora=true)."
+        )
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return "The worker's disk is full: free space for its artifacts and model cache, then relaunch."
+    if isinstance(error, OSError):
+        return (
+            f"{type(error).__name__}: the worker could not read or write a model's files. Check that the base is a "
+            "complete model (a hub id needs the worker to reach the hub); the worker log names the file."
+        )
+    if isinstance(error, ValueError):  # how the engine and its libraries say what is wrong with a config or data
+        return f"{type(error).__name__}: {hide_paths(' '.join(str(error).split()))[:400]}"
+    return f"{type(error).__name__}: the worker failed; see the worker log for {training_round}."
+
+
 class _LogTail(logging.Handler):
     """The last lines logged while a round runs, for the round page."""
 
@@ -230,7 +320,8 @@ class _LogTail(logging.Handler):
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
+        # Leads read the tail: a traceback (server paths, code) stays in the worker's own log.
+        self.lines.append(self.format(logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})))
 
     def text(self) -> str:
         return "\n".join(self.lines)
@@ -274,9 +365,8 @@ def run_round(round_id: int) -> TrainingRound:
         logger.info("Round %s cancelled", round_id)
         training_round.finish(TrainingRound.Status.CANCELLED)
     except Exception as error:
-        logger.exception("Round %s failed", round_id)
-        message = f"{type(error).__name__}: {error}\n\n{traceback.format_exc(limit=-8)}"
-        training_round.finish(TrainingRound.Status.FAILED, error=message)
+        logger.exception("Round %s failed (%s)", round_id, training_round)
+        training_round.finish(TrainingRound.Status.FAILED, error=failure_message(error, training_round))
     else:
         training_round.finish(TrainingRound.Status.SUCCEEDED)
     finally:
@@ -305,9 +395,9 @@ def _run_stages(training_round: TrainingRound) -> None:
     if training:
         snapshot = run_snapshot(training_round.snapshot)
         if snapshot.status != DatasetSnapshot.Status.READY:
-            raise RuntimeError(f"The dataset snapshot failed: {snapshot.error}")
+            raise RoundFailed(f"The dataset snapshot (export {snapshot.pk}) failed: {hide_paths(snapshot.error)}")
         if not snapshot.row_count:
-            raise RuntimeError("The dataset snapshot has no rows: annotate more, or loosen the round's filters.")
+            raise RoundFailed("The dataset snapshot has no rows: annotate more, or loosen the round's filters.")
         logger.info("Snapshot %s: %s rows, sha256 %s", snapshot.pk, snapshot.row_count, snapshot.sha256)
         data_file = snapshot.file.path
         out_root = Path(settings.ARBITER_ARTIFACTS_ROOT) / training_round.project.slug

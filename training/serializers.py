@@ -10,6 +10,7 @@ from annotate.models import DatasetSnapshot
 from annotate.serializers import ExportFiltersSerializer
 from models_registry.models import ModelVersion
 from training.models import TrainingRound
+from training.rounds import BASE_HELP
 
 # Model versions --------------------------------------------------------------------------------------------
 
@@ -115,7 +116,7 @@ class LaunchIn(serializers.Serializer):
         max_length=500,
         required=False,
         allow_blank=True,
-        help_text="A policy version (policy-v3), a hub id or a local path; empty: the project's active policy.",
+        help_text=BASE_HELP,
     )
     reward_model = serializers.CharField(
         max_length=100,

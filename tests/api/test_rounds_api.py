@@ -18,13 +18,6 @@ P = "/api/v1/projects/helpfulness"
 
 
 @pytest.fixture
-def base(tmp_path):
-    """A local path that exists: launching checks no more than that (the worker loads it)."""
-    (tmp_path / "base").mkdir()
-    return str(tmp_path / "base")
-
-
-@pytest.fixture
 def enqueued(monkeypatch):
     """The round ids handed to the Celery task (no worker in these tests)."""
     ids = []
@@ -134,6 +127,41 @@ class TestLaunch:
 
         assert response.status_code == 400 and "active policy" in response.json()["base"][0]
         assert not TrainingRound.objects.exists()
+
+
+class TestBaseFromAnotherProjectOrTheServer:
+    def test_a_lead_cannot_train_on_another_projects_adapter_nor_learn_which_files_exist(
+        self, lead_client, settings, enqueued, django_capture_on_commit_callbacks
+    ):
+        alpha = Project.objects.create(name="Alpha", slug="alpha")
+        adapter = settings.ARBITER_ARTIFACTS_ROOT / "alpha" / "round-1" / "dpo"
+        adapter.mkdir(parents=True)
+        register(alpha, adapter_path=str(adapter))
+
+        answers = [
+            launch(lead_client, django_capture_on_commit_callbacks, method="dpo", base=base)
+            for base in (str(adapter), "/etc/passwd", "/nonexistent/x")
+        ]
+
+        assert [answer.status_code for answer in answers] == [400, 400, 400]
+        assert answers[0].json() == answers[1].json() == answers[2].json()
+        assert "/etc" not in answers[0].json()["base"][0]
+        assert not TrainingRound.objects.exists() and enqueued == []
+
+    def test_relaunching_a_round_whose_base_is_now_refused_is_refused_alike(
+        self, lead_client, project, settings, enqueued, django_capture_on_commit_callbacks
+    ):
+        old = launch_round(project, method="dpo", base="/etc", trusted=True)  # e.g. from the operator's shell
+        old.request_cancel()
+
+        with django_capture_on_commit_callbacks(execute=True):
+            response = lead_client.post(f"{P}/rounds/1/relaunch/")
+
+        assert response.status_code == 400
+        assert (
+            response.json() == launch(lead_client, django_capture_on_commit_callbacks, method="dpo", base="/x").json()
+        )
+        assert TrainingRound.objects.count() == 1 and enqueued == []
 
 
 class TestRead:

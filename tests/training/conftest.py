@@ -27,6 +27,13 @@ def tiny(tmp_path_factory):
     return build_tiny_models(tmp_path_factory.mktemp("tiny"))
 
 
+@pytest.fixture
+def policy(tiny, settings):
+    """The tiny policy as a round's base: its folder is an allowed model root."""
+    settings.ARBITER_MODEL_ROOTS = [tiny.root]
+    return str(tiny.policy)
+
+
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path

@@ -21,13 +21,6 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 
 
 @pytest.fixture
-def base(tmp_path):
-    """A local path that exists: launching checks no more than that (the worker loads it)."""
-    (tmp_path / "base").mkdir()
-    return str(tmp_path / "base")
-
-
-@pytest.fixture
 def staff_lead(lead):
     lead.groups.add(project_leads_group())
     return lead
@@ -65,6 +58,25 @@ class TestAdminLaunch:
         page = client.post(launch_url(), {"project": other.pk, "method": "dpo", "base": base})
         assert page.status_code == 200 and "Select a valid choice" in page.content.decode()
         assert not TrainingRound.objects.exists()
+
+    def test_a_path_outside_the_allowed_roots_is_refused_on_the_base_field(self, client, staff_lead, project, base):
+        client.force_login(staff_lead)
+        page = client.post(launch_url(), {"project": project.pk, "method": "dpo", "base": "/etc"})
+        assert page.status_code == 200 and "base: Not a base this server allows" in page.content.decode()
+        assert not TrainingRound.objects.exists()
+
+    def test_relaunching_a_round_whose_base_is_now_refused_relaunches_nothing(
+        self, client, staff_lead, project, base, settings
+    ):
+        training_round = launch_round(project, method="dpo", base=base)
+        training_round.request_cancel()
+        settings.ARBITER_MODEL_ROOTS = []
+        client.force_login(staff_lead)
+        changelist = reverse("admin:training_traininground_changelist")
+        page = client.post(changelist, {"action": "relaunch_rounds", "_selected_action": [training_round.pk]},
+                           follow=True)  # fmt: skip
+        assert "Nothing relaunched: Not a base this server allows" in page.content.decode()
+        assert TrainingRound.objects.count() == 1
 
     def test_annotators_cannot_reach_the_launch_form(self, client, annotator, project):
         client.force_login(annotator)
@@ -162,6 +174,15 @@ class TestCommand:
         training_round = TrainingRound.objects.get()
         assert "Queued round 1" in out.getvalue()
         assert training_round.config["dpo"]["beta"] == 0.3 and training_round.filters["split"] == "train"
+
+    def test_the_operator_may_name_any_path_or_hub_id(self, project, settings, tmp_path):
+        settings.ARBITER_ALLOW_HUB_MODELS = False  # leads may name neither; the operator's shell reads any file
+        for base in (str(tmp_path), "org/name"):
+            call_command("launch_round", project.slug, "--method", "dpo", "--base", base, stdout=StringIO())
+        assert list(TrainingRound.objects.order_by("number").values_list("base_model", flat=True)) == [
+            str(tmp_path),
+            "org/name",
+        ]
 
     @pytest.mark.parametrize(
         ("args", "message"),

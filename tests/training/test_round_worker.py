@@ -93,11 +93,11 @@ def status_of(training_round: TrainingRound) -> str:
 
 
 def test_a_round_launched_in_the_admin_is_run_by_a_celery_worker(
-    client, pairs_project, lead, tiny, worker_env, tmp_path
+    client, pairs_project, lead, policy, worker_env, tmp_path
 ):
     lead.groups.add(project_leads_group())
     client.force_login(lead)
-    form = {"project": pairs_project.pk, "method": "dpo", "base": str(tiny.policy), "settings": FAST}
+    form = {"project": pairs_project.pk, "method": "dpo", "base": policy, "settings": FAST}
     page = client.post(reverse("admin:training_traininground_launch"), form)
     training_round = TrainingRound.objects.get(project=pairs_project)
     assert page.status_code == 302 and page["Location"] == reverse("round_page", args=[pairs_project.slug, 1])
@@ -151,10 +151,10 @@ def test_launch_round_wait_follows_a_round_through_redis(pairs_project, tiny, wo
 
 
 def test_a_worker_killed_mid_round_leaves_it_failed_and_a_relaunch_succeeds(
-    pairs_project, tiny, worker_env, tmp_path, settings
+    pairs_project, policy, worker_env, tmp_path, settings
 ):
     long = {"max_steps": "120", "per_device_batch_size": "2", "lora_r": "4", "max_length": "128"}
-    training_round = launch_round(pairs_project, method="dpo", base=str(tiny.policy), settings_=long)
+    training_round = launch_round(pairs_project, method="dpo", base=policy, settings_=long)
     worker = Worker(worker_env, tmp_path / "worker.log")
     try:
         wait_for(lambda: TrainingRound.objects.get(pk=training_round.pk).step >= 2, "two steps", worker)

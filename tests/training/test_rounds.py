@@ -1,11 +1,14 @@
 """Training rounds on the tiny local model: launch checks, each method end to end in-process, claims, cancel,
 stale workers, and what lands in the registry."""
 
+import errno
 import json
 import logging
 import threading
 import time
 from datetime import timedelta
+from importlib import import_module
+from pathlib import Path
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -16,7 +19,7 @@ from annotate.models import DatasetSnapshot, Response, Task
 from models_registry.models import ModelVersion
 from tests.training.conftest import marker_pairs
 from training.models import RoundMetric, TrainingRound
-from training.rounds import fail_stale_rounds, launch_round, relaunch, run_round
+from training.rounds import fail_stale_rounds, failure_message, launch_round, relaunch, run_round
 
 FAST = {"max_steps": "3", "per_device_batch_size": "2", "lora_r": "4", "max_length": "128", "eval_fraction": "0.25"}
 
@@ -33,11 +36,6 @@ def pairs_project(project, tmp_path):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     import_file(project, path)
     return project
-
-
-@pytest.fixture
-def policy(tiny):
-    return str(tiny.policy)
 
 
 def launch(project, policy, method, **extra):
@@ -93,9 +91,92 @@ class TestLaunch:
         assert training_round.base_version == active and training_round.base_model == policy
         assert training_round.config["dpo"]["model_name_or_path"] == "/a"
 
-    def test_a_local_path_that_does_not_exist_is_refused(self, pairs_project):
-        with pytest.raises(ValidationError, match="No model at /nowhere"):
-            launch_round(pairs_project, method="dpo", base="/nowhere/model")
+
+def refusal(project, base, **options) -> str:
+    """What launching from `base` answers; nothing may be queued."""
+    before = TrainingRound.objects.count(), DatasetSnapshot.objects.count()
+    with pytest.raises(ValidationError) as refused:
+        launch_round(project, method="dpo", base=base, **options)
+    assert (TrainingRound.objects.count(), DatasetSnapshot.objects.count()) == before
+    return refused.value.message_dict["base"][0]
+
+
+@pytest.mark.django_db
+class TestBase:
+    """What a round may start from: the project's versions, hub ids, folders under ARBITER_MODEL_ROOTS; nothing
+    else, and a refusal that says the same whether or not the thing exists."""
+
+    @pytest.fixture
+    def root(self, tmp_path, settings):
+        """An allowed model root holding one model folder; the artifacts root (tmp_path/artifacts) lies beside it."""
+        (tmp_path / "models" / "llama").mkdir(parents=True)
+        settings.ARBITER_MODEL_ROOTS = [tmp_path / "models"]
+        return tmp_path / "models"
+
+    def test_paths_outside_the_roots_are_refused_alike_whether_they_exist_or_not(self, pairs_project, root):
+        answers = {base: refusal(pairs_project, base) for base in
+                   ["/etc/passwd", "/nonexistent/x", "/etc", f"{root}/../models-not", "~root", "~nosuchuser/model",
+                    "./manage.py", "../x"]}  # fmt: skip
+        assert len(set(answers.values())) == 1, answers
+        assert "Not a base this server allows" in answers["/etc/passwd"]
+        assert str(root) in answers["/etc/passwd"]  # where a lead may put models, as the operator said
+
+    def test_another_projects_artifacts_are_refused_even_under_a_root(self, pairs_project, root, tmp_path, settings):
+        settings.ARBITER_MODEL_ROOTS = [tmp_path]  # a root that holds the artifacts root too
+        other = type(pairs_project).objects.create(name="Alpha", slug="alpha")
+        adapter = settings.ARBITER_ARTIFACTS_ROOT / "alpha" / "round-1" / "dpo"
+        adapter.mkdir(parents=True)
+        ModelVersion.register(project=other, kind="policy", base_model="tiny/base", adapter_path=str(adapter))
+
+        assert refusal(pairs_project, str(adapter)) == refusal(pairs_project, "/nonexistent/x")
+        assert refusal(pairs_project, str(root / ".." / "artifacts" / "alpha")) == refusal(pairs_project, "/etc")
+        # alpha's version by name is not this project's: the project's own registry says so
+        assert refusal(pairs_project, "policy-v1") == "This project has no policy-v1 (its policies: the Models page)."
+
+    def test_a_symlink_out_of_a_root_is_refused(self, pairs_project, root, tmp_path):
+        (tmp_path / "outside").mkdir()
+        (root / "escape").symlink_to(tmp_path / "outside")
+        assert refusal(pairs_project, str(root / "escape")) == refusal(pairs_project, "/nonexistent/x")
+
+    def test_a_folder_under_a_root_is_taken_by_its_real_path(self, pairs_project, root):
+        (root / "current").symlink_to(root / "llama")
+        training_round = launch_round(pairs_project, method="dpo", base=f"{root}/current/")
+        assert training_round.base_model == str(root / "llama")
+        assert training_round.config["dpo"]["model_name_or_path"] == str(root / "llama")
+        # Under a root the operator opened to leads, a missing model is named.
+        with pytest.raises(ValidationError, match="No model at"):
+            launch_round(pairs_project, method="dpo", base=f"{root}/mistral")
+
+    def test_hub_ids_are_taken_while_the_operator_allows_them(self, pairs_project, settings):
+        assert launch_round(pairs_project, method="dpo", base="Qwen/Qwen2.5-0.5B-Instruct").base_model == (
+            "Qwen/Qwen2.5-0.5B-Instruct"
+        )
+        for spelled_like_a_path in ["org/../etc", "./org/name", ".org/name", "org/name/sub", "-org/name", "org/.x"]:
+            assert refusal(pairs_project, spelled_like_a_path).startswith("Not a base this server allows")
+        settings.ARBITER_ALLOW_HUB_MODELS = False
+        assert "hub id" not in refusal(pairs_project, "Qwen/Qwen2.5-0.5B-Instruct")
+
+    def test_the_operators_command_line_may_name_any_path(self, pairs_project, settings):
+        settings.ARBITER_ALLOW_HUB_MODELS = False
+        assert launch_round(pairs_project, method="dpo", base="/etc", trusted=True).base_model == "/etc"
+        assert launch_round(pairs_project, method="dpo", base="org/name", trusted=True).base_model == "org/name"
+
+    def test_relaunch_checks_the_base_again(self, pairs_project, root, settings):
+        from_folder = launch_round(pairs_project, method="dpo", base=str(root / "llama"))
+        version = ModelVersion.register(project=pairs_project, kind="policy", base_model=str(root / "llama"))
+        from_version = launch_round(pairs_project, method="dpo", base="policy-v1")
+        settings.ARBITER_DEFAULT_BASE_MODEL = "/srv/models/default"  # the operator's: trusted
+        from_default = launch_round(pairs_project, method="sft")
+        for training_round in (from_folder, from_version, from_default):
+            training_round.request_cancel()
+        settings.ARBITER_MODEL_ROOTS = []  # the operator closed the root since
+
+        with pytest.raises(ValidationError) as refused:
+            relaunch(from_folder)
+        assert refused.value.message_dict["base"][0].startswith("Not a base this server allows")
+        assert relaunch(from_version).base_version == version  # the project's own version, by reference
+        assert relaunch(from_default).base_model == "/srv/models/default"
+        assert TrainingRound.objects.count() == 5
 
 
 @pytest.mark.django_db(transaction=True)
@@ -197,10 +278,73 @@ class TestStale:
         assert not silent.beat(step=3)  # a worker that comes back finds its round failed, and stops
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_rounds_error_names_the_problem_without_server_paths_or_a_traceback(pairs_project, base, caplog):
+    (Path(base) / "config.json").write_text("{")  # transformers' error names the file: "… config file at '/…'"
+    training_round = run_round(launch_round(pairs_project, method="dpo", base=base, settings_=FAST).pk)
+
+    assert training_round.status == "failed"
+    assert training_round.error.startswith("OSError: the worker could not read or write a model's files")
+    for shown in (training_round.error, training_round.log_tail):
+        assert "config.json" not in shown and "Traceback" not in shown and 'File "' not in shown, shown
+    assert "Round" in training_round.log_tail and "failed (helpfulness round 1 (DPO))" in training_round.log_tail
+    # The worker's own log keeps the whole story for the operator.
+    [logged] = [record for record in caplog.records if record.exc_info]
+    assert f"{base}/config.json" in str(logged.exc_info[1])
+
+
 @pytest.mark.django_db
-def test_a_base_under_an_unknown_home_directory_is_refused_not_a_crash(pairs_project):
-    with pytest.raises(ValidationError, match="No model at ~nosuchuser"):
-        launch_round(pairs_project, method="dpo", base="~nosuchuser/model")
+def test_errors_stored_before_lose_their_traceback_and_paths_in_the_migration(project):
+    from django.apps import apps
+
+    migration = import_module("training.migrations.0003_hide_worker_tracebacks")
+    failed, cancelled = (launch_round(project, method="dpo", base="org/name") for _ in range(2))
+    traceback = 'Traceback (most recent call last):\n  File "/app/training/rounds.py", line 9, in run_round\nOSError: …'
+    logged = "10:00:00 INFO training.rounds: Stage dpo\n10:00:01 ERROR training.rounds: Round 1 failed"
+    TrainingRound.objects.filter(pk=failed.pk).update(
+        status="failed",
+        error=f"OSError: the config file at '/srv/models/x/config.json' is not valid JSON.\n\n{traceback}",
+        log_tail=f"{logged}\n{traceback}",
+    )
+    TrainingRound.objects.filter(pk=cancelled.pk).update(status="cancelled", log_tail="10:00:00 INFO x: a\nmore")
+
+    migration.hide_tracebacks(apps, None)
+
+    failed.refresh_from_db(), cancelled.refresh_from_db()
+    assert failed.error == "OSError: the config file at '<path>' is not valid JSON."
+    assert failed.log_tail == logged
+    assert cancelled.log_tail == "10:00:00 INFO x: a\nmore"  # no traceback in its error: left as it was
+
+
+class _FakeOutOfMemory(RuntimeError):
+    pass
+
+
+_FakeOutOfMemory.__name__ = "OutOfMemoryError"  # torch.OutOfMemoryError, without a GPU to run out of
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (
+            ValueError("Can't find 'adapter_config.json' at '/srv/artifacts/alpha/round-1/dpo'\nCheck the path."),
+            "ValueError: Can't find 'adapter_config.json' at '<path>' Check the path.",
+        ),
+        (ValueError("beta must be positive (~/x, ../y/z, ./w, org/name, 3/4)"), None),
+        (_FakeOutOfMemory("CUDA out of memory. Tried to allocate 2.00 GiB"), "Out of memory: lower"),
+        (OSError(errno.ENOSPC, "No space left on device", "/srv/artifacts/x"), "The worker's disk is full"),
+        (KeyError("/srv/secret"), "KeyError: the worker failed; see the worker log for helpfulness round 1 (DPO)."),
+    ],
+)
+@pytest.mark.django_db
+def test_what_leads_see_of_a_workers_error(project, error, shown):
+    training_round = launch_round(project, method="dpo", base="org/name")
+    message = failure_message(error, training_round)
+    if shown is None:
+        assert message == "ValueError: beta must be positive (<path>, <path>, <path>, org/name, 3/4)"
+    else:
+        assert message.startswith(shown), message
+    assert "/srv" not in message
 
 
 @pytest.mark.django_db

@@ -17,7 +17,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("project_slug")
         parser.add_argument("--method", required=True, choices=TrainingRound.Method.values)
-        parser.add_argument("--base", default="", help="hub id, local path or policy version (default: the active)")
+        parser.add_argument(
+            "--base",
+            default="",
+            help="policy version, hub id or any local path (default: the active policy); unlike a lead's base, a "
+            "path need not be under ARBITER_MODEL_ROOTS",
+        )
         parser.add_argument("--reward-model", default="", help="ppo: score with this reward version (reward-v2)")
         parser.add_argument(
             "--set",
@@ -43,6 +48,7 @@ class Command(BaseCommand):
                 reward_model=options["reward_model"],
                 settings_=_pairs("--set", options["set"]),
                 filters=_pairs("--filter", options["filter"]),
+                trusted=True,  # the operator, who can read the server's files anyway
             )
         except ValidationError as error:
             raise CommandError("; ".join(f"{field}: {' '.join(messages)}" for field, messages in error)) from None
