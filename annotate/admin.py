@@ -12,7 +12,6 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
 from django.db.models import ForeignKey, Model, QuerySet
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -21,7 +20,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
-from annotate.exports import EXPORT_OPTIONS, create_snapshot
+from annotate.exports import EXPORT_OPTIONS, queue_export
 from annotate.importing import ImportFailed, import_file
 from annotate.models import (
     Annotation,
@@ -30,12 +29,12 @@ from annotate.models import (
     Membership,
     Project,
     Prompt,
+    QuotaReached,
     Response,
     Task,
     TaskResponse,
     count_of,
 )
-from annotate.tasks import export_snapshot
 
 admin.site.site_header = "Arbiter administration"
 admin.site.site_title = "Arbiter admin"
@@ -256,7 +255,7 @@ class ProjectAdmin(ProjectScopedAdmin):
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             try:
-                snapshot = create_snapshot(
+                snapshot = queue_export(
                     project,
                     kind=data["kind"],
                     format=data["format"],
@@ -266,8 +265,9 @@ class ProjectAdmin(ProjectScopedAdmin):
                 )
             except ValidationError as error:
                 form.add_error(None, error)
+            except QuotaReached as error:
+                form.add_error(None, str(error))
             else:
-                transaction.on_commit(lambda: export_snapshot.delay(snapshot.pk))
                 link = reverse("admin:annotate_datasetsnapshot_change", args=[snapshot.pk])
                 messages.success(
                     request, format_html('Export started: <a href="{}">{}</a> shows its progress.', link, snapshot)

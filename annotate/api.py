@@ -14,7 +14,6 @@ from typing import Any
 
 from django.contrib.auth import authenticate
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
 from django.db.models import F, QuerySet, Value
 from django.http import FileResponse
 from django.urls import reverse
@@ -32,7 +31,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from annotate.api_defaults import BearerTokenAuthentication, NewestFirstPagination
-from annotate.exports import create_snapshot
+from annotate.exports import queue_export
 from annotate.importing import ImportFailed, import_file
 from annotate.models import (
     Annotation,
@@ -43,6 +42,7 @@ from annotate.models import (
     Membership,
     Project,
     Prompt,
+    QuotaReached,
 )
 from annotate.models import Response as ModelResponse
 from annotate.serializers import (
@@ -69,7 +69,6 @@ from annotate.serializers import (
     TokenIn,
     TokenSerializer,
 )
-from annotate.tasks import export_snapshot
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):
@@ -91,7 +90,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     """DRF's handler, plus the domain's errors, so that views make one model call and no try/except."""
     if isinstance(exc, ImportFailed):
         return Response({"detail": str(exc), "line": exc.line, "field": exc.field}, status=400)
-    if isinstance(exc, LeaseError):
+    if isinstance(exc, LeaseError | QuotaReached):
         return Response({"detail": str(exc)}, status=409)
     if isinstance(exc, DjangoValidationError):
         # By field, as the models raise it: {"score": ["Choose a score."]}.
@@ -417,16 +416,24 @@ class ExportListView(ListAPIView):
 
     serializer_class = SnapshotSerializer
     pagination_class = NewestFirstPagination
+    throttle_scope = "export"  # POST only (the default throttle leaves reads alone)
 
     def get_queryset(self) -> QuerySet[DatasetSnapshot]:
         return project_led_by(self.request, self.kwargs["slug"]).snapshots.select_related("project", "created_by")
 
-    @extend_schema(request=ExportIn, responses={202: SnapshotSerializer, **error_responses(400, 401, 403, 404)})
+    @extend_schema(
+        request=ExportIn,
+        responses={
+            202: SnapshotSerializer,
+            **error_responses(400, 401, 403, 404, 429),
+            409: OpenApiResponse(ErrorSerializer, "The project has ARBITER_MAX_ACTIVE_EXPORTS exports under way."),
+        },
+    )
     def post(self, request: Request, slug: str) -> Response:
         """Start an export; it runs in the background: poll it until status is ready, then download it."""
         project = project_led_by(request, slug)
         data = validated(ExportIn, request.data)
-        snapshot = create_snapshot(
+        snapshot = queue_export(
             project,
             kind=data["kind"],
             format=data["format"],
@@ -434,7 +441,6 @@ class ExportListView(ListAPIView):
             filters=data.get("filters", {}),
             user=request.user,
         )
-        transaction.on_commit(lambda: export_snapshot.delay(snapshot.pk))
         location = reverse("api:export_detail", args=[project.slug, snapshot.pk])
         return Response(SnapshotSerializer(snapshot).data, status=202, headers={"Location": location})
 

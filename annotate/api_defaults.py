@@ -1,4 +1,4 @@
-"""The classes settings.REST_FRAMEWORK names: bearer-token authentication and cursor pagination.
+"""The classes settings.REST_FRAMEWORK names: bearer-token authentication, cursor pagination and the throttle.
 
 They live apart from annotate/api.py because DRF imports them while its own views module loads; a module
 that imports rest_framework.views (as api.py does) would be a circular import here.
@@ -10,6 +10,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
+from rest_framework.throttling import ScopedRateThrottle
 
 from annotate.models import ApiToken
 
@@ -55,3 +56,10 @@ class IdCursorPagination(CursorPagination):
 
 class NewestFirstPagination(IdCursorPagination):
     ordering = "-id"
+
+
+class WriteThrottle(ScopedRateThrottle):
+    """The view's throttle_scope, counted on writes only: listing rounds or exports is not launching them."""
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        return request.method in ("GET", "HEAD", "OPTIONS") or super().allow_request(request, view)

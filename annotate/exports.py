@@ -2,7 +2,8 @@
 
 The one export path: the admin, `manage.py export_dataset`, the API and the Celery task all call
 `create_snapshot` (check the settings, save a pending DatasetSnapshot) and then `run_snapshot` (write the file,
-record its row count and sha256). Kinds:
+record its row count and sha256); the admin and the API through `queue_export`, which holds each project to
+ARBITER_MAX_ACTIVE_EXPORTS under way and hands the snapshot to a worker. Kinds:
 
 - pairs:    TRL's prompt / chosen / rejected (reward models, DPO): one row per pair of responses a task's votes
             decide, with margin, vote counts, agreement, the task, the responses and the model versions that
@@ -89,7 +90,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import TemporaryUploadedFile
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -99,6 +100,7 @@ from annotate.models import (
     DatasetSnapshot,
     Project,
     Prompt,
+    QuotaReached,
     Response,
     Task,
     TaskKind,
@@ -177,6 +179,25 @@ def create_snapshot(
     return DatasetSnapshot.objects.create(
         project=project, kind=kind, format=format, style=style, filters=options, created_by=user
     )
+
+
+def queue_export(project: Project, *, user: Any, **options: Any) -> DatasetSnapshot:
+    """An export a person asked for (the admin, the API): checked as create_snapshot checks it, saved while the
+    project has fewer than ARBITER_MAX_ACTIVE_EXPORTS under way (QuotaReached otherwise), and sent to a worker
+    once committed. Rounds' snapshots are not counted: ARBITER_MAX_ACTIVE_ROUNDS bounds those."""
+    from annotate.tasks import export_snapshot  # annotate.tasks imports this module
+
+    with transaction.atomic():
+        project.lock()  # two requests at once cannot both take the last place
+        under_way = project.snapshots.filter(status__in=[Status.PENDING, Status.RUNNING], training_rounds=None)
+        if (active := under_way.count()) >= settings.ARBITER_MAX_ACTIVE_EXPORTS:
+            raise QuotaReached(
+                f"{project.slug} has {active} exports pending or running, the most allowed "
+                "(ARBITER_MAX_ACTIVE_EXPORTS): wait for one to finish."
+            )
+        snapshot = create_snapshot(project, user=user, **options)
+        transaction.on_commit(lambda: export_snapshot.delay(snapshot.pk))
+    return snapshot
 
 
 def run_snapshot(snapshot: DatasetSnapshot) -> DatasetSnapshot:

@@ -30,6 +30,10 @@ class LeaseError(Exception):
     """A lease that cannot be used: someone else's, closed, or expired and given to someone else."""
 
 
+class QuotaReached(Exception):
+    """Refused: the project already has as many rounds or exports under way as the settings allow."""
+
+
 class TaskKind(models.TextChoices):
     RATING = "rating", "Single-sided rating"
     PAIRWISE = "pairwise", "Side-by-side pairwise"
@@ -177,6 +181,11 @@ class Project(models.Model):
 
     def is_led_by(self, user: Any) -> bool:
         return self.role_of(user) == Membership.Role.LEAD
+
+    def lock(self) -> None:
+        """Hold the project's row until the transaction ends: its launches, exports and registrations then go one
+        at a time, so numbers never collide and a quota is counted before the row that it allows is added."""
+        Project.objects.select_for_update().filter(pk=self.pk).values_list("pk").get()
 
     def next_assignment(self, user: Any, *, reuse_lease: bool = True) -> "Assignment | None":
         """The user's oldest live lease here, else a new lease on the next task for them; None if none is left.

@@ -143,6 +143,9 @@ ARBITER_ALLOW_HUB_MODELS = env_bool("ARBITER_ALLOW_HUB_MODELS", "True")
 ARBITER_MODEL_ROOTS = [Path(root) for root in env_list("ARBITER_MODEL_ROOTS", "")]
 if relative := [str(root) for root in ARBITER_MODEL_ROOTS if not root.is_absolute()]:
     raise ImproperlyConfigured(f"ARBITER_MODEL_ROOTS: {', '.join(relative)} is not an absolute path.")
+# Per project: rounds queued or running, and exports pending or running that people asked for; more are refused.
+ARBITER_MAX_ACTIVE_ROUNDS = env_int("ARBITER_MAX_ACTIVE_ROUNDS", "3", minimum=1)
+ARBITER_MAX_ACTIVE_EXPORTS = env_int("ARBITER_MAX_ACTIVE_EXPORTS", "5", minimum=1)
 
 # Imports: refuse files over this size before reading them.
 ARBITER_IMPORT_MAX_BYTES = env_int("ARBITER_IMPORT_MAX_BYTES", str(512 * 1024 * 1024))
@@ -171,11 +174,14 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "annotate.api_defaults.IdCursorPagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    # Only views that name a throttle_scope are throttled.
-    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
+    # Only views that name a throttle_scope are throttled, and only their writes.
+    "DEFAULT_THROTTLE_CLASSES": ["annotate.api_defaults.WriteThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "login": _env_rate("ARBITER_THROTTLE_LOGIN", "10/min"),
         "submit": _env_rate("ARBITER_THROTTLE_SUBMIT", "120/min"),
+        # Launching rounds (and relaunching them), and starting exports: per user, whatever the project.
+        "launch": _env_rate("ARBITER_THROTTLE_LAUNCH", "30/hour"),
+        "export": _env_rate("ARBITER_THROTTLE_EXPORT", "60/hour"),
     },
     "EXCEPTION_HANDLER": "annotate.api.exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",  # APIClient in tests speaks what scripts speak

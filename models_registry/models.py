@@ -73,8 +73,7 @@ class ModelVersion(models.Model):
     def register(cls, *, project: Any, kind: str, **fields: Any) -> "ModelVersion":
         """A new candidate with the next version number for the project and kind."""
         with transaction.atomic():
-            # The project's row orders two rounds that finish at once: they get different numbers.
-            type(project).objects.select_for_update().filter(pk=project.pk).values_list("pk").get()
+            project.lock()  # two rounds that finish at once get different numbers
             last = cls.objects.filter(project=project, kind=kind).aggregate(n=Max("version"))["n"] or 0
             return cls.objects.create(project=project, kind=kind, version=last + 1, **fields)
 

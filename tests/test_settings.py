@@ -66,6 +66,11 @@ class TestEnvReaders:
         with pytest.raises(ImproperlyConfigured, match="ARBITER_TEST_VALUE='3x'"):
             env_int("ARBITER_TEST_VALUE", "0")
 
+    def test_int_below_its_minimum_is_refused_naming_the_variable(self, monkeypatch):
+        monkeypatch.setenv("ARBITER_TEST_VALUE", "0")
+        with pytest.raises(ImproperlyConfigured, match="ARBITER_TEST_VALUE='0': must be at least 1"):
+            env_int("ARBITER_TEST_VALUE", "3", minimum=1)
+
     def test_list_splits_on_commas_and_drops_blanks(self, monkeypatch):
         monkeypatch.setenv("ARBITER_TEST_VALUE", " a.example.com, b.example.com,, ")
         assert env_list("ARBITER_TEST_VALUE", "") == ["a.example.com", "b.example.com"]

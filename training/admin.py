@@ -13,7 +13,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from annotate.admin import DatasetFiltersForm, ProjectScopedAdmin
-from annotate.models import Project
+from annotate.models import Project, QuotaReached
 from models_registry.models import ModelVersion
 from training.models import TrainingRound
 from training.rounds import BASE_HELP, STAGES, launch_round, relaunch, stage_configs
@@ -103,6 +103,8 @@ class TrainingRoundAdmin(ProjectScopedAdmin):
             except ValidationError as error:
                 for field, errors in error.message_dict.items():
                     form.add_error(field if field in form.fields else None, [f"{field}: {e}" for e in errors])
+            except QuotaReached as error:
+                form.add_error(None, str(error))
             else:
                 url = reverse("round_page", args=[training_round.project.slug, training_round.number])
                 shown = format_html('{} queued: <a href="{}">watch it live</a>.', training_round, url)
@@ -132,6 +134,9 @@ class TrainingRoundAdmin(ProjectScopedAdmin):
                 new = [relaunch(training_round, user=request.user) for training_round in queryset]
         except ValidationError as error:
             messages.error(request, f"Nothing relaunched: {'; '.join(error.messages)}")
+            return
+        except QuotaReached as error:
+            messages.error(request, f"Nothing relaunched: {error}")
             return
         messages.success(request, f"Queued {', '.join(str(r) for r in new)}.")
 

@@ -4,6 +4,8 @@ Access is annotate/api.py's: 401 without credentials, 404 for a project you are 
 annotators (they know the project exists, but training is the leads' business). Rounds are named by their
 number in the project, as on the round pages; model versions by id (their name, policy-v3, is in the body).
 Each view makes the call the admin makes: launch_round, relaunch, TrainingRound.request_cancel, ModelVersion.promote.
+Launches and relaunches are throttled per user (scope `launch`: 429) and refused while the project has
+ARBITER_MAX_ACTIVE_ROUNDS rounds under way (409).
 """
 
 from django.db.models import QuerySet
@@ -37,7 +39,14 @@ _REFUSED = OpenApiResponse(
     "Refused, nothing queued: errors by field, or by the setting or dataset filter at fault "
     '({"dpo.beta": ["beta: must be > 0, got -1.0"]}).',
 )
-_LAUNCH_REFUSALS = {400: _REFUSED, **error_responses(401, 403, 404)}
+# A launch is throttled (scope `launch`, per user) and refused while the project has its quota of rounds under way.
+_LAUNCH_REFUSALS = {
+    400: _REFUSED,
+    **error_responses(401, 403, 404, 429),
+    409: OpenApiResponse(
+        ErrorSerializer, "The project has ARBITER_MAX_ACTIVE_ROUNDS rounds queued or running: nothing queued."
+    ),
+}
 
 
 # Rounds ----------------------------------------------------------------------------------------------------
@@ -64,6 +73,7 @@ class RoundListView(ListAPIView):
 
     serializer_class = RoundSerializer
     pagination_class = NewestFirstPagination
+    throttle_scope = "launch"  # POST only (the default throttle leaves reads alone)
 
     def get_queryset(self) -> QuerySet[TrainingRound]:
         return _rounds(project_led_by(self.request, self.kwargs["slug"]))
@@ -111,6 +121,8 @@ class RoundCancelView(APIView):
 
 
 class RoundRelaunchView(APIView):
+    throttle_scope = "launch"
+
     @extend_schema(request=None, responses={201: RoundDetailSerializer, **_LAUNCH_REFUSALS})
     def post(self, request: Request, slug: str, number: int) -> Response:
         """A new round with this one's method, base, settings and filters (after a failure or a cancel); its base is

@@ -1,10 +1,10 @@
 """Launching and running training rounds: database rows in, engine calls, registry entries out.
 
 `launch_round` checks a lead's request (method, base, settings, dataset filters) and saves a queued round with
-a pending dataset snapshot; the Celery task calls `run_round`, which claims the round once, writes the snapshot,
-runs the method's stages from training/engine/ with a progress callback (heartbeat, metrics, cancel), and
-registers what they trained. A failure is stored in the words of `failure_message`, written for leads; the
-traceback stays in the worker's log.
+a pending dataset snapshot, while the project has fewer than ARBITER_MAX_ACTIVE_ROUNDS under way; the Celery
+task calls `run_round`, which claims the round once, writes the snapshot, runs the method's stages from
+training/engine/ with a progress callback (heartbeat, metrics, cancel), and registers what they trained. A failure
+is stored in the words of `failure_message`, written for leads; the traceback stays in the worker's log.
 `fail_stale_rounds` (Celery beat) fails rounds whose worker stopped beating.
 
 A base (`resolve_base`) is the project's own registered policy, a hub id, or a folder under ARBITER_MODEL_ROOTS;
@@ -35,7 +35,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 
 from annotate.exports import create_snapshot, run_snapshot
-from annotate.models import DatasetSnapshot, Project, Prompt
+from annotate.models import DatasetSnapshot, Project, Prompt, QuotaReached
 from models_registry.models import ModelVersion
 from training.models import RoundMetric, TrainingRound
 
@@ -87,8 +87,8 @@ def launch_round(
     filters: Mapping[str, Any] | None = None,
     trusted: bool = False,
 ) -> TrainingRound:
-    """Check the request and queue a round (and its pending snapshot); ValidationError names what is wrong.
-    trusted: see resolve_base."""
+    """Check the request and queue a round (and its pending snapshot); ValidationError names what is wrong,
+    QuotaReached says the project has ARBITER_MAX_ACTIVE_ROUNDS under way. trusted: see resolve_base."""
     if method not in Method.values:
         raise ValidationError({"method": f"Must be one of {', '.join(Method.values)}, not {method!r}."})
     base_version, base_model = resolve_base(project, base, trusted=trusted)
@@ -137,14 +137,21 @@ def relaunch(training_round: TrainingRound, *, user: Any = None) -> TrainingRoun
 def _queue(project: Project, *, method: str, filters: Mapping[str, Any], user: Any, **fields: Any) -> TrainingRound:
     """Save the round with a pending snapshot of its data and send it to a worker once committed."""
     with transaction.atomic():
+        project.lock()  # concurrent launches count the rounds under way and take numbers one at a time
+        under_way = project.training_rounds.filter(
+            status__in=[TrainingRound.Status.QUEUED, TrainingRound.Status.RUNNING]
+        )
+        if (active := under_way.count()) >= settings.ARBITER_MAX_ACTIVE_ROUNDS:
+            raise QuotaReached(
+                f"{project.slug} has {active} rounds queued or running, the most allowed "
+                "(ARBITER_MAX_ACTIVE_ROUNDS): wait for one to finish, or cancel one."
+            )
         kind = DatasetSnapshot.Kind.SFT if method == Method.SFT else DatasetSnapshot.Kind.PAIRS
         snapshot = None
         if method != Method.SAMPLE:
             snapshot = create_snapshot(project, kind=kind, filters=filters, user=user)
         elif any(value not in (None, "", False) for value in filters.values()):
             raise ValidationError({"filters": "A round that only samples trains on no data: give no filters."})
-        # The project's row orders concurrent launches, so round numbers never collide.
-        Project.objects.select_for_update().filter(pk=project.pk).values_list("pk").get()
         number = (project.training_rounds.order_by("-number").values_list("number", flat=True).first() or 0) + 1
         training_round = TrainingRound.objects.create(
             project=project,

@@ -61,7 +61,10 @@ def test_documented_status_codes(client, db):
     assert codes("/projects/{slug}/assignments/{assignment_id}/submit/", "post") >= {"200", "400", "404", "409", "429"}
     assert codes("/projects/{slug}/assignments/{assignment_id}/skip/", "post") == {"204", "401", "404", "409"}
     assert codes("/projects/{slug}/import/", "post") == {"201", "400", "401", "403", "404"}
-    assert codes("/projects/{slug}/exports/", "post") == {"202", "400", "401", "403", "404"}
+    assert codes("/projects/{slug}/exports/", "post") == {"202", "400", "401", "403", "404", "409", "429"}
+    launches = {"201", "400", "401", "403", "404", "409", "429"}
+    assert codes("/projects/{slug}/rounds/", "post") == codes("/projects/{slug}/rounds/{number}/relaunch/", "post")
+    assert codes("/projects/{slug}/rounds/", "post") == launches
     assert codes("/projects/{slug}/exports/{snapshot_id}/download/", "get") == {"200", "401", "403", "404", "409"}
     assert codes("/tokens/{token_id}/", "delete") == {"204", "401", "404"}
 
@@ -107,6 +110,8 @@ def data(project, lead, annotator, make_task, client_for, settings, tmp_path, th
     # Generous rates, so that the fuzzer reaches the views rather than the throttle.
     throttle_rates("login", "1000/min")
     throttle_rates("submit", "1000/min")
+    throttle_rates("launch", "1000/min")
+    throttle_rates("export", "1000/min")
     return Data(project, lead, annotator, make_task, client_for)
 
 

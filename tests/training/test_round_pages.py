@@ -184,6 +184,12 @@ class TestCommand:
             "org/name",
         ]
 
+    def test_a_launch_beyond_the_quota_is_refused_naming_the_setting(self, project, base, settings):
+        settings.ARBITER_MAX_ACTIVE_ROUNDS = 1
+        call_command("launch_round", project.slug, "--method", "dpo", "--base", base, stdout=StringIO())
+        with pytest.raises(CommandError, match="ARBITER_MAX_ACTIVE_ROUNDS"):
+            call_command("launch_round", project.slug, "--method", "dpo", "--base", base)
+
     @pytest.mark.parametrize(
         ("args", "message"),
         [

@@ -3,7 +3,7 @@ import time
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from annotate.models import Project
+from annotate.models import Project, QuotaReached
 from training.models import TrainingRound
 from training.rounds import launch_round
 
@@ -52,6 +52,8 @@ class Command(BaseCommand):
             )
         except ValidationError as error:
             raise CommandError("; ".join(f"{field}: {' '.join(messages)}" for field, messages in error)) from None
+        except QuotaReached as error:
+            raise CommandError(str(error)) from None
         self.stdout.write(f"Queued round {training_round.number} of {project.slug} (id {training_round.pk})")
         if wait:
             self._follow(training_round)
