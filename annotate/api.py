@@ -12,6 +12,7 @@ model method as the pages do (Project.next_assignment, Assignment.submit, import
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import authenticate
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
@@ -70,6 +71,7 @@ from annotate.serializers import (
     TokenSerializer,
 )
 from annotate.tasks import export_snapshot
+from annotate.views import lockout_message
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):
@@ -196,6 +198,9 @@ class LoginView(APIView):
     def post(self, request: Request) -> Response:
         data = validated(LoginIn, request.data)
         user = authenticate(request, username=data["username"], password=data["password"])
+        if getattr(request, "axes_locked_out", False):  # set by django-axes on the request it was given
+            retry_after = str(int(settings.AXES_COOLOFF_TIME.total_seconds()))
+            return Response({"detail": lockout_message()}, status=429, headers={"Retry-After": retry_after})
         if user is None:
             return Response({"detail": "Wrong username or password."}, status=400)
         return _token_issued(user, data["name"])

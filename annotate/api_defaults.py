@@ -10,8 +10,14 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
 
 from annotate.models import ApiToken
+
+
+def client_address(request: Any) -> str:
+    """The client's address as the throttles see it (behind ARBITER_NUM_PROXIES proxies); also django-axes'."""
+    return BaseThrottle().get_ident(request)
 
 
 class BearerTokenAuthentication(BaseAuthentication):
