@@ -103,4 +103,4 @@ class TestApiLogin:
 
 
 def test_cool_off_is_the_configured_minutes(settings):
-    assert settings.AXES_COOLOFF_TIME == timedelta(minutes=15)
+    assert timedelta(minutes=15) == settings.AXES_COOLOFF_TIME

@@ -162,7 +162,10 @@ class TestSharedCache:
         assert manage("shell", "--no-imports", "-c", show, env=redis).stdout.strip() == "redis://broker:6379/0"
         own = {**redis, "CACHE_URL": "redis://cache:6379/2"}
         assert manage("shell", "--no-imports", "-c", show, env=own).stdout.strip() == "redis://cache:6379/2"
-        assert manage("shell", "--no-imports", "-c", show, env=sqlite_env).stdout.strip() == f"{sqlite_env['ARBITER_VAR_DIR']}/cache"
+        assert (
+            manage("shell", "--no-imports", "-c", show, env=sqlite_env).stdout.strip()
+            == f"{sqlite_env['ARBITER_VAR_DIR']}/cache"
+        )
 
 
 class TestManagementChecks:
