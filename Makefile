@@ -30,8 +30,9 @@ run: install
 	echo "Celery worker started (log: var/worker.log)"; \
 	$(BIN)/python manage.py runserver 127.0.0.1:8000
 
-# The suite runs on a throwaway PostgreSQL (everything runs), then on the embedded SQLite default (the tests
-# marked `postgres` skip with a reason); `make -k test` runs the second even when the first fails.
+# The suite runs on a throwaway PostgreSQL (everything runs), then the tests that use the database run again on the
+# embedded SQLite default (those marked `postgres` skip with a reason; the training engine, settings and docker-file
+# tests touch no database and ran once already); `make -k test` runs the second even when the first fails.
 # pytest exits 5 when it collects nothing, which fails the target like any other failure.
 test: lint test-postgres test-sqlite
 
@@ -39,7 +40,7 @@ test-postgres: install
 	tests/postgres.sh $(BIN)/python -m pytest
 
 test-sqlite: install
-	env -u DATABASE_URL $(BIN)/python -m pytest
+	env -u DATABASE_URL $(BIN)/python -m pytest --database-tests-only
 
 lint: install
 	$(BIN)/ruff check .

@@ -10,10 +10,13 @@ Each view checks access with one helper, validates its input with an explicit se
 model method as the pages do (Project.next_assignment, Assignment.submit, import_file, ApiToken.issue, …).
 """
 
+import logging
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import authenticate
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from django.db.models import F, QuerySet, Value
 from django.http import FileResponse
 from django.urls import reverse
@@ -69,6 +72,9 @@ from annotate.serializers import (
     TokenIn,
     TokenSerializer,
 )
+from annotate.views import lockout_message
+
+logger = logging.getLogger(__name__)
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):
@@ -92,6 +98,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response({"detail": str(exc), "line": exc.line, "field": exc.field}, status=400)
     if isinstance(exc, LeaseError | QuotaReached):
         return Response({"detail": str(exc)}, status=409)
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is down or unreachable: the client may retry; what failed where is for the log alone.
+        logger.error("The database failed under %s", context["request"].path, exc_info=exc)
+        detail = "The database is unavailable: try again in a minute."
+        return Response({"detail": detail}, status=503, headers={"Retry-After": "60"})
     if isinstance(exc, DjangoValidationError):
         # By field, as the models raise it: {"score": ["Choose a score."]}.
         exc = exceptions.ValidationError(
@@ -195,12 +206,15 @@ class LoginView(APIView):
     def post(self, request: Request) -> Response:
         data = validated(LoginIn, request.data)
         user = authenticate(request, username=data["username"], password=data["password"])
+        if getattr(request, "axes_locked_out", False):  # set by django-axes on the request it was given
+            retry_after = str(int(settings.AXES_COOLOFF_TIME.total_seconds()))
+            return Response({"detail": lockout_message()}, status=429, headers={"Retry-After": retry_after})
         if user is None:
             return Response({"detail": "Wrong username or password."}, status=400)
         return _token_issued(user, data["name"])
 
 
-@extend_schema_view(get=extend_schema(responses={200: TokenSerializer(many=True), **error_responses(401, 404)}))
+@extend_schema_view(get=extend_schema(responses={200: TokenSerializer(many=True), **error_responses(400, 401, 404)}))
 class TokenListView(ListAPIView):
     """Your API tokens, newest first; revoked ones stay listed with revoked_at."""
 
@@ -230,7 +244,7 @@ class TokenDetailView(APIView):
 # Projects ----------------------------------------------------------------------------------------------------
 
 
-@extend_schema_view(get=extend_schema(responses={200: ProjectSerializer(many=True), **error_responses(401, 404)}))
+@extend_schema_view(get=extend_schema(responses={200: ProjectSerializer(many=True), **error_responses(400, 401, 404)}))
 class ProjectListView(ListAPIView):
     """The projects you are a member of (every project, for superusers), with your role."""
 
@@ -410,7 +424,9 @@ class AnnotationListView(ListAPIView):
 # Exports -----------------------------------------------------------------------------------------------------
 
 
-@extend_schema_view(get=extend_schema(responses={200: SnapshotSerializer(many=True), **error_responses(401, 403, 404)}))
+@extend_schema_view(
+    get=extend_schema(responses={200: SnapshotSerializer(many=True), **error_responses(400, 401, 403, 404)})
+)
 class ExportListView(ListAPIView):
     """The project's dataset exports, newest first (leads)."""
 

@@ -10,9 +10,14 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
-from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.throttling import BaseThrottle, ScopedRateThrottle
 
 from annotate.models import ApiToken
+
+
+def client_address(request: Any) -> str:
+    """The client's address as the throttles see it (behind ARBITER_NUM_PROXIES proxies); also django-axes'."""
+    return BaseThrottle().get_ident(request)
 
 
 class BearerTokenAuthentication(BaseAuthentication):
@@ -40,6 +45,24 @@ class IdCursorPagination(CursorPagination):
     page_size = 100
     page_size_query_param = "page_size"
     max_page_size = 1000
+
+    def get_page_size(self, request: Request) -> int:
+        # DRF falls back to the default on a bad value; a client asking for "null" or 5000 rows should hear so.
+        value = request.query_params.get(self.page_size_query_param)
+        if value is None:
+            return self.page_size
+        if not (value.isascii() and value.isdecimal() and 1 <= int(value) <= self.max_page_size):
+            raise exceptions.ValidationError(
+                {self.page_size_query_param: [f"Must be a whole number from 1 to {self.max_page_size}."]}
+            )
+        return int(value)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"].update(minimum=1, maximum=self.max_page_size)
+        return parameters
 
     def decode_cursor(self, request: Request) -> Cursor | None:
         cursor = super().decode_cursor(request)

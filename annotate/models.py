@@ -13,6 +13,8 @@ from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import Count, Exists, F, Max, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce, TruncHour
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
 from django.utils import timezone
 
 # How many tasks "remaining" counts up to: past it the pages say "100+", so no request counts a whole table
@@ -367,6 +369,22 @@ class Membership(models.Model):
     def __str__(self) -> str:
         return f"{self.user} is {self.role} of {self.project}"
 
+    def release_leases(self) -> int:
+        """End the member's live leases in the project (when they leave it), so they stop holding places in the
+        tasks' overlap; returns how many."""
+        now = timezone.now()
+        return (
+            Assignment.objects.live(now)
+            .filter(task__project_id=self.project_id, annotator_id=self.user_id)
+            .update(status=Assignment.Status.EXPIRED, expires_at=now)
+        )
+
+
+@receiver(post_delete, sender=Membership)
+def _release_leases_of_removed_member(sender: type, instance: Membership, **kwargs: Any) -> None:
+    # A signal, not Membership.delete(): the admin's inline and its bulk action delete memberships both ways.
+    instance.release_leases()
+
 
 class Prompt(models.Model):
     class Split(models.TextChoices):
@@ -640,8 +658,9 @@ class Assignment(models.Model):
     def submit(self, answer: dict[str, Any], *, user: Any) -> "Annotation":
         """Store the user's answer for this lease; the same submission twice returns the first annotation.
 
-        Raises LeaseError for someone else's lease, a skipped one, or one that expired and whose task has
-        since been filled by others; ValidationError for an answer the project does not accept.
+        Raises LeaseError for someone else's lease, a skipped one, one that expired and whose task has since
+        been filled by others, or a different answer to a task the user already answered; ValidationError for an
+        answer the project does not accept.
         """
         if self.annotator_id != user.pk:
             raise LeaseError("This task was given to someone else.")
@@ -652,6 +671,9 @@ class Assignment(models.Model):
             lease = Assignment.objects.get(pk=self.pk)
             existing = Annotation.objects.filter(task=task, annotator=user).first()
             if existing is not None:
+                # The same answer again (a double click, a retry) succeeds; a different one must not look stored.
+                if any(getattr(existing, name) != value for name, value in task.clean_answer(answer).items()):
+                    raise LeaseError("You already answered this task differently: your first answer stands.")
                 return existing
             if lease.status == Assignment.Status.SKIPPED:
                 raise LeaseError("You skipped this task.")

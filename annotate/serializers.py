@@ -25,6 +25,27 @@ from annotate.views import PREFERENCES
 MAX_ID = 2**63 - 1  # ids are bigints: a larger filter value could only fail in the database
 
 
+class JsonBooleanField(serializers.BooleanField):
+    """true or false, as JSON has them: not 0, 1, "true" or "no", which a client meaning something else sends."""
+
+    default_error_messages = {"invalid": "Must be true or false (a JSON boolean)."}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class QueryFilter(serializers.Serializer):
+    """A list's query parameters: an empty value is refused, not taken as no filter (leave the parameter out)."""
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        for name in self.fields:
+            if name in data and data[name] == "":
+                raise serializers.ValidationError({name: ["May not be empty: leave the parameter out instead."]})
+        return super().to_internal_value(data)
+
+
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
 
@@ -233,11 +254,11 @@ class ResponseSerializer(serializers.ModelSerializer):
         fields = ["id", "prompt", "content", "source", "model_version", "generation_params", "created_at"]
 
 
-class PromptFilter(serializers.Serializer):
+class PromptFilter(QueryFilter):
     split = serializers.ChoiceField(Prompt.Split.choices, required=False)
 
 
-class ResponseFilter(serializers.Serializer):
+class ResponseFilter(QueryFilter):
     prompt = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False, help_text="A prompt's id.")
 
 
@@ -263,7 +284,7 @@ class ImportResultSerializer(serializers.Serializer):
 
 
 class NextIn(serializers.Serializer):
-    reuse_lease = serializers.BooleanField(
+    reuse_lease = JsonBooleanField(
         default=True,
         help_text="false: a new lease even while you hold one (up to the project's max_open_leases), "
         "to work on several tasks at once.",
@@ -398,7 +419,7 @@ class AnswerIn(serializers.Serializer):
     score = serializers.IntegerField(required=False, help_text="rating")
     labels = serializers.ListField(child=serializers.CharField(), required=False, help_text="rating")
     preference = serializers.ChoiceField([p["value"] for p in PREFERENCES], required=False, help_text="pairwise")
-    both_bad = serializers.BooleanField(required=False, help_text="pairwise")
+    both_bad = JsonBooleanField(required=False, help_text="pairwise")
     ranks = serializers.DictField(
         child=serializers.IntegerField(), required=False, help_text="ranking: response id → rank, 1 the best"
     )
@@ -458,7 +479,7 @@ class AnnotationSerializer(serializers.ModelSerializer):
         return annotation.time_spent.total_seconds() if annotation.time_spent is not None else None
 
 
-class AnnotationFilter(serializers.Serializer):
+class AnnotationFilter(QueryFilter):
     task = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False, help_text="A task's id.")
 
 
@@ -478,10 +499,10 @@ class ExportFiltersSerializer(serializers.Serializer):
     until = _export_option(serializers.CharField, "until")
     annotator = _export_option(serializers.CharField, "annotator")
     min_agreement = _export_option(serializers.FloatField, "min_agreement", min_value=0, max_value=1)
-    include_ties = _export_option(serializers.BooleanField, "include_ties")
-    include_both_bad = _export_option(serializers.BooleanField, "include_both_bad")
-    ratings_as_pairs = _export_option(serializers.BooleanField, "ratings_as_pairs")
-    reveal_annotators = _export_option(serializers.BooleanField, "reveal_annotators")
+    include_ties = _export_option(JsonBooleanField, "include_ties")
+    include_both_bad = _export_option(JsonBooleanField, "include_both_bad")
+    ratings_as_pairs = _export_option(JsonBooleanField, "ratings_as_pairs")
+    reveal_annotators = _export_option(JsonBooleanField, "reveal_annotators")
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:
         # A misspelt filter must not be dropped in silence: the export would hold more than was asked for.

@@ -52,6 +52,7 @@ from http.client import HTTPConnection, HTTPSConnection
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler, get_internal_wsgi_application
 from django.db import connection
@@ -290,10 +291,27 @@ def _one_at_a_time(app: Callable) -> Callable:
     return serialised
 
 
+def _as_the_site(app: Callable) -> Callable:
+    """Requests as the site's TLS front end hands them on: over https, to a host the site answers to.
+
+    The in-process server is plain HTTP on 127.0.0.1, only this process's bots call it, and without this a
+    production configuration (DEBUG off) would redirect every call to https, or refuse its Host.
+    """
+    host = next((name.lstrip(".") for name in settings.ALLOWED_HOSTS if name != "*"), None)
+
+    def wrapped(environ: dict[str, Any], start_response: Callable) -> Any:
+        environ["wsgi.url_scheme"] = "https"
+        if host:
+            environ["HTTP_HOST"] = host
+        return app(environ, start_response)
+
+    return wrapped
+
+
 @contextmanager
 def serve_in_process() -> Iterator[str]:
     """Serve this project's WSGI app on 127.0.0.1 at a free port, a thread per connection; yields its base URL."""
-    app = get_internal_wsgi_application()
+    app = _as_the_site(get_internal_wsgi_application())
     if connection.vendor == "sqlite" and connection.is_in_memory_db():
         # The tests' in-memory SQLite shares one cache between connections, where a second writer fails at once
         # ("database table is locked") instead of waiting as it does on a file: there, requests take turns.

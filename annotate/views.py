@@ -3,6 +3,7 @@
 import time
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, QueryDict
@@ -35,6 +36,22 @@ def _get_assignment_for_user(request: HttpRequest, project_slug: str, assignment
         task__project=project,
         annotator=request.user,
     )
+
+
+def lockout_message() -> str:
+    """What a locked-out login is told, on the pages and in the API."""
+    minutes = round(settings.AXES_COOLOFF_TIME.total_seconds() / 60)
+    return (
+        f"Too many failed logins for this account or from this address ({settings.AXES_FAILURE_LIMIT} in a row): "
+        f"logging in is locked for {minutes} minute{'s' if minutes != 1 else ''} after the last one."
+    )
+
+
+def locked_out(request: HttpRequest, response: HttpResponse | None = None, credentials: Any = None) -> HttpResponse:
+    """django-axes' answer to a login it refused (AXES_LOCKOUT_CALLABLE): a page saying so, 429."""
+    page = render(request, "registration/locked_out.html", {"message": lockout_message()}, status=429)
+    page["Retry-After"] = str(int(settings.AXES_COOLOFF_TIME.total_seconds()))
+    return page
 
 
 @login_required

@@ -83,3 +83,19 @@ def database_from_url(url: str, base_dir: Path) -> dict:
     raise ImproperlyConfigured(
         f"DATABASE_URL={url!r}: unsupported scheme {parts.scheme!r} (use sqlite:/// or postgres://)."
     )
+
+
+def cache_from_url(url: str, name: str = "CACHE_URL") -> dict:
+    """Turn `redis://host:port/db`, `file:///absolute/dir` or `locmem://` into a CACHES entry."""
+    parts = urlsplit(url)
+    if parts.scheme in {"redis", "rediss"}:
+        return {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}
+    if parts.scheme == "file":
+        if not parts.path.startswith("/"):
+            raise ImproperlyConfigured(f"{name}={url!r} must name an absolute directory: file:///path/to/dir.")
+        return {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": unquote(parts.path)}
+    if parts.scheme == "locmem":
+        return {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    raise ImproperlyConfigured(
+        f"{name}={url!r}: unsupported scheme {parts.scheme!r} (use redis://, file:/// or locmem://)."
+    )

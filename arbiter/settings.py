@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from arbiter.env import database_from_url, env_bool, env_int, env_list, env_str
+from arbiter.env import cache_from_url, database_from_url, env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("ARBITER_VAR_DIR", str(BASE_DIR / "var")))
@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI as static files: the docs page loads nothing from a CDN
+    "axes",  # failed-login lockout
     "annotate",
     "training",
     "models_registry",
@@ -46,6 +47,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last: turns a login that django-axes refused into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "arbiter.urls"
@@ -76,6 +79,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes first: it refuses a locked-out username or address before any password is checked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -127,6 +132,34 @@ CELERY_BEAT_SCHEDULE = {
     "fail-stale-rounds": {"task": "training.tasks.fail_stale_rounds", "schedule": 60.0},
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", "False")
+
+# The cache holds the API's throttle counts: every web process must share it, or each gunicorn worker counts for
+# itself and a limit lets through as many times its rate as there are workers. CACHE_URL names one; without it,
+# the broker's Redis when the broker is Redis, else files under var/ that the processes of one machine share.
+_cache_url = env_str("CACHE_URL", "")
+if not _cache_url and CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    _cache_url = CELERY_BROKER_URL
+CACHES = {
+    "default": cache_from_url(_cache_url)
+    if _cache_url
+    else {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(VAR_DIR / "cache")}
+}
+
+# Failed logins, on every path that checks a password (/login/, /admin/login/, POST /api/v1/auth/token/), with
+# django-axes: ARBITER_LOGIN_FAILURE_LIMIT failures for one username, or from one address, lock that username or
+# that address out until ARBITER_LOGIN_LOCKOUT_MINUTES have passed since the last counted failure. Attempts are
+# kept in the database, which every process shares, and listed in the admin.
+AXES_FAILURE_LIMIT = env_int("ARBITER_LOGIN_FAILURE_LIMIT", "10", minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("ARBITER_LOGIN_LOCKOUT_MINUTES", "15", minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one reaching the limit locks it
+# Attempts during a lockout are refused without being counted, so a lockout always ends on time.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# A success does not wipe the failures: it would wipe the address's count too, so an attacker holding one account
+# could log into it between guesses at another's password.
+AXES_RESET_ON_SUCCESS = False
+AXES_CLIENT_IP_CALLABLE = "annotate.api_defaults.client_address"  # the throttles' address: ARBITER_NUM_PROXIES
+AXES_LOCKOUT_CALLABLE = "annotate.views.locked_out"  # the page (or the API's JSON) that says so, with a 429
+AXES_DISABLE_ACCESS_LOG = True  # no row per successful login
 
 # Training rounds (training/rounds.py).
 ARBITER_ARTIFACTS_ROOT = Path(env_str("ARBITER_ARTIFACTS_ROOT", str(VAR_DIR / "artifacts")))  # adapters, checkpoints

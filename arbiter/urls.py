@@ -1,7 +1,14 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from arbiter import errors
+
+handler400 = errors.bad_request
+handler403 = errors.permission_denied
+handler404 = errors.page_not_found
+handler500 = errors.server_error
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -10,6 +17,8 @@ urlpatterns = [
     path("api/v1/", include("annotate.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api_docs"),
+    # Anything else under /api/ is a JSON 404, with or without DEBUG (whose 404 page is HTML).
+    re_path(r"^api/(?P<path>.*)$", errors.api_not_found),
     path("", include("training.urls")),
     path("", include("models_registry.urls")),
     path("", include("annotate.urls")),

@@ -13,6 +13,20 @@ from annotate.models import Membership, Project  # noqa: E402
 PASSWORD = "correct-horse-battery"
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--database-tests-only",
+        action="store_true",
+        help="run only the tests that use the database (make test runs the rest once, in its PostgreSQL pass)",
+    )
+
+
+def _uses_database(item) -> bool:
+    return bool({"db", "transactional_db"} & set(getattr(item, "fixturenames", ()))) or bool(
+        item.get_closest_marker("django_db")
+    )
+
+
 def pytest_collection_modifyitems(config, items):
     # Behaviour that differs on PostgreSQL (locking, concurrency) is only meaningful there.
     from django.conf import settings
@@ -22,6 +36,11 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "postgres" in item.keywords:
                 item.add_marker(skip)
+    if config.getoption("--database-tests-only"):
+        # A test that never touches the database does the same on SQLite as on PostgreSQL: once is enough.
+        deselected = [item for item in items if not _uses_database(item)]
+        items[:] = [item for item in items if _uses_database(item)]
+        config.hook.pytest_deselected(items=deselected)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from arbiter.env import database_from_url, env_bool, env_int, env_list, env_str
+from arbiter.env import cache_from_url, database_from_url, env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(settings.BASE_DIR)
 
@@ -122,6 +122,55 @@ class TestDatabaseFromUrl:
     def test_refuses_what_it_cannot_use(self, tmp_path, url, message):
         with pytest.raises(ImproperlyConfigured, match=message):
             database_from_url(url, tmp_path)
+
+
+class TestCacheFromUrl:
+    def test_redis_file_and_locmem(self):
+        assert cache_from_url("redis://cache:6379/1")["BACKEND"].endswith("RedisCache")
+        assert cache_from_url("file:///srv/arbiter/cache") == {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": "/srv/arbiter/cache",
+        }
+        assert cache_from_url("locmem://")["BACKEND"].endswith("LocMemCache")
+
+    @pytest.mark.parametrize(
+        "url, message", [("memcached://x:11211", "unsupported scheme 'memcached'"), ("file://cache", "absolute")]
+    )
+    def test_refuses_what_it_cannot_use_naming_the_variable(self, url, message):
+        with pytest.raises(ImproperlyConfigured, match=f"CACHE_URL=.*{message}"):
+            cache_from_url(url)
+
+
+# Counts a `login`-scoped throttle's verdicts for one address, in a process of its own (a gunicorn worker's stand-in).
+_THROTTLE_IN_A_PROCESS = """
+from django.test import RequestFactory
+from rest_framework.throttling import ScopedRateThrottle
+class View:
+    throttle_scope = "login"
+from django.contrib.auth.models import AnonymousUser
+request = RequestFactory().post("/api/v1/auth/token/", REMOTE_ADDR="10.9.9.9")
+request.user = AnonymousUser()
+print(sum(ScopedRateThrottle().allow_request(request, View()) for _ in range(6)))
+"""
+
+
+class TestSharedCache:
+    def test_throttle_counts_are_shared_by_every_process(self, sqlite_env):
+        # The login rate is 10/min: two processes of six attempts each let ten through between them, not twelve.
+        env = {**sqlite_env, "ARBITER_THROTTLE_LOGIN": "10/min"}
+        allowed = [int(manage("shell", "--no-imports", "-c", _THROTTLE_IN_A_PROCESS, env=env).stdout) for _ in range(2)]
+        assert allowed == [6, 4]
+
+    def test_the_brokers_redis_is_the_cache_unless_cache_url_says_otherwise(self, sqlite_env):
+        show = "from django.conf import settings; print(settings.CACHES['default'].get('LOCATION'))"
+        redis = {**sqlite_env, "CELERY_BROKER_URL": "redis://broker:6379/0"}
+        assert manage("shell", "--no-imports", "-c", show, env=redis).stdout.strip() == "redis://broker:6379/0"
+        own = {**redis, "CACHE_URL": "redis://cache:6379/2"}
+        assert manage("shell", "--no-imports", "-c", show, env=own).stdout.strip() == "redis://cache:6379/2"
+        assert (
+            manage("shell", "--no-imports", "-c", show, env=sqlite_env).stdout.strip()
+            == f"{sqlite_env['ARBITER_VAR_DIR']}/cache"
+        )
 
 
 class TestManagementChecks:

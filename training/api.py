@@ -67,7 +67,9 @@ def _round_created(training_round: TrainingRound) -> Response:
     return Response(RoundDetailSerializer(training_round).data, status=201, headers={"Location": location})
 
 
-@extend_schema_view(get=extend_schema(responses={200: RoundSerializer(many=True), **error_responses(401, 403, 404)}))
+@extend_schema_view(
+    get=extend_schema(responses={200: RoundSerializer(many=True), **error_responses(400, 401, 403, 404)})
+)
 class RoundListView(ListAPIView):
     """The project's training rounds, newest first (leads)."""
 

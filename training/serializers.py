@@ -7,7 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from annotate.models import DatasetSnapshot
-from annotate.serializers import ExportFiltersSerializer
+from annotate.serializers import ExportFiltersSerializer, QueryFilter
 from models_registry.models import ModelVersion
 from training.models import TrainingRound
 from training.rounds import BASE_HELP
@@ -81,7 +81,7 @@ class ModelVersionDetailSerializer(ModelVersionSerializer):
         return ModelVersionSerializer(version.lineage(), many=True).data
 
 
-class ModelVersionFilter(serializers.Serializer):
+class ModelVersionFilter(QueryFilter):
     kind = serializers.ChoiceField(ModelVersion.Kind.choices, required=False)
     status = serializers.ChoiceField(ModelVersion.Status.choices, required=False)
 

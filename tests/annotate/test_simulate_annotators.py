@@ -220,3 +220,19 @@ def test_a_bot_whose_client_cannot_be_made_is_reported_and_fails_the_run(project
 
     assert "sim-helpfulness-1: ValueError: Port could not be cast to integer value" in out.getvalue()
     assert all(token.revoked_at for token in ApiToken.objects.filter(name="simulate_annotators"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bots_work_under_production_settings(project, make_task, settings):
+    # DEBUG off: every plain-HTTP request is redirected to HTTPS, and only the site's own host name is allowed.
+    settings.DEBUG = False
+    settings.SECURE_SSL_REDIRECT = True
+    settings.ALLOWED_HOSTS = ["arbiter.example.com"]
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    make_task("pairwise", "a cat", "no felines")
+    out = StringIO()
+
+    call_command("simulate_annotators", project=project.slug, users=2, rule="word:cat", stdout=out)
+
+    assert "answered 2 tasks" in out.getvalue()
+    assert "errors 0" in out.getvalue()

@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from annotate.models import Annotation, Assignment, Membership, Prompt, Response, Task, TaskResponse
+from annotate.models import Annotation, Assignment, LeaseError, Membership, Prompt, Response, Task, TaskResponse
 
 
 @pytest.fixture
@@ -69,14 +69,25 @@ def test_retry_after_the_lease_expired_and_the_task_filled_still_succeeds(projec
     assert (task.annotation_count, Annotation.objects.filter(task=task).count()) == (2, 2)
 
 
-def test_a_second_submission_never_changes_the_stored_answer(project, task, annotator):
+@pytest.mark.parametrize(
+    "different", [{"choice": "b", "strength": 1}, {**ANSWER, "strength": 1}, {**ANSWER, "comment": "other"}]
+)
+def test_a_different_second_submission_is_refused_and_the_first_answer_stands(project, task, annotator, different):
     lease = project.next_assignment(annotator)
     lease.submit(ANSWER, user=annotator)
 
-    lease.submit({"choice": "b", "strength": 1}, user=annotator)
+    with pytest.raises(LeaseError, match="already answered this task differently"):
+        lease.submit(different, user=annotator)
 
     annotation = Annotation.objects.get(task=task)
     assert (annotation.choice, annotation.strength, annotation.comment) == ("a", 2, "clearer")
+
+
+def test_the_same_answer_in_another_spelling_is_the_same_answer(project, task, annotator):
+    lease = project.next_assignment(annotator)
+    first = lease.submit({"choice": "a", "strength": 1}, user=annotator)
+
+    assert lease.submit({"choice": "a", "strength": "1", "both_bad": "false", "comment": ""}, user=annotator) == first
 
 
 @pytest.mark.postgres

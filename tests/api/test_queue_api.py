@@ -113,6 +113,17 @@ class TestSubmit:
         assert Annotation.objects.count() == 1
         assert Assignment.objects.get(pk=lease["id"]).status == Assignment.Status.SUBMITTED
 
+    def test_a_different_answer_to_a_submitted_lease_is_409_and_the_first_stands(self, bot, project, make_task):
+        make_task(project, "pairwise")
+        lease = next_task(bot).json()
+        submit(bot, lease, {"preference": "a1"})
+
+        again = submit(bot, lease, {"preference": "b2"})
+
+        assert again.status_code == 409
+        assert "already answered this task differently" in again.json()["detail"]
+        assert Annotation.objects.get().strength == 1
+
     def test_someone_elses_lease_is_404(self, bot, client_for, second_annotator, project, make_task):
         make_task(project, "pairwise")
         theirs = next_task(client_for(second_annotator)).json()
