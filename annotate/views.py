@@ -3,6 +3,7 @@
 import time
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, QueryDict
@@ -13,6 +14,7 @@ from django.views.decorators.http import require_POST
 
 from annotate.access import get_project_for_user, get_project_led_by_user
 from annotate.models import REMAINING_CAP, ApiToken, Assignment, LeaseError, Membership, Project, Task, TaskKind
+from annotate.templatetags.arbiter_markdown import formats
 
 REMAINING_RECOUNT_SECONDS = 60
 
@@ -189,9 +191,13 @@ def _answer_form(project: Project, assignment: Assignment, data: QueryDict) -> d
     """The task's responses in shown order and its form's choices, checked as `data` had them."""
     task = assignment.task
     responses = assignment.shown_responses()
+    texts = [str(message.get("content", "")) for message in task.prompt.messages] + [r.content for _, r in responses]
     form: dict[str, Any] = {
         "task": task,
         "responses": [{"letter": letter, "response": r} for letter, r in responses],
+        # All formatted or all plain: a pair shown one formatted, one plain would sway the comparison.
+        "formatted": formats(*texts),
+        "format_limit": settings.ARBITER_MARKDOWN_MAX_CHARS,
         "comment": data.get("comment", ""),
         "submit_url": reverse("submit_assignment", args=[project.slug, assignment.pk]),
         "skip_url": reverse("skip_assignment", args=[project.slug, assignment.pk]),

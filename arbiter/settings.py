@@ -104,6 +104,12 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", str(not DEBUG))
 if env_bool("SECURE_PROXY_SSL_HEADER", "False"):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+# Model text longer than this, or a task's texts longer than this together, is shown plain rather than formatted
+# as Markdown (annotate/templatetags/arbiter_markdown.py): formatting costs up to ~20 µs a character.
+ARBITER_MARKDOWN_MAX_CHARS = env_int("ARBITER_MARKDOWN_MAX_CHARS", "32000")
+if ARBITER_MARKDOWN_MAX_CHARS < 0:
+    raise ImproperlyConfigured(f"ARBITER_MARKDOWN_MAX_CHARS={ARBITER_MARKDOWN_MAX_CHARS} is negative: use 0 or more.")
+
 # Celery: an embedded filesystem broker by default (a real `celery worker` consumes it, no server needed).
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL == "filesystem://":
