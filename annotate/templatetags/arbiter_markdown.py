@@ -6,8 +6,8 @@ HTML in the text is escaped and shows as written (an annotator should see that a
 tag); nh3 then keeps only an allowlist of tags and attributes, in case a renderer bug or a future option
 lets markup through.
 
-Rendering is pure Python and linear in the text, but slow on the worst input: up to ~20 µs a character (a
-table of short rows), so a 2 MB response would take most of a minute. Text longer than
+Rendering is pure Python and linear in the text, but slow on the worst input: up to ~13 µs of CPU a character
+(list items, a table of short rows), so a 2 MB response would take up to half a minute. Text longer than
 ARBITER_MARKDOWN_MAX_CHARS is therefore shown plain, every character as written, and a task page formats its
 texts only when together they fit in that limit (`formats`), which bounds what a page can cost.
 """
