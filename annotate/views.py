@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 
 from annotate.access import get_project_for_user, get_project_led_by_user
 from annotate.models import REMAINING_CAP, ApiToken, Assignment, LeaseError, Membership, Project, Task, TaskKind
+from annotate.templatetags.arbiter_markdown import formats
 
 REMAINING_RECOUNT_SECONDS = 60
 
@@ -126,7 +127,6 @@ def skip_assignment(request: HttpRequest, project_slug: str, assignment_id: int)
 def project_stats(request: HttpRequest, project_slug: str) -> HttpResponse:
     project = get_project_led_by_user(request, project_slug)
     stats = project.lead_stats()
-    busiest_hour = max((n for _hour, n in stats["per_hour"]), default=0)
     return render(
         request,
         "annotate/stats.html",
@@ -134,8 +134,9 @@ def project_stats(request: HttpRequest, project_slug: str) -> HttpResponse:
             "project": project,
             "task_rows": _tasks_by_kind(stats["tasks_by_status"]),
             "per_annotator": stats["per_annotator"],
-            # Bar widths in percent of the busiest hour: the page draws them with CSS, no charting library.
-            "per_hour": [(hour, n, round(100 * n / busiest_hour)) for hour, n in stats["per_hour"]],
+            # Each hour a <meter> against the busiest one: no charting library, and no inline style for the CSP.
+            "per_hour": stats["per_hour"],
+            "busiest_hour": max((n for _hour, n in stats["per_hour"]), default=0),
             "live_leases": stats["live_leases"],
             "agreement": stats["agreement"],
         },
@@ -206,9 +207,13 @@ def _answer_form(project: Project, assignment: Assignment, data: QueryDict) -> d
     """The task's responses in shown order and its form's choices, checked as `data` had them."""
     task = assignment.task
     responses = assignment.shown_responses()
+    texts = [str(message.get("content", "")) for message in task.prompt.messages] + [r.content for _, r in responses]
     form: dict[str, Any] = {
         "task": task,
         "responses": [{"letter": letter, "response": r} for letter, r in responses],
+        # All formatted or all plain: a pair shown one formatted, one plain would sway the comparison.
+        "formatted": formats(*texts),
+        "format_limit": settings.ARBITER_MARKDOWN_MAX_CHARS,
         "comment": data.get("comment", ""),
         "submit_url": reverse("submit_assignment", args=[project.slug, assignment.pk]),
         "skip_url": reverse("skip_assignment", args=[project.slug, assignment.pk]),

@@ -40,6 +40,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "arbiter.middleware.ContentSecurityPolicyMiddleware",  # Django 6.0: django.middleware.csp.…
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -108,6 +109,31 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", str(
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", str(not DEBUG))
 if env_bool("SECURE_PROXY_SSL_HEADER", "False"):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# What a page may load and run (arbiter/middleware.py; Django 6.0's SECURE_CSP shape). Scripts and styles come
+# from this site's files only, nothing inline and no eval: markup that slipped into a page (model text the
+# sanitiser missed) could not run. Report-only sends the same policy without enforcing it, to try it on a setup.
+_CSP = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+    "report-uri": env_list("ARBITER_CSP_REPORT_URI", ""),
+}
+_CSP_REPORT_ONLY = env_bool("ARBITER_CSP_REPORT_ONLY", "False")
+SECURE_CSP = {} if _CSP_REPORT_ONLY else _CSP
+SECURE_CSP_REPORT_ONLY = _CSP if _CSP_REPORT_ONLY else {}
+# No script reads the CSRF token from the cookie: htmx sends it from <body hx-headers>, forms from their field.
+CSRF_COOKIE_HTTPONLY = True
+# Model text longer than this, or a task's texts longer than this together, is shown plain rather than formatted
+# as Markdown (annotate/templatetags/arbiter_markdown.py): formatting costs up to ~13 µs of CPU a character.
+ARBITER_MARKDOWN_MAX_CHARS = env_int("ARBITER_MARKDOWN_MAX_CHARS", "32000")
+if ARBITER_MARKDOWN_MAX_CHARS < 0:
+    raise ImproperlyConfigured(f"ARBITER_MARKDOWN_MAX_CHARS={ARBITER_MARKDOWN_MAX_CHARS} is negative: use 0 or more.")
 
 # Celery: an embedded filesystem broker by default (a real `celery worker` consumes it, no server needed).
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
@@ -252,6 +278,8 @@ SPECTACULAR_SETTINGS = {
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # No badge from validator.swagger.io: it would send the schema's address away, and the CSP refuses the image.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
 LOGGING = {

@@ -5,10 +5,17 @@ aimed at the annotator's session. Two layers keep it inert. markdown-it renders 
 HTML in the text is escaped and shows as written (an annotator should see that a model emitted a script
 tag); nh3 then keeps only an allowlist of tags and attributes, in case a renderer bug or a future option
 lets markup through.
+
+Rendering is pure Python and linear in the text, but slow on the worst input: up to ~13 µs of CPU a character
+(list items, a table of short rows), so a 2 MB response would take up to half a minute. Text longer than
+ARBITER_MARKDOWN_MAX_CHARS is therefore shown plain, every character as written, and a task page formats its
+texts only when together they fit in that limit (`formats`), which bounds what a page can cost.
 """
 
 import nh3
 from django import template
+from django.conf import settings
+from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
 
@@ -47,11 +54,32 @@ _cleaner = nh3.Cleaner(
 )
 
 
+def formats(*texts: str) -> bool:
+    """Whether texts shown together are short enough to format: at most ARBITER_MARKDOWN_MAX_CHARS in all."""
+    return sum(len(text) for text in texts) <= settings.ARBITER_MARKDOWN_MAX_CHARS
+
+
+def plain_text(text: str) -> str:
+    """The text as written, escaped, in a <pre> that wraps long lines: nothing is parsed, nothing is hidden."""
+    return f'<pre class="plain">{escape(text)}</pre>'
+
+
 def render_markdown(text: str) -> str:
-    """Markdown (CommonMark, tables, strikethrough, no raw HTML) as sanitised HTML."""
-    return _cleaner.clean(_markdown.render(text or ""))
+    """Markdown (CommonMark, tables, strikethrough, no raw HTML) as sanitised HTML; too long a text plain."""
+    text = text or ""
+    if not formats(text):
+        note = format_html(
+            '<p class="plain-note">Shown as plain text: {} characters, more than the {} that are formatted.</p>',
+            f"{len(text):,}",
+            f"{settings.ARBITER_MARKDOWN_MAX_CHARS:,}",
+        )
+        return note + plain_text(text)
+    return _cleaner.clean(_markdown.render(text))
 
 
 @register.filter(name="markdown")
-def markdown_filter(text: object) -> SafeString:
-    return mark_safe(render_markdown(str(text) if text is not None else ""))  # sanitised by nh3 just above
+def markdown_filter(text: object, formatted: bool = True) -> SafeString:
+    """`{{ text|markdown }}`, or `{{ text|markdown:formatted }}` where the page decided for all its texts at once."""
+    text = str(text) if text is not None else ""
+    # Sanitised by nh3, or escaped whole.
+    return mark_safe(render_markdown(text) if formatted else plain_text(text))

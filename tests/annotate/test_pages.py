@@ -416,7 +416,8 @@ class TestStats:
         assert rows["Side-by-side pairwise"] == (1, 0, 1)
         assert rows["All"] == (2, 1, 3)
         assert [(name, n) for name, n, _last in response.context["per_annotator"]] == [("annotator", 1)]
-        assert [(n, width) for _hour, n, width in response.context["per_hour"]] == [(1, 100)]
+        assert [n for _hour, n in response.context["per_hour"]] == [1]
+        assert '<meter class="bar" min="0" max="1" value="1">' in page
         assert re.search(r"<td>annotator</td>\s*<td class=\"num\">1</td>", page)
         assert f"<td>{held.task}</td>" in page
 

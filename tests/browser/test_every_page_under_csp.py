@@ -1,0 +1,234 @@
+"""Every page works under the Content-Security-Policy: an annotator, a lead and a visitor walk them in Chromium.
+
+The policy allows no inline script, inline style or eval. A page that needs one breaks quietly (a style not
+applied, a handler that never runs), so each page is checked for what it should show or do, and the browser for
+what it refused: `securitypolicyviolation` events and console messages, of which there must be none.
+"""
+
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+from playwright.sync_api import expect
+
+from annotate.admin import project_leads_group
+from annotate.models import DatasetSnapshot
+from models_registry.models import ModelVersion
+from tests.browser.test_keyboard_annotation import log_in, make_task
+from training.models import RoundMetric, TrainingRound
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PHONE = {"width": 390, "height": 844}
+# Added before any page script runs, in every document: reports what the policy refused.
+REPORT_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (e) => window.__cspViolation(
+    `${e.effectiveDirective} refused ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`));"""
+
+
+class Refusals:
+    """What the browser refused or complained about since the last check, with the page it happened on."""
+
+    def __init__(self, page):
+        self.page, self.seen = page, []
+        page.expose_function("__cspViolation", lambda text: self.seen.append(f"violation: {text}"))
+        page.context.add_init_script(REPORT_VIOLATIONS)
+        page.on("console", self.on_console)
+
+    def on_console(self, message):
+        # As in conftest: Chromium asks for /favicon.ico by itself (the admin names none), a 404 is not the page's.
+        if not message.location.get("url", "").endswith("/favicon.ico"):
+            self.seen.append(f"console {message.type}: {message.text}")
+
+    def none_on(self, what):
+        # Violation events are dispatched as a task after the refusal: let them arrive.
+        self.page.wait_for_timeout(100)
+        seen, self.seen = self.seen, []
+        assert seen == [], f"{what} ({self.page.url}):\n" + "\n".join(seen)
+
+
+@pytest.fixture
+def refusals(page):
+    return Refusals(page)
+
+
+@pytest.fixture
+def tasks(project):
+    """One task of each kind, and one whose response is too long to format: the queue serves them in this order."""
+    too_long = "| a | b |\n|---|---|\n" + "| **x** | `y` |\n" * (settings.ARBITER_MARKDOWN_MAX_CHARS // 15)
+    return [
+        make_task(project, "rating", 4, ["Canberra, since **1913**."]),
+        make_task(project, "pairwise", 3, ["Canberra.", "Sydney, the *largest* city."]),
+        make_task(project, "ranking", 2, ["Canberra.", "Sydney.", "Melbourne, until 1927."]),
+        make_task(project, "pairwise", 1, ["Canberra.", too_long], prompt_text="Answer with a **long** table."),
+    ]
+
+
+@pytest.fixture
+def lead_with_everything(lead, project):
+    """A staff lead with the admin permissions, a running round with metrics, a model version and a snapshot."""
+    lead.groups.add(project_leads_group())
+    training_round = TrainingRound.objects.create(
+        project=project, number=1, method="dpo", base_model="tiny", status="running", stage="dpo", step=2,
+        total_steps=4, progress=0.5, log_tail="dpo step 2/4: loss 0.61",
+    )  # fmt: skip
+    for step, loss in [(1, 0.69), (2, 0.61)]:
+        RoundMetric.objects.create(training_round=training_round, stage="dpo", step=step, values={"loss": loss})
+    version = ModelVersion.register(project=project, kind="policy", base_model="tiny", training_round=training_round)
+    version.promote()
+    snapshot = DatasetSnapshot.objects.create(
+        project=project, kind="pairs", status="ready", row_count=2, rows_written=2, sha256="ab" * 32
+    )
+    return {"user": lead, "round": training_round, "version": version, "snapshot": snapshot}
+
+
+def both_widths(page, screenshot, name):
+    screenshot(name)
+    size = page.viewport_size
+    page.set_viewport_size(PHONE)
+    screenshot(f"{name}-phone")
+    page.set_viewport_size(size)
+
+
+def test_annotator_pages_work_under_the_policy(page, refusals, screenshot, annotator, project, tasks):
+    page.goto("/login/")
+    expect(page.locator("#id_username")).to_be_focused()  # the login page's own autofocus, no script needed
+    refusals.none_on("login")
+    log_in(page, annotator, "/")
+    refusals.none_on("home")
+
+    page.get_by_role("link", name=project.name).click()
+    expect(page.locator("h1")).to_contain_text(project.name)
+    expect(page.locator(".md strong")).to_have_text("helpful")  # the guidelines, formatted
+    refusals.none_on("project page")
+    page.goto(f"/p/{project.slug}/guidelines/")
+    expect(page.locator("main strong")).to_have_text("helpful")
+    refusals.none_on("guidelines page")
+
+    page.goto(f"/p/{project.slug}/")
+    page.get_by_role("link", name="Start annotating").click()
+    page.evaluate("window.__marker = 1")  # survives only if every later task is swapped in, not loaded
+    rating, pairwise, ranking, long_pair = tasks
+    expect(page.locator(f'.response[data-response-id="{rating.response_ids()[0]}"] strong')).to_have_text("1913")
+    page.keyboard.press("g")
+    expect(page.locator("dialog#guidelines")).to_have_attribute("open", "")
+    page.keyboard.press("Escape")
+    page.keyboard.press("Enter")  # no score yet: refused in the page, by annotate.js
+    expect(page.locator("#answer-problem")).to_be_visible()
+    # Resizing the comment box gives it a style attribute, which htmx must not copy onto the next task's box.
+    box = page.locator("#comment").bounding_box()
+    corner = (box["x"] + box["width"] - 3, box["y"] + box["height"] - 3)
+    page.mouse.move(*corner)
+    page.mouse.down()
+    page.mouse.move(corner[0] + 60, corner[1] + 60, steps=5)
+    page.mouse.up()
+    assert "height" in page.locator("#comment").get_attribute("style")
+    refusals.none_on("rating task")
+    for key in ["Escape", "4", "Enter"]:  # Escape leaves the comment box that the resizing focused
+        page.keyboard.press(key)
+
+    expect(page.locator(f'.response[data-response-id="{pairwise.response_ids()[1]}"] em')).to_have_text("largest")
+    refusals.none_on("pairwise task")
+    for key in ["ArrowLeft", "Enter"]:
+        page.keyboard.press(key)
+
+    expect(page.locator(".ranking > .response")).to_have_count(3)
+    refusals.none_on("ranking task")
+    for key in ["Shift+ArrowDown", "Enter"]:  # moving one ranks them all
+        page.keyboard.press(key)
+
+    expect(page.locator("#task pre.plain")).to_have_count(3)  # prompt and both responses, plain
+    expect(page.locator("#task .plain-note")).to_contain_text("shown as plain text")
+    refusals.none_on("task too long to format")
+    both_widths(page, screenshot, "task-plain")
+    for key in ["t", "Enter"]:
+        page.keyboard.press(key)
+
+    expect(page.locator("#task-heading")).to_have_text("All done")
+    assert page.evaluate("window.__marker") == 1
+    assert [a.task_id for a in annotator.annotations.order_by("created_at")] == [t.pk for t in tasks]
+    refusals.none_on("done")
+
+    page.get_by_role("link", name="API tokens").click()
+    page.get_by_label("What it is for").fill("labelling bot")
+    page.get_by_role("button", name="Make token").click()  # a plain form post: the token comes from its field
+    expect(page.locator("#new-token code.token")).to_be_visible()
+    refusals.none_on("tokens page")
+
+
+def test_lead_pages_and_admin_work_under_the_policy(
+    page, refusals, screenshot, lead_with_everything, annotator, project, tasks
+):
+    # Something for the stats: two annotations this hour, one the hour before.
+    for priority in (9, 8, 7):
+        make_task(project, "rating", priority, ["Canberra."])
+        project.next_assignment(annotator).submit({"score": 3}, user=annotator)
+    now = timezone.now()
+    annotator.annotations.update(created_at=now)
+    annotator.annotations.filter(pk=annotator.annotations.earliest("pk").pk).update(created_at=now - timedelta(hours=1))
+    lead, training_round, version, snapshot = lead_with_everything.values()
+    log_in(page, lead, "/")
+
+    page.goto(f"/p/{project.slug}/")
+    page.get_by_role("link", name="Stats").click()
+    meters = page.locator("#per-hour meter")
+    assert [m.get_attribute("value") for m in meters.all()] == ["1", "2"]
+    assert meters.first.bounding_box()["width"] > 100  # sized by the stylesheet, not by a style attribute
+    refusals.none_on("stats")
+    both_widths(page, screenshot, "stats")
+
+    page.goto(f"/p/{project.slug}/")
+    page.get_by_role("link", name="Training rounds").click()
+    page.get_by_role("link", name="1", exact=True).click()
+    expect(page.locator(".chart polyline")).to_have_count(1)
+    # A running round polls itself: wait for one htmx poll to come back and be swapped in.
+    with page.expect_response(lambda r: r.request.headers.get("hx-request") == "true") as poll:
+        pass
+    assert poll.value.ok
+    expect(page.locator("#live #round-log")).to_have_text("dpo step 2/4: loss 0.61")
+    refusals.none_on("round page")
+
+    page.goto(f"/p/{project.slug}/models/")
+    expect(page.locator("h1")).to_have_text("Models")
+    refusals.none_on("models page")
+
+    page.get_by_role("link", name="Admin").click()
+    expect(page.locator("#site-name")).to_contain_text("Arbiter administration")
+    refusals.none_on("admin index")
+    pages = {
+        "projects": "annotate/project/",
+        "rounds": "training/traininground/",
+        "snapshots": "annotate/datasetsnapshot/",
+        "model versions": "models_registry/modelversion/",
+        "round": f"training/traininground/{training_round.pk}/change/",
+        "snapshot": f"annotate/datasetsnapshot/{snapshot.pk}/change/",
+        "model version": f"models_registry/modelversion/{version.pk}/change/",
+        "import": f"annotate/project/{project.pk}/import/",
+        "export": f"annotate/project/{project.pk}/export/",
+        "launch": f"training/traininground/launch/?project={project.pk}",
+    }
+    for name, path in pages.items():
+        # The launch form reads the stages' config defaults, whose import pulls in torch and TRL (~12 s, once).
+        response = page.goto(f"/admin/{path}", timeout=60_000 if name == "launch" else None)
+        assert response.ok, (name, response.status)
+        expect(page.locator("#content h1")).to_be_visible()
+        refusals.none_on(f"admin {name}")
+
+    # The project form's inline rows are added by the admin's own script.
+    page.goto(f"/admin/annotate/project/{project.pk}/change/")
+    rows = page.locator("#memberships-group tbody tr.form-row:not(.empty-form)")
+    before = rows.count()
+    page.get_by_role("button", name="Add another Membership").click()
+    expect(rows).to_have_count(before + 1)
+    refusals.none_on("admin project form")
+
+
+def test_api_docs_load_swagger_ui_under_the_policy(page, refusals, screenshot):
+    page.goto("/api/docs/")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Arbiter API")
+    operations = page.locator(".opblock")
+    expect(operations.first).to_be_visible()
+    operations.first.locator(".opblock-summary").click()  # expands: Swagger UI renders its parameters
+    expect(operations.first.locator(".opblock-body")).to_be_visible()
+    refusals.none_on("API docs")
+    both_widths(page, screenshot, "api-docs")
