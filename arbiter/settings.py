@@ -131,9 +131,7 @@ SECURE_CSP_REPORT_ONLY = _CSP if _CSP_REPORT_ONLY else {}
 CSRF_COOKIE_HTTPONLY = True
 # Model text longer than this, or a task's texts longer than this together, is shown plain rather than formatted
 # as Markdown (annotate/templatetags/arbiter_markdown.py): formatting costs up to ~13 µs of CPU a character.
-ARBITER_MARKDOWN_MAX_CHARS = env_int("ARBITER_MARKDOWN_MAX_CHARS", "32000")
-if ARBITER_MARKDOWN_MAX_CHARS < 0:
-    raise ImproperlyConfigured(f"ARBITER_MARKDOWN_MAX_CHARS={ARBITER_MARKDOWN_MAX_CHARS} is negative: use 0 or more.")
+ARBITER_MARKDOWN_MAX_CHARS = env_int("ARBITER_MARKDOWN_MAX_CHARS", "32000", minimum=0)
 
 # Celery: an embedded filesystem broker by default (a real `celery worker` consumes it, no server needed).
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
