@@ -97,4 +97,4 @@ def test_a_negative_limit_is_refused_naming_the_variable(tmp_path):
     env = {"DATABASE_URL": f"sqlite:///{tmp_path}/a.sqlite3", "ARBITER_VAR_DIR": str(tmp_path)}
     result = manage("check", env={**env, "ARBITER_MARKDOWN_MAX_CHARS": "-1"})
 
-    assert result.returncode != 0 and "ARBITER_MARKDOWN_MAX_CHARS=-1" in result.stderr
+    assert result.returncode != 0 and "ARBITER_MARKDOWN_MAX_CHARS='-1'" in result.stderr
