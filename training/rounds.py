@@ -3,7 +3,8 @@
 `launch_round` checks a lead's request (method, base, settings, dataset filters) and saves a queued round with
 a pending dataset snapshot; the Celery task calls `run_round`, which claims the round once, writes the snapshot,
 runs the method's stages from training/engine/ with a progress callback (heartbeat, metrics, cancel), and
-registers what they trained. `fail_stale_rounds` (Celery beat) fails rounds whose worker stopped beating.
+registers what they trained. `fail_stale_rounds` (Celery beat) fails rounds whose worker stopped beating, and the
+pending snapshots of rounds that ended without writing them.
 
 Stages per method: reward = [reward]; ppo = [reward, ppo, sample] ([ppo, sample] with a given reward model);
 dpo = [dpo, sample]; sft = [sft, sample]; sample = [sample] (training/sampling.py). Settings: `key=value`
@@ -17,7 +18,6 @@ import logging
 import math
 import os
 import subprocess
-import threading
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,12 +25,13 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import transaction
 
 from annotate.exports import create_snapshot, run_snapshot
+from annotate.jobs import Heartbeat, fail_stale
 from annotate.models import DatasetSnapshot, Project, Prompt
 from models_registry.models import ModelVersion
-from training.models import RoundMetric, TrainingRound
+from training.models import RoundMetric, TrainingRound, end_unwritten_snapshots
 
 logger = logging.getLogger(__name__)
 
@@ -236,25 +237,6 @@ class _LogTail(logging.Handler):
         return "\n".join(self.lines)
 
 
-class _Heartbeat(threading.Thread):
-    """Beats the round's heart while the worker loads models or writes files between progress reports."""
-
-    def __init__(self, training_round: TrainingRound, log: _LogTail) -> None:
-        super().__init__(daemon=True, name=f"heartbeat-round-{training_round.pk}")
-        self.training_round, self.log, self.stopping = training_round, log, threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self.stopping.wait(settings.ARBITER_ROUND_HEARTBEAT_SECONDS):
-                self.training_round.beat(log_tail=self.log.text())
-        finally:
-            connection.close()  # this thread's own connection
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join()
-
-
 def run_round(round_id: int) -> TrainingRound:
     """Run a queued round to its end; a round that is not queued (a redelivered message) is left as it is."""
     training_round = TrainingRound.objects.select_related("project", "snapshot", "base_version").get(pk=round_id)
@@ -266,7 +248,12 @@ def run_round(round_id: int) -> TrainingRound:
     watched = [logging.getLogger(name) for name in ("training", "transformers", "trl", "peft")]
     for each in watched:
         each.addHandler(log)
-    heartbeat = _Heartbeat(training_round, log)
+    # Beats while the worker loads models or writes files between progress reports, and carries the log tail.
+    heartbeat = Heartbeat(
+        lambda: training_round.beat(log_tail=log.text()),
+        settings.ARBITER_ROUND_HEARTBEAT_SECONDS,
+        name=f"heartbeat-round-{round_id}",
+    )
     heartbeat.start()
     try:
         _run_stages(training_round)
@@ -467,19 +454,13 @@ def code_version() -> str:
 
 
 def fail_stale_rounds() -> int:
-    """Fail running rounds whose worker stopped sending heartbeats (killed, out of memory, machine lost)."""
-    failed = 0
-    for training_round in TrainingRound.objects.stale():
-        seen = training_round.heartbeat_at
-        message = (
-            f"The worker stopped sending heartbeats (last at {seen:%Y-%m-%d %H:%M:%S} UTC): it was killed or lost "
-            "its machine. Relaunch the round to train again."
-        )
-        # Conditional on the heartbeat too: a worker that beat just now is alive after all.
-        running = {"status": TrainingRound.Status.RUNNING, "heartbeat_at": seen}
-        if TrainingRound.objects.filter(pk=training_round.pk, **running).update(
-            status=TrainingRound.Status.FAILED, error=message, finished_at=training_round.heartbeat_at
-        ):
-            logger.warning("Round %s: %s", training_round.pk, message)
-            failed += 1
-    return failed
+    """Fail running rounds whose worker stopped sending heartbeats (killed, out of memory, machine lost), then the
+    pending snapshots of rounds that ended without writing them; returns how many rounds it failed."""
+    failed = fail_stale(
+        TrainingRound.objects.all(),
+        timeout=settings.ARBITER_ROUND_HEARTBEAT_TIMEOUT,
+        message="The worker stopped sending heartbeats (last at {seen}): it was killed or lost its machine. "
+        "Relaunch the round to train again.",
+    )
+    end_unwritten_snapshots()
+    return len(failed)
