@@ -9,6 +9,7 @@ import pytest  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from annotate.models import Membership, Project  # noqa: E402
+from tests.celery_worker import worker_environment  # noqa: E402
 
 PASSWORD = "correct-horse-battery"
 
@@ -45,6 +46,13 @@ def _files_in_tmp(settings, tmp_path):
     # Exports and training artifacts go to the test's own folder, never var/.
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.ARBITER_ARTIFACTS_ROOT = tmp_path / "artifacts"
+
+
+@pytest.fixture
+def worker_env(broker_dir, _files_in_tmp):
+    """The environment of a `celery worker` (tests/celery_worker.py) or a command that shares this test's database,
+    broker and files."""
+    return worker_environment(broker_dir)
 
 
 @pytest.fixture(autouse=True)
