@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
-from django.db import connection, models
+from django.db import DatabaseError, connection, models
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,13 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stopping.wait(self.seconds):
-                self.beat()
+                try:
+                    self.beat()
+                except DatabaseError as error:
+                    # A lost connection, or SQLite's one writer busy (an import's transaction holds it to its end):
+                    # a missed beat, not a dead worker. The next one tries again on a fresh connection.
+                    logger.warning("%s missed a beat: %s", self.name, error)
+                    connection.close()
         finally:
             connection.close()  # this thread's own connection
 

@@ -3,6 +3,14 @@
 import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
+from django.utils import timezone
+
+
+def start_the_clock(apps, schema_editor):
+    # Exports left running before snapshots had a heartbeat (most of them by a killed worker): from now on, the reaper
+    # fails them after ARBITER_JOB_HEARTBEAT_TIMEOUT.
+    snapshots = apps.get_model("annotate", "DatasetSnapshot").objects
+    snapshots.filter(status="running", heartbeat_at=None).update(heartbeat_at=timezone.now())
 
 
 class Migration(migrations.Migration):
@@ -49,6 +57,7 @@ class Migration(migrations.Migration):
             model_name='datasetsnapshot',
             index=models.Index(fields=['status', 'heartbeat_at'], name='snapshot_status_heartbeat'),
         ),
+        migrations.RunPython(start_the_clock, migrations.RunPython.noop),
         migrations.AddField(
             model_name='importjob',
             name='created_by',

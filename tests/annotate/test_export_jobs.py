@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
+from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -217,3 +218,21 @@ def test_a_worker_killed_mid_export_leaves_it_failed_without_its_part_file(pairs
     assert detail["status"] == "failed" and "stopped sending heartbeats" in detail["error"]
     assert not snapshot.part_path.exists()
     assert client.get(f"{P}/exports/{snapshot.pk}/download/").status_code == 409
+
+
+@pytest.mark.django_db(transaction=True)
+def test_exports_left_running_before_the_heartbeat_existed_are_given_one_for_the_reaper(settings):
+    before, after = ("annotate", "0006_sampling_settings"), ("annotate", "0007_export_heartbeat_and_import_jobs")
+    executor = MigrationExecutor(connection)
+    executor.migrate([before])
+    old = executor.loader.project_state([before]).apps
+    project = old.get_model("annotate", "Project").objects.create(name="Old", slug="old")
+    stuck = old.get_model("annotate", "DatasetSnapshot").objects.create(project=project, kind="pairs", status="running")
+
+    executor = MigrationExecutor(connection)
+    executor.migrate([after])
+
+    assert DatasetSnapshot.objects.get(pk=stuck.pk).heartbeat_at is not None
+    settings.ARBITER_JOB_HEARTBEAT_TIMEOUT = timedelta(0)
+    assert fail_stale_exports() == 1
+    assert DatasetSnapshot.objects.get(pk=stuck.pk).status == "failed"
