@@ -21,11 +21,13 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 
 from annotate.exports import EXPORT_OPTIONS, queue_export
-from annotate.importing import ImportFailed, import_file
+from annotate.import_jobs import import_upload
+from annotate.importing import ImportFailed
 from annotate.models import (
     Annotation,
     Assignment,
     DatasetSnapshot,
+    ImportJob,
     Membership,
     Project,
     Prompt,
@@ -51,6 +53,7 @@ LEAD_PERMISSIONS = {
     "membership": ("view", "add", "change", "delete"),
     "project": ("view", "change"),
     "datasetsnapshot": ("view",),
+    "importjob": ("view",),
     # training and models_registry: launch, watch and cancel rounds; review and promote model versions
     "traininground": ("view", "add", "change"),
     "modelversion": ("view", "change"),
@@ -224,16 +227,21 @@ class ProjectAdmin(ProjectScopedAdmin):
         ]
 
     def import_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
-        """Import an uploaded file into the project: all of it, or nothing and the offending line is named."""
+        """Import an uploaded file into the project: all of it, or nothing and the offending line is named. A big
+        file is imported by a worker: the page goes to its import job."""
         project = self._led_project(request, object_id)
         form = ImportForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
             try:
-                result = import_file(project, form.cleaned_data["file"], format=form.cleaned_data["format"] or None)
+                outcome = import_upload(project, data["file"], format=data["format"] or None, user=request.user)
             except ImportFailed as error:
                 messages.error(request, f"Nothing was imported: {error}")
             else:
-                messages.success(request, f"Imported into {project}: {result}")
+                if isinstance(outcome, ImportJob):
+                    messages.success(request, f"The file is big: a worker imports it ({outcome}). This page shows how.")
+                    return HttpResponseRedirect(reverse("admin:annotate_importjob_change", args=[outcome.pk]))
+                messages.success(request, f"Imported into {project}: {outcome}")
                 return HttpResponseRedirect(reverse("admin:annotate_project_change", args=[project.pk]))
         return self._form_page(request, project, form, f"Import data into {project}", "import.html")
 
@@ -518,3 +526,31 @@ class DatasetSnapshotAdmin(ProjectScopedAdmin):
             raise PermissionDenied
         snapshot = get_object_or_404(self.get_queryset(request), pk=object_id, status=DatasetSnapshot.Status.READY)
         return FileResponse(snapshot.file.open("rb"), as_attachment=True, filename=snapshot.file.name.split("/")[-1])
+
+
+@admin.register(ImportJob)
+class ImportJobAdmin(ProjectScopedAdmin):
+    """Read-only: a job is made by a big upload on a project's Import data page, and a worker runs it."""
+
+    project_path = "project"
+    list_display = ["__str__", "project", "status", "rows", "error", "created_by", "created_at", "finished_at"]
+    list_filter = ["status", _related_only("project")]
+    list_select_related = ["project", "created_by"]
+    fields = ["project", "file_name", "format", "status", "rows", "result", "error", "error_line", "error_field"]
+    fields += ["created_by", "created_at", "started_at", "heartbeat_at", "finished_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: ImportJob | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: ImportJob | None = None) -> bool:
+        return False
+
+    @admin.display(description="Rows")
+    def rows(self, job: ImportJob) -> str:
+        if job.status == ImportJob.Status.SUCCEEDED:
+            return f"{job.rows_read:,} imported"
+        return f"{job.rows_read:,} read so far" if job.status == ImportJob.Status.RUNNING else "–"

@@ -7,7 +7,7 @@ Who may do what (tests/api/test_permissions.py checks every endpoint for every k
 - leads (and superusers, who lead every project) also list prompts and responses, import, see every annotation
   and the lead stats, and export; an annotator asking for those gets 403, since they know the project exists.
 Each view checks access with one helper, validates its input with an explicit serializer, and calls the same
-model method as the pages do (Project.next_assignment, Assignment.submit, import_file, ApiToken.issue, …).
+model method as the pages do (Project.next_assignment, Assignment.submit, import_upload, ApiToken.issue, …).
 """
 
 import logging
@@ -35,12 +35,14 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from annotate.api_defaults import BearerTokenAuthentication, NewestFirstPagination
 from annotate.exports import queue_export
-from annotate.importing import ImportFailed, import_file
+from annotate.import_jobs import import_upload
+from annotate.importing import ImportFailed
 from annotate.models import (
     Annotation,
     ApiToken,
     Assignment,
     DatasetSnapshot,
+    ImportJob,
     LeaseError,
     Membership,
     Project,
@@ -56,6 +58,7 @@ from annotate.serializers import (
     ExportIn,
     ImportErrorSerializer,
     ImportIn,
+    ImportJobSerializer,
     ImportResultSerializer,
     LeaseSerializer,
     LoginIn,
@@ -319,21 +322,51 @@ class ImportView(APIView):
             )
         ],
         responses={
-            201: ImportResultSerializer,
+            201: OpenApiResponse(ImportResultSerializer, "A small file, imported in the request."),
+            202: OpenApiResponse(ImportJobSerializer, "A big file, saved as an import job: poll its Location."),
             400: OpenApiResponse(ImportErrorSerializer, "The file was refused, naming the line and field."),
             **error_responses(401, 403, 404),
         },
     )
     def post(self, request: Request, slug: str) -> Response:
-        """Import a JSONL or CSV file (optionally gzipped), all or nothing; the formats of `manage.py import_data`."""
+        """Import a JSONL or CSV file (optionally gzipped), all or nothing; the formats of `manage.py import_data`.
+
+        A file up to ARBITER_IMPORT_INLINE_BYTES (gzip: unpacked) is imported at once: 201 with what it made. A
+        bigger one is imported by a worker: 202 with the job, which says its progress, result or error.
+        """
         project = project_led_by(request, slug)
         upload = ImportIn(data=request.data)
         if not upload.is_valid():
             # One shape for every refusal here, whether of the upload or of a line in it.
             field, messages = next(iter(upload.errors.items()))
             raise ImportFailed(str(messages[0]), field=field)
-        result = import_file(project, upload.validated_data["file"], format=upload.validated_data.get("format"))
-        return Response(ImportResultSerializer(result).data, status=201)
+        data = upload.validated_data
+        outcome = import_upload(project, data["file"], format=data.get("format"), user=request.user)
+        if isinstance(outcome, ImportJob):
+            location = reverse("api:import_detail", args=[project.slug, outcome.pk])
+            return Response(ImportJobSerializer(outcome).data, status=202, headers={"Location": location})
+        return Response(ImportResultSerializer(outcome).data, status=201)
+
+
+@extend_schema_view(
+    get=extend_schema(responses={200: ImportJobSerializer(many=True), **error_responses(401, 403, 404)})
+)
+class ImportJobListView(ListAPIView):
+    """The project's import jobs (big uploads), newest first (leads)."""
+
+    serializer_class = ImportJobSerializer
+    pagination_class = NewestFirstPagination
+
+    def get_queryset(self) -> QuerySet[ImportJob]:
+        return project_led_by(self.request, self.kwargs["slug"]).import_jobs.select_related("project", "created_by")
+
+
+class ImportJobDetailView(APIView):
+    @extend_schema(responses={200: ImportJobSerializer, **error_responses(401, 403, 404)})
+    def get(self, request: Request, slug: str, job_id: int) -> Response:
+        """One import job: status, rows read so far, and its result, or its error with the line and field."""
+        jobs = project_led_by(request, slug).import_jobs.select_related("project", "created_by")
+        return Response(ImportJobSerializer(get_or_404(jobs, pk=job_id)).data)
 
 
 # The queue ---------------------------------------------------------------------------------------------------

@@ -3,7 +3,10 @@
 The one export path: the admin, `manage.py export_dataset`, the API and the Celery task all call
 `create_snapshot` (check the settings, save a pending DatasetSnapshot) and then `run_snapshot` (write the file,
 record its row count and sha256); the admin and the API through `queue_export`, which holds each project to
-ARBITER_MAX_ACTIVE_EXPORTS under way and hands the snapshot to a worker. Kinds:
+ARBITER_MAX_ACTIVE_EXPORTS under way and hands the snapshot to a worker. While it runs, a heartbeat thread says its
+worker is alive (annotate/jobs.py) and the file grows at MEDIA_ROOT/exports/tmp/<id>.<format>.part, renamed into
+place when done; `fail_stale_exports` (beat) fails a running export whose worker died and removes its part file.
+Kinds:
 
 - pairs:    TRL's prompt / chosen / rejected (reward models, DPO): one row per pair of responses a task's votes
             decide, with margin, vote counts, agreement, the task, the responses and the model versions that
@@ -89,11 +92,12 @@ import orjson
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.core.files.uploadedfile import TemporaryUploadedFile
+from django.core.files import File
 from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from annotate.jobs import Heartbeat, fail_stale
 from annotate.models import (
     Annotation,
     Assignment,
@@ -203,33 +207,57 @@ def queue_export(project: Project, *, user: Any, **options: Any) -> DatasetSnaps
 def run_snapshot(snapshot: DatasetSnapshot) -> DatasetSnapshot:
     """Write a pending snapshot's file and mark it ready, or failed with the error; returns the snapshot.
 
-    A snapshot runs once: one that is no longer pending (a task delivered twice) is returned as it is.
+    A snapshot runs once: one that is no longer pending (a message delivered twice, or again after its worker died
+    mid-export, whose snapshot fail_stale_exports fails) is returned as it is. While it runs, a heartbeat says its
+    worker is alive, and the file grows at its part_path, renamed into place when done.
     """
-    if not DatasetSnapshot.objects.filter(pk=snapshot.pk, status=Status.PENDING).update(status=Status.RUNNING):
+    if not snapshot.claim():
         snapshot.refresh_from_db()
         return snapshot
-    snapshot.status = Status.RUNNING
+    part = snapshot.part_path
+    heartbeat = Heartbeat(snapshot.beat, settings.ARBITER_JOB_HEARTBEAT_SECONDS, name=f"heartbeat-export-{snapshot.pk}")
     try:
-        # A temporary "upload" lives in FILE_UPLOAD_TEMP_DIR, and FileSystemStorage moves it into MEDIA_ROOT
-        # instead of copying gigabytes.
-        with (
-            TemporaryUploadedFile(f"export.{snapshot.format}", "application/octet-stream", 0, None) as tmp,
-            _no_cycle_collection(),
-        ):
-            row_count, sha256 = _write(snapshot, _rows(snapshot), tmp.file)
+        with heartbeat, _no_cycle_collection():
+            part.parent.mkdir(parents=True, exist_ok=True)
+            with part.open("wb") as out:
+                row_count, sha256 = _write(snapshot, _rows(snapshot), out)
             name = f"{snapshot.project.slug}-{snapshot.kind}-{snapshot.pk}.{snapshot.format}"
-            snapshot.file.save(name, tmp, save=False)
+            snapshot.file.save(name, _PartFile(None, str(part)), save=False)
     except Exception as error:
         # Whatever went wrong belongs on the snapshot, where the admin, the API and the command look for it.
         logger.exception("Export %s failed", snapshot.pk)
-        snapshot.status, snapshot.error, snapshot.finished_at = Status.FAILED, str(error) or repr(error), timezone.now()
-        snapshot.save(update_fields=["status", "error", "finished_at"])
+        with contextlib.suppress(OSError):  # what was written before the error, if anything was
+            part.unlink()
+        if not snapshot.finish(Status.FAILED, error=str(error) or repr(error)):
+            snapshot.refresh_from_db()  # the reaper failed it first (and removed the part file from under it)
         return snapshot
-    snapshot.status, snapshot.finished_at = Status.READY, timezone.now()
-    snapshot.row_count = snapshot.rows_written = row_count
-    snapshot.sha256 = sha256
-    snapshot.save(update_fields=["status", "row_count", "rows_written", "sha256", "file", "finished_at"])
+    fields = {"row_count": row_count, "rows_written": row_count, "sha256": sha256, "file": snapshot.file.name}
+    if not snapshot.finish(Status.READY, **fields):
+        # The reaper failed it meanwhile (its heartbeat was late): the file belongs to no ready snapshot.
+        snapshot.file.delete(save=False)
+        snapshot.refresh_from_db()
     return snapshot
+
+
+def fail_stale_exports() -> int:
+    """Fail running exports whose worker stopped sending heartbeats (killed, out of memory, machine lost), and remove
+    the part of the file it wrote; returns how many (Celery beat runs this every minute)."""
+    failed = fail_stale(
+        DatasetSnapshot.objects.all(),
+        timeout=settings.ARBITER_JOB_HEARTBEAT_TIMEOUT,
+        message="The worker stopped sending heartbeats (last at {seen}): it was killed or lost its machine. "
+        "Start the export again.",
+    )
+    for snapshot in failed:
+        snapshot.part_path.unlink(missing_ok=True)
+    return len(failed)
+
+
+class _PartFile(File):
+    """A finished part file, which FileSystemStorage moves into place (a rename on one file system), not copies."""
+
+    def temporary_file_path(self) -> str:
+        return self.name
 
 
 @contextlib.contextmanager

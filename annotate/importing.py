@@ -1,6 +1,7 @@
 """Import prompts, responses and existing preference pairs from JSONL or CSV (optionally gzipped).
 
-The one import path: the admin upload, `manage.py import_data` and the API all call `import_file`.
+The one import path: the admin upload, `manage.py import_data`, the API and import jobs (annotate/import_jobs.py,
+for big uploads) all call `import_file`.
 An import is all or nothing: rows are parsed and written in batches inside one transaction, and the
 first bad row raises ImportFailed (naming the line and field) and rolls everything back.
 
@@ -22,7 +23,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, combinations, islice
 from pathlib import Path
@@ -97,8 +98,17 @@ class Row:
     response_ids: list[int] = field(default_factory=list)
 
 
-def import_file(project: Project, source: str | Path | IO[bytes], *, format: str | None = None) -> ImportResult:
-    """Import a JSONL or CSV file (path or binary file object) into `project`; all or nothing."""
+def import_file(
+    project: Project,
+    source: str | Path | IO[bytes],
+    *,
+    format: str | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> ImportResult:
+    """Import a JSONL or CSV file (path or binary file object) into `project`; all or nothing.
+
+    progress(rows), if given, is called after each batch with the rows read so far (all committed at the end).
+    """
     if format is not None and format not in FORMATS:
         raise ImportFailed(f"unknown format {format!r} (use one of {', '.join(FORMATS)})")
     stream = open(source, "rb") if isinstance(source, str | Path) else source  # noqa: SIM115
@@ -120,6 +130,8 @@ def import_file(project: Project, source: str | Path | IO[bytes], *, format: str
                 for batch in _batched(chain([first], records), BATCH_SIZE):
                     rows = [_parse_row(format, line, record) for line, record in batch]
                     _write_batch(project, rows, result, last_prompt_before)
+                    if progress is not None:
+                        progress(result.rows)
                 # Last, so the project's row (which completing submissions update too) is held only to commit.
                 # Each imported annotation completes the task made for it.
                 project.count_tasks(added=result.tasks_created, completed=result.annotations_created)

@@ -1,10 +1,12 @@
-"""The annotation domain: projects and their members, prompts and responses, tasks, leases and answers."""
+"""The annotation domain: projects and their members, prompts and responses, tasks, leases and answers, dataset
+snapshots (exports) and import jobs."""
 
 import hashlib
 import hmac
 import random
 import secrets
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -16,6 +18,8 @@ from django.db.models.functions import Coalesce, TruncHour
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 from django.utils import timezone
+
+from annotate.jobs import move
 
 # How many tasks "remaining" counts up to: past it the pages say "100+", so no request counts a whole table
 # (each candidate costs three index probes: 100 take ~2 ms at 300k tasks, 1,000 took ~7 ms).
@@ -839,13 +843,88 @@ class DatasetSnapshot(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="snapshots"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="While running: when its worker last beat.")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="snapshot_status_heartbeat")]
 
     def __str__(self) -> str:
         return f"{self.project.slug} {self.kind} export {self.pk}"
+
+    @property
+    def part_path(self) -> Path:
+        """The file while it is written: under MEDIA_ROOT, which the web process and every worker share, so that
+        the reaper can remove what a dead worker left, and on the file system the finished file is renamed into."""
+        return Path(settings.MEDIA_ROOT) / "exports" / "tmp" / f"{self.pk}.{self.format}.part"
+
+    def claim(self) -> bool:
+        """pending → running, once: a second delivery of the same message gets False and does nothing."""
+        now = timezone.now()
+        return move(self, [self.Status.PENDING], status=self.Status.RUNNING, started_at=now, heartbeat_at=now)
+
+    def beat(self) -> bool:
+        """Record that the worker is alive; False once the snapshot is no longer running."""
+        return move(self, [self.Status.RUNNING], heartbeat_at=timezone.now())
+
+    def finish(self, status: str, **fields: Any) -> bool:
+        """running → ready or failed; False if the reaper failed it first."""
+        return move(self, [self.Status.RUNNING], status=status, finished_at=timezone.now(), **fields)
+
+
+class ImportJob(models.Model):
+    """A big upload that a Celery worker imports (annotate/import_jobs.py): all or nothing, like every import."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="import_jobs")
+    file = models.FileField(upload_to="imports/%Y/%m/", blank=True, help_text="The upload, deleted when the job ends.")
+    file_name = models.CharField(max_length=255, help_text="The uploaded file's name.")
+    format = models.CharField(max_length=16, blank=True, help_text="The format asked for; blank: detected.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    rows_read = models.PositiveIntegerField(default=0, help_text="Progress: rows read so far; none is kept on failure.")
+    result = models.JSONField(null=True, blank=True, help_text="What the import made, once it succeeded.")
+    error = models.TextField(blank=True)
+    error_line = models.PositiveIntegerField(null=True, blank=True, help_text="The file's line at fault.")
+    error_field = models.CharField(max_length=200, blank=True, help_text="The field or column at fault.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="import_jobs"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="While running: when its worker last beat.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="import_status_heartbeat")]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} import {self.pk} ({self.file_name})"
+
+    def claim(self) -> bool:
+        """pending → running, once: a second delivery of the same message gets False and does nothing."""
+        now = timezone.now()
+        return move(self, [self.Status.PENDING], status=self.Status.RUNNING, started_at=now, heartbeat_at=now)
+
+    def beat(self, **progress: Any) -> bool:
+        """Record that the worker is alive (and how far it read); False once the job is no longer running."""
+        return move(self, [self.Status.RUNNING], heartbeat_at=timezone.now(), **progress)
+
+    def finish(self, status: str, **fields: Any) -> bool:
+        """running → succeeded or failed; False if the reaper failed it first."""
+        return move(self, [self.Status.RUNNING], status=status, finished_at=timezone.now(), **fields)
+
+    def delete_file(self) -> None:
+        """Delete the uploaded file (the job has ended: its rows are in the database, or none are)."""
+        self.file.delete(save=False)
+        ImportJob.objects.filter(pk=self.pk).update(file="")
 
 
 class ApiTokenQuerySet(models.QuerySet):

@@ -14,6 +14,7 @@ from annotate.models import (
     ApiToken,
     Assignment,
     DatasetSnapshot,
+    ImportJob,
     Membership,
     Project,
     Prompt,
@@ -280,6 +281,43 @@ class ImportResultSerializer(serializers.Serializer):
     annotations_created = serializers.IntegerField()
 
 
+class ImportJobSerializer(serializers.ModelSerializer):
+    project = serializers.SlugField(source="project.slug")
+    created_by = serializers.CharField(source="created_by.username", allow_null=True)
+    result = ImportResultSerializer(allow_null=True, help_text="What the import made, once status is succeeded.")
+    line = serializers.IntegerField(
+        source="error_line", allow_null=True, help_text="When it failed on a line: that line (CSV: the row's first)."
+    )
+    field = serializers.SerializerMethodField(help_text="When it failed on a field or column: its name.")
+
+    class Meta:
+        model = ImportJob
+        fields = [
+            "id",
+            "project",
+            "file_name",
+            "format",
+            "status",
+            "rows_read",
+            "result",
+            "error",
+            "line",
+            "field",
+            "created_by",
+            "created_at",
+            "started_at",
+            "heartbeat_at",
+            "finished_at",
+        ]
+        extra_kwargs = {
+            "format": {"help_text": "The format asked for; empty: detected from the first row (result.format)."},
+            "rows_read": {"help_text": "Progress: rows read so far (committed only when the whole file is)."},
+        }
+
+    def get_field(self, job: ImportJob) -> str | None:
+        return job.error_field or None
+
+
 # The queue -----------------------------------------------------------------------------------------------------
 
 
@@ -540,6 +578,8 @@ class SnapshotSerializer(serializers.ModelSerializer):
             "error",
             "created_by",
             "created_at",
+            "started_at",
+            "heartbeat_at",
             "finished_at",
             "download_url",
         ]

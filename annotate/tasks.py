@@ -1,9 +1,12 @@
-"""Celery tasks of the annotation app: thin wrappers around model methods."""
+"""Celery tasks of the annotation app: thin wrappers around model methods and the export and import functions."""
 
 from celery import shared_task
 
+from annotate.exports import fail_stale_exports as fail_stale_export_snapshots
 from annotate.exports import run_snapshot
-from annotate.models import Assignment, DatasetSnapshot
+from annotate.import_jobs import fail_stale_imports as fail_stale_import_jobs
+from annotate.import_jobs import run_import_job
+from annotate.models import Assignment, DatasetSnapshot, ImportJob
 
 
 @shared_task
@@ -12,7 +15,28 @@ def expire_leases() -> int:
     return Assignment.objects.expire_stale()
 
 
-@shared_task
+# Exports and imports are acknowledged when they end, as rounds are: a message whose worker was lost before it ran
+# (killed with messages prefetched) is delivered again instead of leaving its job pending for good. A second delivery
+# is harmless: the job's conditional claim refuses it, and a job its dead worker left running is failed by beat.
+@shared_task(acks_late=True, reject_on_worker_lost=False)
 def export_snapshot(snapshot_id: int) -> str:
     """Write a pending dataset snapshot (progress in its rows_written); returns the status it ends in."""
     return run_snapshot(DatasetSnapshot.objects.get(pk=snapshot_id)).status
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=False)
+def run_import(job_id: int) -> str:
+    """Import a pending import job's file (progress in its rows_read); returns the status it ends in."""
+    return run_import_job(ImportJob.objects.select_related("project").get(pk=job_id)).status
+
+
+@shared_task
+def fail_stale_exports() -> int:
+    """Fail running exports whose worker stopped sending heartbeats (beat runs this every minute)."""
+    return fail_stale_export_snapshots()
+
+
+@shared_task
+def fail_stale_imports() -> int:
+    """Fail running import jobs whose worker stopped sending heartbeats (beat runs this every minute)."""
+    return fail_stale_import_jobs()

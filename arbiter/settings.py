@@ -150,10 +150,14 @@ CELERY_TASK_IGNORE_RESULT = True  # results live in our tables, not in a result 
 # round's conditional claim then refuses to run it twice); one message at a time, so a busy GPU worker does not
 # hold rounds that another could start.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Beat sends these to the default queue: without beat and a worker on that queue, leases stay open in the tables and
+# jobs whose worker died stay running (README, Deploying).
 CELERY_BEAT_SCHEDULE = {
     # The queue already ignores expired leases; this closes them so the tables say what happened.
     "expire-leases": {"task": "annotate.tasks.expire_leases", "schedule": 300.0},
     "fail-stale-rounds": {"task": "training.tasks.fail_stale_rounds", "schedule": 60.0},
+    "fail-stale-exports": {"task": "annotate.tasks.fail_stale_exports", "schedule": 60.0},
+    "fail-stale-imports": {"task": "annotate.tasks.fail_stale_imports", "schedule": 60.0},
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", "False")
 
@@ -184,6 +188,7 @@ AXES_RESET_ON_SUCCESS = False
 AXES_CLIENT_IP_CALLABLE = "annotate.api_defaults.client_address"  # the throttles' address: ARBITER_NUM_PROXIES
 AXES_LOCKOUT_CALLABLE = "annotate.views.locked_out"  # the page (or the API's JSON) that says so, with a 429
 AXES_DISABLE_ACCESS_LOG = True  # no row per successful login
+AXES_VERBOSE = False  # no banner on every manage.py command
 
 # Training rounds (training/rounds.py).
 ARBITER_ARTIFACTS_ROOT = Path(env_str("ARBITER_ARTIFACTS_ROOT", str(VAR_DIR / "artifacts")))  # adapters, checkpoints
@@ -204,8 +209,20 @@ if relative := [str(root) for root in ARBITER_MODEL_ROOTS if not root.is_absolut
 ARBITER_MAX_ACTIVE_ROUNDS = env_int("ARBITER_MAX_ACTIVE_ROUNDS", "3", minimum=1)
 ARBITER_MAX_ACTIVE_EXPORTS = env_int("ARBITER_MAX_ACTIVE_EXPORTS", "5", minimum=1)
 
-# Imports: refuse files over this size before reading them.
+# Imports: refuse files over this size before reading them; import those up to the second (a gzip file: what it
+# unpacks to) in the request, and bigger ones in a worker, as an ImportJob.
 ARBITER_IMPORT_MAX_BYTES = env_int("ARBITER_IMPORT_MAX_BYTES", str(512 * 1024 * 1024))
+ARBITER_IMPORT_INLINE_BYTES = env_int("ARBITER_IMPORT_INLINE_BYTES", str(5 * 1024 * 1024))
+
+# Exports and import jobs (annotate/jobs.py): how often a running one's worker says it is alive, and after how long a
+# silence beat fails it (the worker was killed, ran out of memory or lost its machine).
+ARBITER_JOB_HEARTBEAT_SECONDS = env_int("ARBITER_JOB_HEARTBEAT_SECONDS", "10")
+ARBITER_JOB_HEARTBEAT_TIMEOUT = timedelta(seconds=env_int("ARBITER_JOB_HEARTBEAT_TIMEOUT", "120"))
+if not 0 < ARBITER_JOB_HEARTBEAT_SECONDS < ARBITER_JOB_HEARTBEAT_TIMEOUT.total_seconds():
+    raise ImproperlyConfigured(
+        "ARBITER_JOB_HEARTBEAT_SECONDS must be above 0 and below ARBITER_JOB_HEARTBEAT_TIMEOUT (or live jobs fail)."
+    )
+
 ARBITER_DEFAULT_LEASE = timedelta(minutes=30)
 
 # The API (annotate/api.py): bearer tokens for scripts, the session for the browser; JSON only.
@@ -270,6 +287,7 @@ SPECTACULAR_SETTINGS = {
         "ExportFormatEnum": "annotate.models.DatasetSnapshot.Format",
         "ImportFormatEnum": "annotate.importing.FORMATS",
         "SnapshotStatusEnum": "annotate.models.DatasetSnapshot.Status",
+        "ImportStatusEnum": "annotate.models.ImportJob.Status",
         "RoundStatusEnum": "training.models.TrainingRound.Status",
         "ModelKindEnum": "models_registry.models.ModelVersion.Kind",
         "ModelStatusEnum": "models_registry.models.ModelVersion.Status",

@@ -9,6 +9,7 @@ import pytest  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from annotate.models import Membership, Project  # noqa: E402
+from tests.celery_worker import worker_environment  # noqa: E402
 
 PASSWORD = "correct-horse-battery"
 
@@ -72,6 +73,13 @@ def base(tmp_path, settings):
     settings.ARBITER_MODEL_ROOTS = [tmp_path / "models"]
     (tmp_path / "models" / "base").mkdir(parents=True)
     return str(tmp_path / "models" / "base")
+
+
+@pytest.fixture
+def worker_env(broker_dir, _files_in_tmp):
+    """The environment of a `celery worker` (tests/celery_worker.py) or a command that shares this test's database,
+    broker and files."""
+    return worker_environment(broker_dir)
 
 
 @pytest.fixture(autouse=True)

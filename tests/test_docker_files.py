@@ -191,6 +191,26 @@ class TestCommands:
         # A solo pool could neither answer the health check's ping during a round nor enforce its time limit.
         assert "solo" not in gpu
 
+    def test_beat_runs_and_a_worker_takes_the_default_queue_where_beat_sends_the_reapers(self):
+        # Without both, a job whose worker died stays running for good, and expired leases stay open (README).
+        assert argv(SERVICES["beat"]["command"])[:4] == ["celery", "-A", "arbiter", "beat"]
+        default = settings.CELERY_TASK_DEFAULT_QUEUE
+        assert default in option(argv(SERVICES["worker"]["command"]), "-Q", "--queues").split(",")
+        tasks = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+        assert {"training.tasks.fail_stale_rounds", "annotate.tasks.fail_stale_exports"} <= tasks
+        assert "annotate.tasks.fail_stale_imports" in tasks
+        for entry in settings.CELERY_BEAT_SCHEDULE.values():
+            assert entry["task"] not in settings.CELERY_TASK_ROUTES and "queue" not in entry.get("options", {})
+
+    def test_make_run_starts_a_worker_for_every_queue_with_beat_inside(self):
+        makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+        recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE).group(1)
+        command = re.search(r"/celery (.*?)[>&]", recipe).group(1)
+        args = ["celery", *shlex.split(command)]
+        check_command(args, "make run")
+        assert args[:4] == ["celery", "-A", "arbiter", "worker"] and "--beat" in args
+        assert set(option(args, "-Q", "--queues").split(",")) == routed_queues()
+
     def test_worker_health_checks_ping_their_own_node(self):
         for name in ("worker", "gpu-worker"):
             args = argv(SERVICES[name]["healthcheck"]["test"])

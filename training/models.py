@@ -1,7 +1,9 @@
 """Training rounds: a lead's request to train on a project's annotations, and what became of it.
 
 A round moves queued → running → succeeded | failed | cancelled, each move a conditional UPDATE, so a Celery
-message delivered twice never runs a round twice and a round whose worker died is failed, not left running.
+message delivered twice never runs a round twice and a round whose worker died is failed, not left running. A
+round that ends before writing its dataset snapshot (cancelled while queued, failed first) fails that snapshot too,
+saying why, so that no snapshot stays pending for good.
 The work itself is in training/rounds.py; the maths in training/engine/ (no Django there).
 """
 
@@ -10,15 +12,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-
-class TrainingRoundQuerySet(models.QuerySet):
-    def stale(self, now: Any = None) -> "TrainingRoundQuerySet":
-        """Running rounds whose worker has not beaten its heart for ARBITER_ROUND_HEARTBEAT_TIMEOUT."""
-        cutoff = (now or timezone.now()) - settings.ARBITER_ROUND_HEARTBEAT_TIMEOUT
-        return self.filter(status=TrainingRound.Status.RUNNING, heartbeat_at__lt=cutoff)
+from annotate.jobs import move
+from annotate.models import DatasetSnapshot
 
 
 class TrainingRound(models.Model):
@@ -80,8 +78,6 @@ class TrainingRound(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
-    objects = TrainingRoundQuerySet.as_manager()
-
     class Meta:
         ordering = ["project", "-number"]
         constraints = [
@@ -106,35 +102,32 @@ class TrainingRound(models.Model):
             return None
         return timedelta(seconds=round(((self.finished_at or timezone.now()) - self.started_at).total_seconds()))
 
-    def _move(self, from_statuses: list[str], **fields: Any) -> bool:
-        """Change the row only if it is still in one of `from_statuses`; True if this call changed it."""
-        changed = TrainingRound.objects.filter(pk=self.pk, status__in=from_statuses).update(**fields)
-        if changed:
-            for name, value in fields.items():
-                setattr(self, name, value)
-        return bool(changed)
-
     def claim(self) -> bool:
         """queued → running, once: a second delivery of the same message gets False and does nothing."""
         now = timezone.now()
-        return self._move([self.Status.QUEUED], status=self.Status.RUNNING, started_at=now, heartbeat_at=now)
+        return move(self, [self.Status.QUEUED], status=self.Status.RUNNING, started_at=now, heartbeat_at=now)
 
     def beat(self, **progress: Any) -> bool:
         """Record that the worker is alive (and how far it got); False once the round is no longer running."""
-        return self._move([self.Status.RUNNING], heartbeat_at=timezone.now(), **progress)
+        return move(self, [self.Status.RUNNING], heartbeat_at=timezone.now(), **progress)
 
     def finish(self, status: str, *, error: str = "") -> bool:
         """running (or queued) → a finished status; False if something else finished it first."""
         fields: dict[str, Any] = {"status": status, "finished_at": timezone.now(), "error": error}
         if status == self.Status.SUCCEEDED:
             fields["progress"] = 1.0
-        return self._move([self.Status.QUEUED, self.Status.RUNNING], **fields)
+        finished = move(self, [self.Status.QUEUED, self.Status.RUNNING], **fields)
+        if finished and self.snapshot_id:
+            end_unwritten_snapshots(DatasetSnapshot.objects.filter(pk=self.snapshot_id))
+        return finished
 
     def request_cancel(self) -> None:
         """Ask the worker to stop after its current step; a round that has not started is cancelled at once."""
         TrainingRound.objects.filter(pk=self.pk).update(cancel_requested=True)
         self.cancel_requested = True
-        self._move([self.Status.QUEUED], status=self.Status.CANCELLED, finished_at=timezone.now())
+        cancelled = move(self, [self.Status.QUEUED], status=self.Status.CANCELLED, finished_at=timezone.now())
+        if cancelled and self.snapshot_id:
+            end_unwritten_snapshots(DatasetSnapshot.objects.filter(pk=self.snapshot_id))
 
     def cancel_is_requested(self) -> bool:
         return TrainingRound.objects.filter(pk=self.pk, cancel_requested=True).exists()
@@ -147,6 +140,29 @@ class TrainingRound(models.Model):
                 if value is not None:  # a NaN or infinite value, stored as null
                     series.setdefault(f"{stage}/{name}", []).append((step, value))
         return series
+
+
+def end_unwritten_snapshots(snapshots: QuerySet[DatasetSnapshot] | None = None) -> int:
+    """Fail the pending snapshots whose training rounds all ended before writing them (cancelled while queued, or
+    failed first), saying why: nothing would ever write them. Returns how many."""
+    pending = (DatasetSnapshot.objects.all() if snapshots is None else snapshots).filter(
+        status=DatasetSnapshot.Status.PENDING, training_rounds__isnull=False
+    )
+    pending = pending.exclude(training_rounds__status__in=[TrainingRound.Status.QUEUED, TrainingRound.Status.RUNNING])
+    ended = 0
+    for snapshot in pending.distinct():
+        training_round = snapshot.training_rounds.order_by("-number").first()
+        how = {TrainingRound.Status.CANCELLED: "was cancelled", TrainingRound.Status.FAILED: "failed"}
+        ended_how = how.get(training_round.status, "ended")
+        error = f"Not written: training round {training_round.number} {ended_how} before writing its data."
+        ended += move(
+            snapshot,
+            [DatasetSnapshot.Status.PENDING],
+            status=DatasetSnapshot.Status.FAILED,
+            error=error,
+            finished_at=timezone.now(),
+        )
+    return ended
 
 
 class RoundMetric(models.Model):

@@ -5,7 +5,8 @@ a pending dataset snapshot, while the project has fewer than ARBITER_MAX_ACTIVE_
 task calls `run_round`, which claims the round once, writes the snapshot, runs the method's stages from
 training/engine/ with a progress callback (heartbeat, metrics, cancel), and registers what they trained. A failure
 is stored in the words of `failure_message`, written for leads; the traceback stays in the worker's log.
-`fail_stale_rounds` (Celery beat) fails rounds whose worker stopped beating.
+`fail_stale_rounds` (Celery beat) fails rounds whose worker stopped beating, and the pending snapshots of rounds
+that ended without writing them.
 
 A base (`resolve_base`) is the project's own registered policy, a hub id, or a folder under ARBITER_MODEL_ROOTS;
 anything else is refused with one message, so that a lead learns nothing of other projects' adapters or the
@@ -25,19 +26,19 @@ import math
 import os
 import re
 import subprocess
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import transaction
 
 from annotate.exports import create_snapshot, run_snapshot
+from annotate.jobs import Heartbeat, fail_stale
 from annotate.models import DatasetSnapshot, Project, Prompt, QuotaReached
 from models_registry.models import ModelVersion
-from training.models import RoundMetric, TrainingRound
+from training.models import RoundMetric, TrainingRound, end_unwritten_snapshots
 
 logger = logging.getLogger(__name__)
 
@@ -334,25 +335,6 @@ class _LogTail(logging.Handler):
         return "\n".join(self.lines)
 
 
-class _Heartbeat(threading.Thread):
-    """Beats the round's heart while the worker loads models or writes files between progress reports."""
-
-    def __init__(self, training_round: TrainingRound, log: _LogTail) -> None:
-        super().__init__(daemon=True, name=f"heartbeat-round-{training_round.pk}")
-        self.training_round, self.log, self.stopping = training_round, log, threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self.stopping.wait(settings.ARBITER_ROUND_HEARTBEAT_SECONDS):
-                self.training_round.beat(log_tail=self.log.text())
-        finally:
-            connection.close()  # this thread's own connection
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join()
-
-
 def run_round(round_id: int) -> TrainingRound:
     """Run a queued round to its end; a round that is not queued (a redelivered message) is left as it is."""
     training_round = TrainingRound.objects.select_related("project", "snapshot", "base_version").get(pk=round_id)
@@ -364,7 +346,12 @@ def run_round(round_id: int) -> TrainingRound:
     watched = [logging.getLogger(name) for name in ("training", "transformers", "trl", "peft")]
     for each in watched:
         each.addHandler(log)
-    heartbeat = _Heartbeat(training_round, log)
+    # Beats while the worker loads models or writes files between progress reports, and carries the log tail.
+    heartbeat = Heartbeat(
+        lambda: training_round.beat(log_tail=log.text()),
+        settings.ARBITER_ROUND_HEARTBEAT_SECONDS,
+        name=f"heartbeat-round-{round_id}",
+    )
     heartbeat.start()
     try:
         _run_stages(training_round)
@@ -564,19 +551,13 @@ def code_version() -> str:
 
 
 def fail_stale_rounds() -> int:
-    """Fail running rounds whose worker stopped sending heartbeats (killed, out of memory, machine lost)."""
-    failed = 0
-    for training_round in TrainingRound.objects.stale():
-        seen = training_round.heartbeat_at
-        message = (
-            f"The worker stopped sending heartbeats (last at {seen:%Y-%m-%d %H:%M:%S} UTC): it was killed or lost "
-            "its machine. Relaunch the round to train again."
-        )
-        # Conditional on the heartbeat too: a worker that beat just now is alive after all.
-        running = {"status": TrainingRound.Status.RUNNING, "heartbeat_at": seen}
-        if TrainingRound.objects.filter(pk=training_round.pk, **running).update(
-            status=TrainingRound.Status.FAILED, error=message, finished_at=training_round.heartbeat_at
-        ):
-            logger.warning("Round %s: %s", training_round.pk, message)
-            failed += 1
-    return failed
+    """Fail running rounds whose worker stopped sending heartbeats (killed, out of memory, machine lost), then the
+    pending snapshots of rounds that ended without writing them; returns how many rounds it failed."""
+    failed = fail_stale(
+        TrainingRound.objects.all(),
+        timeout=settings.ARBITER_ROUND_HEARTBEAT_TIMEOUT,
+        message="The worker stopped sending heartbeats (last at {seen}): it was killed or lost its machine. "
+        "Relaunch the round to train again.",
+    )
+    end_unwritten_snapshots()
+    return len(failed)

@@ -15,6 +15,7 @@ from annotate.models import (
     Annotation,
     Assignment,
     DatasetSnapshot,
+    ImportJob,
     Membership,
     Project,
     Prompt,
@@ -26,7 +27,7 @@ from models_registry.models import ModelVersion
 
 
 def make_rows(project, tag, annotator):
-    """One row of every annotate model (and a model version) in `project`; returns them by model."""
+    """One row of every annotate model (and a model version, and an import job) in `project`; returns them by model."""
     prompt = Prompt.objects.create(project=project, external_id=f"{tag}-p", messages=[{"role": "user", "content": tag}])
     version = ModelVersion.objects.create(project=project, version=1, base_model="tiny")
     first = Response.objects.create(prompt=prompt, content=f"{tag} first")
@@ -41,6 +42,7 @@ def make_rows(project, tag, annotator):
     annotation = Annotation.objects.create(
         task=task, annotator=annotator, assignment=assignment, choice="a", strength=2, both_bad=True
     )
+    import_job = ImportJob.objects.create(project=project, file_name=f"{tag}.jsonl", status="failed", error="line 2")
     return {
         Project: project,
         Membership: project.memberships.get(user=annotator),
@@ -51,6 +53,7 @@ def make_rows(project, tag, annotator):
         Assignment: assignment,
         Annotation: annotation,
         ModelVersion: version,
+        ImportJob: import_job,
     }
 
 
@@ -99,7 +102,7 @@ def test_leads_group_grants_exactly_the_lead_permissions(db):
 def test_lead_sees_only_rows_of_projects_they_lead(client, staff_lead, rows):
     client.force_login(staff_lead)
 
-    for model in [Project, Membership, Prompt, Response, Task, TaskResponse, Assignment, Annotation]:
+    for model in [Project, Membership, Prompt, Response, Task, TaskResponse, Assignment, Annotation, ImportJob]:
         response = client.get(admin_url(model, "changelist"))
         assert response.status_code == 200, model
         listed = set(response.context["cl"].queryset)
@@ -213,9 +216,9 @@ def test_every_admin_page_renders_for_a_superuser(client, superuser, rows):
 
     for model in admin.site._registry:
         assert client.get(admin_url(model, "changelist")).status_code == 200, model
-        # Snapshots are made by exporting and model versions by training, never by hand; "add" a training round
-        # is its launch form; django-axes' login records are made by logins.
-        made_elsewhere = model in (DatasetSnapshot, ModelVersion) or model._meta.app_label == "axes"
+        # Snapshots are made by exporting, import jobs by big uploads and model versions by training, never by hand;
+        # "add" a training round is its launch form; django-axes' login records are made by logins.
+        made_elsewhere = model in (DatasetSnapshot, ImportJob, ModelVersion) or model._meta.app_label == "axes"
         expected_add = 403 if made_elsewhere else 200
         assert client.get(admin_url(model, "add"), follow=True).status_code == expected_add, model
         if row := rows["own"].get(model):

@@ -5,7 +5,7 @@ The rule (annotate/api.py says it too):
 - outsider (logged in, not a member): the project does not exist for them, 404, never 403; their own things
   (me, tokens, the empty project list) answer as for anyone;
 - annotator: reads the project, its stats and their own annotations, works the queue with their own leases;
-  lead-only endpoints (prompts, responses, import, exports, training rounds, model versions) answer 403, since
+  lead-only endpoints (prompts, responses, imports, exports, training rounds, model versions) answer 403, since
   they know the project exists;
 - lead and admin (a superuser leads every project, member or not): everything;
 - someone else's lease is 404 for everyone, leads and admins included: a lease is its annotator's alone;
@@ -21,7 +21,7 @@ from django.urls import resolve
 from rest_framework.test import APIClient
 
 from annotate import api_urls
-from annotate.models import DatasetSnapshot, Project
+from annotate.models import DatasetSnapshot, ImportJob, Project
 from models_registry.models import ModelVersion
 from tests.conftest import PASSWORD
 from training.rounds import launch_round
@@ -35,8 +35,8 @@ BASE = "tiny/base"  # a hub id: launching does not load it
 
 
 class World:
-    """A project with tasks, a lease of each member's own, another annotator's lease, a ready export, a queued
-    training round and a registered policy."""
+    """A project with tasks, a lease of each member's own, another annotator's lease, a ready export, an import
+    job, a queued training round and a registered policy."""
 
     def __init__(self, project, users, make_task, client_for):
         self.project = project
@@ -54,6 +54,7 @@ class World:
             sha256="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
         )
         self.snapshot.file.save("empty.jsonl", ContentFile(b""))
+        self.import_job = ImportJob.objects.create(project=project, file_name="big.jsonl", created_by=users["lead"])
         self.round = launch_round(project, method="dpo", base=BASE, user=users["lead"])
         self.version = ModelVersion.register(project=project, kind="policy", base_model=BASE)
 
@@ -88,6 +89,8 @@ ENDPOINTS = [
     ("prompts", "get", lambda w, r: f"{P}/prompts/", None, (401, 404, 403, 200, 200)),
     ("responses", "get", lambda w, r: f"{P}/responses/", None, (401, 404, 403, 200, 200)),
     ("import", "post", lambda w, r: f"{P}/import/", "file", (401, 404, 403, 201, 201)),
+    ("imports-list", "get", lambda w, r: f"{P}/imports/", None, (401, 404, 403, 200, 200)),
+    ("import-job", "get", lambda w, r: f"{P}/imports/{w.import_job.pk}/", None, (401, 404, 403, 200, 200)),
     ("next", "post", lambda w, r: f"{P}/next/", {}, (401, 404, 200, 200, 200)),
     ("submit", "post", lambda w, r: f"{P}/assignments/{w.lease_id(r)}/submit/", ANSWER, (401, 404, 200, 200, 200)),
     ("skip", "post", lambda w, r: f"{P}/assignments/{w.lease_id(r)}/skip/", None, (401, 404, 204, 204, 204)),

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from annotate.models import ApiToken, DatasetSnapshot
+from annotate.models import ApiToken, DatasetSnapshot, ImportJob
 from models_registry.models import ModelVersion
 from training.rounds import launch_round
 
@@ -60,7 +60,7 @@ def test_documented_status_codes(client, db):
     assert codes("/projects/{slug}/next/", "post") == {"200", "204", "400", "401", "404", "409"}
     assert codes("/projects/{slug}/assignments/{assignment_id}/submit/", "post") >= {"200", "400", "404", "409", "429"}
     assert codes("/projects/{slug}/assignments/{assignment_id}/skip/", "post") == {"204", "401", "404", "409"}
-    assert codes("/projects/{slug}/import/", "post") == {"201", "400", "401", "403", "404"}
+    assert codes("/projects/{slug}/import/", "post") == {"201", "202", "400", "401", "403", "404"}
     assert codes("/projects/{slug}/exports/", "post") == {"202", "400", "401", "403", "404", "409", "429"}
     launches = {"201", "400", "401", "403", "404", "409", "429"}
     assert codes("/projects/{slug}/rounds/", "post") == codes("/projects/{slug}/rounds/{number}/relaunch/", "post")
@@ -81,8 +81,8 @@ def test_the_docs_page_is_served_from_static_files(client, db):
 
 
 class Data:
-    """A project with tasks of every kind, some skipped, two leases of the lead's, a ready export, a spare token,
-    a queued training round and a registered policy."""
+    """A project with tasks of every kind, some skipped, two leases of the lead's, a ready export, an import job,
+    a spare token, a queued training round and a registered policy."""
 
     def __init__(self, project, lead, annotator, make_task, client_for):
         for kind, texts in [("rating", ["x"]), ("pairwise", ["x", "y"]), ("ranking", ["x", "y", "z"])] * 2:
@@ -100,6 +100,7 @@ class Data:
             project=project, kind="pairs", status=DatasetSnapshot.Status.READY, row_count=0, sha256="0" * 64
         )
         self.snapshot.file.save("empty.jsonl", ContentFile(b""))
+        self.import_job = ImportJob.objects.create(project=project, file_name="big.jsonl", created_by=lead)
         self.round = launch_round(project, method="dpo", base="tiny/base", user=lead)
         self.version = ModelVersion.register(project=project, kind="policy", base_model="tiny/base")
 
@@ -143,6 +144,7 @@ def test_the_api_keeps_to_its_schema(case, data):
         "slug": "helpfulness",
         "assignment_id": (data.to_skip if case.operation.path.endswith("/skip/") else data.to_submit).pk,
         "snapshot_id": data.snapshot.pk,
+        "job_id": data.import_job.pk,
         "token_id": data.spare_token.pk,  # never the token the requests use
         "number": data.round.number,
         "version_id": data.version.pk,

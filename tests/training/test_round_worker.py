@@ -14,25 +14,20 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
-from django.conf import settings as django_settings
-from django.db import connection
 from django.urls import reverse
 
 from annotate.admin import project_leads_group
 from annotate.importing import import_file
 from models_registry.models import ModelVersion
+from tests.celery_worker import BASE_DIR, Worker, wait_for
 from tests.training.conftest import marker_pairs
 from training.models import TrainingRound
 from training.rounds import fail_stale_rounds, launch_round, relaunch
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
-BASE_DIR = Path(django_settings.BASE_DIR)
-WORKER = ["-m", "celery", "-A", "arbiter", "worker", "-Q", "gpu", "--pool", "solo", "--loglevel", "INFO"]
-WORKER += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
 FAST = "max_steps=3\nper_device_batch_size=2\nlora_r=4\nmax_length=128\neval_fraction=0.25"
 
 
@@ -43,49 +38,6 @@ def pairs_project(project, tmp_path):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     import_file(project, path)
     return project
-
-
-@pytest.fixture
-def worker_env(broker_dir, settings):
-    """The environment of a worker (or command) that shares this test's database, broker and files."""
-    db = connection.settings_dict
-    url = f"postgres://{quote(db['USER'])}:{quote(db['PASSWORD'])}@{db['HOST']}:{db['PORT']}/{quote(db['NAME'])}"
-    shutil.rmtree(broker_dir / "celery-broker" / "queue", ignore_errors=True)  # earlier tests' messages
-    (broker_dir / "celery-broker" / "queue").mkdir(parents=True)
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "DATABASE_URL": url,
-        "ARBITER_VAR_DIR": str(broker_dir),
-        "CELERY_BROKER_URL": "filesystem://",
-        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-        "ARBITER_ARTIFACTS_ROOT": str(settings.ARBITER_ARTIFACTS_ROOT),
-        "ARBITER_ROUND_HEARTBEAT_SECONDS": "1",
-    }
-
-
-class Worker:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with log.open("a") as out:
-            self.process = subprocess.Popen([sys.executable, *WORKER], cwd=BASE_DIR, env=env, stdout=out, stderr=out)
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=60)
-
-
-def wait_for(condition, what: str, worker: Worker, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert worker.process.poll() is None or what == "the worker's death", worker.output()[-3000:]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{worker.output()[-3000:]}"
-        time.sleep(0.2)
 
 
 def status_of(training_round: TrainingRound) -> str:
@@ -103,7 +55,7 @@ def test_a_round_launched_in_the_admin_is_run_by_a_celery_worker(
     assert page.status_code == 302 and page["Location"] == reverse("round_page", args=[pairs_project.slug, 1])
     assert training_round.status == "queued" and training_round.created_by == lead
 
-    worker = Worker(worker_env, tmp_path / "worker.log")
+    worker = Worker(worker_env, tmp_path / "worker.log", queues="gpu")
     try:
         wait_for(lambda: status_of(training_round) not in ("queued", "running"), "the round to end", worker)
     finally:
@@ -132,7 +84,7 @@ def test_launch_round_wait_follows_a_round_through_redis(pairs_project, tiny, wo
         stdout=subprocess.DEVNULL,
     )
     env = {**worker_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0"}
-    worker = Worker(env, tmp_path / "worker.log")
+    worker = Worker(env, tmp_path / "worker.log", queues="gpu")
     try:
         launched = subprocess.run(
             [sys.executable, "manage.py", "launch_round", pairs_project.slug, "--method", "reward", "--wait",
@@ -155,7 +107,7 @@ def test_a_worker_killed_mid_round_leaves_it_failed_and_a_relaunch_succeeds(
 ):
     long = {"max_steps": "120", "per_device_batch_size": "2", "lora_r": "4", "max_length": "128"}
     training_round = launch_round(pairs_project, method="dpo", base=policy, settings_=long)
-    worker = Worker(worker_env, tmp_path / "worker.log")
+    worker = Worker(worker_env, tmp_path / "worker.log", queues="gpu")
     try:
         wait_for(lambda: TrainingRound.objects.get(pk=training_round.pk).step >= 2, "two steps", worker)
         os.kill(worker.process.pid, signal.SIGKILL)
@@ -172,7 +124,7 @@ def test_a_worker_killed_mid_round_leaves_it_failed_and_a_relaunch_succeeds(
     assert not ModelVersion.objects.exists()
 
     again = relaunch(training_round)
-    worker = Worker(worker_env, tmp_path / "worker-2.log")
+    worker = Worker(worker_env, tmp_path / "worker-2.log", queues="gpu")
     try:
         wait_for(lambda: status_of(again) not in ("queued", "running"), "the relaunched round to end", worker)
     finally:

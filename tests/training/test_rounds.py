@@ -14,6 +14,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from annotate.exports import run_snapshot
 from annotate.importing import import_file
 from annotate.models import DatasetSnapshot, Response, Task
 from models_registry.models import ModelVersion
@@ -345,6 +346,52 @@ def test_what_leads_see_of_a_workers_error(project, error, shown):
     else:
         assert message.startswith(shown), message
     assert "/srv" not in message
+
+
+class TestUnwrittenSnapshots:
+    """A round that ends before writing its dataset snapshot ends the snapshot too: nothing else would."""
+
+    def snapshot_of(self, training_round):
+        return DatasetSnapshot.objects.get(pk=training_round.snapshot_id)
+
+    def test_a_round_cancelled_while_queued_fails_its_snapshot_saying_why(self, pairs_project, policy):
+        training_round = launch(pairs_project, policy, "dpo")
+        training_round.request_cancel()
+        snapshot = self.snapshot_of(training_round)
+        assert snapshot.status == "failed" and snapshot.finished_at is not None
+        assert snapshot.error == "Not written: training round 1 was cancelled before writing its data."
+
+    def test_a_round_that_fails_before_its_snapshot_fails_it(self, pairs_project, policy, monkeypatch):
+        def no_gpu(training_round):
+            raise RuntimeError("CUDA driver missing")
+
+        monkeypatch.setattr("training.rounds._run_stages", no_gpu)
+        training_round = run_round(launch(pairs_project, policy, "dpo").pk)
+        assert training_round.status == "failed" and training_round.error.startswith("RuntimeError: the worker failed")
+        error = "Not written: training round 1 failed before writing its data."
+        assert (self.snapshot_of(training_round).status, self.snapshot_of(training_round).error) == ("failed", error)
+
+    def test_the_stale_round_reaper_fails_the_snapshots_of_rounds_that_ended_without_them(
+        self, pairs_project, policy, settings
+    ):
+        silent, cancelled, queued = (launch(pairs_project, policy, "dpo") for _ in range(3))
+        silent.claim()  # its worker died before it wrote the snapshot
+        long_ago = timezone.now() - settings.ARBITER_ROUND_HEARTBEAT_TIMEOUT - timedelta(seconds=1)
+        TrainingRound.objects.filter(pk=silent.pk).update(heartbeat_at=long_ago)
+        TrainingRound.objects.filter(pk=cancelled.pk).update(status="cancelled")  # as before rounds ended them
+
+        assert fail_stale_rounds() == 1
+        assert self.snapshot_of(silent).status == self.snapshot_of(cancelled).status == "failed"
+        assert "training round 1 failed" in self.snapshot_of(silent).error
+        assert "training round 2 was cancelled" in self.snapshot_of(cancelled).error
+        assert self.snapshot_of(queued).status == "pending"
+
+    def test_a_snapshot_already_written_is_left_as_it_is(self, pairs_project, policy):
+        training_round = launch(pairs_project, policy, "dpo")
+        assert training_round.claim()
+        run_snapshot(training_round.snapshot)
+        training_round.finish(TrainingRound.Status.CANCELLED)
+        assert self.snapshot_of(training_round).status == "ready"
 
 
 @pytest.mark.django_db
