@@ -349,7 +349,7 @@ class ImportView(APIView):
 
 
 @extend_schema_view(
-    get=extend_schema(responses={200: ImportJobSerializer(many=True), **error_responses(401, 403, 404)})
+    get=extend_schema(responses={200: ImportJobSerializer(many=True), **error_responses(400, 401, 403, 404)})
 )
 class ImportJobListView(ListAPIView):
     """The project's import jobs (big uploads), newest first (leads)."""
