@@ -26,12 +26,15 @@ def env_bool(name: str, default: str) -> bool:
     raise ImproperlyConfigured(f"{name}={value!r} is not a boolean: use true/false or 1/0.")
 
 
-def env_int(name: str, default: str) -> int:
+def env_int(name: str, default: str, minimum: int | None = None) -> int:
     value = env_str(name, default).strip()
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ImproperlyConfigured(f"{name}={value!r} is not an integer.") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name}={value!r} is less than {minimum}.")
+    return number
 
 
 def env_list(name: str, default: str) -> list[str]:

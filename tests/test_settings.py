@@ -66,6 +66,12 @@ class TestEnvReaders:
         with pytest.raises(ImproperlyConfigured, match="ARBITER_TEST_VALUE='3x'"):
             env_int("ARBITER_TEST_VALUE", "0")
 
+    def test_int_refuses_a_value_under_its_minimum_naming_the_variable(self, monkeypatch):
+        monkeypatch.setenv("ARBITER_TEST_VALUE", "0")
+        assert env_int("ARBITER_TEST_VALUE", "1") == 0
+        with pytest.raises(ImproperlyConfigured, match="ARBITER_TEST_VALUE='0' is less than 1"):
+            env_int("ARBITER_TEST_VALUE", "1", minimum=1)
+
     def test_list_splits_on_commas_and_drops_blanks(self, monkeypatch):
         monkeypatch.setenv("ARBITER_TEST_VALUE", " a.example.com, b.example.com,, ")
         assert env_list("ARBITER_TEST_VALUE", "") == ["a.example.com", "b.example.com"]
