@@ -137,8 +137,10 @@ ARBITER_ROUND_HEARTBEAT_SECONDS = env_int("ARBITER_ROUND_HEARTBEAT_SECONDS", "10
 ARBITER_ROUND_HEARTBEAT_TIMEOUT = timedelta(seconds=env_int("ARBITER_ROUND_HEARTBEAT_TIMEOUT", "120"))
 ARBITER_ROUND_TIME_LIMIT = env_int("ARBITER_ROUND_TIME_LIMIT", str(24 * 3600))  # seconds; the worker kills it after
 
-# Imports: refuse files over this size before reading them.
-ARBITER_IMPORT_MAX_BYTES = env_int("ARBITER_IMPORT_MAX_BYTES", str(512 * 1024 * 1024))
+# Imports: the most a file may hold (decompressed, for gzip), and one text in it (a prompt, a response, metadata as
+# JSON); a row may hold 8 such texts (annotate/importing.py).
+ARBITER_IMPORT_MAX_BYTES = env_int("ARBITER_IMPORT_MAX_BYTES", str(512 * 1024 * 1024), minimum=1)
+ARBITER_IMPORT_MAX_FIELD_BYTES = env_int("ARBITER_IMPORT_MAX_FIELD_BYTES", str(1024 * 1024), minimum=1)
 ARBITER_DEFAULT_LEASE = timedelta(minutes=30)
 
 # The API (annotate/api.py): bearer tokens for scripts, the session for the browser; JSON only.
