@@ -37,9 +37,9 @@ def csv_bytes(header, *rows) -> bytes:
     return out.getvalue().encode()
 
 
-def refused(project, content: bytes, **kwargs) -> ImportFailed:
+def refused(project, content: bytes) -> ImportFailed:
     with pytest.raises(ImportFailed) as excinfo:
-        import_file(project, io.BytesIO(content), **kwargs)
+        import_file(project, io.BytesIO(content))
     assert not Prompt.objects.exists()
     return excinfo.value
 
