@@ -5,6 +5,11 @@ for big uploads) all call `import_file`.
 An import is all or nothing: rows are parsed and written in batches inside one transaction, and the
 first bad row raises ImportFailed (naming the line and field) and rolls everything back.
 
+Limits, so that no file can take a worker's memory however it is made: the file's content (decompressed, for
+gzip) is at most ARBITER_IMPORT_MAX_BYTES, one text in it at most ARBITER_IMPORT_MAX_FIELD_BYTES, one row at most
+ROW_FIELDS such texts, and a field's JSON nests at most MAX_NESTING deep. Each is checked while reading, before
+anything larger is held.
+
 Formats, detected from the first row's fields unless forced:
 - prompts:     prompt | messages, [id, split, metadata]
 - responses:   the prompt fields + responses (list) | response | response_1…response_N (CSV)
@@ -25,7 +30,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain, combinations, islice
+from itertools import chain, combinations
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,6 +44,17 @@ from annotate.models import Annotation, Project, Prompt, Response, Task, TaskKin
 
 FORMATS = ("prompts", "responses", "preferences")
 BATCH_SIZE = 2000
+# A batch also ends once it holds this much of the file, so a batch of long rows takes no more memory than one
+# of short rows (2,000 rows of a typical 2.5 KB are 5 MB).
+BATCH_BYTES = 8 * 2**20
+# A row (a JSONL line, or a CSV record, which may span lines) may be this many times ARBITER_IMPORT_MAX_FIELD_BYTES:
+# room for a prompt, several responses and metadata near the limit with JSON's escapes on top (`\"`, `\n`, and
+# `\u00e9` for `é` where the writer escaped non-ASCII), while reading one row stays a bounded cost.
+ROW_FIELDS = 8
+# Lists and objects within one field's value. The json module recurses a level at a time and fails at about 1,000
+# (a RecursionError, not a message); no dataset nests a field anywhere near 64 (tool calls and JSON Schemas in
+# metadata stay under 20), and jsonb and SQLite's JSON take far more.
+MAX_NESTING = 64
 _INSERT_CHUNK = 500  # rows per SQLite INSERT: 500 × 9 columns stays under its parameter limit
 ROLES = ("system", "user", "assistant")
 
@@ -114,7 +130,7 @@ def import_file(
     stream = open(source, "rb") if isinstance(source, str | Path) else source  # noqa: SIM115
     try:
         _check_size(stream)
-        lines = _decoded_lines(_maybe_gunzip(stream))
+        lines = _Lines(_maybe_gunzip(stream))
         filetype, header, records = _records(lines)
         if header is not None:
             format = format or _detect_format(1, dict.fromkeys(header))
@@ -127,7 +143,7 @@ def import_file(
         last_prompt_before = Prompt.objects.aggregate(last=Max("id"))["last"] or 0
         try:
             with transaction.atomic():
-                for batch in _batched(chain([first], records), BATCH_SIZE):
+                for batch in _batched(chain([first], records), lines):
                     rows = [_parse_row(format, line, record) for line, record in batch]
                     _write_batch(project, rows, result, last_prompt_before)
                     if progress is not None:
@@ -185,57 +201,88 @@ class _Prepend(io.RawIOBase):
         return len(data)
 
 
-def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    while batch := list(islice(items, size)):
+def _batched(records: Iterator[Any], lines: "_Lines") -> Iterator[list[Any]]:
+    """BATCH_SIZE records at a time, or fewer where they fill BATCH_BYTES of the file first."""
+    batch, start = [], 0
+    for record in records:
+        batch.append(record)
+        if len(batch) == BATCH_SIZE or lines.read - start >= BATCH_BYTES:
+            yield batch
+            batch, start = [], lines.read
+    if batch:
         yield batch
 
 
-def _decoded_lines(stream: IO[bytes]) -> Iterator[tuple[int, str]]:
-    # Decoding line by line is exact: a newline byte never occurs inside a UTF-8 sequence.
-    # Counting what is read keeps the limit for streams of unknown size and for what a gzip file expands to.
-    limit, read = settings.ARBITER_IMPORT_MAX_BYTES, 0
-    try:
-        for number, raw in enumerate(stream, start=1):
-            read += len(raw)
-            if read > limit:
-                raise _too_large(f"its content runs past {read:,} bytes")
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise ImportFailed(f"not valid UTF-8 (byte {error.object[error.start]:#04x})", line=number) from None
-            if number == 1:
-                text = text.removeprefix("\ufeff")
-            yield number, text
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise ImportFailed(f"could not read the file: {error}") from None
+class _Lines:
+    """The stream's lines as (number, text), none taken more than a byte past the row limit or the size limit."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.max_bytes = settings.ARBITER_IMPORT_MAX_BYTES
+        self.max_row = ROW_FIELDS * settings.ARBITER_IMPORT_MAX_FIELD_BYTES
+        self.read = 0  # bytes so far, decompressed; batches and CSV records are measured by it too
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        number = 0
+        try:
+            # readline with a size stops there, whether or not the line goes on (gzip's does too, decompressing no
+            # more than that): a line with no end, or a gzip bomb, costs no more than the limits.
+            while raw := self.stream.readline(min(self.max_row, self.max_bytes - self.read) + 1):
+                number += 1
+                self.read += len(raw)
+                if self.read > self.max_bytes:
+                    raise _too_large("the file's content runs longer")
+                if len(raw) > self.max_row and not raw.endswith(b"\n"):
+                    raise _row_too_long(number, self.max_row)
+                try:
+                    # Decoding line by line is exact: a newline byte never occurs inside a UTF-8 sequence.
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    byte = error.object[error.start]
+                    raise ImportFailed(f"not valid UTF-8 (byte {byte:#04x})", line=number) from None
+                if number == 1:
+                    text = text.removeprefix("\ufeff")
+                yield number, text
+        except (OSError, EOFError, gzip.BadGzipFile) as error:
+            raise ImportFailed(f"could not read the file: {error}") from None
 
 
-def _records(lines: Iterator[tuple[int, str]]) -> tuple[str, list[str] | None, Iterator[tuple[int, dict[str, Any]]]]:
+def _row_too_long(line: int, max_row: int) -> ImportFailed:
+    return ImportFailed(
+        f"the row is longer than {max_row:,} bytes, the most one row may hold "
+        f"({ROW_FIELDS} × ARBITER_IMPORT_MAX_FIELD_BYTES)",
+        line=line,
+    )
+
+
+def _records(lines: _Lines) -> tuple[str, list[str] | None, Iterator[tuple[int, dict[str, Any]]]]:
     """Detect JSONL (first non-blank character `{`) or CSV; give the CSV header and the (line, record) pairs."""
+    numbered = iter(lines)
     buffered: list[tuple[int, str]] = []
-    for number, text in lines:
+    for number, text in numbered:
         buffered.append((number, text))
         if text.strip():
             break
     else:
         raise ImportFailed("the file is empty")
-    lines = chain(buffered, lines)
     if text.lstrip().startswith("{"):
-        return "jsonl", None, _jsonl_records(lines)
-    numbers: list[int] = []
-    # The csv module refuses cells over 128 KiB by default; a long response is legitimate.
-    csv.field_size_limit(max(csv.field_size_limit(), settings.ARBITER_IMPORT_MAX_BYTES))
-    reader = csv.reader(_numbered(lines, numbers), strict=True)
-    header = [column.strip() for column in _csv_row(reader, numbers)]
+        return "jsonl", None, _jsonl_records(chain(buffered, numbered))
+    # The csv module refuses cells over 128 KiB by default, and a long response is legitimate. Our own limit on a
+    # record (_CsvLines) holds a cell to less than this, and names the line; this only has to be no lower.
+    csv.field_size_limit(lines.max_row)
+    feed = _CsvLines(chain(buffered, numbered), lines)
+    reader = csv.reader(feed, strict=True)
+    header = [column.strip() for column in _csv_row(reader, feed)]
     if duplicates := sorted({c for c in header if header.count(c) > 1}):
         raise ImportFailed("column appears twice in the header", line=1, field=duplicates[0])
-    return "csv", header, _csv_records(reader, numbers, header)
+    return "csv", header, _csv_records(reader, feed, header)
 
 
 def _jsonl_records(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, dict[str, Any]]]:
     for number, text in lines:
         if not text.strip():
             continue
+        _check_nesting(text, number)
         try:
             record = json.loads(text)
         except json.JSONDecodeError as error:
@@ -245,25 +292,42 @@ def _jsonl_records(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, dict
         yield number, record
 
 
-def _numbered(lines: Iterable[tuple[int, str]], numbers: list[int]) -> Iterator[str]:
-    for number, text in lines:
-        numbers.append(number)
-        yield text
+class _CsvLines:
+    """The lines the csv reader reads: it knows the last one's number, and refuses a record that runs too long."""
+
+    def __init__(self, lines: Iterator[tuple[int, str]], counter: _Lines) -> None:
+        self.lines, self.counter = lines, counter
+        self.line = 0  # the last line read
+        self.start, self.start_bytes = 1, 0  # where the record being read began
+
+    def __iter__(self) -> "_CsvLines":
+        return self
+
+    def __next__(self) -> str:
+        self.line, text = next(self.lines)
+        # Each line is within the limit, but a quoted cell may span any number of them.
+        if self.counter.read - self.start_bytes > self.counter.max_row:
+            raise _row_too_long(self.start, self.counter.max_row)
+        return text
+
+    def next_record(self) -> None:
+        self.start, self.start_bytes = self.line + 1, self.counter.read
 
 
-def _csv_row(reader: Iterator[list[str]], numbers: list[int]) -> list[str] | None:
+def _csv_row(reader: Iterator[list[str]], feed: _CsvLines) -> list[str] | None:
     try:
         return next(reader, None)
     except csv.Error as error:
-        raise ImportFailed(f"malformed CSV: {error}", line=numbers[-1] if numbers else None) from None
+        raise ImportFailed(f"malformed CSV: {error}", line=feed.line or None) from None
 
 
 def _csv_records(
-    reader: Iterator[list[str]], numbers: list[int], header: list[str]
+    reader: Iterator[list[str]], feed: _CsvLines, header: list[str]
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     while True:
-        start = numbers[-1] + 1  # a quoted cell may span lines: name the line the row starts on
-        cells = _csv_row(reader, numbers)
+        feed.next_record()
+        start = feed.start  # a quoted cell may span lines: name the line the row starts on
+        cells = _csv_row(reader, feed)
         if cells is None:
             return
         if not any(cell.strip() for cell in cells):
@@ -303,15 +367,18 @@ def _check_fields(format: str, line: int, fields: Iterable[str]) -> None:
 
 def _parse_row(format: str, line: int, record: dict[str, Any]) -> Row:
     _check_fields(format, line, record)
+    max_text = settings.ARBITER_IMPORT_MAX_FIELD_BYTES
     for name, value in record.items():
-        if _has_nul(value):
-            raise ImportFailed("contains a NUL character (\\u0000), which cannot be stored", line=line, field=name)
+        _check_texts(value, line, name, max_text)
     split = record.get("split", Prompt.Split.TRAIN)
     if split not in Prompt.Split.values:
         raise ImportFailed(f"must be 'train' or 'eval', not {split!r}", line=line, field="split")
     metadata = _json_field(record, "metadata", line, default={})
     if not isinstance(metadata, dict):
         raise ImportFailed("must be an object", line=line, field="metadata")
+    if metadata and not isinstance(record["metadata"], str):
+        # JSONL gives it as a value: it counts as JSON text, as a CSV cell gives it (and was measured above).
+        _check_length(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")), line, "metadata", max_text)
 
     chosen = None
     if format == "preferences":
@@ -330,21 +397,64 @@ def _parse_row(format: str, line: int, record: dict[str, Any]) -> Row:
     )
 
 
-def _has_nul(value: Any) -> bool:
-    # PostgreSQL refuses NUL in text and JSON; refusing it here keeps SQLite and PostgreSQL alike.
+def _check_texts(value: Any, line: int, name: str, max_text: int) -> None:
+    """Refuse a field holding a NUL anywhere, or any one text over ARBITER_IMPORT_MAX_FIELD_BYTES."""
     if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
-    return False
+        # PostgreSQL refuses NUL in text and JSON; refusing it here keeps SQLite and PostgreSQL alike.
+        if "\x00" in value:
+            raise ImportFailed("contains a NUL character (\\u0000), which cannot be stored", line=line, field=name)
+        _check_length(value, line, name, max_text)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_texts(key, line, name, max_text)
+            _check_texts(item, line, name, max_text)
+    elif isinstance(value, list):
+        for item in value:
+            _check_texts(item, line, name, max_text)
+
+
+def _check_length(text: str, line: int, name: str, max_text: int) -> None:
+    # A character is 1 to 4 bytes of UTF-8: only a text whose length leaves it open is encoded to count them.
+    if len(text) * 4 > max_text and (size := len(text.encode("utf-8", "surrogatepass"))) > max_text:
+        raise ImportFailed(
+            f"a text of {size:,} bytes, over the limit of {max_text:,} (ARBITER_IMPORT_MAX_FIELD_BYTES)",
+            line=line,
+            field=name,
+        )
+
+
+# A JSON string (skipped whole, closed or not, so that a scan is linear) or a bracket.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
+
+
+def _check_nesting(text: str, line: int, field: str | None = None) -> None:
+    """Refuse JSON text nested deeper than MAX_NESTING before the json module recurses into it.
+
+    `text` is a JSONL line (an object holding the fields, which names the field) or a CSV cell (`field`'s value).
+    """
+    limit = MAX_NESTING if field else MAX_NESTING + 1
+    if text.count("[") + text.count("{") <= limit:
+        return  # too few brackets to be too deep, strings included: most rows end here
+    depth, key, in_object = 0, None, field is None and text.lstrip().startswith("{")
+    for token in _JSON_TOKEN.finditer(text):
+        char = text[token.start()]
+        if char == '"':
+            if depth == 1 and in_object:
+                key = token  # the last string at the top before a nested value is that value's key
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                name = field or (key and key.group()[1:-1])
+                raise ImportFailed(f"nested more than {MAX_NESTING} lists or objects deep", line=line, field=name)
+        else:
+            depth -= 1
 
 
 def _json_field(record: dict[str, Any], name: str, line: int, default: Any = None) -> Any:
     """A field that JSONL holds as a value and CSV as JSON text."""
     value = record.get(name, default)
     if isinstance(value, str) and name in {"metadata", "messages"}:
+        _check_nesting(value, line, name)
         try:
             return json.loads(value)
         except json.JSONDecodeError as error:

@@ -209,10 +209,12 @@ if relative := [str(root) for root in ARBITER_MODEL_ROOTS if not root.is_absolut
 ARBITER_MAX_ACTIVE_ROUNDS = env_int("ARBITER_MAX_ACTIVE_ROUNDS", "3", minimum=1)
 ARBITER_MAX_ACTIVE_EXPORTS = env_int("ARBITER_MAX_ACTIVE_EXPORTS", "5", minimum=1)
 
-# Imports: refuse files over this size before reading them; import those up to the second (a gzip file: what it
-# unpacks to) in the request, and bigger ones in a worker, as an ImportJob.
-ARBITER_IMPORT_MAX_BYTES = env_int("ARBITER_IMPORT_MAX_BYTES", str(512 * 1024 * 1024))
-ARBITER_IMPORT_INLINE_BYTES = env_int("ARBITER_IMPORT_INLINE_BYTES", str(5 * 1024 * 1024))
+# Imports: the most a file may hold (decompressed, for gzip), and one text in it (a prompt, a response, metadata as
+# JSON; a row may hold 8 such texts: annotate/importing.py); uploads up to ARBITER_IMPORT_INLINE_BYTES (a gzip file:
+# what it unpacks to) are imported in the request, bigger ones in a worker, as an ImportJob.
+ARBITER_IMPORT_MAX_BYTES = env_int("ARBITER_IMPORT_MAX_BYTES", str(512 * 1024 * 1024), minimum=1)
+ARBITER_IMPORT_MAX_FIELD_BYTES = env_int("ARBITER_IMPORT_MAX_FIELD_BYTES", str(1024 * 1024), minimum=1)
+ARBITER_IMPORT_INLINE_BYTES = env_int("ARBITER_IMPORT_INLINE_BYTES", str(5 * 1024 * 1024), minimum=0)
 
 # Exports and import jobs (annotate/jobs.py): how often a running one's worker says it is alive, and after how long a
 # silence beat fails it (the worker was killed, ran out of memory or lost its machine).

@@ -308,6 +308,18 @@ def test_bad_import_names_the_line_and_imports_nothing(client, staff_lead, proje
     assert not Prompt.objects.exists()
 
 
+def test_deeply_nested_import_is_a_form_error_naming_the_line(client, staff_lead, project):
+    client.force_login(staff_lead)
+    deep = '{"prompt": "Hi?", "metadata": {"a": ' + "[" * 5000 + "]" * 5000 + "}}\n"
+    upload = SimpleUploadedFile("deep.jsonl", deep.encode())
+
+    response = client.post(reverse("admin:annotate_project_import", args=[project.pk]), {"file": upload})
+
+    assert response.status_code == 200
+    assert "Nothing was imported: line 1, field &#x27;metadata&#x27;: nested more than" in response.content.decode()
+    assert not Prompt.objects.exists()
+
+
 def test_import_page_renders_its_form(client, staff_lead, project):
     client.force_login(staff_lead)
 

@@ -93,6 +93,29 @@ class TestImport:
         assert missing.json() == {"detail": "field 'file': No file was submitted.", "line": None, "field": "file"}
         assert unknown.json()["field"] == "format"
 
+    def test_a_deeply_nested_line_is_400_naming_the_line_and_field(self, lead_client):
+        # The file: 10 KB, nested 5,000 deep, which the json module cannot parse without a RecursionError.
+        deep = b'{"prompt": "Hi?", "metadata": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}\n"
+
+        response = upload(lead_client, jsonl({"prompt": "Fine?"}) + deep)
+
+        assert response.status_code == 400
+        assert (response.json()["line"], response.json()["field"]) == (2, "metadata")
+        assert not Prompt.objects.exists()
+
+    def test_a_gzip_bomb_is_400_naming_the_limit(self, lead_client, settings):
+        # One line that decompresses to 10 MB, against rows of at most 8 × 1,000 bytes.
+        settings.ARBITER_IMPORT_MAX_FIELD_BYTES = 1000
+        bomb = gzip.compress(b'{"prompt": "' + b"a" * 10**7 + b'"}\n')
+        assert len(bomb) < 20_000
+
+        response = upload(lead_client, bomb, name="bomb.jsonl.gz")
+
+        assert response.status_code == 400
+        assert response.json()["line"] == 1
+        assert "ARBITER_IMPORT_MAX_FIELD_BYTES" in response.json()["detail"]
+        assert not Prompt.objects.exists()
+
     def test_json_is_not_accepted_for_a_file(self, lead_client):
         assert lead_client.post(f"{P}/import/", {"file": "x"}).status_code == 415
 
