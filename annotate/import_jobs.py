@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
-from annotate.importing import ImportFailed, ImportResult, import_file
+from annotate.importing import ImportFailed, ImportResult, check_size, import_file, too_large
 from annotate.jobs import Heartbeat, fail_stale
 from annotate.models import ImportJob, Project
 
@@ -33,7 +33,12 @@ def import_upload(
     project: Project, upload: UploadedFile, *, format: str | None = None, user: Any = None
 ) -> ImportResult | ImportJob:
     """Import a small upload now (ImportFailed names the line and field), or save a big one as a queued job."""
-    if unpacked_size(upload) <= settings.ARBITER_IMPORT_INLINE_BYTES:
+    size = unpacked_size(upload)
+    # A file over the limit is refused now, so nothing is saved or queued for it.
+    check_size(upload)
+    if size > settings.ARBITER_IMPORT_MAX_BYTES:
+        raise too_large(f"the file unpacks to {size:,} bytes")
+    if size <= settings.ARBITER_IMPORT_INLINE_BYTES:
         return import_file(project, upload, format=format)
     job = ImportJob(
         project=project,

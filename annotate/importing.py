@@ -129,7 +129,7 @@ def import_file(
         raise ImportFailed(f"unknown format {format!r} (use one of {', '.join(FORMATS)})")
     stream = open(source, "rb") if isinstance(source, str | Path) else source  # noqa: SIM115
     try:
-        _check_size(stream)
+        check_size(stream)
         lines = _Lines(_maybe_gunzip(stream))
         filetype, header, records = _records(lines)
         if header is not None:
@@ -163,17 +163,17 @@ def import_file(
 # Reading ------------------------------------------------------------------------------------------
 
 
-def _check_size(stream: IO[bytes]) -> None:
+def check_size(stream: IO[bytes]) -> None:
     """Refuse a file over the limit before reading it, where its size is known (see also _decoded_lines)."""
     size = getattr(stream, "size", None)
     if size is None and stream.seekable():
         size = stream.seek(0, os.SEEK_END)
         stream.seek(0)
     if size is not None and size > settings.ARBITER_IMPORT_MAX_BYTES:
-        raise _too_large(f"the file is {size:,} bytes")
+        raise too_large(f"the file is {size:,} bytes")
 
 
-def _too_large(what: str) -> ImportFailed:
+def too_large(what: str) -> ImportFailed:
     limit = settings.ARBITER_IMPORT_MAX_BYTES
     return ImportFailed(f"{what}, over the limit of {limit:,} bytes (ARBITER_IMPORT_MAX_BYTES)")
 
@@ -231,7 +231,7 @@ class _Lines:
                 number += 1
                 self.read += len(raw)
                 if self.read > self.max_bytes:
-                    raise _too_large("the file's content runs longer")
+                    raise too_large("the file's content runs longer")
                 if len(raw) > self.max_row and not raw.endswith(b"\n"):
                     raise _row_too_long(number, self.max_row)
                 try:

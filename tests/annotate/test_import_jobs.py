@@ -142,6 +142,19 @@ class TestApi:
         assert len(gzip.compress(content)) < len(content) - 1
         assert upload(gzip.compress(content), name="rows.jsonl.gz").status_code == 202
 
+    @pytest.mark.parametrize("packed", [False, True])
+    def test_a_file_over_the_limit_is_refused_before_anything_is_saved_or_queued(
+        self, big, upload, enqueued, settings, packed
+    ):
+        content = jsonl(*ROWS)
+        settings.ARBITER_IMPORT_MAX_BYTES = len(content) - 1
+        response = upload(gzip.compress(content) if packed else content, name="rows.jsonl.gz" if packed else "x.jsonl")
+
+        assert response.status_code == 400
+        assert "ARBITER_IMPORT_MAX_BYTES" in response.json()["detail"]
+        assert not ImportJob.objects.exists() and not enqueued
+        assert not (Path(settings.MEDIA_ROOT) / "imports").exists()
+
     def test_a_small_upload_is_still_imported_in_the_request(self, upload, enqueued):
         response = upload(jsonl(*ROWS))
 
