@@ -26,6 +26,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -398,12 +399,20 @@ def _parse_row(format: str, line: int, record: dict[str, Any]) -> Row:
 
 
 def _check_texts(value: Any, line: int, name: str, max_text: int) -> None:
-    """Refuse a field holding a NUL anywhere, or any one text over ARBITER_IMPORT_MAX_FIELD_BYTES."""
+    """Refuse a field holding what no database stores (a NUL, half a surrogate pair, NaN or an infinity) anywhere,
+    or any one text over ARBITER_IMPORT_MAX_FIELD_BYTES."""
     if isinstance(value, str):
         # PostgreSQL refuses NUL in text and JSON; refusing it here keeps SQLite and PostgreSQL alike.
         if "\x00" in value:
             raise ImportFailed("contains a NUL character (\\u0000), which cannot be stored", line=line, field=name)
+        # JSON's "\ud800" escape decodes to half of a UTF-16 pair, which no UTF-8 text can hold.
+        if surrogate := _SURROGATE.search(value):
+            code = f"\\u{ord(surrogate.group()):04x}"
+            raise ImportFailed(f"contains {code}, half of a surrogate pair, which is not text", line=line, field=name)
         _check_length(value, line, name, max_text)
+    elif isinstance(value, float) and not math.isfinite(value):
+        # The json module reads NaN and Infinity, which JSON itself (and jsonb) has not.
+        raise ImportFailed(f"holds {value}, which is not a JSON number", line=line, field=name)
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_texts(key, line, name, max_text)
@@ -422,6 +431,8 @@ def _check_length(text: str, line: int, name: str, max_text: int) -> None:
             field=name,
         )
 
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # A JSON string (skipped whole, closed or not, so that a scan is linear) or a bracket.
 _JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
@@ -456,9 +467,11 @@ def _json_field(record: dict[str, Any], name: str, line: int, default: Any = Non
     if isinstance(value, str) and name in {"metadata", "messages"}:
         _check_nesting(value, line, name)
         try:
-            return json.loads(value)
+            value = json.loads(value)
         except json.JSONDecodeError as error:
             raise ImportFailed(f"not valid JSON: {error.msg}", line=line, field=name) from None
+        # Its escapes are decoded only now: "\u0000" in the cell was six harmless characters until here.
+        _check_texts(value, line, name, settings.ARBITER_IMPORT_MAX_FIELD_BYTES)
     return value
 
 
