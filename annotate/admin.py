@@ -239,7 +239,8 @@ class ProjectAdmin(ProjectScopedAdmin):
                 messages.error(request, f"Nothing was imported: {error}")
             else:
                 if isinstance(outcome, ImportJob):
-                    messages.success(request, f"The file is big: a worker imports it ({outcome}). This page shows how.")
+                    shown = "The file is big: a worker imports it, all or nothing. Reload this page to follow it."
+                    messages.success(request, shown)
                     return HttpResponseRedirect(reverse("admin:annotate_importjob_change", args=[outcome.pk]))
                 messages.success(request, f"Imported into {project}: {outcome}")
                 return HttpResponseRedirect(reverse("admin:annotate_project_change", args=[project.pk]))

@@ -223,7 +223,7 @@ def test_a_big_file_in_the_admin_queues_a_job_and_shows_its_page(client, staff_l
     assert response.status_code == 302
     assert response.url == reverse("admin:annotate_importjob_change", args=[job.pk])
     [message] = [str(m) for m in get_messages(response.wsgi_request)]
-    assert message == f"The file is big: a worker imports it ({job}). This page shows how."
+    assert message == "The file is big: a worker imports it, all or nothing. Reload this page to follow it."
     page = client.get(response.url).content.decode()
     assert "Pending" in page and "big.jsonl" in page
     assert (job.created_by, job.status) == (staff_lead, "pending") and not Prompt.objects.exists()
