@@ -97,7 +97,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from annotate.jobs import Heartbeat, fail_stale
+from annotate.jobs import Heartbeat, fail_stale, hide_paths
 from annotate.models import (
     Annotation,
     Assignment,
@@ -228,7 +228,7 @@ def run_snapshot(snapshot: DatasetSnapshot) -> DatasetSnapshot:
         logger.exception("Export %s failed", snapshot.pk)
         with contextlib.suppress(OSError):  # what was written before the error, if anything was
             part.unlink()
-        if not snapshot.finish(Status.FAILED, error=str(error) or repr(error)):
+        if not snapshot.finish(Status.FAILED, error=hide_paths(str(error) or repr(error))):
             snapshot.refresh_from_db()  # the reaper failed it first (and removed the part file from under it)
         return snapshot
     fields = {"row_count": row_count, "rows_written": row_count, "sha256": sha256, "file": snapshot.file.name}

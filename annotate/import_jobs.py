@@ -20,7 +20,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
 from annotate.importing import ImportFailed, ImportResult, check_size, import_file, too_large
-from annotate.jobs import Heartbeat, fail_stale
+from annotate.jobs import Heartbeat, fail_stale, hide_paths
 from annotate.models import ImportJob, Project
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def run_import_job(job: ImportJob) -> ImportJob:
         logger.warning("Import job %s was failed while it ran: its import is rolled back", job.pk)
     except Exception as error:
         logger.exception("Import job %s failed", job.pk)
-        job.finish(Status.FAILED, rows_read=read, error=f"{type(error).__name__}: {error}")
+        job.finish(Status.FAILED, rows_read=read, error=f"{type(error).__name__}: {hide_paths(str(error))}")
     job.delete_file()
     job.refresh_from_db()
     return job

@@ -9,6 +9,7 @@ whose heartbeat is older than a timeout, with a message that says what happened.
 """
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -21,6 +22,14 @@ logger = logging.getLogger(__name__)
 
 # The same values in every job's statuses.
 RUNNING, FAILED = "running", "failed"
+
+# An absolute, home or relative path in an error message: what a lead's view of a job's error leaves out.
+_PATH = re.compile(r"(?<![\w.~/-])(?:~|\.{1,2})?/[^\s'\"`,;()\[\]<>]+")
+
+
+def hide_paths(text: str) -> str:
+    """An error message as leads see it: every server path in it is `<path>` (the worker's log has them)."""
+    return _PATH.sub("<path>", text)
 
 
 def move(job: models.Model, from_statuses: Iterable[str], **fields: Any) -> bool:

@@ -35,7 +35,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from annotate.exports import create_snapshot, run_snapshot
-from annotate.jobs import Heartbeat, fail_stale
+from annotate.jobs import Heartbeat, fail_stale, hide_paths
 from annotate.models import DatasetSnapshot, Project, Prompt, QuotaReached
 from models_registry.models import ModelVersion
 from training.models import RoundMetric, TrainingRound, end_unwritten_snapshots
@@ -286,14 +286,6 @@ class _Cancelled(Exception):
 
 class RoundFailed(Exception):
     """A failure already worded for the lead: its message is the round's error as it stands."""
-
-
-# An absolute, home or relative path in an error message: what a lead's view of an error leaves out.
-_PATH = re.compile(r"(?<![\w.~/-])(?:~|\.{1,2})?/[^\s'\"`,;()\[\]<>]+")
-
-
-def hide_paths(text: str) -> str:
-    return _PATH.sub("<path>", text)
 
 
 def failure_message(error: Exception, training_round: TrainingRound) -> str:

@@ -78,6 +78,16 @@ class TestPartFile:
         assert snapshot.status == "failed" and snapshot.error == "the database went away"
         assert not snapshot.part_path.exists()
 
+    def test_a_failed_exports_error_shows_no_server_path(self, pairs, monkeypatch, caplog):
+        def full_disk(snapshot, rows, out):
+            raise OSError(28, "No space left on device", "/srv/arbiter/media/exports/tmp/1.jsonl.part")
+
+        monkeypatch.setattr(exports, "_write", full_disk)
+        snapshot = run_snapshot(create_snapshot(pairs, kind="pairs"))
+
+        assert snapshot.error == "[Errno 28] No space left on device: '<path>'"
+        assert "/srv/arbiter" in caplog.text  # the worker's log keeps it
+
 
 class TestReaper:
     def test_a_silent_running_export_fails_with_a_message_and_its_part_file_goes(self, project, settings):
