@@ -802,7 +802,32 @@ class Annotation(models.Model):
             self.task.clean_answer(self.answer())
 
 
-class DatasetSnapshot(models.Model):
+class Job(models.Model):
+    """What exports and import jobs share as long jobs run by a worker (annotate/jobs.py): pending → running →
+    an end, each move conditional; while running, a heartbeat that the reaper watches."""
+
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="While running: when its worker last beat.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+    def claim(self) -> bool:
+        """pending → running, once: a second delivery of the same message gets False and does nothing."""
+        now = timezone.now()
+        return move(self, [self.Status.PENDING], status=self.Status.RUNNING, started_at=now, heartbeat_at=now)
+
+    def beat(self, **progress: Any) -> bool:
+        """Record that the worker is alive (and how far it got); False once the job is no longer running."""
+        return move(self, [self.Status.RUNNING], heartbeat_at=timezone.now(), **progress)
+
+    def finish(self, status: str, **fields: Any) -> bool:
+        """running → an end (ready, succeeded, failed); False if the reaper failed it first."""
+        return move(self, [self.Status.RUNNING], status=status, finished_at=timezone.now(), **fields)
+
+
+class DatasetSnapshot(Job):
     """One export of a project's data: immutable once ready, and identified by the sha256 of its content.
 
     Training rounds point at a snapshot, so a model can always be traced to the exact data it saw.
@@ -843,9 +868,6 @@ class DatasetSnapshot(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="snapshots"
     )
     created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="While running: when its worker last beat.")
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -860,21 +882,8 @@ class DatasetSnapshot(models.Model):
         the reaper can remove what a dead worker left, and on the file system the finished file is renamed into."""
         return Path(settings.MEDIA_ROOT) / "exports" / "tmp" / f"{self.pk}.{self.format}.part"
 
-    def claim(self) -> bool:
-        """pending → running, once: a second delivery of the same message gets False and does nothing."""
-        now = timezone.now()
-        return move(self, [self.Status.PENDING], status=self.Status.RUNNING, started_at=now, heartbeat_at=now)
 
-    def beat(self) -> bool:
-        """Record that the worker is alive; False once the snapshot is no longer running."""
-        return move(self, [self.Status.RUNNING], heartbeat_at=timezone.now())
-
-    def finish(self, status: str, **fields: Any) -> bool:
-        """running → ready or failed; False if the reaper failed it first."""
-        return move(self, [self.Status.RUNNING], status=status, finished_at=timezone.now(), **fields)
-
-
-class ImportJob(models.Model):
+class ImportJob(Job):
     """A big upload that a Celery worker imports (annotate/import_jobs.py): all or nothing, like every import."""
 
     class Status(models.TextChoices):
@@ -897,9 +906,6 @@ class ImportJob(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="import_jobs"
     )
     created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="While running: when its worker last beat.")
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -907,19 +913,6 @@ class ImportJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.project.slug} import {self.pk} ({self.file_name})"
-
-    def claim(self) -> bool:
-        """pending → running, once: a second delivery of the same message gets False and does nothing."""
-        now = timezone.now()
-        return move(self, [self.Status.PENDING], status=self.Status.RUNNING, started_at=now, heartbeat_at=now)
-
-    def beat(self, **progress: Any) -> bool:
-        """Record that the worker is alive (and how far it read); False once the job is no longer running."""
-        return move(self, [self.Status.RUNNING], heartbeat_at=timezone.now(), **progress)
-
-    def finish(self, status: str, **fields: Any) -> bool:
-        """running → succeeded or failed; False if the reaper failed it first."""
-        return move(self, [self.Status.RUNNING], status=status, finished_at=timezone.now(), **fields)
 
     def delete_file(self) -> None:
         """Delete the uploaded file (the job has ended: its rows are in the database, or none are)."""

@@ -62,6 +62,11 @@ def client_for():
 
 
 @pytest.fixture
+def lead_client(client_for, lead):
+    return client_for(lead)
+
+
+@pytest.fixture
 def make_task():
     """A task of `kind` over fresh responses with the given texts, to a fresh prompt."""
 

@@ -27,11 +27,6 @@ def enqueued(monkeypatch):
 
 
 @pytest.fixture
-def lead_client(client_for, lead):
-    return client_for(lead)
-
-
-@pytest.fixture
 def votes(client_for, annotator, second_annotator, project, make_task):
     """Three pairwise tasks, each answered by two annotators through the API."""
     for _ in range(3):

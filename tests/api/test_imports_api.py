@@ -20,11 +20,6 @@ def upload(client, content, name="data.jsonl", **fields):
     return client.post(f"{P}/import/", {"file": io.BytesIO(content), **fields}, format="multipart")
 
 
-@pytest.fixture
-def lead_client(client_for, lead):
-    return client_for(lead)
-
-
 class TestImport:
     def test_a_lead_imports_responses_and_gets_the_counts(self, lead_client, project):
         content = jsonl(

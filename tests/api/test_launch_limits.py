@@ -30,11 +30,6 @@ def enqueued(monkeypatch):
 
 
 @pytest.fixture
-def lead_client(client_for, lead):
-    return client_for(lead)
-
-
-@pytest.fixture
 def post(django_capture_on_commit_callbacks):
     def send(client, path, body=None):
         with django_capture_on_commit_callbacks(execute=True):

@@ -31,11 +31,6 @@ def enqueued(monkeypatch):
 
 
 @pytest.fixture
-def lead_client(client_for, lead):
-    return client_for(lead)
-
-
-@pytest.fixture
 def queued_round(project, lead, base):
     return launch_round(project, method="dpo", user=lead, base=base, settings_={"max_steps": "5"})
 
