@@ -194,9 +194,19 @@ AXES_VERBOSE = False  # no banner on every manage.py command
 ARBITER_ARTIFACTS_ROOT = Path(env_str("ARBITER_ARTIFACTS_ROOT", str(VAR_DIR / "artifacts")))  # adapters, checkpoints
 ARBITER_DEFAULT_BASE_MODEL = env_str("ARBITER_DEFAULT_BASE_MODEL", "")  # a round's base when the project has none
 ARBITER_CODE_VERSION = env_str("ARBITER_CODE_VERSION", "")  # the git sha, where the image has no .git
-ARBITER_ROUND_HEARTBEAT_SECONDS = env_int("ARBITER_ROUND_HEARTBEAT_SECONDS", "10")
-# A running round whose worker has been silent this long is failed (killed, out of memory, machine lost).
-ARBITER_ROUND_HEARTBEAT_TIMEOUT = timedelta(seconds=env_int("ARBITER_ROUND_HEARTBEAT_TIMEOUT", "120"))
+
+
+def _heartbeat(prefix: str) -> tuple[int, timedelta]:
+    """<prefix>_HEARTBEAT_SECONDS between a running job's beats, and <prefix>_HEARTBEAT_TIMEOUT of silence after which
+    beat fails it (the worker was killed, ran out of memory or lost its machine): below it, or live jobs fail."""
+    seconds = env_int(f"{prefix}_HEARTBEAT_SECONDS", "10", minimum=1)
+    timeout = env_int(f"{prefix}_HEARTBEAT_TIMEOUT", "120", minimum=1)
+    if seconds >= timeout:
+        raise ImproperlyConfigured(f"{prefix}_HEARTBEAT_SECONDS must be below {prefix}_HEARTBEAT_TIMEOUT.")
+    return seconds, timedelta(seconds=timeout)
+
+
+ARBITER_ROUND_HEARTBEAT_SECONDS, ARBITER_ROUND_HEARTBEAT_TIMEOUT = _heartbeat("ARBITER_ROUND")
 ARBITER_ROUND_TIME_LIMIT = env_int("ARBITER_ROUND_TIME_LIMIT", str(24 * 3600))  # seconds; the worker kills it after
 # What a lead may name as a round's base besides the project's own versions (training/rounds.py resolve_base):
 # hub ids (org/name), and local paths under these absolute directories (none by default). ARBITER_ARTIFACTS_ROOT
@@ -216,14 +226,8 @@ ARBITER_IMPORT_MAX_BYTES = env_int("ARBITER_IMPORT_MAX_BYTES", str(512 * 1024 * 
 ARBITER_IMPORT_MAX_FIELD_BYTES = env_int("ARBITER_IMPORT_MAX_FIELD_BYTES", str(1024 * 1024), minimum=1)
 ARBITER_IMPORT_INLINE_BYTES = env_int("ARBITER_IMPORT_INLINE_BYTES", str(5 * 1024 * 1024), minimum=0)
 
-# Exports and import jobs (annotate/jobs.py): how often a running one's worker says it is alive, and after how long a
-# silence beat fails it (the worker was killed, ran out of memory or lost its machine).
-ARBITER_JOB_HEARTBEAT_SECONDS = env_int("ARBITER_JOB_HEARTBEAT_SECONDS", "10")
-ARBITER_JOB_HEARTBEAT_TIMEOUT = timedelta(seconds=env_int("ARBITER_JOB_HEARTBEAT_TIMEOUT", "120"))
-if not 0 < ARBITER_JOB_HEARTBEAT_SECONDS < ARBITER_JOB_HEARTBEAT_TIMEOUT.total_seconds():
-    raise ImproperlyConfigured(
-        "ARBITER_JOB_HEARTBEAT_SECONDS must be above 0 and below ARBITER_JOB_HEARTBEAT_TIMEOUT (or live jobs fail)."
-    )
+# Exports and import jobs (annotate/jobs.py).
+ARBITER_JOB_HEARTBEAT_SECONDS, ARBITER_JOB_HEARTBEAT_TIMEOUT = _heartbeat("ARBITER_JOB")
 
 ARBITER_DEFAULT_LEASE = timedelta(minutes=30)
 

@@ -188,6 +188,13 @@ class TestManagementChecks:
         assert "ImproperlyConfigured" in result.stderr
         assert "SECRET_KEY" in result.stderr
 
+    @pytest.mark.parametrize("prefix", ["ARBITER_ROUND", "ARBITER_JOB"])
+    def test_a_heartbeat_no_shorter_than_its_timeout_refuses_to_start(self, sqlite_env, prefix):
+        # Every live job would be failed as dead between two of its beats.
+        result = manage("check", env={**sqlite_env, f"{prefix}_HEARTBEAT_SECONDS": "120"})
+        assert result.returncode != 0
+        assert f"{prefix}_HEARTBEAT_SECONDS must be below {prefix}_HEARTBEAT_TIMEOUT" in result.stderr
+
     def test_a_relative_model_root_refuses_to_start(self, sqlite_env):
         result = manage("check", env={**sqlite_env, "ARBITER_MODEL_ROOTS": "/srv/models, models"})
         assert result.returncode != 0
