@@ -30,6 +30,19 @@ and any set of labels; any of the five pairwise choices; any rank 1..n for each 
 instead of by its rule. The summary counts draws, so a random answer that happens to agree with the rule
 still counts as random.
 
+Profiles (how a bot deviates from its rule, to try the quality measures on annotators whose faults are known):
+
+- `careful`       the default: the rule (with the noise), and `think` seconds before each submit.
+- `spammer`       every answer at random, as the noise draws it.
+- `position:<p>`  with probability p prefers the response shown first (pairwise: "A better"; ranking: it first,
+                  the rest by the rule), else the rule; ratings by the rule.
+- `length:<p>`    with probability p prefers the longer response (pairwise: the longer one better, equal lengths
+                  by the rule; ranking: longest first), else the rule; ratings by the rule.
+- `fast`          the rule (with the noise), but submits at once, without the think time.
+
+Every profile but `careful` submits at once: the think time is what a careful reader spends, and the server
+measures it (a lease's time_spent runs from the lease to the submit).
+
 Submits are throttled (settings REST_FRAMEWORK, scope `submit`, ARBITER_THROTTLE_SUBMIT): a bot answered 429
 waits for the seconds in Retry-After and sends the same request again, which the API makes safe (a submit
 repeated stores one annotation).
@@ -143,16 +156,70 @@ def random_answer(payload: dict[str, Any], rng: random.Random) -> dict[str, Any]
     return {"ranks": {str(r["id"]): rng.randint(1, n) for r in payload["responses"]}}
 
 
+class Profile(NamedTuple):
+    kind: str  # careful, spammer, position, length, fast
+    p: float = 0.0  # position and length: how often the bias decides
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.p:g}" if self.kind in ("position", "length") else self.kind
+
+
+CAREFUL = Profile("careful")
+
+
+def check_profile(text: str) -> Profile:
+    """`careful`, `spammer`, `fast`, `position:<p>` or `length:<p>` (0 < p <= 1); ValueError otherwise."""
+    kind, _, p = text.partition(":")
+    if kind in ("careful", "spammer", "fast") and not p:
+        return Profile(kind)
+    if kind in ("position", "length"):
+        try:
+            chance = float(p)
+        except ValueError:
+            chance = math.nan
+        if 0 < chance <= 1:
+            return Profile(kind, chance)
+    raise ValueError(
+        f"Unknown profile {text!r}: use careful, spammer, fast, position:<p> or length:<p> with 0 < p <= 1."
+    )
+
+
+def biased_answer(payload: dict[str, Any], rule: str, bias: str) -> dict[str, Any] | None:
+    """The answer a position or length bias gives a lease, or None where it has no say (ratings, equal lengths)."""
+    responses = payload["responses"]  # in displayed order: A first
+    if payload["kind"] == "rating":
+        return None
+    if bias == "position":
+        first = responses[0]["id"]
+    else:
+        lengths = [len(r["content"]) for r in responses]
+        if lengths.count(max(lengths)) > 1:
+            return None
+        first = responses[lengths.index(max(lengths))]["id"]
+    if payload["kind"] == "pairwise":
+        return {"preference": "a1" if first == responses[0]["id"] else "b1"}
+    by_rule = rule_answer(payload, rule)["ranks"]
+    others = sorted((rank, int(rid)) for rid, rank in by_rule.items() if int(rid) != first)
+    ranks = {str(first): 1} | {str(rid): place for place, (_, rid) in enumerate(others, start=2)}
+    return {"ranks": ranks}
+
+
 class Answer(NamedTuple):
     body: dict[str, Any]  # what to POST to the lease's submit_url
-    by_rule: bool  # False: the noise draw made it a random answer
+    how: str  # "rule", "random" (the noise, or a spammer) or "bias" (a position or length bias decided it)
 
 
-def answer(payload: dict[str, Any], rule: str, noise: float, rng: random.Random) -> Answer:
-    """A bot's answer to a lease: by the rule, or with probability `noise` at random."""
-    if rng.random() < noise:
-        return Answer(random_answer(payload, rng), by_rule=False)
-    return Answer(rule_answer(payload, rule), by_rule=True)
+def answer(payload: dict[str, Any], rule: str, noise: float, rng: random.Random, profile: Profile = CAREFUL) -> Answer:
+    """A bot's answer to a lease, as its profile has it: at random, by its bias, or by the rule (with probability
+    `noise` at random instead)."""
+    if profile.kind == "spammer" or rng.random() < noise:
+        return Answer(random_answer(payload, rng), "random")
+    biased = None
+    if profile.kind in ("position", "length") and rng.random() < profile.p:
+        biased = biased_answer(payload, rule, profile.kind)
+    if biased is not None:
+        return Answer(biased, "bias")
+    return Answer(rule_answer(payload, rule), "rule")
 
 
 # Bots ------------------------------------------------------------------------------------------------------------
@@ -165,6 +232,7 @@ class Tally:
     answered: Counter = field(default_factory=Counter)  # by task kind
     by_rule: int = 0
     at_random: int = 0
+    by_bias: int = 0
     requests: int = 0
     throttled: int = 0  # 429s answered, each waited out
     throttle_wait: float = 0.0  # seconds spent waiting on Retry-After
@@ -174,6 +242,7 @@ class Tally:
         self.answered += other.answered
         self.by_rule += other.by_rule
         self.at_random += other.at_random
+        self.by_bias += other.by_bias
         self.requests += other.requests
         self.throttled += other.throttled
         self.throttle_wait += other.throttle_wait
@@ -228,6 +297,7 @@ class Bot:
     token: ApiToken
     plaintext: str  # the token itself, which only this run knows
     rng: random.Random
+    profile: Profile = CAREFUL
 
 
 def run_bot(
@@ -239,29 +309,40 @@ def run_bot(
     noise: float,
     per_user: int | None,
     deadline: float,
+    think: float = 0.0,
 ) -> Tally:
-    """Work the queue as one bot until it is empty for it, `per_user` tasks are answered, or the deadline."""
+    """Work the queue as one bot until it is empty for it, `per_user` tasks are answered, or the deadline; a
+    careful bot waits `think` seconds on each task before it submits."""
     tally = Tally()
     try:
         with closing(ApiClient(base_url, bot.plaintext, tally)) as client:
             next_path = client.prefix + reverse("api:next_task", args=[project_slug])
-            while (per_user is None or tally.by_rule + tally.at_random < per_user) and time.monotonic() < deadline:
+            while (per_user is None or sum(tally.answered.values()) < per_user) and time.monotonic() < deadline:
                 status, lease = client.expect(next_path, (200, 204))
                 if status == 204:
                     break
-                reply = answer(lease, rule, noise, bot.rng)
+                reply = answer(lease, rule, noise, bot.rng, bot.profile)
+                if bot.profile.kind == "careful" and think:
+                    time.sleep(think)
                 # submit_url is the server's own path (with its script prefix), so it goes as it is.
                 client.expect(lease["submit_url"], (200,), reply.body)
                 tally.answered[lease["kind"]] += 1
-                tally.by_rule += reply.by_rule
-                tally.at_random += not reply.by_rule
+                tally.by_rule += reply.how == "rule"
+                tally.at_random += reply.how == "random"
+                tally.by_bias += reply.how == "bias"
     except Exception as error:  # a bot's failure goes into the summary, even one in making its client (a bad URL)
         tally.errors.append(f"{bot.username}: {type(error).__name__}: {error}")
     return tally
 
 
-def enrol_bots(project: Project, count: int, *, seed: int | None = None) -> list[Bot]:
-    """Users sim-<slug>-1 … as annotators of the project (made or reused), each with a fresh API token."""
+def enrol_bots(
+    project: Project, count: int, *, seed: int | None = None, profiles: list[Profile] | None = None
+) -> list[Bot]:
+    """Users sim-<slug>-1 … as annotators of the project (made or reused), each with a fresh API token; the first
+    bots take `profiles` in order, the rest are careful."""
+    profiles = list(profiles or [])
+    if len(profiles) > count:
+        raise ValueError(f"{len(profiles)} profiles for {count} bots: give at least as many bots as profiles.")
     users = get_user_model()
     bots = []
     for i in range(1, count + 1):
@@ -272,7 +353,7 @@ def enrol_bots(project: Project, count: int, *, seed: int | None = None) -> list
         Membership.objects.get_or_create(project=project, user=user)
         token, plaintext = ApiToken.issue(user, TOKEN_NAME)
         rng = random.Random(f"{seed}:{i}") if seed is not None else random.Random()
-        bots.append(Bot(user.username, token, plaintext, rng))
+        bots.append(Bot(user.username, token, plaintext, rng, profiles[i - 1] if i <= len(profiles) else CAREFUL))
     return bots
 
 
@@ -337,7 +418,7 @@ def serve_in_process() -> Iterator[str]:
 class SimulationResult:
     base_url: str
     in_process: bool
-    bots: int
+    bots: list[Bot]
     tally: Tally
     elapsed: float
 
@@ -346,10 +427,13 @@ class SimulationResult:
         answered = sum(tally.answered.values())
         kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(tally.answered.items())) or "none"
         where = "an in-process server" if self.in_process else "the server"
+        profiles = Counter(str(bot.profile) for bot in self.bots)
+        shown = ", ".join(f"{name} {n}" for name, n in sorted(profiles.items()))
         return [
-            f"bots: {self.bots}, at {self.base_url} ({where})",
+            f"bots: {len(self.bots)} ({shown}), at {self.base_url} ({where})",
+            *(f"  {bot.username}: {bot.profile}" for bot in self.bots if bot.profile != CAREFUL),
             f"answered {answered} tasks: {kinds}",
-            f"by the rule {tally.by_rule}, at random (noise) {tally.at_random}",
+            f"by the rule {tally.by_rule}, at random (noise or spammers) {tally.at_random}, by a bias {tally.by_bias}",
             f"throttled (429) {tally.throttled} times"
             + (f", each waited out as Retry-After said: {tally.throttle_wait:.1f} s in all" if tally.throttled else ""),
             f"errors {len(tally.errors)}",
@@ -369,10 +453,13 @@ def simulate_annotators(
     per_user: int | None = None,
     seconds: float | None = None,
     seed: int | None = None,
+    profiles: list[Profile] | None = None,
+    think: float = 0.0,
 ) -> SimulationResult:
-    """Run `users` bots at once against the API at `url` (a server on this database), or an in-process server."""
+    """Run `users` bots at once against the API at `url` (a server on this database), or an in-process server; the
+    first take `profiles`, the others are careful, waiting `think` seconds on each task."""
     check_rule(rule)
-    bots = enrol_bots(project, users, seed=seed)
+    bots = enrol_bots(project, users, seed=seed, profiles=profiles)
     started = time.monotonic()
     deadline = started + seconds if seconds is not None else math.inf
     try:
@@ -388,6 +475,7 @@ def simulate_annotators(
                 noise=noise,
                 per_user=per_user,
                 deadline=deadline,
+                think=think,
             )
             tallies = list(pool.map(work, bots))
     finally:
@@ -397,4 +485,4 @@ def simulate_annotators(
     total = Tally()
     for tally in tallies:
         total.add(tally)
-    return SimulationResult(base_url, url is None, len(bots), total, time.monotonic() - started)
+    return SimulationResult(base_url, url is None, bots, total, time.monotonic() - started)

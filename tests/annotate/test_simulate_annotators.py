@@ -10,7 +10,7 @@ from rest_framework.throttling import ScopedRateThrottle
 
 from annotate.models import Annotation, ApiToken, Membership, Prompt, Response, Task, TaskResponse
 from annotate.serializers import AnswerIn, LeaseSerializer
-from annotate.simulation import answer, check_rule, feature, random_answer, rating_score, rule_answer
+from annotate.simulation import answer, check_profile, check_rule, feature, random_answer, rating_score, rule_answer
 
 SCALE = [1, 2, 3, 4, 5]
 
@@ -85,15 +85,55 @@ def test_length_ratings_go_by_bands_that_double():
 def test_without_noise_every_answer_follows_the_rule():
     rng = random.Random(0)
     lease = payload("pairwise", "cat", "dog")
-    assert all(answer(lease, "word:cat", 0, rng) == ({"preference": "a1"}, True) for _ in range(50))
+    assert all(answer(lease, "word:cat", 0, rng) == ({"preference": "a1"}, "rule") for _ in range(50))
 
 
 def test_with_full_noise_every_answer_is_random():
     rng = random.Random(0)
     lease = payload("pairwise", "cat", "dog")
     answers = [answer(lease, "word:cat", 1, rng) for _ in range(200)]
-    assert not any(by_rule for _, by_rule in answers)
+    assert {how for _, how in answers} == {"random"}
     assert {body["preference"] for body, _ in answers} == {"a2", "a1", "tie", "b1", "b2"}
+
+
+@pytest.mark.parametrize("text", ["careful", "spammer", "fast", "position:0.9", "length:1"])
+def test_profiles_are_read_back_as_written(text):
+    assert str(check_profile(text)) == text
+
+
+@pytest.mark.parametrize("text", ["position", "position:0", "position:1.5", "length:x", "lazy", "spammer:0.5"])
+def test_unknown_profiles_are_refused(text):
+    with pytest.raises(ValueError, match="Unknown profile"):
+        check_profile(text)
+
+
+def test_a_spammer_answers_at_random_whatever_the_noise():
+    rng = random.Random(0)
+    answers = [
+        answer(payload("pairwise", "cat", "dog"), "word:cat", 0, rng, check_profile("spammer")) for _ in range(200)
+    ]
+    assert {how for _, how in answers} == {"random"}
+    assert {body["preference"] for body, _ in answers} == {"a2", "a1", "tie", "b1", "b2"}
+
+
+def test_a_position_biased_bot_prefers_what_it_was_shown_first_as_often_as_its_p():
+    rng = random.Random(0)
+    lease = payload("pairwise", "dog", "cat")  # the rule prefers B
+    answers = [answer(lease, "word:cat", 0, rng, check_profile("position:0.8")) for _ in range(1000)]
+    first = sum(body["preference"] == "a1" for body, _ in answers)
+    assert 740 <= first <= 860  # 800 expected; 4 standard deviations either way
+    assert all(body["preference"] == ("a1" if how == "bias" else "b1") for body, how in answers)
+    ranking = payload("ranking", "dog", "cat cat", "cat")  # the rule: B, C, A
+    body, how = answer(ranking, "word:cat", 0, random.Random(0), check_profile("position:1"))
+    assert (how, body["ranks"]) == ("bias", {"100": 1, "101": 2, "102": 3})
+
+
+def test_a_length_biased_bot_prefers_the_longer_response_and_has_no_say_between_equal_lengths():
+    rng = random.Random(0)
+    profile = check_profile("length:1")
+    assert answer(payload("pairwise", "cat", "a dog"), "word:cat", 0, rng, profile) == ({"preference": "b1"}, "bias")
+    assert answer(payload("pairwise", "cat", "dog"), "word:cat", 0, rng, profile) == ({"preference": "a1"}, "rule")
+    assert answer(payload("rating", "dog"), "word:cat", 0, rng, profile).how == "rule"
 
 
 def test_random_answers_cover_the_form():
@@ -184,7 +224,7 @@ def test_bots_annotate_every_task_by_the_rule_through_the_api(project, make_task
 
     summary = out.getvalue()
     assert "answered 12 tasks: pairwise 6, ranking 2, rating 4" in summary
-    assert "by the rule 12, at random (noise) 0" in summary
+    assert "by the rule 12, at random (noise or spammers) 0, by a bias 0" in summary
     assert "errors 0" in summary
     assert "throttled (429) 0 times" not in summary
     assert "each waited out as Retry-After said" in summary
@@ -236,3 +276,44 @@ def test_bots_work_under_production_settings(project, make_task, settings):
 
     assert "answered 2 tasks" in out.getvalue()
     assert "errors 0" in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_profiles_through_the_api_and_the_server_measures_who_took_their_time(project, make_task):
+    project.overlap = 3
+    project.save()
+    for n in range(3):
+        make_task("pairwise", f"cat {n}", "no felines")
+    out = StringIO()
+
+    call_command(
+        "simulate_annotators",
+        project=project.slug,
+        users=3,
+        rule="word:cat",
+        profile=["spammer=1", "fast=1"],
+        think=0.3,
+        seed=3,
+        stdout=out,
+    )
+
+    summary = out.getvalue()
+    assert "bots: 3 (careful 1, fast 1, spammer 1)" in summary
+    assert "sim-helpfulness-1: spammer" in summary and "sim-helpfulness-2: fast" in summary
+    assert "answered 9 tasks" in summary
+    spent = {
+        name: [a.time_spent.total_seconds() for a in Annotation.objects.filter(annotator__username=name)]
+        for name in ("sim-helpfulness-1", "sim-helpfulness-2", "sim-helpfulness-3")
+    }
+    assert all(seconds >= 0.3 for seconds in spent["sim-helpfulness-3"])  # careful: the think time, server-measured
+    assert all(seconds < 0.3 for seconds in spent["sim-helpfulness-1"] + spent["sim-helpfulness-2"])
+    careful = Annotation.objects.filter(annotator__username="sim-helpfulness-3")
+    assert {(a.choice, a.strength) for a in careful} == {("a", 1)}  # by the rule: the cat side
+
+
+@pytest.mark.parametrize(
+    "profile, message", [(["spammer=4"], "more than --users 3"), (["spammer"], "PROFILE=N"), (["lazy=1"], "Unknown")]
+)
+def test_bad_profiles_are_refused(project, profile, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("simulate_annotators", project=project.slug, users=3, rule="longer", profile=profile)

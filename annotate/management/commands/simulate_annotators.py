@@ -30,6 +30,16 @@ class Command(BaseCommand):
         parser.add_argument("--per-user", type=int, help="stop each bot after this many tasks")
         parser.add_argument("--seconds", type=float, help="stop taking tasks after this long")
         parser.add_argument("--seed", type=int, help="seed the bots' random draws")
+        parser.add_argument(
+            "--profile",
+            action="append",
+            default=[],
+            metavar="PROFILE=N",
+            help="N bots of this profile (spammer, fast, position:<p>, length:<p>); repeatable; the rest are careful",
+        )
+        parser.add_argument(
+            "--think", type=float, default=0.0, help="seconds a careful bot spends on each task (default 0)"
+        )
 
     def handle(self, *args: object, **options: object) -> None:
         project = Project.objects.filter(slug=options["project"]).first()
@@ -43,10 +53,15 @@ class Command(BaseCommand):
             raise CommandError("--per-user must be at least 1.")
         if options["seconds"] is not None and options["seconds"] <= 0:
             raise CommandError("--seconds must be more than 0.")
+        if options["think"] < 0:
+            raise CommandError("--think must be 0 or more.")
         try:
             simulation.check_rule(options["rule"])
+            profiles = [profile for given in options["profile"] for profile in _profiles(given)]
         except ValueError as error:
             raise CommandError(str(error)) from None
+        if len(profiles) > options["users"]:
+            raise CommandError(f"--profile asks for {len(profiles)} bots, more than --users {options['users']}.")
         result = simulation.simulate_annotators(
             project=project,
             users=options["users"],
@@ -56,9 +71,19 @@ class Command(BaseCommand):
             per_user=options["per_user"],
             seconds=options["seconds"],
             seed=options["seed"],
+            profiles=profiles,
+            think=options["think"],
         )
         self.stdout.write(f"Simulated annotators on {project.slug}, rule {options['rule']}, noise {options['noise']}")
         for line in result.summary():
             self.stdout.write(line)
         if result.tally.errors:
             raise CommandError(f"Bots failed: {len(result.tally.errors)} (see the errors above).")
+
+
+def _profiles(given: str) -> list[simulation.Profile]:
+    """`spammer=2` → two spammer profiles; ValueError naming what is wrong."""
+    name, sep, count = given.rpartition("=")
+    if not sep or not count.isdecimal() or int(count) < 1:
+        raise ValueError(f"--profile {given!r}: use PROFILE=N with N a whole number from 1, e.g. spammer=2.")
+    return [simulation.check_profile(name)] * int(count)
