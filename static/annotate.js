@@ -156,7 +156,16 @@
       $("#comment", form).focus();
       return true;
     }
+    if (key === "r" && !event.shiftKey) return toggleRawText();
     return false;
+  }
+
+  // The switch is a checkbox that CSS reads (#task:has(#show-raw:checked)): the key only ticks it.
+  function toggleRawText() {
+    const box = document.getElementById("show-raw");
+    if (!box) return false;
+    box.checked = !box.checked;
+    return true;
   }
 
   document.addEventListener("keydown", (event) => {

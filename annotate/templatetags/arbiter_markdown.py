@@ -40,6 +40,7 @@ from markdown_it.rules_core import StateCore
 from markdown_it.rules_inline import StateInline
 from markdown_it.rules_inline.emphasis import tokenize as emphasis
 from markdown_it.rules_inline.escape import escape as backslash_escape
+from markdown_it.token import Token
 
 register = template.Library()
 
@@ -74,10 +75,19 @@ def _escape_keeping_backslash(state: StateInline, silent: bool) -> bool:
 
 
 def _written_list_numbers(state: StateCore) -> None:
-    # CommonMark numbers a list from its first item on; the model's own numbers may skip or go down.
+    # CommonMark numbers a list from its first item on; the model's own numbers may skip or go down. A list with
+    # long numbers (a year, 123456789.) is marked, so that CSS gives its markers room rather than clip them.
+    lists: list[tuple[Token, list[int]]] = []
     for token in state.tokens:
-        if token.type == "list_item_open" and token.info.isdecimal():
+        if token.type == "ordered_list_open":
+            lists.append((token, []))
+        elif token.type == "list_item_open" and token.info.isdecimal():
             token.attrSet("value", str(int(token.info)))
+            lists[-1][1].append(len(str(int(token.info))))
+        elif token.type == "ordered_list_close":
+            opened, digits = lists.pop()
+            if max(digits, default=0) > 3:
+                opened.attrSet("class", f"digits-{max(digits)}")
 
 
 _markdown = (
@@ -100,15 +110,18 @@ LINK_SCHEMES = ("http:", "https:", "mailto:")
 
 
 LIST_NUMBER = re.compile(r"[0-9]{1,9}")  # what CommonMark allows a list number
+LIST_DIGITS = re.compile(r"digits-[4-9]")
 
 
 def _only_safe_attributes(tag: str, attribute: str, value: str) -> str | None:
     # nh3 also keeps generic attributes (title, lang) whatever `attributes` says, and lets relative URLs
     # through; a relative link in model text could point at this site's own pages. So what survives is an
     # absolute http(s) or mailto href, the rel that nh3 itself sets on links (link_rel below), and the numbers
-    # of an ordered list.
+    # of an ordered list with the class that makes room for long ones.
     if (tag, attribute) in {("ol", "start"), ("li", "value")}:
         return value if LIST_NUMBER.fullmatch(value) else None
+    if (tag, attribute) == ("ol", "class"):
+        return value if LIST_DIGITS.fullmatch(value) else None
     if tag != "a":
         return None
     if attribute == "href":
@@ -120,20 +133,23 @@ _cleaner = nh3.Cleaner(
     tags=ALLOWED_TAGS,
     clean_content_tags={"script", "style"},
     attributes={"a": {"href"}, "ol": {"start"}, "li": {"value"}},
+    allowed_classes={"ol": {f"digits-{n}" for n in range(4, 10)}},  # and the filter above
     attribute_filter=_only_safe_attributes,
     url_schemes={"http", "https", "mailto"},
     link_rel="noopener nofollow",
 )
 
 
-def formats(*texts: str) -> bool:
-    """Whether texts shown together are short enough to format: at most ARBITER_MARKDOWN_MAX_CHARS in all."""
-    return sum(len(text) for text in texts) <= settings.ARBITER_MARKDOWN_MAX_CHARS
+def formats(*texts: str, text_format: str = "markdown") -> bool:
+    """Whether texts shown together are formatted: Markdown (a project may choose plain text), and at most
+    ARBITER_MARKDOWN_MAX_CHARS in all."""
+    return text_format == "markdown" and sum(len(text) for text in texts) <= settings.ARBITER_MARKDOWN_MAX_CHARS
 
 
 def plain_text(text: str) -> str:
     """The text as written, escaped, in a <pre> that wraps long lines: nothing is parsed, nothing is hidden."""
-    return f'<pre class="plain">{escape(text)}</pre>'
+    # HTML drops a newline right after <pre>: this one, so that a text's own first newline stays.
+    return f'<pre class="plain">\n{escape(text)}</pre>'
 
 
 def render_markdown(text: str) -> str:

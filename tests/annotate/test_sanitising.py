@@ -48,6 +48,9 @@ def assert_inert(html: str) -> None:
             if (tag, name) in {("ol", "start"), ("li", "value")}:
                 assert value.isdecimal(), (tag, name, value)
                 continue
+            if (tag, name) == ("ol", "class"):
+                assert value in {f"digits-{n}" for n in range(4, 10)}, value
+                continue
             assert name in {"href", "rel"} and tag == "a", (tag, name)
             assert "javascript:" not in (value or "").lower(), (tag, name, value)
 
@@ -115,11 +118,13 @@ def test_an_ordered_list_shows_the_numbers_the_model_wrote():
 
 def test_list_numbers_are_the_only_attributes_lists_keep():
     html = _cleaner.clean(
-        '<ol start="2 onclick=x" type="a"><li value="x" onclick="y">a</li>'
-        '<li value="-3">b</li><li value="12">c</li></ol>'
+        '<ol start="2 onclick=x" type="a" class="digits-4"><li value="x" onclick="y">a</li>'
+        '<li value="-3">b</li><li value="12" class="digits-4">c</li></ol><ol class="digits-10"></ol>'
     )
 
-    assert html == '<ol><li>a</li><li>b</li><li value="12">c</li></ol>'
+    assert html == '<ol class="digits-4"><li>a</li><li>b</li><li value="12">c</li></ol><ol></ol>'
+    # Long numbers get room for their markers.
+    assert render_markdown("1986. a year").startswith('<ol start="1986" class="digits-4">')
 
 
 def test_stars_between_characters_stay_text():
@@ -193,7 +198,9 @@ def test_task_page_shows_hostile_prompt_and_response_inert_inside_hx_disable(cli
         "submit",
     ]
     assert not [name for _, attrs in elements for name in attrs if name in {"hx-get", "hx-vals", "hx-trigger"}]
-    assert page.count("&lt;script&gt;alert(document.cookie)&lt;/script&gt;") == 4
+    # Four texts formatted, and the same four as written in the raw view.
+    assert page.count("&lt;script&gt;alert(document.cookie)&lt;/script&gt;") == 8
     # Every rendered piece of model text sits in an hx-disable container.
     assert '<section class="prompt" aria-label="Prompt" hx-disable>' in page
-    assert page.count('<div class="md" hx-disable>') == 3  # two responses and the guidelines dialog
+    assert page.count('<div class="md" hx-disable>') == 5 == page.count('class="md"')  # 4 texts, the guidelines
+    assert page.count('<div class="raw" hx-disable>') == 4 == page.count('class="raw"')

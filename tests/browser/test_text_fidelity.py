@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 from playwright.sync_api import expect
 
-from annotate.models import Prompt, Response, Task, TaskResponse
+from annotate.models import Prompt, Response, Task, TaskResponse, TextFormat
 from tests.browser.test_keyboard_annotation import log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,6 +35,7 @@ class Case:
         return re.sub("⟦.*?⟧", "", self.marked, flags=re.S)
 
 
+PROMPT = "What is 17 × 24?\n\n2*3*4"
 LONG_WORD = "Pneumonoultramicroscopicsilicovolcanoconiosis" * 8
 LONG_URL = "https://example.com/" + "a1b2c3d4e5/" * 40
 
@@ -42,6 +43,7 @@ CORPUS = [
     Case("ordered list from 408", "⟦408.⟧ (17 × 20 = 340, 17 × 4 = 68, and 340 + 68 = 408.)", ("408. ",)),
     Case("numbered lines with gaps", "⟦3.⟧ Third\n⟦5.⟧ Fifth\n⟦10.⟧ Tenth", ("3. ", "5. ", "10. ")),
     Case("numbers with parentheses", "⟦2)⟧ two\n⟦1)⟧ one, back to one", ("2. ", "1. ")),
+    Case("long list numbers", "⟦123456789.⟧ nine digits\n⟦99.⟧ two", ("123456789. ", "99. ")),
     Case("a year at a line start", "⟦1986.⟧ A great year.\n\n⟦1987.⟧ Another one.", ("1986. ", "1987. ")),
     Case("multiplication", "2*3*4 = 24, 2**10 = 1024, x*y*z and 2*x + 3*y = 7"),
     Case("emphasis that is meant", "A ⟦*⟧real⟦*⟧ point, ⟦**⟧bold⟦**⟧ (⟦*⟧aside⟦*⟧), **bold**glued and ⟦_⟧under⟦_⟧."),
@@ -67,6 +69,7 @@ CORPUS = [
     Case("indented code", "Code:\n\n    def f(x):\n        return 2*x  # *not* emphasis\n"),
     Case("fenced code", "⟦```python⟧\nprint('*hi*', a_b, \"<br>\")\n⟦```⟧"),
     Case("trailing spaces", "line one  \nline two   \nend    "),
+    Case("blank lines first and spaces last", "\n\n  Starts after two blank lines; ends in spaces and a tab. \t"),
     Case("lines that belong apart", "Answer: 408\nReason: 17 × 24\nSure: yes"),
     Case("very long tokens", f"{LONG_WORD} and {LONG_URL}"),
     Case("right to left", "مرحبا بالعالم 123، كيف حالك؟\n\nשלום עולם (2*3) – ok\n\nMixed: English then عربي then 42."),
@@ -131,7 +134,7 @@ def problems(page, case: Case, selector: str) -> list[str]:
 def corpus_task(project):
     """One ranking task whose responses are the corpus, each mapped from its response id."""
     prompt = Prompt.objects.create(
-        project=project, external_id="corpus", messages=[{"role": "user", "content": "What is 17 × 24?\n\n2*3*4"}]
+        project=project, external_id="corpus", messages=[{"role": "user", "content": PROMPT}]
     )
     task = Task.objects.create(project=project, prompt=prompt, kind="ranking")
     cases = {}
@@ -158,6 +161,50 @@ def test_every_character_the_model_wrote_is_visible_in_order(page, screenshot, a
         for response_id, case in corpus_task.items()
         for problem in problems(page, case, f'#task .response[data-response-id="{response_id}"] .md')
     ]
-    found += problems(page, Case("prompt", "What is 17 × 24?\n\n2*3*4"), "#task .prompt .md")
+    found += problems(page, Case("prompt", PROMPT), "#task .prompt .md")
     assert not found, "\n".join(found)
     screenshot(f"corpus-{width}")
+
+
+def shown_as_written(page, corpus_task, within: str) -> list[str]:
+    """The cases whose text `within` each response (and the prompt's) is not exactly the source, visibly."""
+    wrong = []
+    for response_id, case in [*corpus_task.items(), (None, Case("prompt", PROMPT))]:
+        where = f'#task .response[data-response-id="{response_id}"]' if response_id else "#task .prompt"
+        text = page.locator(f"{where} {within}")
+        if not text.is_visible() or text.inner_text() != case.source:
+            wrong.append(case.name)
+    return wrong
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_the_raw_text_key_shows_every_text_exactly_as_written(page, screenshot, annotator, project, corpus_task, width):
+    page.set_viewport_size({"width": width, "height": 900})
+    log_in(page, annotator, f"/p/{project.slug}/annotate/")
+    expect(page.locator("#task .response")).to_have_count(len(CORPUS))
+    expect(page.locator("#task .raw").first).to_be_hidden()
+
+    page.keyboard.press("r")
+
+    expect(page.locator("#show-raw")).to_be_checked()
+    expect(page.locator("#task .md").first).to_be_hidden()
+    assert shown_as_written(page, corpus_task, ".raw pre") == []
+    screenshot(f"raw-{width}")
+    page.keyboard.press("r")
+    expect(page.locator("#task .md").first).to_be_visible()
+    expect(page.locator("#task .raw").first).to_be_hidden()
+    # The keys of the task go on working around it: the focused response still moves.
+    first = page.locator("#task .response").first.get_attribute("data-response-id")
+    page.keyboard.press("Shift+ArrowDown")
+    assert page.locator("#task .response").nth(1).get_attribute("data-response-id") == first
+
+
+def test_a_plain_text_project_shows_every_text_exactly_as_written(page, screenshot, annotator, project, corpus_task):
+    project.text_format = TextFormat.PLAIN
+    project.save()
+    log_in(page, annotator, f"/p/{project.slug}/annotate/")
+    expect(page.locator("#task .response")).to_have_count(len(CORPUS))
+
+    assert shown_as_written(page, corpus_task, ".md pre.plain") == []
+    expect(page.locator("#show-raw")).to_have_count(0)
+    screenshot("plain")
