@@ -247,14 +247,14 @@ def _answer_form(project: Project, assignment: Assignment, data: QueryDict) -> d
             {"name": label, "key": str(i) if i <= 9 else "", "checked": label in chosen_labels}
             for i, label in enumerate(project.labels, start=1)
         ]
-        form["score_keys"] = min(len(form["scale"]), 9)
+        form["digit_keys"] = min(len(form["scale"]), 9)
         form["label_keys"] = min(len(form["labels"]), 9)
     elif task.kind == TaskKind.PAIRWISE:
         form["preferences"] = [{**p, "checked": data.get("preference") == p["value"]} for p in PREFERENCES]
         form["both_bad"] = data.get("both_bad") == "on"
     else:
         form["rank_choices"] = [str(n) for n in range(1, len(responses) + 1)]
-        form["rank_keys"] = min(len(responses), 9)
+        form["digit_keys"] = min(len(responses), 9)
         for row in form["responses"]:
             row["rank"] = data.get(f"rank-{row['response'].pk}", "")
     return form
