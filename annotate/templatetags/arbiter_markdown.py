@@ -17,8 +17,8 @@ case back from Chromium):
 
 - an ordered list shows the numbers the model wrote (`408.` stays 408, `3.` then `5.` stay 3 and 5: each item
   gets its `value`), not a count from 1;
-- a `*` run with visible ASCII on both sides (`2*3*4`, `2**10`, `$a^*$`) is text, not emphasis: markdown-it
-  already treats an intraword `_` so;
+- a `*` run between two visible ASCII characters that could both open and close emphasis (`2*3*4`, `2**10`,
+  `$a^*$`) is text: CommonMark already treats an intraword `_` so;
 - a backslash escape shows its backslash (`C:\Users`, `\(x\)`), and a backslash at a line end stays;
 - entities (`&amp;`) show as written, images as `!` and a link, reference definitions as the lines they are;
 - a line break is a line break (`breaks`), so lines the model wrote apart are not run together.
@@ -46,7 +46,7 @@ register = template.Library()
 
 
 def _literal_intraword_stars(state: StateInline, silent: bool) -> bool:
-    """Emphasis, except that a `*` run between two visible ASCII characters is text (`2*3*4`, `2**10`)."""
+    """Emphasis, except that an intraword `*` run between two visible ASCII characters is text (`2*3*4`)."""
     start = state.pos
     if silent or state.src[start] != "*":
         return emphasis(state, silent)
