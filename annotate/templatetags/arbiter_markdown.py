@@ -42,6 +42,8 @@ from markdown_it.rules_inline.emphasis import tokenize as emphasis
 from markdown_it.rules_inline.escape import escape as backslash_escape
 from markdown_it.token import Token
 
+from annotate.models import TextFormat
+
 register = template.Library()
 
 
@@ -140,10 +142,12 @@ _cleaner = nh3.Cleaner(
 )
 
 
-def formats(*texts: str, text_format: str = "markdown") -> bool:
+def formats(*texts: str, text_format: str = TextFormat.MARKDOWN) -> bool:
     """Whether texts shown together are formatted: Markdown (a project may choose plain text), and at most
     ARBITER_MARKDOWN_MAX_CHARS in all."""
-    return text_format == "markdown" and sum(len(text) for text in texts) <= settings.ARBITER_MARKDOWN_MAX_CHARS
+    if text_format != TextFormat.MARKDOWN:
+        return False
+    return sum(len(text) for text in texts) <= settings.ARBITER_MARKDOWN_MAX_CHARS
 
 
 def plain_text(text: str) -> str:
