@@ -42,7 +42,7 @@ def clean_answer(project: "Project", kind: str, response_ids: list[int], data: M
 def _clean_rating(project: "Project", data: Mapping[str, Any]) -> dict[str, Any]:
     score = data.get("score")
     if score is None or score == "":
-        raise ValidationError({"score": "Choose a score."})
+        raise ValidationError({"score": f"Choose a score from {project.rating_min} to {project.rating_max}."})
     # isdecimal, not isdigit: "²" is a digit that int() refuses.
     if isinstance(score, str) and score.strip().removeprefix("-").isdecimal():
         score = int(score)

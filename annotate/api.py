@@ -107,7 +107,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         detail = "The database is unavailable: try again in a minute."
         return Response({"detail": detail}, status=503, headers={"Retry-After": "60"})
     if isinstance(exc, DjangoValidationError):
-        # By field, as the models raise it: {"score": ["Choose a score."]}.
+        # By field, as the models raise it: {"score": ["Choose a score from 1 to 5."]}.
         exc = exceptions.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         )

@@ -46,6 +46,11 @@ class TaskKind(models.TextChoices):
     RANKING = "ranking", "N-way ranking"
 
 
+class TextFormat(models.TextChoices):
+    MARKDOWN = "markdown", "Markdown"
+    PLAIN = "plain", "Plain text"
+
+
 def _all_task_kinds() -> list[str]:
     return list(TaskKind.values)
 
@@ -107,6 +112,13 @@ class Project(models.Model):
     )
     labels = models.JSONField(default=list, blank=True, help_text="Labels an annotator may tick when rating.")
     overlap = models.PositiveSmallIntegerField(default=1, help_text="Annotations wanted per task (k).")
+    text_format = models.CharField(
+        max_length=16,
+        choices=TextFormat.choices,
+        default=TextFormat.MARKDOWN,
+        help_text="How annotators see prompts and responses: Markdown, formatted, or plain text, every character as "
+        "written. Guidelines are always Markdown.",
+    )
     lease_length = models.DurationField(
         default=_default_lease_length, help_text="How long a task stays reserved for the annotator it was given to."
     )

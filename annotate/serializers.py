@@ -135,6 +135,7 @@ class ProjectSerializer(serializers.ModelSerializer):
             "rating_descriptions",
             "labels",
             "overlap",
+            "text_format",
             "lease_seconds",
             "max_open_leases",
             "created_at",

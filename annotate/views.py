@@ -13,7 +13,17 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from annotate.access import get_project_for_user, get_project_led_by_user
-from annotate.models import REMAINING_CAP, ApiToken, Assignment, LeaseError, Membership, Project, Task, TaskKind
+from annotate.models import (
+    REMAINING_CAP,
+    ApiToken,
+    Assignment,
+    LeaseError,
+    Membership,
+    Project,
+    Task,
+    TaskKind,
+    TextFormat,
+)
 from annotate.templatetags.arbiter_markdown import formats
 
 REMAINING_RECOUNT_SECONDS = 60
@@ -208,11 +218,13 @@ def _answer_form(project: Project, assignment: Assignment, data: QueryDict) -> d
     task = assignment.task
     responses = assignment.shown_responses()
     texts = [str(message.get("content", "")) for message in task.prompt.messages] + [r.content for _, r in responses]
+    # All formatted or all plain: a pair shown one formatted, one plain would sway the comparison.
+    formatted = formats(*texts, text_format=project.text_format)
     form: dict[str, Any] = {
         "task": task,
         "responses": [{"letter": letter, "response": r} for letter, r in responses],
-        # All formatted or all plain: a pair shown one formatted, one plain would sway the comparison.
-        "formatted": formats(*texts),
+        "formatted": formatted,
+        "too_long_to_format": not formatted and project.text_format == TextFormat.MARKDOWN,
         "format_limit": settings.ARBITER_MARKDOWN_MAX_CHARS,
         "comment": data.get("comment", ""),
         "submit_url": reverse("submit_assignment", args=[project.slug, assignment.pk]),
@@ -235,14 +247,14 @@ def _answer_form(project: Project, assignment: Assignment, data: QueryDict) -> d
             {"name": label, "key": str(i) if i <= 9 else "", "checked": label in chosen_labels}
             for i, label in enumerate(project.labels, start=1)
         ]
-        form["score_keys"] = min(len(form["scale"]), 9)
+        form["digit_keys"] = min(len(form["scale"]), 9)
         form["label_keys"] = min(len(form["labels"]), 9)
     elif task.kind == TaskKind.PAIRWISE:
         form["preferences"] = [{**p, "checked": data.get("preference") == p["value"]} for p in PREFERENCES]
         form["both_bad"] = data.get("both_bad") == "on"
     else:
         form["rank_choices"] = [str(n) for n in range(1, len(responses) + 1)]
-        form["rank_keys"] = min(len(responses), 9)
+        form["digit_keys"] = min(len(responses), 9)
         for row in form["responses"]:
             row["rank"] = data.get(f"rank-{row['response'].pk}", "")
     return form

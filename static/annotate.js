@@ -19,14 +19,15 @@
 
   function problemWith(form) {
     const kind = form.dataset.kind;
+    const keys = `1–${form.dataset.digitKeys}`;
     if (kind === "rating" && !$('input[name="score"]:checked', form)) {
-      return "Choose a score first (keys 1–9).";
+      return `Choose a score first (keys ${keys}).`;
     }
     if (kind === "pairwise" && !$('input[name="preference"]:checked', form)) {
       return "Choose which response is better, or a tie, first (← → T or 1–5).";
     }
     if (kind === "ranking" && $$('select[name^="rank-"]', form).some((select) => !select.value)) {
-      return "Give every response a rank first (1–9, or move them with ⇧↑ ⇧↓).";
+      return `Give every response a rank first (keys ${keys}, or move them with ⇧↑ ⇧↓).`;
     }
     return "";
   }
@@ -129,10 +130,7 @@
       }
       const digit = digitOf(event);
       if (digit === null || event.shiftKey || digit > responses.length) return false;
-      rankSelect(current).value = String(digit);
-      sortRanking(form);
-      focusResponse(current);
-      answerChanged(form);
+      rankResponse(form, current, digit);
       return true;
     },
   };
@@ -156,7 +154,16 @@
       $("#comment", form).focus();
       return true;
     }
+    if (key === "r" && !event.shiftKey) return toggleRawText();
     return false;
+  }
+
+  // The switch is a checkbox that CSS reads (#task:has(#show-raw:checked)): the key only ticks it.
+  function toggleRawText() {
+    const box = document.getElementById("show-raw");
+    if (!box) return false;
+    box.checked = !box.checked;
+    return true;
   }
 
   document.addEventListener("keydown", (event) => {
@@ -270,6 +277,23 @@
       groups.splice(index, 1);
       groups.splice(index + step, 0, [item]);
     }
+    writeGroups(form, groups, item);
+  }
+
+  // A number moves the response to that rank and the others shift to make room: only "=" ties. A tie stays
+  // whole: a rank inside one puts the response just past it, in the direction it was moving.
+  function rankResponse(form, item, rank) {
+    const wanted = rank - 1; // responses above it
+    const before = rankedItems(form).indexOf(item);
+    const groups = rankGroups(form);
+    removeFromGroups(groups, item);
+    const above = [0]; // above[i]: the responses above a place just before groups[i]
+    for (const group of groups) above.push(above[above.length - 1] + group.length);
+    let place = above.indexOf(wanted);
+    if (place < 0) {
+      place = wanted < before ? above.findLastIndex((n) => n < wanted) : above.findIndex((n) => n > wanted);
+    }
+    groups.splice(place, 0, [item]);
     writeGroups(form, groups, item);
   }
 

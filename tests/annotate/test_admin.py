@@ -168,15 +168,15 @@ def test_lead_autocomplete_offers_only_their_prompts(client, staff_lead, rows):
     assert [result["text"] for result in response.json()["results"]] == ["own-p"]
 
 
-def test_lead_adds_any_user_to_their_project_from_the_project_page(client, staff_lead, project, outsider):
-    client.force_login(staff_lead)
-    lead_membership = project.memberships.get(user=staff_lead)
-    data = {
+def project_form(project):
+    """The project change form's fields as they stand (its memberships left to the test)."""
+    return {
         "name": project.name,
         "slug": project.slug,
         "guidelines": project.guidelines,
         "task_kinds": json.dumps(project.task_kinds),
         "overlap": project.overlap,
+        "text_format": project.text_format,
         "lease_length": "00:30:00",
         "max_open_leases": project.max_open_leases,
         "samples_per_prompt": project.samples_per_prompt,
@@ -186,6 +186,14 @@ def test_lead_adds_any_user_to_their_project_from_the_project_page(client, staff
         "rating_max": project.rating_max,
         "rating_descriptions": json.dumps(project.rating_descriptions),
         "labels": json.dumps(project.labels),
+    }
+
+
+def test_lead_adds_any_user_to_their_project_from_the_project_page(client, staff_lead, project, outsider):
+    client.force_login(staff_lead)
+    lead_membership = project.memberships.get(user=staff_lead)
+    data = {
+        **project_form(project),
         "memberships-TOTAL_FORMS": "2",
         "memberships-INITIAL_FORMS": "1",
         "memberships-0-id": lead_membership.pk,
@@ -201,6 +209,30 @@ def test_lead_adds_any_user_to_their_project_from_the_project_page(client, staff
 
     assert response.status_code == 302, response.context["adminform"].form.errors
     assert project.memberships.get(user=outsider).role == "annotator"
+
+
+def test_lead_chooses_plain_text_for_their_project(client, staff_lead, project):
+    client.force_login(staff_lead)
+    lead_membership = project.memberships.get(user=staff_lead)
+    page = client.get(admin_url(Project, "change", project.pk)).content.decode()
+    assert '<option value="markdown" selected>Markdown</option>' in page
+    assert '<option value="plain">Plain text</option>' in page
+    data = {
+        **project_form(project),
+        "text_format": "plain",
+        "memberships-TOTAL_FORMS": "1",
+        "memberships-INITIAL_FORMS": "1",
+        "memberships-0-id": lead_membership.pk,
+        "memberships-0-project": project.pk,
+        "memberships-0-user": staff_lead.pk,
+        "memberships-0-role": "lead",
+    }
+
+    response = client.post(admin_url(Project, "change", project.pk), data)
+
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    project.refresh_from_db()
+    assert project.text_format == "plain"
 
 
 def test_superuser_sees_every_projects_rows(client, superuser, rows):

@@ -39,7 +39,7 @@ class TestRating:
 
     @pytest.mark.parametrize("data", [{}, {"score": None}, {"score": ""}])
     def test_missing_score_is_refused(self, project, data):
-        assert refusal(project, "rating", data) == {"score": ["Choose a score."]}
+        assert refusal(project, "rating", data) == {"score": ["Choose a score from 1 to 5."]}
 
     def test_labels_come_back_in_project_order(self, project):
         cleaned = clean_answer(project, "rating", [11], {"score": 2, "labels": ["off-topic", "factual error"]})

@@ -24,8 +24,11 @@ def _small_limit(settings):
 
 
 def shown_plain(fragment: str) -> list[str]:
-    """The texts of the fragment's <pre class="plain"> blocks, unescaped: what the annotator reads."""
-    return [html.unescape(text) for text in re.findall(r'<pre class="plain">(.*?)</pre>', fragment, re.S)]
+    """The texts of the fragment's <pre class="plain"> blocks, unescaped: what the annotator reads.
+
+    Not the raw view's copies (hidden until asked for), and less the newline that HTML drops after <pre>."""
+    found = re.findall(r'(?<!<div class="raw" hx-disable>)<pre class="plain">\n?(.*?)</pre>', fragment, re.S)
+    return [html.unescape(text) for text in found]
 
 
 def test_a_text_over_the_limit_is_shown_plain_as_written_with_a_note():

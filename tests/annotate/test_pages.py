@@ -189,7 +189,7 @@ class TestSubmit:
 
         page = response.content.decode()
         assert response.status_code == 400
-        assert "Choose a score." in page
+        assert "Choose a score from 1 to 5." in page
         assert assignment_in(page) == assignment
         # The refused answer comes back as it was typed.
         assert '<input type="checkbox" name="labels" value="unsafe" checked>' in page and ">Kept.</textarea>" in page

@@ -7,7 +7,7 @@ from django.template import Context, Template
 from django.urls import reverse
 
 from annotate.models import Prompt, Response, Task, TaskResponse
-from annotate.templatetags.arbiter_markdown import ALLOWED_TAGS, render_markdown
+from annotate.templatetags.arbiter_markdown import ALLOWED_TAGS, _cleaner, render_markdown
 
 PAYLOADS = [
     "<script>alert(document.cookie)</script>",
@@ -45,6 +45,12 @@ def assert_inert(html: str) -> None:
         for name, value in attributes.items():
             assert not name.startswith("on"), (tag, name)
             assert not name.startswith("hx-") and not name.startswith("data-hx-"), (tag, name)
+            if (tag, name) in {("ol", "start"), ("li", "value")}:
+                assert value.isdecimal(), (tag, name, value)
+                continue
+            if (tag, name) == ("ol", "class"):
+                assert value in {f"digits-{n}" for n in range(4, 10)}, value
+                continue
             assert name in {"href", "rel"} and tag == "a", (tag, name)
             assert "javascript:" not in (value or "").lower(), (tag, name, value)
 
@@ -94,9 +100,65 @@ def test_a_relative_link_loses_its_href():
 def test_tables_emphasis_lists_and_strikethrough_survive():
     html = render_markdown("*em* **strong** ~~gone~~\n\n1. one\n2. two\n\n| a | b |\n|--:|---|\n| 1 | 2 |\n\n---")
 
-    for tag in ["<em>", "<strong>", "<s>", "<ol>", "<li>", "<table>", "<th>", "<td>", "<hr>"]:
+    for tag in ["<em>", "<strong>", "<s>", "<ol>", "<li", "<table>", "<th>", "<td>", "<hr>"]:
         assert tag in html
     assert "style=" not in html
+
+
+def test_an_ordered_list_shows_the_numbers_the_model_wrote():
+    # The demo's answer "408. (17 × 20 = 340, …)" was shown as "1. (…)": nh3 dropped the list's start.
+    assert (
+        render_markdown("408. (17 × 20 = 340, …)")
+        == '<ol start="408">\n<li value="408">(17 × 20 = 340, …)</li>\n</ol>\n'
+    )
+    # CommonMark counts on from the first number; the model's own numbers may skip or go down.
+    html = render_markdown("3. three\n5. five\n4. four")
+    assert [f'<li value="{n}">' in html for n in (3, 5, 4)] == [True, True, True]
+
+
+def test_list_numbers_are_the_only_attributes_lists_keep():
+    html = _cleaner.clean(
+        '<ol start="2 onclick=x" type="a" class="digits-4"><li value="x" onclick="y">a</li>'
+        '<li value="-3">b</li><li value="12" class="digits-4">c</li></ol><ol class="digits-10"></ol>'
+    )
+
+    assert html == '<ol class="digits-4"><li>a</li><li>b</li><li value="12">c</li></ol><ol></ol>'
+    # Long numbers get room for their markers.
+    assert render_markdown("1986. a year").startswith('<ol start="1986" class="digits-4">')
+
+
+def test_stars_between_characters_stay_text():
+    # CommonMark makes 2*3*4 "2<em>3</em>4": the multiplication would vanish.
+    assert render_markdown("2*3*4, 2**10, x*y*z, $a^*$ and $b^*$, **bold**glued") == (
+        "<p>2*3*4, 2**10, x*y*z, $a^*$ and $b^*$, **bold**glued</p>\n"
+    )
+    assert render_markdown("a *real* point, **bold** (*aside*)") == (
+        "<p>a <em>real</em> point, <strong>bold</strong> (<em>aside</em>)</p>\n"
+    )
+    # Scripts written without spaces keep CommonMark's rule.
+    assert render_markdown("**重要**です") == "<p><strong>重要</strong>です</p>\n"
+
+
+def test_backslashes_and_entities_show_as_written():
+    assert render_markdown("C:\\Users, \\*x\\*, \\(\\frac{1}{2}\\), a \\\\ b") == (
+        "<p>C:\\Users, \\*x\\*, \\(\\frac{1}{2}\\), a \\\\ b</p>\n"
+    )
+    assert render_markdown("line \\\nnext") == "<p>line \\<br>\nnext</p>\n"
+    assert render_markdown("&amp; &copy; &#65;") == "<p>&amp;amp; &amp;copy; &amp;#65;</p>\n"
+
+
+def test_images_and_reference_definitions_keep_their_text():
+    # nh3 drops <img> with its alt text; a reference definition vanishes from the output.
+    assert render_markdown("![a chart](https://example.com/c.png)") == (
+        '<p>!<a href="https://example.com/c.png" rel="noopener nofollow">a chart</a></p>\n'
+    )
+    assert render_markdown("See [1].\n\n[1]: https://example.com/paper") == (
+        "<p>See [1].</p>\n<p>[1]: https://example.com/paper</p>\n"
+    )
+
+
+def test_lines_written_apart_stay_apart():
+    assert render_markdown("Answer: 408\nReason: 17 × 24") == "<p>Answer: 408<br>\nReason: 17 × 24</p>\n"
 
 
 def test_filter_marks_its_output_safe_and_escapes_nothing_twice():
@@ -136,7 +198,9 @@ def test_task_page_shows_hostile_prompt_and_response_inert_inside_hx_disable(cli
         "submit",
     ]
     assert not [name for _, attrs in elements for name in attrs if name in {"hx-get", "hx-vals", "hx-trigger"}]
-    assert page.count("&lt;script&gt;alert(document.cookie)&lt;/script&gt;") == 4
+    # Four texts formatted, and the same four as written in the raw view.
+    assert page.count("&lt;script&gt;alert(document.cookie)&lt;/script&gt;") == 8
     # Every rendered piece of model text sits in an hx-disable container.
     assert '<section class="prompt" aria-label="Prompt" hx-disable>' in page
-    assert page.count('<div class="md" hx-disable>') == 3  # two responses and the guidelines dialog
+    assert page.count('<div class="md" hx-disable>') == 5 == page.count('class="md"')  # 4 texts, the guidelines
+    assert page.count('<div class="raw" hx-disable>') == 4 == page.count('class="raw"')

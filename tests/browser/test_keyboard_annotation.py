@@ -192,3 +192,45 @@ def test_markup_in_model_text_stays_text(page, page_log, screenshot, annotator, 
     expect(page.locator("#task .response")).to_have_count(0)
     assert page_log.dialogs == []
     assert [url for url in page_log.requests if "/admin/" in url] == []
+
+
+def test_a_number_moves_a_response_to_that_rank_and_only_equals_ties(page, annotator, project):
+    # The annotator once pressed 3 on the top response and got ranks 2/3/3/4: a tie they never asked for.
+    task = make_task(project, "ranking", 1, ["Canberra.", "Sydney.", "Melbourne.", "Perth."])
+    log_in(page, annotator, f"/p/{project.slug}/annotate/")
+    a, b, c, d = showing(page, task)
+    expect(page.locator(f'.response[data-response-id="{a}"]')).to_be_focused()
+
+    def after(keys, order, ranks):
+        for key in keys:
+            page.keyboard.press(key)
+        assert displayed_ids(page) == order
+        shown_ranks = page.locator("#task .response select").evaluate_all("ss => ss.map(s => s.value)")
+        assert shown_ranks == ranks
+
+    after(["4"], [b, c, d, a], ["1", "2", "3", "4"])  # unranked to start with: all ranked, no tie
+    after(["k", "1"], [d, b, c, a], ["1", "2", "3", "4"])
+    after(["3"], [b, c, d, a], ["1", "2", "3", "4"])  # the top one to 3: the two below move up
+    after(["="], [b, c, d, a], ["1", "2", "2", "4"])  # = ties it with the one above
+    after(["j", "2"], [b, a, c, d], ["1", "2", "3", "3"])  # the tie moves down whole
+    # Rank 3 is inside the tie: a moving down goes past it rather than split it or join it.
+    after(["3"], [b, c, d, a], ["1", "2", "2", "4"])
+    page.keyboard.press("Enter")
+    expect(page.locator("#task .response")).to_have_count(0)
+
+    assert Annotation.objects.get(task=task).ranking == [[b], sorted([c, d]), [a]]
+
+
+@pytest.mark.parametrize(
+    ("kind", "texts", "keys"), [("rating", ["Canberra."], "1–5"), ("ranking", ["A", "B", "C"], "1–3")]
+)
+def test_an_incomplete_answer_names_the_keys_this_task_has(page, annotator, project, kind, texts, keys):
+    make_task(project, kind, 1, texts)
+    log_in(page, annotator, f"/p/{project.slug}/annotate/")
+    expect(page.locator("#task .response").first).to_be_visible()
+
+    page.keyboard.press("Enter")
+
+    expect(page.locator("#answer-problem")).to_contain_text(f"keys {keys}")
+    expect(page.locator("#legend")).to_contain_text(keys)
+    assert Annotation.objects.count() == 0
