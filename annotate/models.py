@@ -5,9 +5,10 @@ import hashlib
 import hmac
 import random
 import secrets
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -25,6 +26,7 @@ from annotate.jobs import move
 # (each candidate costs three index probes: 100 take ~2 ms at 300k tasks, 1,000 took ~7 ms).
 REMAINING_CAP = 100
 AGREEMENT_TASKS = 2000  # the stats page measures agreement on this many of the latest multiply-annotated tasks
+_T = TypeVar("_T")
 
 
 class _NoRoom(Exception):
@@ -421,6 +423,19 @@ class Prompt(models.Model):
         return ""
 
 
+def text_key(text: str) -> str:
+    """A text as the rule "the same text" compares it: every run of whitespace one space, none at the ends."""
+    return " ".join(text.split())
+
+
+def unique_texts(items: Iterable[_T], text: Callable[[_T], str] = str) -> list[_T]:
+    """The items in order, less any whose text is the same (text_key) as an earlier one's."""
+    first: dict[str, _T] = {}
+    for item in items:
+        first.setdefault(text_key(text(item)), item)
+    return list(first.values())
+
+
 class Response(models.Model):
     class Source(models.TextChoices):
         IMPORTED = "imported", "Imported"
@@ -729,6 +744,8 @@ class Annotation(models.Model):
     class Source(models.TextChoices):
         HUMAN = "human", "Annotator"
         IMPORTED = "imported", "Imported preference"
+        # A pair whose two texts are the same (text_key): recorded as a tie, and no one is asked.
+        AUTO = "auto", "Automatic tie (identical answers)"
 
     class Choice(models.TextChoices):
         A = "a", "A is better"
@@ -763,7 +780,8 @@ class Annotation(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["task", "annotator"], name="annotation_unique_per_annotator"),
             models.CheckConstraint(
-                condition=Q(annotator__isnull=False) | Q(source="imported"), name="annotation_has_annotator"
+                condition=Q(annotator__isnull=False) | Q(source__in=["imported", "auto"]),
+                name="annotation_has_annotator",
             ),
             models.CheckConstraint(condition=Q(choice__in=["", "a", "b", "tie"]), name="annotation_choice_valid"),
             models.CheckConstraint(
