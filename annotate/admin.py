@@ -184,7 +184,7 @@ class ProjectAdmin(ProjectScopedAdmin):
     actions = ["export_dataset", "launch_training_round"]
     fieldsets = [
         (None, {"fields": ["name", "slug", "guidelines", "created_at"]}),
-        ("Tasks", {"fields": ["task_kinds", "overlap", "lease_length", "max_open_leases"]}),
+        ("Tasks", {"fields": ["task_kinds", "overlap", "fill", "lease_length", "max_open_leases"]}),
         ("Rating scale", {"fields": ["rating_min", "rating_max", "rating_descriptions", "labels"]}),
         (
             "New samples after each policy round",

@@ -96,6 +96,10 @@ class ProjectQuerySet(models.QuerySet):
 
 
 class Project(models.Model):
+    class Fill(models.TextChoices):
+        BREADTH = "breadth", "Breadth: fewest annotations first"
+        DEPTH = "depth", "Depth: finish tasks to k first"
+
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True)
     guidelines = models.TextField(blank=True, help_text="Markdown, shown to annotators on every task.")
@@ -114,6 +118,14 @@ class Project(models.Model):
     )
     max_open_leases = models.PositiveSmallIntegerField(
         default=3, help_text="Most tasks one annotator may hold unsubmitted at once."
+    )
+    fill = models.CharField(
+        max_length=8,
+        choices=Fill.choices,
+        default=Fill.BREADTH,
+        help_text="Within a priority, which open task goes first. Breadth: the one with the fewest annotations, so "
+        "every task gets its first answer before any gets its second. Depth: the one with the most (still under "
+        "k), so tasks are finished one after another and agreement has data early.",
     )
     # After a policy round, its samples come back as tasks (training/sampling.py).
     samples_per_prompt = models.PositiveSmallIntegerField(
@@ -252,7 +264,7 @@ class Project(models.Model):
 
     def available_tasks(self, user: Any, now: datetime) -> "TaskQuerySet":
         """This project's tasks the user may be given now, of the kinds it enables, in queue order."""
-        tasks = self.tasks.available_to(user, now)
+        tasks = self.tasks.available_to(user, now, fill=self.fill)
         if set(self.task_kinds) != set(TaskKind.values):
             tasks = tasks.filter(kind__in=self.task_kinds)
         return tasks
@@ -465,14 +477,15 @@ class Response(models.Model):
 
 
 class TaskQuerySet(models.QuerySet):
-    def available_to(self, user: Any, now: datetime) -> "TaskQuerySet":
+    def available_to(self, user: Any, now: datetime, fill: str = "breadth") -> "TaskQuerySet":
         """Open tasks the user may be given, in queue order.
 
         A task qualifies if it is open, of a kind the project enables, the user never held a lease on it
         (submitted, skipped or expired) nor annotated it, and its annotations plus live leases are below
-        its required count. Order: priority (highest first), then fewest annotations, then oldest (by id).
-        The partial index task_queue serves this order, so the query reads index entries until it finds one
-        that qualifies instead of counting or sorting the table.
+        its required count. Order: priority (highest first), then by the project's fill, breadth: fewest
+        annotations first, or depth: most annotations first, then oldest (by id). The partial index task_queue
+        (task_queue_depth for depth) serves this order, so the query reads index entries until it finds one that
+        qualifies instead of counting or sorting the table.
         """
         live_leases = (
             Assignment.objects.live(now)
@@ -488,7 +501,7 @@ class TaskQuerySet(models.QuerySet):
             .exclude(Exists(Annotation.objects.filter(task=OuterRef("pk"), annotator=user)))
             .alias(live=Coalesce(Subquery(live_leases), 0))
             .filter(annotation_count__lt=F("required_annotations") - F("live"))
-            .order_by("-priority", "annotation_count", "id")
+            .order_by("-priority", "-annotation_count" if fill == Project.Fill.DEPTH else "annotation_count", "id")
         )
         return tasks
 
@@ -526,6 +539,15 @@ class Task(models.Model):
                 "id",
                 condition=Q(status="open"),
                 name="task_queue",
+            ),
+            # The same for projects that fill in depth.
+            models.Index(
+                "project",
+                F("priority").desc(),
+                F("annotation_count").desc(),
+                "id",
+                condition=Q(status="open"),
+                name="task_queue_depth",
             ),
         ]
 

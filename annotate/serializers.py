@@ -135,6 +135,7 @@ class ProjectSerializer(serializers.ModelSerializer):
             "rating_descriptions",
             "labels",
             "overlap",
+            "fill",
             "lease_seconds",
             "max_open_leases",
             "created_at",

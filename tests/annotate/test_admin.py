@@ -177,6 +177,7 @@ def test_lead_adds_any_user_to_their_project_from_the_project_page(client, staff
         "guidelines": project.guidelines,
         "task_kinds": json.dumps(project.task_kinds),
         "overlap": project.overlap,
+        "fill": project.fill,
         "lease_length": "00:30:00",
         "max_open_leases": project.max_open_leases,
         "samples_per_prompt": project.samples_per_prompt,
