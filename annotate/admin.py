@@ -418,8 +418,19 @@ class TaskAdmin(ProjectScopedAdmin):
     search_fields = ["=id", "prompt__external_id", "project__name"]
     list_select_related = ["project", "prompt"]
     autocomplete_fields = ["prompt"]
-    readonly_fields = ["annotation_count", "created_at"]
+    # The status follows the annotations and the required count (Task.refresh_progress): to close a task, lower
+    # its required count, or delete it; to reopen one, raise it.
+    readonly_fields = ["status", "annotation_count", "created_at"]
     inlines = [TaskResponseInline, AnnotationInline]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Task | None = None) -> list[str]:
+        # A task stays in its project: the counters of both, and its prompt and responses, belong to it.
+        return [*self.readonly_fields, "project"] if obj is not None else self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: Task, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and "required_annotations" in form.changed_data:
+            obj.refresh_progress()
 
     @admin.display(description="Annotations", ordering="annotation_count")
     def annotations(self, task: Task) -> str:

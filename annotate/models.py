@@ -3,6 +3,7 @@ snapshots (exports) and import jobs."""
 
 import hashlib
 import hmac
+import logging
 import random
 import secrets
 from collections.abc import Callable, Iterable
@@ -15,12 +16,14 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import Count, Exists, F, Max, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce, TruncHour
+from django.db.models.functions import Coalesce, Greatest, TruncHour
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 from django.utils import timezone
 
 from annotate.jobs import move
+
+logger = logging.getLogger(__name__)
 
 # How many tasks "remaining" counts up to: past it the pages say "100+", so no request counts a whole table
 # (each candidate costs three index probes: 100 take ~2 ms at 300k tasks, 1,000 took ~7 ms).
@@ -77,6 +80,19 @@ class ProjectQuerySet(models.QuerySet):
             open_tasks=F("task_count") - F("complete_task_count"),
             complete_tasks=F("complete_task_count"),
         )
+
+    def recount_tasks(self) -> int:
+        """Recount every project's task counters, one project at a time; log and repair any that drifted."""
+        repaired = 0
+        for project in self.order_by("pk").only("pk", "slug"):
+            if drift := project.recount_tasks():
+                (tasks, complete), (exact_tasks, exact_complete) = drift
+                logger.warning(
+                    "Project %s: task counters repaired, tasks %s -> %s, complete %s -> %s",
+                    project.slug, tasks, exact_tasks, complete, exact_complete,
+                )  # fmt: skip
+                repaired += 1
+        return repaired
 
     def for_user(self, user: Any) -> "ProjectQuerySet":
         """The projects a user may see: all for superusers, else those they are a member of."""
@@ -271,18 +287,34 @@ class Project(models.Model):
 
     def count_tasks(self, *, added: int = 0, completed: int = 0) -> None:
         """Move the task counters by a difference (in the caller's transaction, as late in it as it can)."""
+        # Never below 0: counters that drifted (rows written past them) must not make a delete fail on the
+        # column's check; the periodic recount puts them right.
         Project.objects.filter(pk=self.pk).update(
-            task_count=F("task_count") + added, complete_task_count=F("complete_task_count") + completed
+            task_count=Greatest(F("task_count") + added, 0),
+            complete_task_count=Greatest(F("complete_task_count") + completed, 0),
         )
 
-    def recount_tasks(self) -> None:
-        """Recompute the task counters from the tasks (counts the whole project: for repairs, not pages)."""
-        by_status = dict(self.tasks.order_by().values_list("status").annotate(n=Count("pk")))
-        self.task_count = sum(by_status.values())
-        self.complete_task_count = by_status.get(Task.Status.COMPLETE, 0)
-        Project.objects.filter(pk=self.pk).update(
-            task_count=self.task_count, complete_task_count=self.complete_task_count
-        )
+    def recount_tasks(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """Recompute the task counters from the tasks (counts the whole project: for repairs, not pages).
+
+        Returns the counters (tasks, complete) before and after when they were wrong, None when they were right.
+        """
+        with transaction.atomic():
+            # Every move of the counters takes the project's row last in its transaction: holding it, the count
+            # sees each move's tasks exactly when it sees the move, so a busy project is never "repaired" wrongly.
+            before = (
+                Project.objects.select_for_update()
+                .filter(pk=self.pk)
+                .values_list("task_count", "complete_task_count")
+                .get()
+            )
+            by_status = dict(self.tasks.order_by().values_list("status").annotate(n=Count("pk")))
+            after = (sum(by_status.values()), by_status.get(Task.Status.COMPLETE, 0))
+            self.task_count, self.complete_task_count = after
+            if after == before:
+                return None
+            Project.objects.filter(pk=self.pk).update(task_count=after[0], complete_task_count=after[1])
+        return before, after
 
     def done_by(self, user: Any) -> int:
         """How many of this project's tasks the user has annotated."""
@@ -587,6 +619,15 @@ class Task(models.Model):
         from annotate.answers import clean_answer
 
         return clean_answer(self.project, self.kind, self.response_ids(), data)
+
+
+@receiver(post_delete, sender=Task)
+def _uncount_deleted_task(sender: type, instance: Task, origin: Any = None, **kwargs: Any) -> None:
+    # A signal, not Task.delete(): deleting a prompt deletes its tasks by cascade, and the admin's bulk action
+    # deletes a queryset; each sends this, in the deleting transaction.
+    if isinstance(origin, Project) or getattr(origin, "model", None) is Project:
+        return  # the counters go with their project
+    Project(pk=instance.project_id).count_tasks(added=-1, completed=-int(instance.status == Task.Status.COMPLETE))
 
 
 class TaskResponse(models.Model):
