@@ -410,6 +410,16 @@ class AnnotationInline(admin.TabularInline):
             task.refresh_progress()
 
 
+class TaskForm(forms.ModelForm):
+    class Meta:
+        model = Task
+        fields = ["project", "prompt", "kind", "required_annotations", "priority", "round_number"]
+        help_texts = {
+            "status": "Follows the annotations: complete at the required count. Change that count to close or reopen "
+            "the task.",
+        }
+
+
 @admin.register(Task)
 class TaskAdmin(ProjectScopedAdmin):
     project_path = "project"
@@ -418,6 +428,9 @@ class TaskAdmin(ProjectScopedAdmin):
     search_fields = ["=id", "prompt__external_id", "project__name"]
     list_select_related = ["project", "prompt"]
     autocomplete_fields = ["prompt"]
+    form = TaskForm
+    fields = ["project", "prompt", "kind", "required_annotations", "annotation_count", "status", "priority"]
+    fields += ["round_number", "created_at"]
     # The status follows the annotations and the required count (Task.refresh_progress): to close a task, lower
     # its required count, or delete it; to reopen one, raise it.
     readonly_fields = ["status", "annotation_count", "created_at"]
