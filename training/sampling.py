@@ -24,6 +24,7 @@ before train tasks in the queue (priority 10 above). All tasks of a round are wr
 import logging
 import random
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 from django.db import transaction
@@ -87,7 +88,7 @@ def sample_into_queue(
                     ties.append((prompt, pair))
                 else:
                     tasks.append((prompt, TaskKind.PAIRWISE, pair, EVAL_PRIORITY))
-        distinct = {prompt.pk: unique_texts(by_prompt[prompt.pk], _content) for prompt in train_prompts}
+        distinct = {prompt.pk: unique_texts(by_prompt[prompt.pk], attrgetter("content")) for prompt in train_prompts}
         for prompt, pair in _train_pairs(project, train_prompts, distinct, reward_path):
             tasks.append((prompt, TaskKind.PAIRWISE, pair, 0))
         for prompt in train_prompts:
@@ -125,10 +126,6 @@ def _opponents(
         )
         opponents.update({response.prompt_id: response for response in made})
     return opponents
-
-
-def _content(response: Response) -> str:
-    return response.content
 
 
 def _train_pairs(
