@@ -184,7 +184,7 @@ class ProjectAdmin(ProjectScopedAdmin):
     actions = ["export_dataset", "launch_training_round"]
     fieldsets = [
         (None, {"fields": ["name", "slug", "guidelines", "created_at"]}),
-        ("Tasks", {"fields": ["task_kinds", "overlap", "text_format", "lease_length", "max_open_leases"]}),
+        ("Tasks", {"fields": ["task_kinds", "overlap", "fill", "text_format", "lease_length", "max_open_leases"]}),
         ("Rating scale", {"fields": ["rating_min", "rating_max", "rating_descriptions", "labels"]}),
         (
             "New samples after each policy round",
@@ -410,6 +410,16 @@ class AnnotationInline(admin.TabularInline):
             task.refresh_progress()
 
 
+class TaskForm(forms.ModelForm):
+    class Meta:
+        model = Task
+        fields = ["project", "prompt", "kind", "required_annotations", "priority", "round_number"]
+        help_texts = {
+            "status": "Follows the annotations: complete at the required count. Change that count to close or reopen "
+            "the task.",
+        }
+
+
 @admin.register(Task)
 class TaskAdmin(ProjectScopedAdmin):
     project_path = "project"
@@ -418,8 +428,22 @@ class TaskAdmin(ProjectScopedAdmin):
     search_fields = ["=id", "prompt__external_id", "project__name"]
     list_select_related = ["project", "prompt"]
     autocomplete_fields = ["prompt"]
-    readonly_fields = ["annotation_count", "created_at"]
+    form = TaskForm
+    fields = ["project", "prompt", "kind", "required_annotations", "annotation_count", "status", "priority"]
+    fields += ["round_number", "created_at"]
+    # The status follows the annotations and the required count (Task.refresh_progress): to close a task, lower
+    # its required count, or delete it; to reopen one, raise it.
+    readonly_fields = ["status", "annotation_count", "created_at"]
     inlines = [TaskResponseInline, AnnotationInline]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Task | None = None) -> list[str]:
+        # A task stays in its project: the counters of both, and its prompt and responses, belong to it.
+        return [*self.readonly_fields, "project"] if obj is not None else self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: Task, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and "required_annotations" in form.changed_data:
+            obj.refresh_progress()
 
     @admin.display(description="Annotations", ordering="annotation_count")
     def annotations(self, task: Task) -> str:

@@ -31,7 +31,9 @@ a pair for every two of its task's responses, in position order; each ranking an
 the agreement on them, and one alone makes their pair a tie). With ratings_as_pairs, two rated responses
 to one prompt whose mean scores differ make a pair as well, after the prompt's task pairs: votes = the ratings
 behind both; they have no task, no per-side votes and no agreement (min_agreement leaves them be). Imported
-annotations are votes like any other.
+annotations are votes like any other. Automatic ties (source "auto": an eval pair whose two answers are the same
+text, recorded by training/sampling.py) are not: no pairs or sft row comes of them, even with include_ties; the
+votes kind lists them, with their source and no annotator.
 
 `margin` is one scale, from 0 to 2, for every pair: for votes, |sum| / votes, the mean strength towards the
 chosen side (1: "better" on average, 2: every vote "much better", 0 for a tie); for ratings, the difference of
@@ -418,6 +420,8 @@ class _Sql:
             self.tasks += " AND t.round_number = %s"
             self.task_params.append(options["round"])
         self.annotations, self.annotation_params = "1 = 1", []
+        if snapshot.kind != Kind.VOTES:
+            self.annotations, self.annotation_params = "a.source <> %s", [Annotation.Source.AUTO.value]
         for name, operator in (("since", ">="), ("until", "<")):
             if options[name]:
                 self.annotations += f" AND a.created_at {operator} %s"

@@ -19,6 +19,10 @@ Formats, detected from the first row's fields unless forced:
 Rows are keyed by the prompt's external id (its `id`, else a hash of its messages). An existing prompt
 is reused, never changed; a response whose exact text its prompt already has is reused; a task is made
 only when no task of its kind over exactly those responses exists. Re-importing a file is a no-op.
+
+Texts that are the same but for whitespace (annotate.models.text_key) are one answer: a row keeps the first of
+them, so no task compares an answer with itself (two responses that were three make a pairwise task, not a
+ranking), and a preference whose chosen and rejected are the same is refused.
 """
 
 import csv
@@ -41,7 +45,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from annotate.answers import clean_answer
-from annotate.models import Annotation, Project, Prompt, Response, Task, TaskKind, TaskResponse
+from annotate.models import Annotation, Project, Prompt, Response, Task, TaskKind, TaskResponse, text_key, unique_texts
 
 FORMATS = ("prompts", "responses", "preferences")
 BATCH_SIZE = 2000
@@ -545,7 +549,7 @@ def _parse_responses(record: dict[str, Any], line: int) -> list[str]:
             raise ImportFailed(f"response {index} is empty", line=line, field=name)
     if not values:
         raise ImportFailed("must hold at least one response", line=line, field=name)
-    return list(dict.fromkeys(values))
+    return unique_texts(values)
 
 
 def _parse_preference(record: dict[str, Any], line: int) -> tuple[list[dict[str, str]], list[str], str]:
@@ -565,8 +569,10 @@ def _parse_preference(record: dict[str, Any], line: int) -> tuple[list[dict[str,
     else:
         messages = _prompt_messages(record, line)
         chosen, rejected = _completion(chosen, line, "chosen"), _completion(rejected, line, "rejected")
-    if chosen == rejected:
-        raise ImportFailed("chosen and rejected are the same text", line=line, field="rejected")
+    # A preference between one answer and itself says nothing, and would train on noise.
+    if text_key(chosen) == text_key(rejected):
+        what = "the same text" if chosen == rejected else "the same text but for whitespace"
+        raise ImportFailed(f"chosen and rejected are {what}", line=line, field="rejected")
     # Empty sides are kept: "say nothing" can be the preferred answer (HH-RLHF has such pairs).
     return messages, [chosen, rejected], chosen
 

@@ -3,28 +3,33 @@ snapshots (exports) and import jobs."""
 
 import hashlib
 import hmac
+import logging
 import random
 import secrets
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import Count, Exists, F, Max, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce, TruncHour
+from django.db.models.functions import Coalesce, Greatest, TruncHour
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 from django.utils import timezone
 
 from annotate.jobs import move
 
+logger = logging.getLogger(__name__)
+
 # How many tasks "remaining" counts up to: past it the pages say "100+", so no request counts a whole table
 # (each candidate costs three index probes: 100 take ~2 ms at 300k tasks, 1,000 took ~7 ms).
 REMAINING_CAP = 100
 AGREEMENT_TASKS = 2000  # the stats page measures agreement on this many of the latest multiply-annotated tasks
+_T = TypeVar("_T")
 
 
 class _NoRoom(Exception):
@@ -81,6 +86,19 @@ class ProjectQuerySet(models.QuerySet):
             complete_tasks=F("complete_task_count"),
         )
 
+    def recount_tasks(self) -> int:
+        """Recount every project's task counters, one project at a time; log and repair any that drifted."""
+        repaired = 0
+        for project in self.order_by("pk").only("pk", "slug"):
+            if drift := project.recount_tasks():
+                (tasks, complete), (exact_tasks, exact_complete) = drift
+                logger.warning(
+                    "Project %s: task counters repaired, tasks %s -> %s, complete %s -> %s",
+                    project.slug, tasks, exact_tasks, complete, exact_complete,
+                )  # fmt: skip
+                repaired += 1
+        return repaired
+
     def for_user(self, user: Any) -> "ProjectQuerySet":
         """The projects a user may see: all for superusers, else those they are a member of."""
         if not user.is_authenticated:
@@ -99,6 +117,10 @@ class ProjectQuerySet(models.QuerySet):
 
 
 class Project(models.Model):
+    class Fill(models.TextChoices):
+        BREADTH = "breadth", "Breadth: fewest annotations first"
+        DEPTH = "depth", "Depth: finish tasks to k first"
+
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True)
     guidelines = models.TextField(blank=True, help_text="Markdown, shown to annotators on every task.")
@@ -124,6 +146,14 @@ class Project(models.Model):
     )
     max_open_leases = models.PositiveSmallIntegerField(
         default=3, help_text="Most tasks one annotator may hold unsubmitted at once."
+    )
+    fill = models.CharField(
+        max_length=8,
+        choices=Fill.choices,
+        default=Fill.BREADTH,
+        help_text="Within a priority, which open task goes first. Breadth: the one with the fewest annotations, so "
+        "every task gets its first answer before any gets its second. Depth: the one with the most (still under "
+        "k), so tasks are finished one after another and agreement has data early.",
     )
     # After a policy round, its samples come back as tasks (training/sampling.py).
     samples_per_prompt = models.PositiveSmallIntegerField(
@@ -262,25 +292,41 @@ class Project(models.Model):
 
     def available_tasks(self, user: Any, now: datetime) -> "TaskQuerySet":
         """This project's tasks the user may be given now, of the kinds it enables, in queue order."""
-        tasks = self.tasks.available_to(user, now)
+        tasks = self.tasks.available_to(user, now, fill=self.fill)
         if set(self.task_kinds) != set(TaskKind.values):
             tasks = tasks.filter(kind__in=self.task_kinds)
         return tasks
 
     def count_tasks(self, *, added: int = 0, completed: int = 0) -> None:
         """Move the task counters by a difference (in the caller's transaction, as late in it as it can)."""
+        # Never below 0: counters that drifted (rows written past them) must not make a delete fail on the
+        # column's check; the periodic recount puts them right.
         Project.objects.filter(pk=self.pk).update(
-            task_count=F("task_count") + added, complete_task_count=F("complete_task_count") + completed
+            task_count=Greatest(F("task_count") + added, 0),
+            complete_task_count=Greatest(F("complete_task_count") + completed, 0),
         )
 
-    def recount_tasks(self) -> None:
-        """Recompute the task counters from the tasks (counts the whole project: for repairs, not pages)."""
-        by_status = dict(self.tasks.order_by().values_list("status").annotate(n=Count("pk")))
-        self.task_count = sum(by_status.values())
-        self.complete_task_count = by_status.get(Task.Status.COMPLETE, 0)
-        Project.objects.filter(pk=self.pk).update(
-            task_count=self.task_count, complete_task_count=self.complete_task_count
-        )
+    def recount_tasks(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """Recompute the task counters from the tasks (counts the whole project: for repairs, not pages).
+
+        Returns the counters (tasks, complete) before and after when they were wrong, None when they were right.
+        """
+        with transaction.atomic():
+            # Every move of the counters takes the project's row last in its transaction: holding it, the count
+            # sees each move's tasks exactly when it sees the move, so a busy project is never "repaired" wrongly.
+            before = (
+                Project.objects.select_for_update()
+                .filter(pk=self.pk)
+                .values_list("task_count", "complete_task_count")
+                .get()
+            )
+            by_status = dict(self.tasks.order_by().values_list("status").annotate(n=Count("pk")))
+            after = (sum(by_status.values()), by_status.get(Task.Status.COMPLETE, 0))
+            self.task_count, self.complete_task_count = after
+            if after == before:
+                return None
+            Project.objects.filter(pk=self.pk).update(task_count=after[0], complete_task_count=after[1])
+        return before, after
 
     def done_by(self, user: Any) -> int:
         """How many of this project's tasks the user has annotated."""
@@ -433,6 +479,19 @@ class Prompt(models.Model):
         return ""
 
 
+def text_key(text: str) -> str:
+    """A text as the rule "the same text" compares it: every run of whitespace one space, none at the ends."""
+    return " ".join(text.split())
+
+
+def unique_texts(items: Iterable[_T], text: Callable[[_T], str] = str) -> list[_T]:
+    """The items in order, less any whose text is the same (text_key) as an earlier one's."""
+    first: dict[str, _T] = {}
+    for item in items:
+        first.setdefault(text_key(text(item)), item)
+    return list(first.values())
+
+
 class Response(models.Model):
     class Source(models.TextChoices):
         IMPORTED = "imported", "Imported"
@@ -462,14 +521,15 @@ class Response(models.Model):
 
 
 class TaskQuerySet(models.QuerySet):
-    def available_to(self, user: Any, now: datetime) -> "TaskQuerySet":
+    def available_to(self, user: Any, now: datetime, fill: str = "breadth") -> "TaskQuerySet":
         """Open tasks the user may be given, in queue order.
 
         A task qualifies if it is open, of a kind the project enables, the user never held a lease on it
         (submitted, skipped or expired) nor annotated it, and its annotations plus live leases are below
-        its required count. Order: priority (highest first), then fewest annotations, then oldest (by id).
-        The partial index task_queue serves this order, so the query reads index entries until it finds one
-        that qualifies instead of counting or sorting the table.
+        its required count. Order: priority (highest first), then by the project's fill, breadth: fewest
+        annotations first, or depth: most annotations first, then oldest (by id). The partial index task_queue
+        (task_queue_depth for depth) serves this order, so the query reads index entries until it finds one that
+        qualifies instead of counting or sorting the table.
         """
         live_leases = (
             Assignment.objects.live(now)
@@ -485,7 +545,7 @@ class TaskQuerySet(models.QuerySet):
             .exclude(Exists(Annotation.objects.filter(task=OuterRef("pk"), annotator=user)))
             .alias(live=Coalesce(Subquery(live_leases), 0))
             .filter(annotation_count__lt=F("required_annotations") - F("live"))
-            .order_by("-priority", "annotation_count", "id")
+            .order_by("-priority", "-annotation_count" if fill == Project.Fill.DEPTH else "annotation_count", "id")
         )
         return tasks
 
@@ -523,6 +583,15 @@ class Task(models.Model):
                 "id",
                 condition=Q(status="open"),
                 name="task_queue",
+            ),
+            # The same for projects that fill in depth.
+            models.Index(
+                "project",
+                F("priority").desc(),
+                F("annotation_count").desc(),
+                "id",
+                condition=Q(status="open"),
+                name="task_queue_depth",
             ),
         ]
 
@@ -562,6 +631,15 @@ class Task(models.Model):
         from annotate.answers import clean_answer
 
         return clean_answer(self.project, self.kind, self.response_ids(), data)
+
+
+@receiver(post_delete, sender=Task)
+def _uncount_deleted_task(sender: type, instance: Task, origin: Any = None, **kwargs: Any) -> None:
+    # A signal, not Task.delete(): deleting a prompt deletes its tasks by cascade, and the admin's bulk action
+    # deletes a queryset; each sends this, in the deleting transaction.
+    if isinstance(origin, Project) or getattr(origin, "model", None) is Project:
+        return  # the counters go with their project
+    Project(pk=instance.project_id).count_tasks(added=-1, completed=-int(instance.status == Task.Status.COMPLETE))
 
 
 class TaskResponse(models.Model):
@@ -741,6 +819,8 @@ class Annotation(models.Model):
     class Source(models.TextChoices):
         HUMAN = "human", "Annotator"
         IMPORTED = "imported", "Imported preference"
+        # A pair whose two texts are the same (text_key): recorded as a tie, and no one is asked.
+        AUTO = "auto", "Automatic tie (identical answers)"
 
     class Choice(models.TextChoices):
         A = "a", "A is better"
@@ -775,7 +855,8 @@ class Annotation(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["task", "annotator"], name="annotation_unique_per_annotator"),
             models.CheckConstraint(
-                condition=Q(annotator__isnull=False) | Q(source="imported"), name="annotation_has_annotator"
+                condition=Q(annotator__isnull=False) | Q(source__in=["imported", "auto"]),
+                name="annotation_has_annotator",
             ),
             models.CheckConstraint(condition=Q(choice__in=["", "a", "b", "tie"]), name="annotation_choice_valid"),
             models.CheckConstraint(

@@ -135,6 +135,7 @@ class ProjectSerializer(serializers.ModelSerializer):
             "rating_descriptions",
             "labels",
             "overlap",
+            "fill",
             "text_format",
             "lease_seconds",
             "max_open_leases",
@@ -475,7 +476,9 @@ class AnswerIn(serializers.Serializer):
 
 class AnnotationSerializer(serializers.ModelSerializer):
     kind = serializers.ChoiceField(TaskKind.choices, source="task.kind")
-    annotator = serializers.CharField(source="annotator.username", allow_null=True, help_text="null when imported.")
+    annotator = serializers.CharField(
+        source="annotator.username", allow_null=True, help_text="null when imported or automatic (source)."
+    )
     responses = serializers.SerializerMethodField(help_text="The task's response ids by position: A first, then B.")
     shown_order = serializers.SerializerMethodField(help_text="The response ids in the order the annotator saw them.")
     labels = serializers.ListField(child=serializers.CharField())

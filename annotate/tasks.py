@@ -6,7 +6,7 @@ from annotate.exports import fail_stale_exports as fail_stale_export_snapshots
 from annotate.exports import run_snapshot
 from annotate.import_jobs import fail_stale_imports as fail_stale_import_jobs
 from annotate.import_jobs import run_import_job
-from annotate.models import Assignment, DatasetSnapshot, ImportJob
+from annotate.models import Assignment, DatasetSnapshot, ImportJob, Project
 
 
 @shared_task
@@ -34,6 +34,12 @@ def run_import(job_id: int) -> str:
 def fail_stale_exports() -> int:
     """Fail running exports whose worker stopped sending heartbeats (beat runs this every minute)."""
     return fail_stale_export_snapshots()
+
+
+@shared_task
+def recount_task_counters() -> int:
+    """Recount every project's task counters, logging and repairing drift (beat runs this every hour)."""
+    return Project.objects.recount_tasks()
 
 
 @shared_task

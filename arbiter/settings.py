@@ -158,6 +158,8 @@ CELERY_BEAT_SCHEDULE = {
     "fail-stale-rounds": {"task": "training.tasks.fail_stale_rounds", "schedule": 60.0},
     "fail-stale-exports": {"task": "annotate.tasks.fail_stale_exports", "schedule": 60.0},
     "fail-stale-imports": {"task": "annotate.tasks.fail_stale_imports", "schedule": 60.0},
+    # The counters are kept exact as tasks change; this finds and repairs what changed past them (raw SQL, a shell).
+    "recount-task-counters": {"task": "annotate.tasks.recount_task_counters", "schedule": 3600.0},
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", "False")
 

@@ -4,7 +4,8 @@
     DATABASE_URL=postgres://… .venv/bin/python benchmarks/queue_load.py  # a PostgreSQL you run (templates kept)
 
 For each size (1k, 100k, 1M tasks by default) a template database is filled once (set-based SQL, then
-VACUUM ANALYZE) and each run gets a copy of it. A run times, in order: the queue functions in a child process
+VACUUM ANALYZE) and each run gets a copy of it, its project set to fill in breadth (the default) or in depth
+(--fill depth). A run times, in order: the queue functions in a child process
 (Project.next_assignment, progress_for, Assignment.submit: no HTTP); one client against gunicorn (GET the task
 page, which leases the next task; POST its answer, plain and htmx); then 50 annotators at once, one thread and
 one user each; then checks the database for over-assignment. Prints each run, the median of the runs, and
@@ -761,6 +762,10 @@ def one_run(
     url = databases.fresh(template)
     secret = databases.secret_key
     try:
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE annotate_project SET fill = %s WHERE slug = %s", [args.fill, SLUG])
         result: dict = {}
         direct = json.loads(run_child(["--child", "direct", str(args.iterations), str(args.warmup)], url, secret))
         for name, seconds in direct.items():
@@ -827,6 +832,7 @@ def main() -> None:
     parser.add_argument("--crowd-count", type=int, default=500, help="next+submit loops per annotator, at most")
     parser.add_argument("--overlap", type=int, default=3, help="annotations each task wants (k, default 3)")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers (default 4)")
+    parser.add_argument("--fill", choices=["breadth", "depth"], default="breadth", help="the project's fill order")
     parser.add_argument(
         "--max-interference",
         type=float,

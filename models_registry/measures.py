@@ -6,7 +6,9 @@ an entry is a model version (Response.model_version), or "reference data" for ev
 is one outcome between the entries of task positions A and B (the first and second response in position
 order; the answer speaks of positions, not of the order shown). A ranking gives one outcome per pair of its
 responses from different entries: the better group wins, two responses in one group tie. Strength ("much
-better") and "both bad" are not used: a vote says who won, nothing more. Ratings are not used.
+better") and "both bad" are not used: a vote says who won, nothing more. Ratings are not used. An automatic tie
+(an eval pair whose two answers are the same text, recorded by training/sampling.py with no one asked) is one
+tie vote like a person's, counted as such in `auto_ties` so that the pages can say how many there were.
 
 Win rate of `new` over `old`: the mean score of `new` in their votes, a win 1, a tie 1/2, a loss 0, with a 95 %
 Wilson score interval on that mean with n = the number of votes. Ties make the score's variance smaller than
@@ -38,6 +40,7 @@ Z_95 = 1.959963984540054  # the standard normal's 97.5th percentile
 PRIOR_GAMES = 1.0  # virtual games of every entry against θ = 0, half won
 ELO_PER_NAT = 400 / math.log(10)
 PAIRWISE_SCORE = {Annotation.Choice.A: 1.0, Annotation.Choice.B: 0.0, Annotation.Choice.TIE: 0.5}  # of position A
+VOTE_SOURCES = [Annotation.Source.HUMAN, Annotation.Source.AUTO]  # imported preferences compare no versions
 
 
 class Vote(NamedTuple):
@@ -47,6 +50,7 @@ class Vote(NamedTuple):
     first: int | None
     second: int | None
     score: float  # of `first`: 1 it won, 0.5 a tie, 0 it lost
+    auto: bool = False  # an automatic tie: the two answers were the same text
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class WinRate:
     rate: float | None  # (wins + ties / 2) / n; None without votes
     low: float | None
     high: float | None
+    auto_ties: int = 0  # of the ties: automatic ones (the same text on both sides)
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class Entry:
     games: int
     wins: int
     ties: int
+    auto_ties: int = 0  # of the ties: automatic ones
 
     @property
     def losses(self) -> int:
@@ -98,12 +104,13 @@ def entry_name(version: ModelVersion | None) -> str:
 
 
 def cross_version_votes(project: Project) -> list[Vote]:
-    """Every human pairwise or ranking outcome between two different entries of the project, by annotation."""
+    """Every human pairwise or ranking outcome, and every automatic tie, between two different entries of the
+    project, by annotation."""
     # Model version ids start at 1, so 0 stands for reference data in SQL (NULLs would not compare).
     entry = Coalesce("response__model_version_id", 0)
     tasks = (
         Task.objects.filter(project=project, kind__in=[TaskKind.PAIRWISE, TaskKind.RANKING])
-        .filter(Exists(Annotation.objects.filter(task=OuterRef("pk"), source=Annotation.Source.HUMAN)))
+        .filter(Exists(Annotation.objects.filter(task=OuterRef("pk"), source__in=VOTE_SOURCES)))
         .alias(
             lowest=Min(Coalesce("task_responses__response__model_version_id", 0)),
             highest=Max(Coalesce("task_responses__response__model_version_id", 0)),
@@ -119,17 +126,17 @@ def cross_version_votes(project: Project) -> list[Vote]:
     ):
         responses.setdefault(task_id, []).append((response_id, version_id or None))
     answers = (
-        Annotation.objects.filter(task__in=tasks, source=Annotation.Source.HUMAN)
+        Annotation.objects.filter(task__in=tasks, source__in=VOTE_SOURCES)
         .filter(Q(task__kind=TaskKind.RANKING) | ~Q(choice=""))
         .order_by("id")
-        .values_list("id", "task_id", "task__kind", "choice", "ranking")
+        .values_list("id", "task_id", "task__kind", "choice", "ranking", "source")
     )
     votes = []
-    for annotation_id, task_id, kind, choice, ranking in answers:
+    for annotation_id, task_id, kind, choice, ranking, source in answers:
         task_responses = responses[task_id]
         if kind == TaskKind.PAIRWISE:
             (_, a), (_, b) = task_responses[:2]
-            votes.append(Vote(annotation_id, a, b, PAIRWISE_SCORE[choice]))
+            votes.append(Vote(annotation_id, a, b, PAIRWISE_SCORE[choice], source == Annotation.Source.AUTO))
         else:
             votes.extend(_ranking_votes(annotation_id, ranking, dict(task_responses)))
     return votes
@@ -162,7 +169,8 @@ def win_rate(
         return WinRate(0, 0, 0, 0, None, None, None)
     rate = (wins + ties / 2) / n
     low, high = wilson_interval(rate, n)
-    return WinRate(wins, ties, n - wins - ties, n, rate, low, high)
+    auto = sum(v.auto for v in votes if {v.first, v.second} == {new_id, old_id})
+    return WinRate(wins, ties, n - wins - ties, n, rate, low, high, auto)
 
 
 def wilson_interval(p: float, n: int, z: float = Z_95) -> tuple[float, float]:
@@ -235,6 +243,8 @@ def leaderboard(
     games = np.bincount(first, minlength=k) + np.bincount(second, minlength=k)
     wins = np.bincount(first, score == 1, minlength=k) + np.bincount(second, score == 0, minlength=k)
     ties = np.bincount(first, score == 0.5, minlength=k) + np.bincount(second, score == 0.5, minlength=k)
+    auto = np.array([v.auto for v in votes])  # (V,)
+    auto_ties = np.bincount(first, auto, minlength=k) + np.bincount(second, auto, minlength=k)
     versions = ModelVersion.objects.select_related("training_round").in_bulk([i for i in ids if i is not None])
     entries = [
         Entry(
@@ -246,6 +256,7 @@ def leaderboard(
             games=int(games[i]),
             wins=int(wins[i]),
             ties=int(ties[i]),
+            auto_ties=int(auto_ties[i]),
         )
         for i, entry_id in enumerate(ids)
     ]

@@ -14,7 +14,8 @@ def model_leaderboard(request: HttpRequest, project_slug: str) -> HttpResponse:
     votes = cross_version_votes(project)  # read once, measured three ways
     context = {
         "project": project,
-        "vote_count": len(votes),
+        "vote_count": sum(not vote.auto for vote in votes),
+        "auto_tie_count": sum(vote.auto for vote in votes),
         "entries": leaderboard(project, votes=votes),
         "round_win_rates": round_win_rates(project, votes=votes),
         "reward_accuracies": reward_accuracies(project),

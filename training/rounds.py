@@ -427,7 +427,10 @@ def _run_stages(training_round: TrainingRound) -> None:
             )
         except GenerationStopped:
             raise _Cancelled from None
-        logger.info("New samples in the queue: %s responses, %s tasks", made["responses"], made["tasks"])
+        logger.info(
+            "New samples in the queue: %s responses, %s tasks; %s eval pairs of the same text recorded as ties",
+            made["responses"], made["tasks"], made["automatic_ties"],
+        )  # fmt: skip
 
 
 def _progress_callback(training_round: TrainingRound, stage: str, index: int, stages: int) -> Any:

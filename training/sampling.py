@@ -11,6 +11,12 @@ After a policy round (reward→PPO, DPO, SFT) succeeds, and for a "sample" round
   first, so the queue (which serves equal priorities oldest first) gives them in that order; a ranking task of
   all K when K >= 3 and the project enables ranking; a rating task of each sample when the project asks.
 
+Samples that are the same text but for whitespace (annotate.models.text_key) are one answer: no task compares an
+answer with itself. A train prompt's pair, ranking and ratings are over its distinct samples (a pair needs two, a
+ranking three). An eval sample that is the same text as its opponent is recorded as a tie no one is asked for: a
+complete pairwise task holding one annotation of source "auto", which the win rate counts as a tie and the Models
+page marks.
+
 Responses record the model version and the sampling parameters; tasks carry the round's number. Eval tasks come
 before train tasks in the queue (priority 10 above). All tasks of a round are written in one transaction.
 """
@@ -18,11 +24,12 @@ before train tasks in the queue (priority 10 above). All tasks of a round are wr
 import logging
 import random
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 from django.db import transaction
 
-from annotate.models import Project, Prompt, Response, Task, TaskKind, TaskResponse
+from annotate.models import Annotation, Project, Prompt, Response, Task, TaskKind, TaskResponse, text_key, unique_texts
 from models_registry.models import ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -73,20 +80,26 @@ def sample_into_queue(
             by_prompt.setdefault(response.prompt_id, []).append(response)
 
         tasks: list[tuple[Prompt, str, list[Response], int]] = []
+        ties: list[tuple[Prompt, list[Response]]] = []
         for prompt in eval_prompts:
             if opponent := opponents.get(prompt.pk):
-                tasks.append((prompt, TaskKind.PAIRWISE, [by_prompt[prompt.pk][0], opponent], EVAL_PRIORITY))
-        for prompt, pair in _train_pairs(project, train_prompts, by_prompt, reward_path):
+                pair = [by_prompt[prompt.pk][0], opponent]
+                if text_key(pair[0].content) == text_key(opponent.content):
+                    ties.append((prompt, pair))
+                else:
+                    tasks.append((prompt, TaskKind.PAIRWISE, pair, EVAL_PRIORITY))
+        distinct = {prompt.pk: unique_texts(by_prompt[prompt.pk], attrgetter("content")) for prompt in train_prompts}
+        for prompt, pair in _train_pairs(project, train_prompts, distinct, reward_path):
             tasks.append((prompt, TaskKind.PAIRWISE, pair, 0))
         for prompt in train_prompts:
-            answers = by_prompt[prompt.pk]
+            answers = distinct[prompt.pk]
             if len(answers) >= 3 and TaskKind.RANKING in project.task_kinds:
                 tasks.append((prompt, TaskKind.RANKING, answers, 0))
             if project.sample_rating_tasks and TaskKind.RATING in project.task_kinds:
                 tasks.extend((prompt, TaskKind.RATING, [answer], 0) for answer in answers)
-        _create_tasks(project, tasks, round_number)
-    logger.info("Queued %s new responses and %s tasks", len(made), len(tasks))
-    return {"responses": len(made), "tasks": len(tasks)}
+        _create_tasks(project, tasks, ties, round_number)
+    logger.info("Queued %s new responses and %s tasks; %s automatic ties", len(made), len(tasks), len(ties))
+    return {"responses": len(made), "tasks": len(tasks), "automatic_ties": len(ties)}
 
 
 def _opponents(
@@ -118,7 +131,8 @@ def _opponents(
 def _train_pairs(
     project: Project, prompts: list[Prompt], by_prompt: dict[int, list[Response]], reward_path: str
 ) -> list[tuple[Prompt, list[Response]]]:
-    """(prompt, the two samples to compare) per train prompt with two samples or more, in queue order."""
+    """(prompt, the two samples to compare) per train prompt with two samples or more, in queue order; by_prompt
+    holds each prompt's distinct samples."""
     eligible = [p for p in prompts if len(by_prompt[p.pk]) >= 2]
     if project.pair_selection == "uncertainty" and reward_path and eligible:
         from training.engine.generate import score
@@ -142,8 +156,14 @@ def _train_pairs(
     return [(p, rng.sample(by_prompt[p.pk], 2)) for p in eligible]
 
 
-def _create_tasks(project: Project, tasks: list[tuple[Prompt, str, list[Response], int]], round_number: int) -> None:
-    rows = [
+def _create_tasks(
+    project: Project,
+    tasks: list[tuple[Prompt, str, list[Response], int]],
+    ties: list[tuple[Prompt, list[Response]]],
+    round_number: int,
+) -> None:
+    """The tasks for annotators, and the eval pairs of equal texts as complete tasks holding an automatic tie."""
+    queued = [
         Task(
             project=project,
             prompt=prompt,
@@ -154,13 +174,30 @@ def _create_tasks(project: Project, tasks: list[tuple[Prompt, str, list[Response
         )
         for prompt, kind, _, priority in tasks
     ]
-    Task.objects.bulk_create(rows)
+    tied = [
+        Task(
+            project=project,
+            prompt=prompt,
+            kind=TaskKind.PAIRWISE,
+            required_annotations=1,
+            annotation_count=1,
+            status=Task.Status.COMPLETE,
+            priority=EVAL_PRIORITY,
+            round_number=round_number,
+        )
+        for prompt, _ in ties
+    ]
+    rows = Task.objects.bulk_create(queued + tied)
+    responses = [responses for _, _, responses, _ in tasks] + [pair for _, pair in ties]
     TaskResponse.objects.bulk_create(
         TaskResponse(task=task, response=response, position=position)
-        for task, (_, _, responses, _) in zip(rows, tasks, strict=True)
-        for position, response in enumerate(responses)
+        for task, task_responses in zip(rows, responses, strict=True)
+        for position, response in enumerate(task_responses)
     )
-    project.count_tasks(added=len(rows))  # bulk_create skips Task.save, which counts
+    Annotation.objects.bulk_create(
+        Annotation(task=task, source=Annotation.Source.AUTO, choice=Annotation.Choice.TIE) for task in tied
+    )
+    project.count_tasks(added=len(rows), completed=len(tied))  # bulk_create skips Task.save, which counts
 
 
 def _response(prompt: Prompt, text: str, version: ModelVersion | None, params: dict[str, Any]) -> Response:

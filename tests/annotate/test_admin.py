@@ -176,6 +176,7 @@ def project_form(project):
         "guidelines": project.guidelines,
         "task_kinds": json.dumps(project.task_kinds),
         "overlap": project.overlap,
+        "fill": project.fill,
         "text_format": project.text_format,
         "lease_length": "00:30:00",
         "max_open_leases": project.max_open_leases,

@@ -286,6 +286,23 @@ class TestResponses:
             "Hello.",
         ]
 
+    def test_responses_that_differ_only_in_whitespace_are_one_response_and_make_no_pair(self, project, write):
+        texts = ["Hello there.", "  Hello\n\nthere. ", "Hello there."]
+        result = import_file(
+            project, write("responses.jsonl", jsonl({"id": "q1", "prompt": "Hi?", "responses": texts}))
+        )
+        assert (result.responses_created, result.tasks_created) == (1, 1)  # the first text kept, one rating task
+        assert list(Response.objects.values_list("content", flat=True)) == ["Hello there."]
+        assert Task.objects.get().kind == "rating"
+
+    def test_three_responses_two_of_them_the_same_make_a_pair_not_a_ranking(self, project, write):
+        project.task_kinds = ["pairwise", "ranking"]
+        project.save()
+        texts = ["Hi!", "Yo.", "Hi! "]
+        import_file(project, write("responses.jsonl", jsonl({"id": "q1", "prompt": "Greet me.", "responses": texts})))
+        task = Task.objects.get()
+        assert (task.kind, sorted(contents(task))) == ("pairwise", ["Hi!", "Yo."])
+
 
 class TestPreferences:
     def assert_one_imported_pair(self, prompt, chosen, rejected):
@@ -602,6 +619,16 @@ BAD_INPUTS = {
     ),
     "rejected missing": (PREFS_OK + jsonl({"prompt": "Hi?", "chosen": "Yes."}), 2, "rejected"),
     "chosen not text": (PREFS_OK + jsonl({"prompt": "Hi?", "chosen": 1, "rejected": "No."}), 2, "chosen"),
+    "chosen and rejected the same": (
+        PREFS_OK + jsonl({"prompt": "Hi?", "chosen": "No.", "rejected": "No."}),
+        2,
+        "rejected",
+    ),
+    "chosen and rejected the same but for whitespace": (
+        PREFS_OK + jsonl({"prompt": "Hi?", "chosen": "Yes,\n  sure.", "rejected": "Yes, sure. "}),
+        2,
+        "rejected",
+    ),
     "transcripts without a shared assistant turn": (PREFS_OK + jsonl({"chosen": "Yes.", "rejected": "No."}), 2, ANY),
     "conversations without a shared prefix": (
         PREFS_OK + jsonl({"chosen": [user("A?"), assistant("Yes.")], "rejected": [user("B?"), assistant("No.")]}),
@@ -639,6 +666,11 @@ class TestRefusedFiles:
         expected_start = f"line {line}, field {field!r}: " if field else f"line {line}: "
         assert str(error).startswith(expected_start)
         assert row_counts() == NOTHING
+
+    def test_a_preference_between_one_answer_and_itself_says_so(self, project, write):
+        path = write("prefs.jsonl", jsonl({"prompt": "Hi?", "chosen": "Yes.", "rejected": " Yes.\n"}))
+        with pytest.raises(ImportFailed, match="chosen and rejected are the same text but for whitespace"):
+            import_file(project, path)
 
     def test_error_message_format(self, project, write):
         path = write("bad.jsonl", jsonl({"id": "q1", "prompt": "Hi?"}, {"id": "q2", "prompt": "Yo?"}, {"id": "q3"}))

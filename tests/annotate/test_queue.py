@@ -125,6 +125,30 @@ class TestNextAssignment:
         assert given == [urgent_annotated, plain_old, plain_new, annotated_old]
         assert project.next_assignment(annotator, reuse_lease=False) is None
 
+    def test_depth_order_is_priority_then_most_annotations_still_under_k_then_age(
+        self, project, annotator, lead, second_annotator
+    ):
+        project.overlap, project.fill, project.max_open_leases = 3, Project.Fill.DEPTH, 10
+        project.save()
+        untouched_old = make_task(project)
+        one = make_task(project)
+        two = make_task(project)
+        urgent_untouched = make_task(project, priority=5)
+        untouched_new = make_task(project)
+        full = make_task(project)  # k annotations: complete, never offered
+        for task, annotators in ((one, [lead]), (two, [lead, second_annotator]), (full, [lead, second_annotator])):
+            for user in annotators:
+                Annotation.objects.create(task=task, annotator=user, score=3)
+        full.required_annotations = 2
+        full.save()
+        for task in (one, two, full):
+            task.refresh_progress()
+
+        given = [project.next_assignment(annotator, reuse_lease=False).task for _ in range(5)]
+
+        assert given == [urgent_untouched, two, one, untouched_old, untouched_new]
+        assert project.next_assignment(annotator, reuse_lease=False) is None
+
     def test_never_offers_another_projects_task(self, project, annotator):
         other = Project.objects.create(name="Other", slug="other")
         make_task(other)
@@ -222,6 +246,40 @@ class TestNextAssignment:
 
         selects = [q["sql"] for q in queries if q["sql"].startswith("SELECT") and 'FROM "annotate_task"' in q["sql"]]
         assert any(sql.endswith('FOR UPDATE OF "annotate_task" SKIP LOCKED') for sql in selects), selects
+
+
+class TestFillOrder:
+    """Which task a second annotator gets after a first one answered one of two: the project's fill decides."""
+
+    @pytest.fixture
+    def started(self, project, annotator):
+        project.overlap = 3
+        project.save()
+        first, second = make_task(project), make_task(project)
+        lease = project.next_assignment(annotator)
+        assert lease.task == first
+        lease.submit(answer_for(first), user=annotator)
+        return first, second
+
+    def test_breadth_is_the_default_and_gives_the_task_nobody_answered(self, project, second_annotator, started):
+        assert Project().fill == Project.Fill.BREADTH
+        assert project.next_assignment(second_annotator).task == started[1]
+
+    def test_depth_gives_the_task_another_annotator_started(self, project, second_annotator, started):
+        project.fill = Project.Fill.DEPTH
+        project.save()
+        project.refresh_from_db()
+        assert project.next_assignment(second_annotator).task == started[0]
+
+    def test_depth_gives_a_task_being_answered_to_the_next_annotator_too(
+        self, project, annotator, second_annotator, third_annotator
+    ):
+        project.overlap, project.fill = 3, Project.Fill.DEPTH
+        project.save()
+        first, _ = make_task(project), make_task(project)
+        # Leases held, nothing submitted yet: the oldest task takes all three, rather than one each.
+        for user in (annotator, second_annotator, third_annotator):
+            assert project.next_assignment(user).task == first
 
 
 class TestQueryCount:

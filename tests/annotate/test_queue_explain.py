@@ -1,4 +1,5 @@
-"""The queue's selection on a large project reads the task_queue index in order: no scan or sort of the tasks.
+"""The queue's selection on a large project reads its fill order's index in order (task_queue for breadth,
+task_queue_depth for depth): no scan or sort of the tasks.
 
 Run with -s to see the plans.
 """
@@ -29,9 +30,17 @@ def reads_tasks(node):
     return any(n.get("Relation Name") == "annotate_task" for n in plan_nodes(node))
 
 
+@pytest.fixture(params=["breadth", "depth"])
+def fill(request):
+    return request.param
+
+
 @pytest.fixture
-def big_project(project, annotator, django_user_model):
-    """100k tasks: a third complete, some urgent, many half done; the annotator did 2,000, others hold leases."""
+def big_project(project, annotator, django_user_model, fill):
+    """100k tasks: a third complete, some urgent, many half done; the annotator did the 2,000 at the head of the
+    queue (in the project's fill order), others hold leases."""
+    project.fill = fill
+    project.save()
     now = timezone.now()
     prompt = Prompt.objects.create(project=project, external_id="p", messages=[{"role": "user", "content": "?"}])
     fields = [
@@ -56,7 +65,7 @@ def big_project(project, annotator, django_user_model):
     # The annotator already went through the 2,000 tasks at the head of the queue.
     head = list(
         Task.objects.filter(project=project, status=Task.Status.OPEN)
-        .order_by("-priority", "annotation_count", "id")
+        .order_by("-priority", "-annotation_count" if fill == "depth" else "annotation_count", "id")
         .values_list("id", flat=True)[:2000]
     )
     lease_fields = ["task", "annotator", "status", "leased_at", "expires_at", "shown_order"]
@@ -89,7 +98,7 @@ def big_project(project, annotator, django_user_model):
 
 
 @pytest.mark.parametrize("kinds", [["rating", "pairwise", "ranking"], ["pairwise"]], ids=["all-kinds", "one-kind"])
-def test_selection_reads_the_queue_index_without_scanning_or_sorting_tasks(big_project, annotator, kinds):
+def test_selection_reads_the_queue_index_without_scanning_or_sorting_tasks(big_project, annotator, kinds, fill):
     big_project.task_kinds = kinds
     with CaptureQueriesContext(connection) as queries:
         lease = big_project.next_assignment(annotator)
@@ -104,6 +113,7 @@ def test_selection_reads_the_queue_index_without_scanning_or_sorting_tasks(big_p
     print(f"\n{selection}\n\n{analyzed}\n")
 
     nodes = list(plan_nodes(plan["Plan"]))
-    assert any(node.get("Index Name") == "task_queue" for node in nodes), json.dumps(plan, indent=1)
+    index = {"breadth": "task_queue", "depth": "task_queue_depth"}[fill]
+    assert any(node.get("Index Name") == index for node in nodes), json.dumps(plan, indent=1)
     assert not any(n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "annotate_task" for n in nodes)
     assert not any(n["Node Type"] in ("Sort", "Incremental Sort") and reads_tasks(n) for n in nodes)

@@ -1,15 +1,18 @@
 """The project's task counters: the progress bars read them, so no page counts a project's tasks."""
 
+import logging
 import re
 import time
+from html.parser import HTMLParser
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from annotate import tasks as celery_tasks
 from annotate.importing import ImportFailed, import_file
-from annotate.models import Annotation, Project, Task
+from annotate.models import Annotation, Project, Prompt, Task
 from tests.annotate.test_queue import answer_for, make_task
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -60,17 +63,182 @@ class TestCounters:
     def test_recount_repairs_counters_after_rows_changed_behind_them(self, project):
         for _ in range(3):
             make_task(project)
-        Task.objects.filter(pk=Task.objects.first().pk).delete()
-        Task.objects.filter(project=project).update(status=Task.Status.COMPLETE)
-        assert counters(project) == (3, 0)
-        project.recount_tasks()
+        Task.objects.filter(pk=Task.objects.first().pk).delete()  # counted
+        Task.objects.filter(project=project).update(status=Task.Status.COMPLETE)  # behind the counters
+        assert counters(project) == (2, 0)
+        assert project.recount_tasks() == ((2, 0), (2, 2))
         assert counters(project) == (2, 2) == exact(project)
+        assert project.recount_tasks() is None
 
     def test_another_projects_tasks_are_not_counted(self, project):
         other = Project.objects.create(name="Other", slug="other")
         make_task(other)
         assert counters(project) == (0, 0)
         assert counters(other) == (1, 0)
+
+
+class TestDeletes:
+    """A deleted task leaves the counters, however it is deleted."""
+
+    @pytest.fixture
+    def tasks(self, project):
+        return [make_task(project), make_task(project, status=Task.Status.COMPLETE), make_task(project)]
+
+    def test_deleting_a_task_uncounts_it(self, project, tasks):
+        tasks[0].delete()
+        assert counters(project) == (2, 1) == exact(project)
+        tasks[1].delete()
+        assert counters(project) == (1, 0) == exact(project)
+
+    def test_deleting_a_queryset_of_tasks_uncounts_each(self, project, tasks):
+        Task.objects.filter(pk__in=[tasks[0].pk, tasks[1].pk]).delete()
+        assert counters(project) == (1, 0) == exact(project)
+
+    def test_deleting_a_prompt_uncounts_its_tasks(self, project, tasks):
+        second_on_prompt = Task.objects.create(project=project, prompt=tasks[1].prompt, kind="rating")
+        assert counters(project) == (4, 1)
+        Prompt.objects.filter(pk=tasks[1].prompt_id).delete()
+        assert not Task.objects.filter(pk=second_on_prompt.pk).exists()
+        assert counters(project) == (2, 0) == exact(project)
+
+    def test_deleting_a_project_deletes_its_tasks_without_counting_them_one_by_one(self, project, tasks):
+        other = Project.objects.create(name="Other", slug="other")
+        make_task(other)
+        with CaptureQueriesContext(connection) as queries:
+            project.delete()
+        assert not any('UPDATE "annotate_project"' in q["sql"] for q in queries)
+        assert counters(other) == (1, 0) == exact(other)
+
+    def test_deleting_tasks_past_drifted_counters_still_works_and_stays_at_zero(self, project, tasks):
+        Project.objects.filter(pk=project.pk).update(task_count=1, complete_task_count=0)
+        Task.objects.filter(project=project).delete()
+        assert counters(project) == (0, 0) == exact(project)
+
+    def test_the_admin_delete_page_and_the_bulk_action_uncount(self, client, project, tasks, make_user):
+        client.force_login(make_user("root", is_superuser=True, is_staff=True))
+        response = client.post(reverse("admin:annotate_task_delete", args=[tasks[0].pk]), {"post": "yes"})
+        assert response.status_code == 302
+        assert counters(project) == (2, 1) == exact(project)
+        changelist = reverse("admin:annotate_task_changelist")
+        selected = [tasks[1].pk, tasks[2].pk]
+        response = client.post(changelist, {"action": "delete_selected", "_selected_action": selected, "post": "yes"})
+        assert response.status_code == 302
+        assert counters(project) == (0, 0) == exact(project)
+
+    def test_the_admin_prompt_delete_uncounts_its_tasks(self, client, project, tasks, make_user):
+        client.force_login(make_user("root", is_superuser=True, is_staff=True))
+        response = client.post(reverse("admin:annotate_prompt_delete", args=[tasks[1].prompt_id]), {"post": "yes"})
+        assert response.status_code == 302
+        assert counters(project) == (2, 0) == exact(project)
+
+
+class _FormData(HTMLParser):
+    """What a browser would post from a page's form: its inputs, checked boxes, selected options and textareas."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.data: dict[str, list[str]] = {}
+        self.select: str | None = None
+        self.textarea: str | None = None
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        name = attrs.get("name")
+        if tag == "input" and name and attrs.get("type") not in ("submit", "button", "file"):
+            if attrs.get("type") not in ("checkbox", "radio") or "checked" in attrs:
+                self.data.setdefault(name, []).append(attrs.get("value") or "")
+        elif tag == "select":
+            self.select = name
+        elif tag == "option" and self.select and "selected" in attrs:
+            self.data.setdefault(self.select, []).append(attrs.get("value") or "")
+        elif tag == "textarea" and name:
+            self.textarea = name
+            self.data[name] = [""]
+
+    def handle_endtag(self, tag):
+        if tag == "select":
+            self.select = None
+        elif tag == "textarea":
+            self.textarea = None
+
+    def handle_data(self, data):
+        if self.textarea:
+            self.data[self.textarea][0] += data.removeprefix("\n") if not self.data[self.textarea][0] else data
+
+
+class TestAdminEdits:
+    """A lead's edit of a task in the admin moves the counters as refresh_progress does: its status follows its
+    annotations and required count."""
+
+    @pytest.fixture
+    def admin_client(self, client, make_user):
+        client.force_login(make_user("root", is_superuser=True, is_staff=True))
+        return client
+
+    def edit(self, client, task, **changes):
+        url = reverse("admin:annotate_task_change", args=[task.pk])
+        data = _FormData(client.get(url).content.decode()).data
+        data.update({name: [str(value)] for name, value in changes.items()})
+        response = client.post(url, data)
+        assert response.status_code == 302, response.context["adminform"].form.errors
+        task.refresh_from_db()
+
+    def test_lowering_the_required_count_to_the_annotations_completes_the_task(self, admin_client, project, annotator):
+        task = make_task(project, required=2)
+        project.next_assignment(annotator).submit(answer_for(task), user=annotator)
+        assert counters(project) == (1, 0)
+        self.edit(admin_client, task, required_annotations=1)
+        assert (task.status, task.annotation_count) == (Task.Status.COMPLETE, 1)
+        assert counters(project) == (1, 1) == exact(project)
+
+    def test_raising_the_required_count_reopens_a_complete_task(self, admin_client, project, annotator):
+        task = make_task(project, required=1)
+        project.next_assignment(annotator).submit(answer_for(task), user=annotator)
+        assert counters(project) == (1, 1)
+        self.edit(admin_client, task, required_annotations=3)
+        assert task.status == Task.Status.OPEN
+        assert counters(project) == (1, 0) == exact(project)
+
+    def test_the_status_is_shown_not_edited_and_a_posted_one_is_ignored(self, admin_client, project):
+        task = make_task(project)
+        self.edit(admin_client, task, status=Task.Status.COMPLETE, priority=4)
+        assert (task.status, task.priority) == (Task.Status.OPEN, 4)
+        assert counters(project) == (1, 0) == exact(project)
+
+    def test_a_task_cannot_be_moved_to_another_project(self, admin_client, project):
+        other = Project.objects.create(name="Other", slug="other")
+        task = make_task(project)
+        self.edit(admin_client, task, project=other.pk)
+        assert task.project == project
+        assert counters(project) == (1, 0) and counters(other) == (0, 0)
+
+
+class TestPeriodicRecount:
+    def test_the_beat_task_repairs_drift_and_logs_it_with_before_and_after(self, project, caplog):
+        other = Project.objects.create(name="Other", slug="other")
+        make_task(project)
+        make_task(project, status=Task.Status.COMPLETE)
+        make_task(other)
+        Project.objects.filter(pk=project.pk).update(task_count=7, complete_task_count=0)  # drift
+
+        with caplog.at_level(logging.WARNING, logger="annotate.models"):
+            assert celery_tasks.recount_task_counters() == 1
+
+        assert counters(project) == (2, 1) == exact(project)
+        assert counters(other) == (1, 0)
+        [record] = caplog.records
+        assert record.getMessage() == "Project helpfulness: task counters repaired, tasks 7 -> 2, complete 0 -> 1"
+
+    def test_counters_that_are_right_are_left_alone_and_nothing_is_logged(self, project, caplog):
+        make_task(project)
+        with caplog.at_level(logging.WARNING, logger="annotate.models"):
+            assert celery_tasks.recount_task_counters() == 0
+        assert not caplog.records
+
+    def test_beat_runs_it_every_hour(self, settings):
+        entry = settings.CELERY_BEAT_SCHEDULE["recount-task-counters"]
+        assert (entry["task"], entry["schedule"]) == ("annotate.tasks.recount_task_counters", 3600.0)
 
 
 class TestImportCounts:

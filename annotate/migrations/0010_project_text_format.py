@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('annotate', '0007_export_heartbeat_and_import_jobs'),
+        ('annotate', '0009_project_fill'),
     ]
 
     operations = [
