@@ -1,7 +1,7 @@
 """How each annotator answers, measured without gold: position bias, length bias, speed and reliability.
 
 Read once, measure many: `read_answers` reads a project's human annotations a chunk of tasks at a time into
-`Answers`, numpy columns of what the measures need (memory: a few dozen bytes an annotation), and each measure is a
+`Answers`, numpy columns of what the measures need (under a hundred bytes an annotation), and each measure is a
 plain function of Answers, per annotator and for the whole project. `annotator_quality` reads and runs them all; it
 is meant for a periodic job whose result the Quality page shows, and takes seconds at a million annotations
 (BENCHMARKS.md). Votes on pairs are read by the vote model (annotate/votes.py), as exports read them.
@@ -22,14 +22,18 @@ is meant for a periodic job whose result the Quality page shows, and takes secon
   a chance-corrected agreement with the estimated true label, 1 always right, 0 no better than answering at random
   (or always the same), below 0 worse. Fitted separately to pairwise sides (every pair of a task an item, its labels
   a, b or tie; rankings give one label per pair they order) and to rating scores (each rating task an item, each
-  point of the scale a label); an annotator's competence is the mean of the two weighted by their answers in each.
+  point of a scale of up to MAX_RATING_POINTS a label); an annotator's competence is the mean of the two weighted
+  by their answers in each.
 
 Dawid & Skene (1979): every item has an unknown true label; each annotator answers l when the truth is k with a
 probability of their own, their confusion matrix. EM alternates the posterior of each item's label given everyone's
 answers (E) and the prior and confusion matrices given those posteriors (M), from the share of votes per label
-(the majority vote) until the posteriors move less than 1e-6. A hand-written EM rather than crowd-kit, which has it:
-crowd-kit brings scikit-learn, scipy, nltk and transformers into the web app (some 200 MB more), works on pandas
-frames, and took NN s at 100,000 answers where this takes NN s (BENCHMARKS.md); the two give the same posteriors.
+(the majority vote) until a step raises the log-likelihood by less than 1e-6 an answer. A hand-written EM (some 40
+lines of numpy) rather than crowd-kit's, which would have served (Toloka's, Apache-2.0, kept): crowd-kit requires
+scikit-learn, scipy, nltk and transformers, some 200 MB the web app does not otherwise need (transformers only comes
+with the train extra), and works on pandas frames: at 100,000 annotations it took 1.9 s for the 39 EM steps this
+takes in 0.26 s, and given crowd-kit's floor in place of the smoothing below, both give the same posteriors, 5e-11
+apart (BENCHMARKS.md).
 """
 
 import math
@@ -43,7 +47,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import TextField
 from django.db.models.functions import Cast, Length
 
-from annotate.models import Annotation, Membership, Project, Task, TaskKind, TaskResponse
+from annotate.models import Annotation, Assignment, Membership, Project, Task, TaskKind, TaskResponse
 from annotate.votes import pairwise_vote, ranking_votes
 from models_registry.measures import wilson_interval
 
@@ -165,22 +169,30 @@ def read_answers(project: Project) -> Answers:
     while tasks := dict(
         Task.objects.filter(project=project, pk__gt=after).order_by("pk").values_list("pk", "kind")[:CHUNK_TASKS]
     ):
+        # Each query reads a range of task ids (an index range scan) and leaves other projects' rows out here: joined
+        # to the task table for its project, PostgreSQL hashed the whole table for every chunk (BENCHMARKS.md).
         first, last = next(iter(tasks)), next(reversed(tasks))
-        in_chunk = {"task__project": project, "task__gte": first, "task__lte": last}
         responses: dict[int, list[tuple[int, int]]] = {}
         for task_id, response_id, length in (
-            TaskResponse.objects.filter(**in_chunk)
+            TaskResponse.objects.filter(task__gte=first, task__lte=last)
             .order_by("task_id", "position")
             .values_list("task_id", "response_id", Length("response__content"))
         ):
-            responses.setdefault(task_id, []).append((response_id, length))
+            if task_id in tasks:
+                responses.setdefault(task_id, []).append((response_id, length))
+        shown_orders = dict(
+            Assignment.objects.filter(task__gte=first, task__lte=last)
+            .order_by()
+            .values_list("pk", Cast("shown_order", TextField()))
+        )
         annotations: dict[int, list[tuple]] = {}
         # The JSON columns as text, parsed by orjson: Django's converters took some 40 % of the reading.
-        for task_id, *answer in (
-            Annotation.objects.filter(**in_chunk, source=Annotation.Source.HUMAN)
+        for task_id, assignment_id, *answer in (
+            Annotation.objects.filter(task__gte=first, task__lte=last, source=Annotation.Source.HUMAN)
             .order_by("task_id", "id")
             .values_list(
                 "task_id",
+                "assignment_id",
                 "annotator_id",
                 "choice",
                 "strength",
@@ -188,10 +200,10 @@ def read_answers(project: Project) -> Answers:
                 Cast("ranking", TextField()),
                 "score",
                 "time_spent",
-                Cast("assignment__shown_order", TextField()),
             )  # fmt: skip
         ):
-            annotations.setdefault(task_id, []).append(answer)
+            if task_id in tasks:
+                annotations.setdefault(task_id, []).append((*answer, shown_orders.get(assignment_id)))
         for task_id, task_annotations in annotations.items():
             columns.add_task(tasks[task_id], responses.get(task_id, []), task_annotations)
         after = last

@@ -12,7 +12,17 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from annotate import quality
-from annotate.models import Annotation, ApiToken, Assignment, Membership, Prompt, Response, Task, TaskResponse
+from annotate.models import (
+    Annotation,
+    ApiToken,
+    Assignment,
+    Membership,
+    Project,
+    Prompt,
+    Response,
+    Task,
+    TaskResponse,
+)
 from annotate.quality import Answers, annotator_quality, binomial_test, dawid_skene, read_answers
 from annotate.votes import Vote, decide, tally
 from models_registry.measures import wilson_interval
@@ -267,10 +277,13 @@ class TestDawidSkene:
 
 def test_annotator_quality_reads_once_and_gives_every_measure(project, people, monkeypatch):
     ann, bob = people["ann"], people["bob"]
+    other = Project.objects.create(name="Other", slug="other")
     for i in range(6):
         task, (a, b) = new_task(project, "pairwise", ("short", "much longer"))
         answer(task, ann, [a, b], seconds=3 + i, choice="a", strength=1)  # always the first shown, the shorter
         answer(task, bob, [b, a], seconds=30, choice="b" if i % 2 else "a", strength=1)
+        elsewhere, (a, b) = new_task(other, "pairwise", ("short", "much longer"))  # among this project's task ids
+        answer(elsewhere, ann, [b, a], seconds=1, choice="a", strength=1)
     task, _ = new_task(project, "rating", ("x",))
     answer(task, bob, None, seconds=12, score=4)
     monkeypatch.setattr(quality, "CHUNK_TASKS", 2)  # chunk boundaries inside the data
