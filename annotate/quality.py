@@ -143,7 +143,8 @@ class _Columns:
         usernames = [names[user_id].get_username() for user_id in self.annotators]
 
         def column(values: array) -> np.ndarray:
-            return np.frombuffer(values, dtype=values.typecode).copy()  # numpy reads array's type codes
+            # A read-only view of the array's memory, not a copy (numpy reads array's type codes).
+            return np.frombuffer(values, dtype=values.typecode)
 
         return Answers(
             usernames,
