@@ -60,7 +60,7 @@ MAX_RATING_POINTS = 11  # wider scales are not fitted: a confusion matrix of 11 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # numpy columns: == would compare element by element
 class Answers:
     """A project's human answers as the measures read them: numpy columns, one row per annotation, vote or rating."""
 
@@ -201,7 +201,7 @@ def read_answers(project: Project) -> Answers:
                 Cast("ranking", TextField()),
                 "score",
                 "time_spent",
-            )  # fmt: skip
+            )
         ):
             if task_id in tasks:
                 annotations.setdefault(task_id, []).append((*answer, shown_orders.get(assignment_id)))

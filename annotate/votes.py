@@ -30,7 +30,7 @@ class Vote(NamedTuple):
 
     @property
     def side(self) -> str:
-        """ "a", "b" or "tie"."""
+        """The side it takes: "a", "b" or "tie"."""
         return SIDES[(self.value > 0) - (self.value < 0)]
 
     @property
