@@ -176,6 +176,12 @@ def child_measure(fast_seconds: float) -> None:
         start = time.perf_counter()
         results[name] = measure(answers)
         seconds[name] = time.perf_counter() - start
+    counts = {
+        "annotations": len(answers.annotator),
+        "votes": len(answers.vote_item),
+        "ratings": len(answers.rating_item),
+    }
+    del answers, results  # the peak RSS is then the larger of the steps' and the whole job's, not their sum
     start = time.perf_counter()
     report = quality.annotator_quality(project, fast_seconds=fast_seconds)
     seconds["all"] = time.perf_counter() - start
@@ -198,9 +204,7 @@ def child_measure(fast_seconds: float) -> None:
         json.dumps(
             {
                 "seconds": seconds,
-                "annotations": len(answers.annotator),
-                "votes": len(answers.vote_item),
-                "ratings": len(answers.rating_item),
+                **counts,
                 "found": summary,
             }
         )
