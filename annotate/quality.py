@@ -3,7 +3,7 @@
 Read once, measure many: `read_answers` reads a project's human annotations a chunk of tasks at a time into
 `Answers`, numpy columns of what the measures need (under a hundred bytes an annotation), and each measure is a
 plain function of Answers, per annotator and for the whole project. `annotator_quality` reads and runs them all; it
-is meant for a periodic job whose result the Quality page shows, and takes seconds at a million annotations
+is meant for a periodic job whose result the Quality page shows: some 15 s of one CPU at a million annotations
 (BENCHMARKS.md). Votes on pairs are read by the vote model (annotate/votes.py), as exports read them.
 
 - Position bias, pairwise: of an annotator's choices that are not ties, the share for the response shown first
@@ -31,9 +31,9 @@ answers (E) and the prior and confusion matrices given those posteriors (M), fro
 (the majority vote) until a step raises the log-likelihood by less than 1e-6 an answer. A hand-written EM (some 40
 lines of numpy) rather than crowd-kit's, which would have served (Toloka's, Apache-2.0, kept): crowd-kit requires
 scikit-learn, scipy, nltk and transformers, some 200 MB the web app does not otherwise need (transformers only comes
-with the train extra), and works on pandas frames: at 100,000 annotations it took 1.9 s for the 39 EM steps this
-takes in 0.26 s, and given crowd-kit's floor in place of the smoothing below, both give the same posteriors, 5e-11
-apart (BENCHMARKS.md).
+with the train extra), and works on pandas frames: at 100,000 annotations it took 1.8 s for the 39 EM steps this
+takes in 0.23 s (13 s and 2.6 s at a million), and given crowd-kit's floor in place of the smoothing below, both
+give the same posteriors, 5e-11 apart (BENCHMARKS.md).
 """
 
 import math
