@@ -2,9 +2,10 @@
 
 An item (a "unit") is what two annotators can agree on:
 
-- pairwise task: the task; the value is the side chosen ("a", "b" or "tie"; strength and "both bad" aside);
-- ranking task: each two of its responses; the value is the order the ranking gives them ("a" before "b", "b"
-  before "a", or "tie" where they share a rank), the same reading as the pairs export;
+- pairwise task: the task; the value is the side of its vote ("a", "b" or "tie"; strength and "both bad" aside);
+- ranking task: each two of its responses, a and b by id; the value is the side the ranking's vote on them takes
+  (annotate/votes.py, as the pairs export reads it): "a" ranked above "b", "b" above "a", or "tie" where they
+  share a rank;
 - rating task: the task; the value is the score.
 
 Only units with two human annotations or more count. For each kind:
@@ -25,6 +26,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Literal
+
+from annotate.votes import ranking_votes
 
 Value = Hashable
 Metric = Literal["nominal", "interval"]
@@ -53,11 +56,8 @@ class AnnotatorAgreement:
 
 def ranking_values(ranking: Sequence[Sequence[int]]) -> dict[tuple[int, int], str]:
     """The value a ranking (groups of response ids, best first) gives each two of its responses (a < b by id)."""
-    place = {response_id: rank for rank, group in enumerate(ranking) for response_id in group}
-    values = {}
-    for a, b in combinations(sorted(place), 2):
-        values[a, b] = "a" if place[a] < place[b] else "b" if place[a] > place[b] else "tie"
-    return values
+    order = sorted(response_id for group in ranking for response_id in group)
+    return {pair: vote.side for pair, vote in ranking_votes(ranking, order).items()}
 
 
 def percent_agreement(units: Sequence[Sequence[Value]]) -> float | None:

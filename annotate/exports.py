@@ -21,19 +21,19 @@ Kinds:
             same filters would hold; ties and both-bad pairs never) or a human-written one, once per
             (prompt, response).
 
-Pairwise votes on one task are aggregated so: each vote counts +strength for response a (task position 0),
--strength for b, 0 for a tie (strength: 1 "better", 2 "much better"). The sign of the sum picks the winner;
-agreement = the share of votes on the winning side (for a tie, the share of tie votes). A sum of 0 is a tie, and
-a pair most of whose votes say "both bad" is both_bad: both are left out unless include_ties / include_both_bad
-keep them, flagged in the `tie` / `both_bad` columns (a kept tie lists response a as chosen). A ranking implies
-a pair for every two of its task's responses, in position order; each ranking annotation is a vote of strength
-1 for the better of the two, or a tie vote where it ranks them equal (so a ranking that ties two responses lowers
-the agreement on them, and one alone makes their pair a tie). With ratings_as_pairs, two rated responses
-to one prompt whose mean scores differ make a pair as well, after the prompt's task pairs: votes = the ratings
-behind both; they have no task, no per-side votes and no agreement (min_agreement leaves them be). Imported
-annotations are votes like any other. Automatic ties (source "auto": an eval pair whose two answers are the same
-text, recorded by training/sampling.py) are not: no pairs or sft row comes of them, even with include_ties; the
-votes kind lists them, with their source and no annotator.
+Votes on a pair are read, added up and decided by the vote model, annotate/votes.py: a pair is two responses of one
+task, a first in the task's positions; a pairwise answer votes +strength for a, -strength for b, 0 for a tie
+(strength: 1 "better", 2 "much better"); a ranking votes on every pair of its task's responses, 1 for the better of
+the two or a tie vote where it ranks them equal (so a ranking that ties two responses lowers the agreement on them,
+and one alone makes their pair a tie). The sign of the sum picks the winner; agreement = the share of votes on the
+winning side (for a tie, the share of tie votes). A sum of 0 is a tie, and a pair most of whose votes say "both bad"
+is both_bad: both are left out unless include_ties / include_both_bad keep them, flagged in the `tie` / `both_bad`
+columns (a kept tie lists response a as chosen). With ratings_as_pairs, two rated responses to one prompt whose mean
+scores differ make a pair as well, after the prompt's task pairs: votes = the ratings behind both; they have no task,
+no per-side votes and no agreement (min_agreement leaves them be). Imported annotations are votes like any other.
+Automatic ties (source "auto": an eval pair whose two answers are the same text, recorded by training/sampling.py)
+are not: no pairs or sft row comes of them, even with include_ties; the votes kind lists them, with their source
+and no annotator.
 
 `margin` is one scale, from 0 to 2, for every pair: for votes, |sum| / votes, the mean strength towards the
 chosen side (1: "better" on average, 2: every vote "much better", 0 for a tie); for ratings, the difference of
@@ -112,6 +112,7 @@ from annotate.models import (
     TaskKind,
     TaskResponse,
 )
+from annotate.votes import Tally, decide, pairwise_vote, tally_rankings
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -604,30 +605,6 @@ def _rated(chunk: _Chunk) -> list[_Rated]:
 
 
 @dataclass
-class _Tally:
-    """The votes on one pair of a task's responses: a comes first in the task's positions."""
-
-    a: _Response
-    b: _Response
-    total: int = 0  # the sum of +strength for a, -strength for b, 0 for a tie
-    for_a: int = 0
-    for_b: int = 0
-    ties: int = 0
-    both_bad: int = 0
-
-    @property
-    def votes(self) -> int:
-        return self.for_a + self.for_b + self.ties
-
-    def add(self, signed_strength: int, both_bad: bool) -> None:
-        self.total += signed_strength
-        self.for_a += signed_strength > 0
-        self.for_b += signed_strength < 0
-        self.ties += signed_strength == 0
-        self.both_bad += bool(both_bad)
-
-
-@dataclass
 class _Pair:
     prompt_id: int
     task_id: int | None  # None for a pair made from ratings
@@ -643,52 +620,45 @@ class _Pair:
     both_bad: bool = False
 
 
-_SIGN = {"a": 1, "b": -1, "tie": 0}
-
-
-def _tallies(kind: str, responses: list[_Response], votes: list[tuple]) -> list[_Tally]:
-    """The votes of one task's annotations on each pair of its responses; votes are _ANSWER_COLUMNS rows."""
-    if kind == TaskKind.PAIRWISE:
-        tally = _Tally(*responses)
-        for _, _, choice, strength, both_bad, _ in votes:
-            tally.add(_SIGN[choice] * (strength or 1), both_bad)
-        return [tally]
-    tallies = [_Tally(a, b) for a, b in combinations(responses, 2)]
-    for *_, ranking in votes:
-        groups = orjson.loads(ranking)
-        rank = {response_id: place for place, group in enumerate(groups) for response_id in group}
-        for tally in tallies:  # a pair the ranking ties gets a tie vote, as a pairwise "tie" does
-            tally.add((rank[tally.b.id] > rank[tally.a.id]) - (rank[tally.a.id] > rank[tally.b.id]), False)
-    return tallies
-
-
-def _decide(prompt_id: int, task_id: int, tally: _Tally, options: dict[str, Any]) -> _Pair | None:
+def _decide(
+    prompt_id: int, task_id: int, a: _Response, b: _Response, tally: Tally, options: dict[str, Any]
+) -> _Pair | None:
     """The pair a tally makes, or None when the options leave it out."""
-    n = tally.votes
-    tie, both_bad = tally.total == 0, 2 * tally.both_bad > n
+    winner, margin, agreement, both_bad = decide(tally)
+    tie = winner == "tie"
     if (tie and not options["include_ties"]) or (both_bad and not options["include_both_bad"]):
         return None
-    if tally.total >= 0:
-        chosen, rejected, votes_chosen, votes_rejected = tally.a, tally.b, tally.for_a, tally.for_b
-    else:
-        chosen, rejected, votes_chosen, votes_rejected = tally.b, tally.a, tally.for_b, tally.for_a
-    agreement = (tally.ties if tie else votes_chosen) / n
     if options["min_agreement"] is not None and agreement < options["min_agreement"]:
         return None
+    if winner == "b":
+        chosen, rejected, votes_chosen, votes_rejected = b, a, tally.for_b, tally.for_a
+    else:  # a kept tie lists a as chosen
+        chosen, rejected, votes_chosen, votes_rejected = a, b, tally.for_a, tally.for_b
     return _Pair(
-        prompt_id, task_id, chosen, rejected, abs(tally.total) / n, n, votes_chosen, votes_rejected, tally.ties,
+        prompt_id, task_id, chosen, rejected, margin, tally.votes, votes_chosen, votes_rejected, tally.ties,
         agreement, tie, both_bad,
     )  # fmt: skip
 
 
 def _chunk_pairs(snapshot: DatasetSnapshot, chunk: _Chunk) -> list[_Pair]:
     """The pairs of these prompts: by prompt, then task and positions, then the pairs from ratings."""
-    pairs = []
+    pairs, options = [], snapshot.filters
     for task_id, task in chunk.tasks.items():
-        if task.kind != TaskKind.RATING and task_id in chunk.annotations:
-            for tally in _tallies(task.kind, chunk.task_responses[task_id], chunk.annotations[task_id]):
-                if pair := _decide(task.prompt_id, task_id, tally, snapshot.filters):
-                    pairs.append(pair)
+        if task.kind == TaskKind.RATING or (rows := chunk.annotations.get(task_id)) is None:
+            continue
+        # The votes of the task's annotations (rows of _ANSWER_COLUMNS) on each pair of its responses, by the vote
+        # model (annotate/votes.py).
+        if task.kind == TaskKind.PAIRWISE:
+            tally = Tally()
+            for _, _, choice, strength, both_bad, _ in rows:
+                tally.add(pairwise_vote(choice, strength, both_bad))
+            if pair := _decide(task.prompt_id, task_id, *chunk.task_responses[task_id], tally, options):
+                pairs.append(pair)
+            continue
+        responses = {response.id: response for response in chunk.task_responses[task_id]}
+        for (a, b), tally in tally_rankings((orjson.loads(row[5]) for row in rows), list(responses)).items():
+            if pair := _decide(task.prompt_id, task_id, responses[a], responses[b], tally, options):
+                pairs.append(pair)
     if snapshot.filters["ratings_as_pairs"]:
         scale = snapshot.project.rating_max - snapshot.project.rating_min
         for prompt_id, rated in groupby(_rated(chunk), key=itemgetter(0)):

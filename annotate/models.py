@@ -382,20 +382,25 @@ class Project(models.Model):
         """Inter-annotator agreement (annotate/agreement.py) on the latest `tasks` tasks with two annotations or
         more: per kind (units, values, percent, alpha) and per annotator (lowest first)."""
         from annotate import agreement
+        from annotate.votes import pairwise_vote
 
         latest = list(self.tasks.filter(annotation_count__gte=2).order_by("-id").values_list("id", flat=True)[:tasks])
         rows = (
             Annotation.objects.filter(task__in=latest, source=Annotation.Source.HUMAN)
             .order_by("task_id", "id")
-            .values_list("task_id", "task__kind", "annotator__username", "choice", "score", "ranking")
+            .values_list(
+                "task_id", "task__kind", "annotator__username", "choice", "strength", "both_bad", "score", "ranking"
+            )
         )
         units: dict[str, dict[Any, list[tuple[str, Any]]]] = {kind: {} for kind in TaskKind.values}
-        for task_id, kind, username, choice, score, ranking in rows:
+        for task_id, kind, username, choice, strength, both_bad, score, ranking in rows:
             if kind == TaskKind.RANKING:
                 for pair, value in agreement.ranking_values(ranking).items():
                     units[kind].setdefault((task_id, pair), []).append((username, value))
+            elif kind == TaskKind.PAIRWISE:
+                units[kind].setdefault(task_id, []).append((username, pairwise_vote(choice, strength, both_bad).side))
             else:
-                units[kind].setdefault(task_id, []).append((username, score if kind == TaskKind.RATING else choice))
+                units[kind].setdefault(task_id, []).append((username, score))
         by_kind, compared = [], []
         for kind, label in TaskKind.choices:
             answers = [unit for unit in units[kind].values() if len(unit) >= 2]

@@ -12,13 +12,13 @@ BENCHMARKS.md. `--profile` writes a cProfile of the first export run and prints 
 """
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -88,29 +88,29 @@ def child_import(path: Path) -> None:
 def child_export(format: str, profile: Path | None) -> None:
     """In the child: export the project's pairs; print the time, the time to first byte and the snapshot as JSON.
 
-    Time to first byte is when the file the export writes (in a temp dir of its own) first holds data, seen by a
-    thread that looks every millisecond.
+    Time to first byte is when the file the export writes (its part file) first holds data, seen by a thread that
+    looks every millisecond.
     """
     import django
-    from django.conf import settings
 
     django.setup()
-    scratch = Path(tempfile.mkdtemp(prefix="export-tmp-", dir=OUTPUT))
-    settings.FILE_UPLOAD_TEMP_DIR = str(scratch)  # same disk as MEDIA_ROOT: the finished file is moved, not copied
     from annotate.exports import create_snapshot, run_snapshot
     from annotate.models import Project
 
     first_byte: list[float] = []
     done = threading.Event()
 
-    def watch() -> None:
-        while not done.is_set() and not first_byte:
-            if any(entry.stat().st_size > 0 for entry in os.scandir(scratch)):
-                first_byte.append(time.perf_counter())
-            time.sleep(0.001)
-
     project = Project.objects.get(slug="benchmark")
     snapshot = create_snapshot(project, kind="pairs", format=format, style="conversational")
+    part = snapshot.part_path
+
+    def watch() -> None:
+        while not done.is_set() and not first_byte:
+            with contextlib.suppress(FileNotFoundError):
+                if part.stat().st_size > 0:
+                    first_byte.append(time.perf_counter())
+            time.sleep(0.001)
+
     profiler = None
     if profile:
         import cProfile
@@ -130,7 +130,6 @@ def child_export(format: str, profile: Path | None) -> None:
         sys.exit(f"export failed: {snapshot.error}")
     size = snapshot.file.size
     snapshot.file.delete(save=False)  # gigabytes: keep the disk for the next run
-    scratch.rmdir()
     print(
         json.dumps(
             {

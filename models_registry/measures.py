@@ -5,10 +5,11 @@ an entry is a model version (Response.model_version), or "reference data" for ev
 (imported or written by a person), so that round 1 can be compared with what was imported. A pairwise vote
 is one outcome between the entries of task positions A and B (the first and second response in position
 order; the answer speaks of positions, not of the order shown). A ranking gives one outcome per pair of its
-responses from different entries: the better group wins, two responses in one group tie. Strength ("much
-better") and "both bad" are not used: a vote says who won, nothing more. Ratings are not used. An automatic tie
-(an eval pair whose two answers are the same text, recorded by training/sampling.py with no one asked) is one
-tie vote like a person's, counted as such in `auto_ties` so that the pages can say how many there were.
+responses from different entries: the better group wins, two responses in one group tie. Both are read by the vote
+model (annotate/votes.py), as exports read them. Strength ("much better") and "both bad" are not used: a vote says
+who won, nothing more. Ratings are not used. An automatic tie (an eval pair whose two answers are the same text,
+recorded by training/sampling.py with no one asked) is one tie vote like a person's, counted as such in `auto_ties`
+so that the pages can say how many there were.
 
 Win rate of `new` over `old`: the mean score of `new` in their votes, a win 1, a tie 1/2, a loss 0, with a 95 %
 Wilson score interval on that mean with n = the number of votes. Ties make the score's variance smaller than
@@ -33,13 +34,13 @@ from django.db.models import Exists, F, Max, Min, OuterRef, Q
 from django.db.models.functions import Coalesce
 
 from annotate.models import Annotation, Project, Task, TaskKind, TaskResponse
+from annotate.votes import pairwise_vote, ranking_votes
 from models_registry.models import ModelVersion
 
 REFERENCE = "reference data"  # the entry of every response that no model version wrote
 Z_95 = 1.959963984540054  # the standard normal's 97.5th percentile
 PRIOR_GAMES = 1.0  # virtual games of every entry against θ = 0, half won
 ELO_PER_NAT = 400 / math.log(10)
-PAIRWISE_SCORE = {Annotation.Choice.A: 1.0, Annotation.Choice.B: 0.0, Annotation.Choice.TIE: 0.5}  # of position A
 VOTE_SOURCES = [Annotation.Source.HUMAN, Annotation.Source.AUTO]  # imported preferences compare no versions
 
 
@@ -129,30 +130,21 @@ def cross_version_votes(project: Project) -> list[Vote]:
         Annotation.objects.filter(task__in=tasks, source__in=VOTE_SOURCES)
         .filter(Q(task__kind=TaskKind.RANKING) | ~Q(choice=""))
         .order_by("id")
-        .values_list("id", "task_id", "task__kind", "choice", "ranking", "source")
+        .values_list("id", "task_id", "task__kind", "choice", "strength", "both_bad", "ranking", "source")
     )
     votes = []
-    for annotation_id, task_id, kind, choice, ranking, source in answers:
+    for annotation_id, task_id, kind, choice, strength, both_bad, ranking, source in answers:
         task_responses = responses[task_id]
         if kind == TaskKind.PAIRWISE:
             (_, a), (_, b) = task_responses[:2]
-            votes.append(Vote(annotation_id, a, b, PAIRWISE_SCORE[choice], source == Annotation.Source.AUTO))
-        else:
-            votes.extend(_ranking_votes(annotation_id, ranking, dict(task_responses)))
+            auto = source == Annotation.Source.AUTO
+            votes.append(Vote(annotation_id, a, b, pairwise_vote(choice, strength, both_bad).score, auto))
+            continue
+        entry_of = dict(task_responses)
+        for (x, y), vote in ranking_votes(ranking, list(entry_of)).items():
+            if entry_of[x] != entry_of[y]:
+                votes.append(Vote(annotation_id, entry_of[x], entry_of[y], vote.score))
     return votes
-
-
-def _ranking_votes(annotation_id: int, ranking: list[list[int]], entry_of: dict[int, int | None]) -> list[Vote]:
-    """Groups best first: each response beats every response of a later group, and ties those of its own."""
-    votes = []
-    for g, group in enumerate(ranking):
-        for position, response in enumerate(group):
-            for other in group[position + 1 :]:
-                votes.append(Vote(annotation_id, entry_of[response], entry_of[other], 0.5))
-            for later in ranking[g + 1 :]:
-                for other in later:
-                    votes.append(Vote(annotation_id, entry_of[response], entry_of[other], 1.0))
-    return [vote for vote in votes if vote.first != vote.second]
 
 
 def win_rate(
