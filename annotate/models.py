@@ -172,6 +172,27 @@ class Project(models.Model):
     sample_rating_tasks = models.BooleanField(
         default=False, help_text="Also make a rating task of every new sample (if rating is enabled)."
     )
+    # Quality control: gold tasks, and what flags an annotator on the Quality page (annotate/quality.py).
+    gold_rate = models.PositiveSmallIntegerField(
+        default=20,
+        help_text="One task in this many that an annotator is given is a gold task (its answer known), while they "
+        "have gold tasks they have not seen; 0: no gold tasks.",
+    )
+    fast_seconds = models.PositiveSmallIntegerField(
+        default=5, help_text="An answer given in less time than this, as the server measures it, is fast."
+    )
+    min_gold_accuracy = models.FloatField(default=0.7, help_text="Flag annotators whose gold accuracy is below this.")
+    min_competence = models.FloatField(
+        default=0.2,
+        help_text="Flag annotators whose competence (Dawid–Skene: 0 is chance, 1 always right) is below this.",
+    )
+    position_bias_p = models.FloatField(
+        default=0.01,
+        help_text="Flag annotators who favour the response shown first with a two-sided p-value below this.",
+    )
+    max_fast_share = models.FloatField(
+        default=0.25, help_text="Flag annotators whose share of fast answers is above this."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
     # Counters for the progress bars, so no page counts a project's tasks (45 ms at 1M). Kept by Task.save,
@@ -188,6 +209,12 @@ class Project(models.Model):
             models.CheckConstraint(condition=Q(overlap__gte=1), name="project_overlap_positive"),
             models.CheckConstraint(condition=Q(max_open_leases__gte=1), name="project_max_open_leases_positive"),
             models.CheckConstraint(condition=Q(samples_per_prompt__gte=1), name="project_samples_per_prompt_positive"),
+            *(
+                models.CheckConstraint(
+                    condition=Q(**{f"{name}__gte": 0, f"{name}__lte": 1}), name=f"project_{name}_0_1"
+                )
+                for name in ("min_gold_accuracy", "min_competence", "position_bias_p", "max_fast_share")
+            ),
         ]
 
     def __str__(self) -> str:
@@ -428,6 +455,13 @@ class Membership(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.ANNOTATOR)
+    # A lead's decisions on the member's work (recorded, with the reason, as MembershipEvents).
+    paused = models.BooleanField(
+        default=False, help_text="Given no new tasks here while set; what they answered so far stands."
+    )
+    votes_excluded = models.BooleanField(
+        default=False, help_text="Their answers here count in no export, round or agreement while set."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -445,6 +479,30 @@ class Membership(models.Model):
             .filter(task__project_id=self.project_id, annotator_id=self.user_id)
             .update(status=Assignment.Status.EXPIRED, expires_at=now)
         )
+
+
+class MembershipEvent(models.Model):
+    """A lead's decision on a member's work, kept for the record: paused or resumed, their votes excluded from the
+    data or included again, by whom, when and why."""
+
+    class Kind(models.TextChoices):
+        PAUSED = "paused", "Paused"
+        RESUMED = "resumed", "Resumed"
+        EXCLUDED = "excluded", "Votes excluded"
+        INCLUDED = "included", "Votes included again"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="membership_events")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership_events")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    reason = models.TextField(blank=True)
+    by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.get_kind_display().lower()} in {self.project}"
 
 
 @receiver(post_delete, sender=Membership)
@@ -559,6 +617,9 @@ class Task(models.Model):
     class Status(models.TextChoices):
         OPEN = "open", "Open"
         COMPLETE = "complete", "Complete"
+        # A known answer (an annotation with source gold): mixed into each annotator's stream at the project's
+        # gold_rate, once per annotator, never complete, and outside the open queue and every dataset.
+        GOLD = "gold", "Gold (answer known)"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tasks")
@@ -826,6 +887,8 @@ class Annotation(models.Model):
         IMPORTED = "imported", "Imported preference"
         # A pair whose two texts are the same (text_key): recorded as a tie, and no one is asked.
         AUTO = "auto", "Automatic tie (identical answers)"
+        # A gold task's known answer, against which annotators' answers are scored.
+        GOLD = "gold", "Gold answer"
 
     class Choice(models.TextChoices):
         A = "a", "A is better"
@@ -860,7 +923,7 @@ class Annotation(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["task", "annotator"], name="annotation_unique_per_annotator"),
             models.CheckConstraint(
-                condition=Q(annotator__isnull=False) | Q(source__in=["imported", "auto"]),
+                condition=Q(annotator__isnull=False) | Q(source__in=["imported", "auto", "gold"]),
                 name="annotation_has_annotator",
             ),
             models.CheckConstraint(condition=Q(choice__in=["", "a", "b", "tie"]), name="annotation_choice_valid"),
