@@ -325,6 +325,8 @@ def _clean_option(project: Project, name: str, value: Any) -> Any:
         )
         if not known:
             raise ValidationError({name: f"No annotator {value!r} in {project.slug}."})
+        if project.memberships.filter(user__username=value, votes_excluded=True).exists():
+            raise ValidationError({name: f"{value}'s votes are excluded from {project.slug}'s data: none to export."})
         return value
     if name == "min_agreement":
         if isinstance(value, str):
@@ -415,8 +417,9 @@ class _Sql:
         if options["split"]:
             self.prompts += " AND p.split = %s"
             self.prompt_params.append(options["split"])
-        self.tasks = f"t.project_id = %s AND t.kind IN ({', '.join(['%s'] * len(kinds))})"
-        self.task_params = [snapshot.project_id, *kinds]
+        # Gold tasks are asked to measure annotators: neither their gold answers nor anyone's on them are data.
+        self.tasks = f"t.project_id = %s AND t.status <> %s AND t.kind IN ({', '.join(['%s'] * len(kinds))})"
+        self.task_params = [snapshot.project_id, Task.Status.GOLD.value, *kinds]
         if options["round"] is not None:
             self.tasks += " AND t.round_number = %s"
             self.task_params.append(options["round"])
@@ -431,6 +434,11 @@ class _Sql:
         if options["annotator"]:
             self.annotations += f" AND a.annotator_id = (SELECT u.id FROM {self.user} u WHERE u.username = %s)"
             self.annotation_params.append(options["annotator"])
+        # Read once, as the export starts.
+        if excluded := list(snapshot.project.excluded_voters().values_list("user_id", flat=True)):
+            listed = ", ".join(["%s"] * len(excluded))
+            self.annotations += f" AND (a.annotator_id IS NULL OR a.annotator_id NOT IN ({listed}))"
+            self.annotation_params += excluded
         self.annotation_columns, self.annotation_joins = _ANSWER_COLUMNS, ""
         if snapshot.kind == Kind.VOTES:
             self.annotation_columns = _VOTE_COLUMNS

@@ -280,7 +280,10 @@ class ImportResultSerializer(serializers.Serializer):
     prompts_existing = serializers.IntegerField(help_text="Rows for prompts that already existed (reused as is).")
     responses_created = serializers.IntegerField()
     tasks_created = serializers.IntegerField()
-    annotations_created = serializers.IntegerField()
+    annotations_created = serializers.IntegerField(help_text="Imported votes and gold answers.")
+    gold_tasks_created = serializers.IntegerField(
+        required=False, help_text="Of tasks_created: gold tasks, each with its gold answer (absent in older jobs)."
+    )
 
 
 class ImportJobSerializer(serializers.ModelSerializer):

@@ -12,6 +12,8 @@ exports, the models page and the quality measures; agreement, which reads no pos
 - Deciding a pair (majority): the sign of the sum picks the winner, a sum of 0 is a tie. agreement = the share of
   votes on the winning side (for a tie, the share of tie votes); margin = |sum| / votes, the mean strength towards
   the winner, from 0 to 2; the pair is both_bad when more than half of its votes say so.
+- The score a rating task's answers agree on (the gold answer a majority makes, Task.majority_answer): their
+  median, none when the median falls between two points of the scale.
 """
 
 from collections.abc import Iterable, Sequence
@@ -134,3 +136,12 @@ def decide(tally: Tally) -> Decision:
         winner, on_winning_side = "tie", tally.ties
     # tuple.__new__ skips the NamedTuple's own __new__, a Python function: an export decides a million pairs.
     return tuple.__new__(Decision, (winner, abs(tally.total) / n, on_winning_side / n, 2 * tally.both_bad > n))
+
+
+def agreed_score(scores: Sequence[int]) -> int | None:
+    """The median of a task's ratings, or None where there are none or it falls between two scores."""
+    ordered = sorted(scores)
+    if not ordered:
+        return None
+    low, high = ordered[(len(ordered) - 1) // 2], ordered[len(ordered) // 2]
+    return low if low == high else None
