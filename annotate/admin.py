@@ -20,7 +20,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
-from annotate.exports import EXPORT_OPTIONS, queue_export
+from annotate.exports import EXPORT_OPTIONS, Aggregation, queue_export
 from annotate.import_jobs import import_upload
 from annotate.importing import ImportFailed
 from annotate.models import (
@@ -151,6 +151,10 @@ class DatasetFiltersForm(forms.Form):
     until = forms.DateTimeField(required=False)
     annotator = forms.CharField(required=False)
     min_agreement = forms.FloatField(required=False, min_value=0, max_value=1)
+    # Blank is the default, majority: a round that only samples takes no filters, and this one always has a value.
+    aggregation = forms.ChoiceField(
+        required=False, choices=[("", f"{Aggregation.MAJORITY.label} (default)"), *Aggregation.choices[1:]]
+    )
     include_ties = forms.BooleanField(required=False)
     include_both_bad = forms.BooleanField(required=False)
     ratings_as_pairs = forms.BooleanField(required=False)

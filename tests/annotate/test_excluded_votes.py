@@ -16,6 +16,7 @@ pytestmark = pytest.mark.django_db
 EXPORTS = [
     ("pairs", "jsonl", {}),
     ("pairs", "parquet", {"include_ties": True, "include_both_bad": True, "ratings_as_pairs": True}),
+    ("pairs", "jsonl", {"aggregation": "dawid-skene", "include_ties": True}),
     ("unpaired", "jsonl", {}),
     ("votes", "jsonl", {}),
     ("sft", "jsonl", {"ratings_as_pairs": True}),
