@@ -20,13 +20,14 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
-from annotate.exports import EXPORT_OPTIONS, queue_export
+from annotate.exports import EXPORT_OPTIONS, Aggregation, queue_export
 from annotate.import_jobs import import_upload
 from annotate.importing import ImportFailed
 from annotate.models import (
     Annotation,
     Assignment,
     DatasetSnapshot,
+    GoldRefused,
     ImportJob,
     Membership,
     Project,
@@ -150,6 +151,10 @@ class DatasetFiltersForm(forms.Form):
     until = forms.DateTimeField(required=False)
     annotator = forms.CharField(required=False)
     min_agreement = forms.FloatField(required=False, min_value=0, max_value=1)
+    # Blank is the default, majority: a round that only samples takes no filters, and this one always has a value.
+    aggregation = forms.ChoiceField(
+        required=False, choices=[("", f"{Aggregation.MAJORITY.label} (default)"), *Aggregation.choices[1:]]
+    )
     include_ties = forms.BooleanField(required=False)
     include_both_bad = forms.BooleanField(required=False)
     ratings_as_pairs = forms.BooleanField(required=False)
@@ -185,6 +190,7 @@ class ProjectAdmin(ProjectScopedAdmin):
     fieldsets = [
         (None, {"fields": ["name", "slug", "guidelines", "created_at"]}),
         ("Tasks", {"fields": ["task_kinds", "overlap", "fill", "text_format", "lease_length", "max_open_leases"]}),
+        ("Gold tasks", {"fields": ["gold_rate"]}),
         ("Rating scale", {"fields": ["rating_min", "rating_max", "rating_descriptions", "labels"]}),
         (
             "New samples after each policy round",
@@ -415,8 +421,8 @@ class TaskForm(forms.ModelForm):
         model = Task
         fields = ["project", "prompt", "kind", "required_annotations", "priority", "round_number"]
         help_texts = {
-            "status": "Follows the annotations: complete at the required count. Change that count to close or reopen "
-            "the task.",
+            "status": "Follows the annotations: complete at the required count, gold while it has a gold answer. "
+            "Change that count to close or reopen the task; delete its gold answer to return a gold task to the data.",
         }
 
 
@@ -435,6 +441,26 @@ class TaskAdmin(ProjectScopedAdmin):
     # its required count, or delete it; to reopen one, raise it.
     readonly_fields = ["status", "annotation_count", "created_at"]
     inlines = [TaskResponseInline, AnnotationInline]
+    actions = ["make_gold"]
+
+    @admin.action(description="Make gold from the majority answer", permissions=["change"])
+    def make_gold(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """Freeze each complete task's majority answer as gold (Task.make_gold); say which could not be, and why."""
+        made, refused = 0, []
+        for task in queryset.order_by("pk"):
+            try:
+                task.make_gold()
+            except GoldRefused as error:
+                refused.append(str(error))
+            else:
+                made += 1
+        if made:
+            tasks = f"{made} task{'s' if made != 1 else ''}"
+            messages.success(
+                request, f"{tasks} made gold: served as gold from now on, and out of the data and progress."
+            )
+        for reason in refused:
+            messages.warning(request, f"Not made gold: {reason}")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Task | None = None) -> list[str]:
         # A task stays in its project: the counters of both, and its prompt and responses, belong to it.

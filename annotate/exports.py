@@ -85,6 +85,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import partial
 from itertools import combinations, groupby
 from operator import itemgetter
 from time import monotonic
@@ -95,7 +96,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.files import File
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -112,10 +113,12 @@ from annotate.models import (
     TaskKind,
     TaskResponse,
 )
-from annotate.votes import Tally, decide, pairwise_vote, tally_rankings
+from annotate.votes import Decision, Tally, decide, pairwise_vote, ranking_votes, tally, tally_rankings
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from annotate.aggregation import SideModel
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +143,11 @@ Style = DatasetSnapshot.Style
 Status = DatasetSnapshot.Status
 
 
+class Aggregation(models.TextChoices):
+    MAJORITY = "majority", "Majority: the side with the larger sum of votes"
+    DAWID_SKENE = "dawid-skene", "Dawid–Skene: the most probable side, each voter weighed by their reliability"
+
+
 @dataclass(frozen=True)
 class ExportOption:
     default: Any
@@ -157,6 +165,12 @@ EXPORT_OPTIONS: dict[str, ExportOption] = {
     "annotator": ExportOption(None, tuple(Kind.values), "Only this annotator's annotations (username)."),
     "min_agreement": ExportOption(
         None, (Kind.PAIRS, Kind.SFT), "Leave out pairs whose voters agree less than this (0 to 1)."
+    ),
+    "aggregation": ExportOption(
+        Aggregation.MAJORITY,
+        (Kind.PAIRS, Kind.SFT),
+        "How a pair's votes are decided: majority, or dawid-skene (the most probable side given how reliable each "
+        "voter is; agreement is its probability).",
     ),
     "include_ties": ExportOption(False, (Kind.PAIRS,), "Keep tied pairs, marked tie=true."),
     "include_both_bad": ExportOption(
@@ -325,6 +339,12 @@ def _clean_option(project: Project, name: str, value: Any) -> Any:
         )
         if not known:
             raise ValidationError({name: f"No annotator {value!r} in {project.slug}."})
+        if project.memberships.filter(user__username=value, votes_excluded=True).exists():
+            raise ValidationError({name: f"{value}'s votes are excluded from {project.slug}'s data: none to export."})
+        return value
+    if name == "aggregation":
+        if value not in Aggregation.values:
+            raise ValidationError({name: f"Must be one of {', '.join(Aggregation.values)}, not {value!r}."})
         return value
     if name == "min_agreement":
         if isinstance(value, str):
@@ -383,7 +403,7 @@ class _Chunk:
 
 
 # The answers the pairs, unpaired and sft kinds read; the votes kind reads every field (_VOTE_COLUMNS).
-_ANSWER_COLUMNS = "a.task_id, a.score, a.choice, a.strength, a.both_bad, a.ranking"
+_ANSWER_COLUMNS = "a.task_id, a.score, a.choice, a.strength, a.both_bad, a.ranking, a.annotator_id"
 _VOTE_COLUMNS = (
     "a.task_id, a.id, a.source, a.annotator_id, u.username, a.score, a.labels, a.choice, a.strength, a.both_bad,"
     " a.ranking, a.comment, a.time_spent, s.shown_order, a.created_at"
@@ -415,8 +435,9 @@ class _Sql:
         if options["split"]:
             self.prompts += " AND p.split = %s"
             self.prompt_params.append(options["split"])
-        self.tasks = f"t.project_id = %s AND t.kind IN ({', '.join(['%s'] * len(kinds))})"
-        self.task_params = [snapshot.project_id, *kinds]
+        # Gold tasks are asked to measure annotators: neither their gold answers nor anyone's on them are data.
+        self.tasks = f"t.project_id = %s AND t.status <> %s AND t.kind IN ({', '.join(['%s'] * len(kinds))})"
+        self.task_params = [snapshot.project_id, Task.Status.GOLD.value, *kinds]
         if options["round"] is not None:
             self.tasks += " AND t.round_number = %s"
             self.task_params.append(options["round"])
@@ -431,6 +452,11 @@ class _Sql:
         if options["annotator"]:
             self.annotations += f" AND a.annotator_id = (SELECT u.id FROM {self.user} u WHERE u.username = %s)"
             self.annotation_params.append(options["annotator"])
+        # Read once, as the export starts (a Dawid–Skene fit leaves out the same voters).
+        if excluded := list(snapshot.project.excluded_voters().values_list("user_id", flat=True)):
+            listed = ", ".join(["%s"] * len(excluded))
+            self.annotations += f" AND (a.annotator_id IS NULL OR a.annotator_id NOT IN ({listed}))"
+            self.annotation_params += excluded
         self.annotation_columns, self.annotation_joins = _ANSWER_COLUMNS, ""
         if snapshot.kind == Kind.VOTES:
             self.annotation_columns = _VOTE_COLUMNS
@@ -621,10 +647,10 @@ class _Pair:
 
 
 def _decide(
-    prompt_id: int, task_id: int, a: _Response, b: _Response, tally: Tally, options: dict[str, Any]
+    prompt_id: int, task_id: int, a: _Response, b: _Response, tally: Tally, decision: Decision, options: dict[str, Any]
 ) -> _Pair | None:
-    """The pair a tally makes, or None when the options leave it out."""
-    winner, margin, agreement, both_bad = decide(tally)
+    """The pair a decision on its tally makes, or None when the options leave it out."""
+    winner, margin, agreement, both_bad = decision
     tie = winner == "tie"
     if (tie and not options["include_ties"]) or (both_bad and not options["include_both_bad"]):
         return None
@@ -640,8 +666,11 @@ def _decide(
     )  # fmt: skip
 
 
-def _chunk_pairs(snapshot: DatasetSnapshot, chunk: _Chunk) -> list[_Pair]:
-    """The pairs of these prompts: by prompt, then task and positions, then the pairs from ratings."""
+def _chunk_pairs(snapshot: DatasetSnapshot, chunk: _Chunk, sides: "SideModel | None") -> list[_Pair]:
+    """The pairs of these prompts: by prompt, then task and positions, then the pairs from ratings. Decided by
+    majority, or by `sides` (a Dawid–Skene fit) when given."""
+    if sides is not None:
+        return _chunk_pairs_by(sides, snapshot, chunk)
     pairs, options = [], snapshot.filters
     for task_id, task in chunk.tasks.items():
         if task.kind == TaskKind.RATING or (rows := chunk.annotations.get(task_id)) is None:
@@ -650,15 +679,44 @@ def _chunk_pairs(snapshot: DatasetSnapshot, chunk: _Chunk) -> list[_Pair]:
         # model (annotate/votes.py).
         if task.kind == TaskKind.PAIRWISE:
             tally = Tally()
-            for _, _, choice, strength, both_bad, _ in rows:
+            for _, _, choice, strength, both_bad, _, _ in rows:
                 tally.add(pairwise_vote(choice, strength, both_bad))
-            if pair := _decide(task.prompt_id, task_id, *chunk.task_responses[task_id], tally, options):
+            a, b = chunk.task_responses[task_id]
+            if pair := _decide(task.prompt_id, task_id, a, b, tally, decide(tally), options):
                 pairs.append(pair)
             continue
         responses = {response.id: response for response in chunk.task_responses[task_id]}
         for (a, b), tally in tally_rankings((orjson.loads(row[5]) for row in rows), list(responses)).items():
-            if pair := _decide(task.prompt_id, task_id, responses[a], responses[b], tally, options):
+            if pair := _decide(task.prompt_id, task_id, responses[a], responses[b], tally, decide(tally), options):
                 pairs.append(pair)
+    return _with_rating_pairs(snapshot, chunk, pairs)
+
+
+def _chunk_pairs_by(sides: "SideModel", snapshot: DatasetSnapshot, chunk: _Chunk) -> list[_Pair]:
+    """The pairs of these prompts as _chunk_pairs makes them, each decided by its Dawid–Skene posterior."""
+    pairs, options = [], snapshot.filters
+    for task_id, task in chunk.tasks.items():
+        if task.kind == TaskKind.RATING or (rows := chunk.annotations.get(task_id)) is None:
+            continue
+        responses = chunk.task_responses[task_id]
+        votes: dict[tuple[_Response, _Response], list[tuple[int | None, Any]]] = {}  # pair → (voter, Vote)
+        if task.kind == TaskKind.PAIRWISE:
+            votes[responses[0], responses[1]] = [(row[6], pairwise_vote(*row[2:5])) for row in rows]
+        else:
+            by_id = {response.id: response for response in responses}
+            for row in rows:
+                for (a, b), vote in ranking_votes(orjson.loads(row[5]), list(by_id)).items():
+                    votes.setdefault((by_id[a], by_id[b]), []).append((row[6], vote))
+        for (a, b), pair_votes in votes.items():
+            pair_tally = tally(vote for _, vote in pair_votes)
+            decision = sides.decide(pair_tally, [(voter, vote.value) for voter, vote in pair_votes])
+            if pair := _decide(task.prompt_id, task_id, a, b, pair_tally, decision, options):
+                pairs.append(pair)
+    return _with_rating_pairs(snapshot, chunk, pairs)
+
+
+def _with_rating_pairs(snapshot: DatasetSnapshot, chunk: _Chunk, pairs: list[_Pair]) -> list[_Pair]:
+    """The task pairs, and after each prompt's those that ratings make (ratings_as_pairs)."""
     if snapshot.filters["ratings_as_pairs"]:
         scale = snapshot.project.rating_max - snapshot.project.rating_min
         for prompt_id, rated in groupby(_rated(chunk), key=itemgetter(0)):
@@ -678,7 +736,19 @@ def _chunk_pairs(snapshot: DatasetSnapshot, chunk: _Chunk) -> list[_Pair]:
 
 
 def _rows(snapshot: DatasetSnapshot) -> Iterator[dict[str, Any]]:
-    kind_rows = {Kind.PAIRS: _pair_rows, Kind.UNPAIRED: _unpaired_rows, Kind.VOTES: _vote_rows, Kind.SFT: _sft_rows}
+    sides = None
+    if snapshot.filters.get("aggregation") == Aggregation.DAWID_SKENE:
+        from annotate.aggregation import fit_sides  # numpy: a majority export does without it
+
+        started = monotonic()
+        sides = fit_sides(snapshot.project)
+        logger.info("Export %s: Dawid-Skene fit in %.2f s", snapshot.pk, monotonic() - started)
+    kind_rows = {
+        Kind.PAIRS: partial(_pair_rows, sides=sides),
+        Kind.UNPAIRED: _unpaired_rows,
+        Kind.VOTES: _vote_rows,
+        Kind.SFT: partial(_sft_rows, sides=sides),
+    }
     for chunk in _chunks(snapshot):
         rendered = {prompt_id: _render(prompt.messages, snapshot.style) for prompt_id, prompt in chunk.prompts.items()}
         yield from kind_rows[snapshot.kind](snapshot, chunk, rendered)
@@ -694,8 +764,10 @@ def _completion(text: str, style: str) -> list[dict[str, str]] | str:
     return [{"role": "assistant", "content": text}] if style == Style.CONVERSATIONAL else text
 
 
-def _pair_rows(snapshot: DatasetSnapshot, chunk: _Chunk, rendered: dict[int, Any]) -> Iterator[dict[str, Any]]:
-    for pair in _chunk_pairs(snapshot, chunk):
+def _pair_rows(
+    snapshot: DatasetSnapshot, chunk: _Chunk, rendered: dict[int, Any], sides: "SideModel | None"
+) -> Iterator[dict[str, Any]]:
+    for pair in _chunk_pairs(snapshot, chunk, sides):
         yield {
             "prompt": rendered[pair.prompt_id],
             "chosen": _completion(pair.chosen.content, snapshot.style),
@@ -786,9 +858,11 @@ def _pseudonym(user_id: int) -> str:
     return hmac.new(settings.SECRET_KEY.encode(), str(user_id).encode(), hashlib.sha256).hexdigest()[:16]
 
 
-def _sft_rows(snapshot: DatasetSnapshot, chunk: _Chunk, rendered: dict[int, Any]) -> Iterator[dict[str, Any]]:
+def _sft_rows(
+    snapshot: DatasetSnapshot, chunk: _Chunk, rendered: dict[int, Any], sides: "SideModel | None"
+) -> Iterator[dict[str, Any]]:
     options, responses = snapshot.filters, chunk.responses
-    best = {(pair.prompt_id, pair.chosen.id): pair.chosen for pair in _chunk_pairs(snapshot, chunk)}
+    best = {(pair.prompt_id, pair.chosen.id): pair.chosen for pair in _chunk_pairs(snapshot, chunk, sides)}
     if not options["annotator"]:  # a response does not record who wrote it
         human = Response.objects.filter(id__in=[r.id for r in responses.values() if r.source == Response.Source.HUMAN])
         if options["round"] is not None:

@@ -16,6 +16,13 @@ Formats, detected from the first row's fields unless forced:
 - preferences: chosen + rejected, [prompt] — TRL standard (strings), TRL conversational (message
                lists, explicit or implicit prompt) and HH-RLHF transcripts ("\n\nHuman: …").
 
+Gold tasks (a known answer, mixed into annotators' queues to measure them; see Task.Status.GOLD): a preference row
+with `"gold": true` makes a gold pairwise task whose gold answer is `chosen` (instead of an imported vote); a
+responses row with one response and a `gold_score` makes a gold rating task of it with that score. The gold answer is
+checked as an annotator's would be (annotate/answers.py), and the project must enable the task's kind, or the queue
+would never serve it. A gold row whose task already exists and is not gold is refused: the known answer would be
+dropped in silence.
+
 Rows are keyed by the prompt's external id (its `id`, else a hash of its messages). An existing prompt
 is reused, never changed; a response whose exact text its prompt already has is reused; a task is made
 only when no task of its kind over exactly those responses exists. Re-importing a file is a no-op.
@@ -40,6 +47,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, models, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -64,8 +72,8 @@ _INSERT_CHUNK = 500  # rows per SQLite INSERT: 500 × 9 columns stays under its 
 ROLES = ("system", "user", "assistant")
 
 PROMPT_FIELDS = {"id", "prompt", "messages", "split", "metadata"}
-RESPONSE_FIELDS = PROMPT_FIELDS | {"responses", "response"}
-PREFERENCE_FIELDS = {"id", "prompt", "chosen", "rejected", "split", "metadata"}
+RESPONSE_FIELDS = PROMPT_FIELDS | {"responses", "response", "gold_score"}
+PREFERENCE_FIELDS = {"id", "prompt", "chosen", "rejected", "split", "metadata", "gold"}
 _RESPONSE_COLUMN = re.compile(r"^response_(\d+)$")
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -97,12 +105,14 @@ class ImportResult:
     responses_created: int = 0
     tasks_created: int = 0
     annotations_created: int = 0
+    gold_tasks_created: int = 0  # of tasks_created; each has one gold answer, counted in annotations_created
 
     def __str__(self) -> str:
+        gold = f" ({self.gold_tasks_created} gold)" if self.gold_tasks_created else ""
         return (
             f"{self.rows} {self.format} rows ({self.filetype}): {self.prompts_created} prompts created, "
             f"{self.prompts_existing} rows for prompts that already existed, {self.responses_created} responses, "
-            f"{self.tasks_created} tasks, {self.annotations_created} imported annotations"
+            f"{self.tasks_created} tasks{gold}, {self.annotations_created} imported annotations"
         )
 
 
@@ -115,6 +125,8 @@ class Row:
     metadata: dict[str, Any]
     responses: list[str]
     chosen: str | None = None  # preferences: the text of the preferred response
+    gold: str | None = None  # the field that makes the row gold ("gold" or "gold_score"); None: not gold
+    gold_score: Any = None  # responses: the one response's known score, as given
     # Filled in while writing:
     response_ids: list[int] = field(default_factory=list)
 
@@ -154,8 +166,9 @@ def import_file(
                     if progress is not None:
                         progress(result.rows)
                 # Last, so the project's row (which completing submissions update too) is held only to commit.
-                # Each imported annotation completes the task made for it.
-                project.count_tasks(added=result.tasks_created, completed=result.annotations_created)
+                # Each imported annotation completes the task made for it; gold tasks are no part of the progress.
+                gold = result.gold_tasks_created
+                project.count_tasks(added=result.tasks_created - gold, completed=result.annotations_created - gold)
         except IntegrityError:
             # Only a concurrent import of the same ids gets here: this one saw them absent, then collided.
             raise ImportFailed("another import added the same prompts at the same time; import again") from None
@@ -361,9 +374,20 @@ def _detect_format(line: int, record: dict[str, Any]) -> str:
     )
 
 
+# Why a gold field does not fit a row of another format: "unknown field" alone would not say how to make it gold.
+_GOLD_MISPLACED = {
+    "gold": "gold makes a preference row's chosen the known answer, and this row has no chosen and rejected (to make "
+    "a rated response gold, give gold_score)",
+    "gold_score": "gold_score is the known score of a responses row's one response, and this is a "
+    "{format} row (to make a preference pair gold, give gold: true)",
+}
+
+
 def _check_fields(format: str, line: int, fields: Iterable[str]) -> None:
     allowed = {"prompts": PROMPT_FIELDS, "responses": RESPONSE_FIELDS, "preferences": PREFERENCE_FIELDS}[format]
     for key in fields:
+        if key in _GOLD_MISPLACED and key not in allowed:
+            raise ImportFailed(_GOLD_MISPLACED[key].format(format=format), line=line, field=key)
         if key not in allowed and not (format == "responses" and _RESPONSE_COLUMN.match(key)):
             raise ImportFailed(
                 f"unknown field for {format} (expected {', '.join(sorted(allowed))})", line=line, field=key
@@ -385,12 +409,21 @@ def _parse_row(format: str, line: int, record: dict[str, Any]) -> Row:
         # JSONL gives it as a value: it counts as JSON text, as a CSV cell gives it (and was measured above).
         _check_length(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")), line, "metadata", max_text)
 
-    chosen = None
+    chosen, gold = None, None
     if format == "preferences":
         messages, responses, chosen = _parse_preference(record, line)
+        gold = "gold" if _parse_gold(record, line) else None
     else:
         messages = _prompt_messages(record, line)
         responses = _parse_responses(record, line) if format == "responses" else []
+        if record.get("gold_score") is not None:
+            if len(responses) != 1:
+                raise ImportFailed(
+                    f"a gold score rates one response: give exactly one, not {len(responses)}",
+                    line=line,
+                    field="gold_score",
+                )
+            gold = "gold_score"
     return Row(
         line=line,
         external_id=_external_id(record, messages, line),
@@ -399,7 +432,19 @@ def _parse_row(format: str, line: int, record: dict[str, Any]) -> Row:
         metadata=metadata,
         responses=responses,
         chosen=chosen,
+        gold=gold,
+        gold_score=record.get("gold_score"),
     )
+
+
+def _parse_gold(record: dict[str, Any], line: int) -> bool:
+    """A preference row's `gold`: true or false (JSON), or the same words, 1 or 0 (a CSV cell)."""
+    value = record.get("gold", False)
+    if isinstance(value, str):
+        value = {"true": True, "1": True, "false": False, "0": False}.get(value.strip().lower(), value)
+    if not isinstance(value, bool):
+        raise ImportFailed(f"must be true or false, not {value!r}", line=line, field="gold")
+    return value
 
 
 def _check_texts(value: Any, line: int, name: str, max_text: int) -> None:
@@ -665,12 +710,13 @@ def _write_batch(project: Project, rows: list[Row], result: ImportResult, last_p
     for row in rows:
         row.response_ids = [response_ids[(prompt_ids[row.external_id], content)] for content in row.responses]
 
-    by_task: dict[int, tuple[str, list[int]]] = {}
-    for task_id, kind, response_id in TaskResponse.objects.filter(task__prompt_id__in=known).values_list(
-        "task_id", "task__kind", "response_id"
+    by_task: dict[int, tuple[str, bool, list[int]]] = {}
+    for task_id, kind, status, response_id in TaskResponse.objects.filter(task__prompt_id__in=known).values_list(
+        "task_id", "task__kind", "task__status", "response_id"
     ):
-        by_task.setdefault(task_id, (kind, []))[1].append(response_id)
-    existing_tasks = {(kind, tuple(sorted(ids))) for kind, ids in by_task.values()}
+        by_task.setdefault(task_id, (kind, status == Task.Status.GOLD, []))[2].append(response_id)
+    # (kind, response ids) → whether that task is gold
+    existing_tasks = {(kind, tuple(sorted(ids))): gold for kind, gold, ids in by_task.values()}
 
     tasks, task_response_ids, answers = [], [], []
     for row in rows:
@@ -678,18 +724,22 @@ def _write_batch(project: Project, rows: list[Row], result: ImportResult, last_p
         for kind, ids in _task_specs(project, row):
             key = (kind, tuple(sorted(ids)))
             if key in existing_tasks:
+                if row.gold and not existing_tasks[key]:
+                    raise ImportFailed(
+                        f"a {kind} task over these responses already exists and is not gold (in the admin, a complete "
+                        "task can be made gold from its majority answer)",
+                        line=row.line,
+                        field=row.gold,
+                    )
                 continue
-            existing_tasks.add(key)
+            existing_tasks[key] = row.gold is not None
             # (project, prompt, kind, required_annotations, annotation_count, status, priority, round, created_at)
-            tasks.append(
-                (project.id, prompt_ids[row.external_id], kind, project.overlap, 0, Task.Status.OPEN, 0, 0, now)
-                if not imported
-                else (project.id, prompt_ids[row.external_id], kind, 1, 1, Task.Status.COMPLETE, 0, 0, now)
-            )
+            status = Task.Status.GOLD if row.gold else Task.Status.COMPLETE if imported else Task.Status.OPEN
+            required, answered = (1, 1) if imported or row.gold else (project.overlap, 0)
+            tasks.append((project.id, prompt_ids[row.external_id], kind, required, answered, status, 0, 0, now))
             task_response_ids.append(ids)
-            if imported:
-                choice = "a" if ids[0] == row.response_ids[row.responses.index(row.chosen)] else "b"
-                answers.append((len(tasks) - 1, clean_answer(project, TaskKind.PAIRWISE, ids, {"choice": choice})))
+            if imported or row.gold:
+                answers.append((len(tasks) - 1, *_imported_answer(project, row, kind, ids)))
     fields = [
         "project", "prompt", "kind", "required_annotations", "annotation_count", "status", "priority",
         "round_number", "created_at",
@@ -705,27 +755,48 @@ def _write_batch(project: Project, rows: list[Row], result: ImportResult, last_p
         ],
         returning=False,
     )
-    fields = ["task", "source", "choice", "strength", "both_bad", "comment", "labels", "created_at"]
+    fields = ["task", "source", "score", "choice", "strength", "both_bad", "comment", "labels", "created_at"]
     _insert(
         Annotation,
         fields,
         [
             (
                 task_ids[index],
-                Annotation.Source.IMPORTED,
-                a["choice"],
-                a["strength"],
-                a["both_bad"],
+                source,
+                a.get("score"),
+                a.get("choice", ""),
+                a.get("strength"),
+                a.get("both_bad", False),
                 a["comment"],
-                [],
+                a.get("labels", []),
                 now,
             )
-            for index, a in answers
+            for index, source, a in answers
         ],
         returning=False,
     )
     result.tasks_created += len(tasks)
     result.annotations_created += len(answers)
+    result.gold_tasks_created += sum(source == Annotation.Source.GOLD for _, source, _ in answers)
+
+
+def _imported_answer(project: Project, row: Row, kind: str, ids: list[int]) -> tuple[str, dict[str, Any]]:
+    """The answer a preference or gold row gives its task, checked as an annotator's: (source, Annotation fields)."""
+    if row.gold and kind not in project.task_kinds:
+        raise ImportFailed(
+            f"a gold {kind} task is only served where {kind} tasks are enabled: enable them in the project first",
+            line=row.line,
+            field=row.gold,
+        )
+    if row.chosen is not None:
+        answer = {"choice": "a" if ids[0] == row.response_ids[row.responses.index(row.chosen)] else "b"}
+    else:
+        answer = {"score": row.gold_score}
+    try:
+        fields = clean_answer(project, kind, ids, answer)
+    except ValidationError as error:
+        raise ImportFailed(" ".join(error.messages), line=row.line, field=row.gold) from None
+    return (Annotation.Source.GOLD if row.gold else Annotation.Source.IMPORTED), fields
 
 
 def _insert(model: type[models.Model], fields: list[str], rows: list[tuple], returning: bool = True) -> list[int]:
@@ -784,6 +855,8 @@ def _task_specs(project: Project, row: Row) -> list[tuple[str, list[int]]]:
             zip(row.responses, ids, strict=True), key=lambda pair: hashlib.sha256(pair[0].encode()).digest()
         )
         return [(TaskKind.PAIRWISE, [response_id for _, response_id in by_hash])]
+    if row.gold:  # a gold score: one rating task (whose kind _imported_answer checks)
+        return [(TaskKind.RATING, ids)]
     kinds = set(project.task_kinds)
     specs = [(TaskKind.RATING, [response_id]) for response_id in ids] if TaskKind.RATING in kinds else []
     if len(ids) == 2 and TaskKind.PAIRWISE in kinds:

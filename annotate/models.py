@@ -45,6 +45,10 @@ class QuotaReached(Exception):
     """Refused: the project already has as many rounds or exports under way as the settings allow."""
 
 
+class GoldRefused(Exception):
+    """A task that cannot become gold: the message names it and says why."""
+
+
 class TaskKind(models.TextChoices):
     RATING = "rating", "Single-sided rating"
     PAIRWISE = "pairwise", "Side-by-side pairwise"
@@ -282,6 +286,9 @@ class Project(models.Model):
                 return mine[0]
             if len(mine) >= self.max_open_leases:
                 return None
+            # A gold task at random, one lease in gold_rate: a fixed spacing could be learnt and counted.
+            if self.gold_rate and random.randrange(self.gold_rate) == 0 and (lease := self._lease_gold(user, now)):
+                return lease
             passed_over: list[int] = []
             while True:
                 try:
@@ -307,22 +314,40 @@ class Project(models.Model):
             # committed lease and annotation, so this check is exact.
             if not task.has_room_for(user, now):
                 raise _NoRoom(task.pk)
-            shown_order = task.response_ids()
-            random.shuffle(shown_order)  # which response is A is random per lease, and recorded
-            return Assignment.objects.create(
-                task=task,
-                annotator=user,
-                leased_at=now,
-                expires_at=now + self.lease_length,
-                shown_order=shown_order,
-            )
+            return self._lease(task, user, now)
+
+    def _lease_gold(self, user: Any, now: datetime) -> "Assignment | None":
+        """A lease on a gold task the user was never given, while the open queue still holds a task for them: gold
+        comes only among real work, so "N left for you" counts real tasks and a gold task is never the last one."""
+        task = self.gold_tasks_for(user).select_related("prompt").first()
+        if task is None or not self.available_tasks(user, now).exists():
+            return None
+        # No lock on the task: a gold task has no overlap to keep, and the user's row (locked) keeps this one lease.
+        return self._lease(task, user, now)
+
+    def _lease(self, task: "Task", user: Any, now: datetime) -> "Assignment":
+        shown_order = task.response_ids()
+        random.shuffle(shown_order)  # which response is A is random per lease, and recorded
+        return Assignment.objects.create(
+            task=task, annotator=user, leased_at=now, expires_at=now + self.lease_length, shown_order=shown_order
+        )
 
     def available_tasks(self, user: Any, now: datetime) -> "TaskQuerySet":
         """This project's tasks the user may be given now, of the kinds it enables, in queue order."""
-        tasks = self.tasks.available_to(user, now, fill=self.fill)
+        return self._enabled(self.tasks.available_to(user, now, fill=self.fill))
+
+    def gold_tasks_for(self, user: Any) -> "TaskQuerySet":
+        """This project's gold tasks of the kinds it enables that the user was never given, oldest first."""
+        return self._enabled(self.tasks.new_to(user).filter(status=Task.Status.GOLD).order_by("id"))
+
+    def _enabled(self, tasks: "TaskQuerySet") -> "TaskQuerySet":
         if set(self.task_kinds) != set(TaskKind.values):
             tasks = tasks.filter(kind__in=self.task_kinds)
         return tasks
+
+    def excluded_voters(self) -> models.QuerySet:
+        """The user ids of members whose votes are excluded from this project's data (Membership.votes_excluded)."""
+        return self.memberships.filter(votes_excluded=True).values("user_id")
 
     def count_tasks(self, *, added: int = 0, completed: int = 0) -> None:
         """Move the task counters by a difference (in the caller's transaction, as late in it as it can)."""
@@ -348,6 +373,7 @@ class Project(models.Model):
                 .get()
             )
             by_status = dict(self.tasks.order_by().values_list("status").annotate(n=Count("pk")))
+            by_status.pop(Task.Status.GOLD, None)  # gold tasks are no part of the project's progress
             after = (sum(by_status.values()), by_status.get(Task.Status.COMPLETE, 0))
             self.task_count, self.complete_task_count = after
             if after == before:
@@ -373,10 +399,12 @@ class Project(models.Model):
         }
 
     def lead_stats(self) -> dict[str, Any]:
-        """What a lead watches: tasks by status and kind, annotations per annotator and per hour, live leases,
-        and agreement (see agreement())."""
+        """What a lead watches: tasks by status and kind, annotations per annotator and per hour (answers to gold tasks
+        aside: they are on the Quality page), live leases, and agreement (see agreement())."""
         now = timezone.now()
-        annotations = Annotation.objects.filter(task__project=self, source=Annotation.Source.HUMAN)
+        annotations = Annotation.objects.filter(task__project=self, source=Annotation.Source.HUMAN).exclude(
+            task__status=Task.Status.GOLD
+        )
         return {
             "tasks_by_status": {
                 (status, kind): n
@@ -407,13 +435,16 @@ class Project(models.Model):
 
     def agreement(self, tasks: int = AGREEMENT_TASKS) -> dict[str, Any]:
         """Inter-annotator agreement (annotate/agreement.py) on the latest `tasks` tasks with two annotations or
-        more: per kind (units, values, percent, alpha) and per annotator (lowest first)."""
+        more, gold tasks and excluded members' votes aside: per kind (units, values, percent, alpha) and per annotator
+        (lowest first)."""
         from annotate import agreement
         from annotate.votes import pairwise_vote
 
-        latest = list(self.tasks.filter(annotation_count__gte=2).order_by("-id").values_list("id", flat=True)[:tasks])
+        candidates = self.tasks.filter(annotation_count__gte=2).exclude(status=Task.Status.GOLD)
+        latest = list(candidates.order_by("-id").values_list("id", flat=True)[:tasks])
         rows = (
             Annotation.objects.filter(task__in=latest, source=Annotation.Source.HUMAN)
+            .exclude(annotator__in=self.excluded_voters())
             .order_by("task_id", "id")
             .values_list(
                 "task_id", "task__kind", "annotator__username", "choice", "strength", "both_bad", "score", "ranking"
@@ -604,13 +635,18 @@ class TaskQuerySet(models.QuerySet):
         )
         tasks = (
             self.filter(status=Task.Status.OPEN)
-            .exclude(Exists(Assignment.objects.filter(task=OuterRef("pk"), annotator=user)))
-            .exclude(Exists(Annotation.objects.filter(task=OuterRef("pk"), annotator=user)))
+            .new_to(user)
             .alias(live=Coalesce(Subquery(live_leases), 0))
             .filter(annotation_count__lt=F("required_annotations") - F("live"))
             .order_by("-priority", "-annotation_count" if fill == Project.Fill.DEPTH else "annotation_count", "id")
         )
         return tasks
+
+    def new_to(self, user: Any) -> "TaskQuerySet":
+        """Tasks the user never held a lease on (submitted, skipped or expired) nor annotated."""
+        return self.exclude(Exists(Assignment.objects.filter(task=OuterRef("pk"), annotator=user))).exclude(
+            Exists(Annotation.objects.filter(task=OuterRef("pk"), annotator=user))
+        )
 
 
 class Task(models.Model):
@@ -667,7 +703,7 @@ class Task(models.Model):
     def save(self, *args: Any, **kwargs: Any) -> None:
         adding = self._state.adding
         super().save(*args, **kwargs)
-        if adding:
+        if adding and self.status != self.Status.GOLD:
             self.project.count_tasks(added=1, completed=int(self.status == self.Status.COMPLETE))
 
     def clean(self) -> None:
@@ -680,14 +716,65 @@ class Task(models.Model):
         return Task.objects.filter(pk=self.pk).available_to(user, now).exists()
 
     def refresh_progress(self) -> None:
-        """Recount the annotations and set the status from it (after an edit or delete outside the queue)."""
-        was_complete = Task.objects.filter(pk=self.pk, status=self.Status.COMPLETE).exists()
+        """Recount the annotations and set the status from them (after an edit or delete outside the queue): gold
+        while the task has a gold answer, else complete at the required count."""
+        before = Task.objects.values_list("status", flat=True).get(pk=self.pk)
         self.annotation_count = self.annotations.count()
-        done = self.annotation_count >= self.required_annotations
-        self.status = self.Status.COMPLETE if done else self.Status.OPEN
+        if self.annotations.filter(source=Annotation.Source.GOLD).exists():
+            self.status = self.Status.GOLD
+        else:
+            done = self.annotation_count >= self.required_annotations
+            self.status = self.Status.COMPLETE if done else self.Status.OPEN
         self.save(update_fields=["annotation_count", "status"])
-        if done != was_complete:
-            self.project.count_tasks(completed=1 if done else -1)
+        (tasks, complete), (tasks_after, complete_after) = _counted(before), _counted(self.status)
+        if (tasks, complete) != (tasks_after, complete_after):
+            self.project.count_tasks(added=tasks_after - tasks, completed=complete_after - complete)
+
+    def make_gold(self) -> "Annotation":
+        """Freeze a complete task's majority answer as its gold answer: the task leaves the data and the progress
+        counts and is served as gold from now on. GoldRefused where it has no such answer."""
+        with transaction.atomic():
+            task = Task.objects.select_for_update().select_related("project").get(pk=self.pk)
+            if task.status != Task.Status.COMPLETE:
+                status = task.get_status_display().lower()
+                raise GoldRefused(f"Task {task.pk} is {status}: only a complete task can become gold.")
+            fields = task.clean_answer(task.majority_answer())
+            annotation = Annotation.objects.create(task=task, source=Annotation.Source.GOLD, **fields)
+            Task.objects.filter(pk=task.pk).update(status=Task.Status.GOLD, annotation_count=F("annotation_count") + 1)
+            task.project.count_tasks(added=-1, completed=-1)
+        self.status, self.annotation_count = Task.Status.GOLD, task.annotation_count + 1
+        return annotation
+
+    def majority_answer(self) -> dict[str, Any]:
+        """What the votes that count (annotate/votes.py; excluded members' aside) agree on, as an answer: a pairwise
+        task's winning side, a rating task's median score. GoldRefused where they agree on none (a tie, both bad, a
+        median between two points) and for rankings."""
+        from annotate.votes import agreed_score, decide, pairwise_vote, tally
+
+        if self.kind == TaskKind.RANKING:
+            raise GoldRefused(f"Task {self.pk} is a ranking: only pairwise and rating tasks can be gold.")
+        votes = (
+            self.annotations.filter(source__in=[Annotation.Source.HUMAN, Annotation.Source.IMPORTED])
+            .exclude(annotator__in=self.project.excluded_voters())
+            .order_by("id")
+        )
+        if self.kind == TaskKind.RATING:
+            scores = list(votes.values_list("score", flat=True))
+            if not scores:
+                raise GoldRefused(f"Task {self.pk} has no ratings that count.")
+            if (score := agreed_score(scores)) is None:
+                low, high = sorted(scores)[(len(scores) - 1) // 2 : len(scores) // 2 + 1]
+                raise GoldRefused(f"Task {self.pk}: its ratings split evenly between {low} and {high}.")
+            return {"score": score}
+        answers = [pairwise_vote(*row) for row in votes.values_list("choice", "strength", "both_bad")]
+        if not answers:
+            raise GoldRefused(f"Task {self.pk} has no votes that count.")
+        decision = decide(tally(answers))
+        if decision.winner == "tie":
+            raise GoldRefused(f"Task {self.pk}: its votes make a tie.")
+        if decision.both_bad:
+            raise GoldRefused(f"Task {self.pk}: most of its votes say both responses are bad.")
+        return {"choice": decision.winner}
 
     def response_ids(self) -> list[int]:
         """The task's response ids in position order (position 0 is A, 1 is B)."""
@@ -705,7 +792,14 @@ def _uncount_deleted_task(sender: type, instance: Task, origin: Any = None, **kw
     # deletes a queryset; each sends this, in the deleting transaction.
     if isinstance(origin, Project) or getattr(origin, "model", None) is Project:
         return  # the counters go with their project
-    Project(pk=instance.project_id).count_tasks(added=-1, completed=-int(instance.status == Task.Status.COMPLETE))
+    tasks, complete = _counted(instance.status)
+    if tasks:
+        Project(pk=instance.project_id).count_tasks(added=-tasks, completed=-complete)
+
+
+def _counted(status: str) -> tuple[int, int]:
+    """What a task of this status adds to its project's counters (tasks, complete): gold tasks are no progress."""
+    return int(status != Task.Status.GOLD), int(status == Task.Status.COMPLETE)
 
 
 class TaskResponse(models.Model):
@@ -837,7 +931,10 @@ class Assignment(models.Model):
                 return existing
             if lease.status == Assignment.Status.SKIPPED:
                 raise LeaseError("You skipped this task.")
-            if lease.status != Assignment.Status.ACTIVE or lease.expires_at <= now:
+            # A gold task has no overlap to fill: an answer after the lease ran out takes no one's place.
+            if task.status != Task.Status.GOLD and (
+                lease.status != Assignment.Status.ACTIVE or lease.expires_at <= now
+            ):
                 others = Assignment.objects.live(now).filter(task=task).exclude(pk=lease.pk).count()
                 if task.status != Task.Status.OPEN or task.annotation_count + others >= task.required_annotations:
                     raise LeaseError("Your time on this task ran out and it went to someone else.")
@@ -852,7 +949,7 @@ class Assignment(models.Model):
             )
             Assignment.objects.filter(pk=lease.pk).update(status=Assignment.Status.SUBMITTED, submitted_at=now)
             task.annotation_count += 1
-            completed = task.annotation_count >= task.required_annotations
+            completed = task.status == Task.Status.OPEN and task.annotation_count >= task.required_annotations
             if completed:
                 task.status = Task.Status.COMPLETE
             task.save(update_fields=["annotation_count", "status"])

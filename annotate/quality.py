@@ -161,14 +161,17 @@ def _json(text: str | None) -> Any:
 
 def read_answers(project: Project) -> Answers:
     """The project's human annotations, read CHUNK_TASKS tasks at a time in id order; its annotators come first,
-    those who have not answered yet too."""
+    those who have not answered yet too. Gold tasks are left out: their answers are measured against the known one."""
     columns = _Columns(project.rating_min, project.rating_max - project.rating_min + 1)
     members = project.memberships.filter(role=Membership.Role.ANNOTATOR).order_by("user_id")
     for user_id in members.values_list("user_id", flat=True):
         columns.annotators[user_id] = len(columns.annotators)
     after = 0
     while tasks := dict(
-        Task.objects.filter(project=project, pk__gt=after).order_by("pk").values_list("pk", "kind")[:CHUNK_TASKS]
+        Task.objects.filter(project=project, pk__gt=after)
+        .exclude(status=Task.Status.GOLD)
+        .order_by("pk")
+        .values_list("pk", "kind")[:CHUNK_TASKS]
     ):
         # Each query reads a range of task ids (an index range scan) and leaves other projects' rows out here: joined
         # to the task table for its project, PostgreSQL hashed the whole table for every chunk (BENCHMARKS.md).

@@ -7,7 +7,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from annotate.exports import EXPORT_OPTIONS
+from annotate.exports import EXPORT_OPTIONS, Aggregation
 from annotate.importing import FORMATS
 from annotate.models import (
     Annotation,
@@ -280,7 +280,10 @@ class ImportResultSerializer(serializers.Serializer):
     prompts_existing = serializers.IntegerField(help_text="Rows for prompts that already existed (reused as is).")
     responses_created = serializers.IntegerField()
     tasks_created = serializers.IntegerField()
-    annotations_created = serializers.IntegerField()
+    annotations_created = serializers.IntegerField(help_text="Imported votes and gold answers.")
+    gold_tasks_created = serializers.IntegerField(
+        required=False, help_text="Of tasks_created: gold tasks, each with its gold answer (absent in older jobs)."
+    )
 
 
 class ImportJobSerializer(serializers.ModelSerializer):
@@ -541,6 +544,7 @@ class ExportFiltersSerializer(serializers.Serializer):
     until = _export_option(serializers.CharField, "until")
     annotator = _export_option(serializers.CharField, "annotator")
     min_agreement = _export_option(serializers.FloatField, "min_agreement", min_value=0, max_value=1)
+    aggregation = _export_option(serializers.ChoiceField, "aggregation", choices=Aggregation.choices)
     include_ties = _export_option(JsonBooleanField, "include_ties")
     include_both_bad = _export_option(JsonBooleanField, "include_both_bad")
     ratings_as_pairs = _export_option(JsonBooleanField, "ratings_as_pairs")

@@ -12,6 +12,12 @@ exports, the models page and the quality measures; agreement, which reads no pos
 - Deciding a pair (majority): the sign of the sum picks the winner, a sum of 0 is a tie. agreement = the share of
   votes on the winning side (for a tie, the share of tie votes); margin = |sum| / votes, the mean strength towards
   the winner, from 0 to 2; the pair is both_bad when more than half of its votes say so.
+- Deciding a pair from the probabilities of its true side (Dawid–Skene, annotate/aggregation.py): the most probable
+  side wins, and a pair whose a and b are equally probable, or whose tie is the most probable, is a tie;
+  agreement = the winner's probability; margin = the votes' mean strength towards the winner, 0 where they lean the
+  other way (and for a tie); both_bad as above.
+- The score a rating task's answers agree on (the gold answer a majority makes, Task.majority_answer): their
+  median, none when the median falls between two points of the scale.
 """
 
 from collections.abc import Iterable, Sequence
@@ -134,3 +140,23 @@ def decide(tally: Tally) -> Decision:
         winner, on_winning_side = "tie", tally.ties
     # tuple.__new__ skips the NamedTuple's own __new__, a Python function: an export decides a million pairs.
     return tuple.__new__(Decision, (winner, abs(tally.total) / n, on_winning_side / n, 2 * tally.both_bad > n))
+
+
+def decide_by_posterior(tally: Tally, p_a: float, p_b: float, p_tie: float) -> Decision:
+    """The decision on a pair with one vote or more, given the probability that its true side is a, b or a tie."""
+    n = tally.for_a + tally.for_b + tally.ties
+    both_bad = 2 * tally.both_bad > n
+    if p_a == p_b or p_tie >= max(p_a, p_b):
+        return Decision("tie", 0.0, p_tie, both_bad)
+    if p_a > p_b:
+        return Decision("a", max(tally.total, 0) / n, p_a, both_bad)
+    return Decision("b", max(-tally.total, 0) / n, p_b, both_bad)
+
+
+def agreed_score(scores: Sequence[int]) -> int | None:
+    """The median of a task's ratings, or None where there are none or it falls between two scores."""
+    ordered = sorted(scores)
+    if not ordered:
+        return None
+    low, high = ordered[(len(ordered) - 1) // 2], ordered[len(ordered) // 2]
+    return low if low == high else None

@@ -9,7 +9,8 @@ responses from different entries: the better group wins, two responses in one gr
 model (annotate/votes.py), as exports read them. Strength ("much better") and "both bad" are not used: a vote says
 who won, nothing more. Ratings are not used. An automatic tie (an eval pair whose two answers are the same text,
 recorded by training/sampling.py with no one asked) is one tie vote like a person's, counted as such in `auto_ties`
-so that the pages can say how many there were.
+so that the pages can say how many there were. Gold tasks (answers known, asked to measure annotators) and the votes
+of members whose votes are excluded from the data count for nothing here.
 
 Win rate of `new` over `old`: the mean score of `new` in their votes, a win 1, a tie 1/2, a loss 0, with a 95 %
 Wilson score interval on that mean with n = the number of votes. Ties make the score's variance smaller than
@@ -106,11 +107,12 @@ def entry_name(version: ModelVersion | None) -> str:
 
 def cross_version_votes(project: Project) -> list[Vote]:
     """Every human pairwise or ranking outcome, and every automatic tie, between two different entries of the
-    project, by annotation."""
+    project, by annotation; gold tasks and excluded members' votes aside."""
     # Model version ids start at 1, so 0 stands for reference data in SQL (NULLs would not compare).
     entry = Coalesce("response__model_version_id", 0)
     tasks = (
         Task.objects.filter(project=project, kind__in=[TaskKind.PAIRWISE, TaskKind.RANKING])
+        .exclude(status=Task.Status.GOLD)
         .filter(Exists(Annotation.objects.filter(task=OuterRef("pk"), source__in=VOTE_SOURCES)))
         .alias(
             lowest=Min(Coalesce("task_responses__response__model_version_id", 0)),
@@ -128,6 +130,7 @@ def cross_version_votes(project: Project) -> list[Vote]:
         responses.setdefault(task_id, []).append((response_id, version_id or None))
     answers = (
         Annotation.objects.filter(task__in=tasks, source__in=VOTE_SOURCES)
+        .exclude(annotator__in=project.excluded_voters())
         .filter(Q(task__kind=TaskKind.RANKING) | ~Q(choice=""))
         .order_by("id")
         .values_list("id", "task_id", "task__kind", "choice", "strength", "both_bad", "ranking", "source")

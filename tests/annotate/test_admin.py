@@ -180,6 +180,7 @@ def project_form(project):
         "text_format": project.text_format,
         "lease_length": "00:30:00",
         "max_open_leases": project.max_open_leases,
+        "gold_rate": project.gold_rate,
         "samples_per_prompt": project.samples_per_prompt,
         "sample_prompts": project.sample_prompts,
         "pair_selection": project.pair_selection,

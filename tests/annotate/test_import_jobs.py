@@ -100,6 +100,7 @@ class TestApi:
             "responses_created": 10,
             "tasks_created": 15,  # per prompt: two ratings and a pairwise
             "annotations_created": 0,
+            "gold_tasks_created": 0,
         }
         assert job["started_at"] <= job["finished_at"]
         assert Prompt.objects.count() == 5 and Task.objects.count() == 15

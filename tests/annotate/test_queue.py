@@ -285,6 +285,11 @@ class TestFillOrder:
 class TestQueryCount:
     """The queries of next_assignment do not grow with the project: no request scans or counts the tasks."""
 
+    @pytest.fixture(autouse=True)
+    def no_gold_turns(self, project):
+        # A gold turn (one lease in gold_rate, at random) asks for a gold task first: test_gold.py counts those.
+        project.gold_rate = 0
+
     @staticmethod
     def add_tasks(project, n):
         prompt = Prompt.objects.create(

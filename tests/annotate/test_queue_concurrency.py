@@ -167,3 +167,35 @@ def test_when_every_candidate_is_locked_the_queue_waits_rather_than_report_nothi
 
     assert lease is not None and lease.task_id == only.pk
     assert waited >= 0.3
+
+
+def test_gold_tasks_mixed_in_leave_the_open_tasks_filled_exactly_to_k(project, django_user_model):
+    import_rows(project, [{"id": f"p{i}", "prompt": f"Q{i}?", "response": f"yes {i}"} for i in range(40)])
+    import_rows(
+        project, [{"id": f"g{i}", "prompt": f"G{i}?", "response": f"gold {i}", "gold_score": 3} for i in range(8)]
+    )
+    project.gold_rate = 2  # half the leases, while gold tasks remain for the annotator
+    users = django_user_model.objects.bulk_create(django_user_model(username=f"a{i}") for i in range(12))
+    Membership.objects.bulk_create(Membership(project=project, user=user) for user in users)
+    start = threading.Barrier(len(users))
+
+    def work(user) -> None:
+        try:
+            start.wait()
+            while (lease := project.next_assignment(user)) is not None:
+                lease.submit(ANSWERS[lease.task.kind], user=user)
+        finally:
+            connection.close()
+
+    run_together(work, [(user,) for user in users])
+
+    tasks = Task.objects.filter(project=project).annotate(
+        human=Count("annotations", filter=Q(annotations__source="human"))
+    )
+    open_tasks = tasks.exclude(status=Task.Status.GOLD)
+    assert set(open_tasks.values_list("status", "human")) == {(Task.Status.COMPLETE, 2)}
+    assert Annotation.objects.filter(task__status=Task.Status.GOLD, source="human").exists()
+    pairs = list(Annotation.objects.exclude(annotator=None).values_list("annotator", "task"))
+    assert len(pairs) == len(set(pairs)), "someone was given a task twice"
+    project.refresh_from_db()
+    assert (project.task_count, project.complete_task_count) == (40, 40)

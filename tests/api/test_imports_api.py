@@ -39,6 +39,7 @@ class TestImport:
             "responses_created": 4,
             "tasks_created": 6,  # per prompt: two ratings and a pairwise
             "annotations_created": 0,
+            "gold_tasks_created": 0,
         }
         assert Task.objects.filter(project=project).count() == 6
 

@@ -4,7 +4,7 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from annotate.exports import create_snapshot, run_snapshot
+from annotate.exports import Aggregation, create_snapshot, run_snapshot
 from annotate.models import DatasetSnapshot, Project
 
 
@@ -27,6 +27,11 @@ class Command(BaseCommand):
         filters.add_argument("--until", help="annotations made before this ISO 8601 date or time (UTC)")
         filters.add_argument("--annotator", help="only this username's annotations")
         filters.add_argument("--min-agreement", help="pairs and sft: least share of votes for the winner (0-1)")
+        filters.add_argument(
+            "--aggregation",
+            choices=Aggregation.values,
+            help="pairs and sft: how a pair is decided (majority, the default; dawid-skene)",
+        )
         filters.add_argument("--include-ties", action="store_true", help="pairs: keep ties, marked tie=true")
         filters.add_argument("--include-both-bad", action="store_true", help="pairs: keep both-bad pairs, marked")
         filters.add_argument("--ratings-as-pairs", action="store_true", help="pairs and sft: pair rated responses")
@@ -36,7 +41,7 @@ class Command(BaseCommand):
         project = Project.objects.filter(slug=project_slug).first()
         if project is None:
             raise CommandError(f"No project {project_slug!r}.")
-        names = ["split", "round", "since", "until", "annotator", "min_agreement"]
+        names = ["split", "round", "since", "until", "annotator", "min_agreement", "aggregation"]
         names += ["include_ties", "include_both_bad", "ratings_as_pairs", "reveal_annotators"]
         try:
             snapshot = create_snapshot(
