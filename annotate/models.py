@@ -815,6 +815,25 @@ class Assignment(models.Model):
             groups.setdefault(rank, []).append(response_id)
         return {"ranking": [groups[rank] for rank in sorted(groups)], "comment": comment}
 
+    def working_since(self) -> datetime:
+        """When the annotator can have started on this task: the later of the lease and their last submit or skip in
+        the project before now. A client holding several leases answers them one after another, and an answer's
+        time must not include the time spent on the ones before it."""
+        # Leases that ended after this one began were live when it began (or came after it): their expires_at is
+        # later, so the annotator's live-lease index reads only those. A late submit on a lease that had expired
+        # before this one began is missed, and the time counts from the lease, as it would without this.
+        ended = (
+            Assignment.objects.filter(
+                annotator_id=self.annotator_id,
+                status__in=[Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED],
+                expires_at__gt=self.leased_at,
+                task__project_id=self.task.project_id,
+            )
+            .exclude(pk=self.pk)
+            .aggregate(submitted=Max("submitted_at"), skipped=Max("skipped_at"))
+        )
+        return max([self.leased_at, *(moment for moment in ended.values() if moment is not None)])
+
     def submit(self, answer: dict[str, Any], *, user: Any) -> "Annotation":
         """Store the user's answer for this lease; the same submission twice returns the first annotation.
 
@@ -847,7 +866,7 @@ class Assignment(models.Model):
                 annotator=user,
                 assignment=lease,
                 source=Annotation.Source.HUMAN,
-                time_spent=min(now - lease.leased_at, task.project.lease_length),
+                time_spent=min(now - self.working_since(), task.project.lease_length),
                 **fields,
             )
             Assignment.objects.filter(pk=lease.pk).update(status=Assignment.Status.SUBMITTED, submitted_at=now)

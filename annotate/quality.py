@@ -16,8 +16,9 @@ is meant for a periodic job whose result the Quality page shows: some 15 s of on
   ties and whose two responses differ in length (characters), the share won by the longer, with interval and test
   against 1/2. A ranking's pairs count as separate votes, as for win rates, which makes its interval a little narrow.
 - Speed: the median of Annotation.time_spent and the share of answers faster than `fast_seconds`. The server
-  measures the time (Assignment.submit: from the lease to the submit, at most the project's lease length); nothing
-  a client sends sets it. Answers without a time are left out.
+  measures the time (Assignment.submit: from the lease, or the annotator's previous submit or skip in the project if
+  later, to the submit, at most the project's lease length); nothing a client sends sets it. Answers without a time
+  are left out.
 - Competence: how well an annotator's answers track the answer everyone's votes point to, by Dawid–Skene (below):
   a chance-corrected agreement with the estimated true label, 1 always right, 0 no better than answering at random
   (or always the same), below 0 worse. Fitted separately to pairwise sides (every pair of a task an item, its labels

@@ -41,7 +41,7 @@ Profiles (how a bot deviates from its rule, to try the quality measures on annot
 - `fast`          the rule (with the noise), but submits at once, without the think time.
 
 Every profile but `careful` submits at once: the think time is what a careful reader spends, and the server
-measures it (a lease's time_spent runs from the lease to the submit).
+measures it (a lease's time_spent runs from the lease, or the bot's answer before it, to the submit).
 
 Submits are throttled (settings REST_FRAMEWORK, scope `submit`, ARBITER_THROTTLE_SUBMIT): a bot answered 429
 waits for the seconds in Retry-After and sends the same request again, which the API makes safe (a submit

@@ -205,6 +205,46 @@ class TestSpeed:
         assert 90 <= reply.json()["time_spent_seconds"] < 100
         assert 90 <= Annotation.objects.get().time_spent.total_seconds() < 100
 
+    def test_a_client_holding_several_leases_is_timed_from_its_previous_answer(self, project, annotator):
+        # A bot takes three leases at once, then answers them one after another: the second and third answers were
+        # not being worked on while it answered the first, so their time starts at the answer before, not the lease.
+        for _ in range(3):
+            new_task(project, "pairwise", ("x", "y"))
+        elsewhere = Project.objects.create(name="Elsewhere", slug="elsewhere")
+        Membership.objects.create(project=elsewhere, user=annotator)
+        new_task(elsewhere, "pairwise", ("x", "y"))
+        leases = [project.next_assignment(annotator, reuse_lease=False) for _ in range(3)]
+        other = elsewhere.next_assignment(annotator)
+        now = timezone.now()
+        Assignment.objects.filter(pk__in=[lease.pk for lease in leases]).update(leased_at=now - timedelta(seconds=300))
+        Assignment.objects.filter(pk=other.pk).update(leased_at=now - timedelta(seconds=300))
+
+        first = leases[0]
+        first.refresh_from_db()
+        first.submit({"choice": "a", "strength": 1}, user=annotator)
+        # Answered in another project meanwhile: that answer does not end this project's waiting time.
+        other.refresh_from_db()
+        other.submit({"choice": "a", "strength": 1}, user=annotator)
+        Assignment.objects.filter(pk=first.pk).update(submitted_at=now - timedelta(seconds=40))
+        Assignment.objects.filter(pk=other.pk).update(submitted_at=now - timedelta(seconds=10))
+        second = leases[1]
+        second.refresh_from_db()
+        second.submit({"choice": "b", "strength": 1}, user=annotator)
+
+        spent = dict(Annotation.objects.values_list("task_id", "time_spent"))
+        assert 300 <= spent[first.task_id].total_seconds() < 310  # from its lease, as before
+        assert 40 <= spent[second.task_id].total_seconds() < 50  # from the answer before it here, not 300 s
+        # A skip ends what the annotator was doing too; and the time stays capped by the lease length.
+        third = leases[2]
+        third.refresh_from_db()
+        Assignment.objects.filter(pk=second.pk).update(submitted_at=now - timedelta(seconds=60))
+        new_task(project, "pairwise", ("x", "y"))
+        skip_lease = project.next_assignment(annotator, reuse_lease=False)
+        skip_lease.skip(user=annotator)
+        Assignment.objects.filter(pk=skip_lease.pk).update(skipped_at=now - timedelta(seconds=20))
+        third.submit({"choice": "a", "strength": 2}, user=annotator)
+        assert 20 <= Annotation.objects.get(task=third.task).time_spent.total_seconds() < 30
+
 
 # Dawid–Skene --------------------------------------------------------------------------------------
 
