@@ -386,7 +386,10 @@ class NextTaskView(APIView):
             200: LeaseSerializer,
             204: OpenApiResponse(description="Nothing is left for you in this project now."),
             **error_responses(400, 401, 404),
-            409: OpenApiResponse(ErrorSerializer, "With reuse_lease false: you already hold max_open_leases leases."),
+            409: OpenApiResponse(
+                ErrorSerializer,
+                "With reuse_lease false: you already hold max_open_leases leases; or a lead paused your work here.",
+            ),
         },
     )
     def post(self, request: Request, slug: str) -> Response:

@@ -41,6 +41,16 @@ class LeaseError(Exception):
     """A lease that cannot be used: someone else's, closed, or expired and given to someone else."""
 
 
+class MemberPaused(LeaseError):
+    """Refused: a lead paused the member's work in the project (Membership.paused)."""
+
+    def __init__(self, project: "Project") -> None:
+        super().__init__(
+            f"A lead of {project.name} paused your work here: you are given no tasks until they resume it. What you "
+            "answered so far stands."
+        )
+
+
 class QuotaReached(Exception):
     """Refused: the project already has as many rounds or exports under way as the settings allow."""
 
@@ -270,8 +280,11 @@ class Project(models.Model):
         """
         now = timezone.now()
         with transaction.atomic():
-            # One request per user at a time (two tabs, a retrying script): keeps reuse and the cap exact.
+            # One request per user at a time (two tabs, a retrying script): keeps reuse and the cap exact, and a
+            # lease is made before a pause (Membership.decide takes this lock too), or not at all.
             get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk").get()
+            if self.memberships.filter(user=user, paused=True).exists():
+                raise MemberPaused(self)
             mine = list(
                 Assignment.objects.live(now)
                 .filter(task__project=self, annotator=user)
@@ -470,9 +483,33 @@ class Membership(models.Model):
     def __str__(self) -> str:
         return f"{self.user} is {self.role} of {self.project}"
 
+    def decide(self, kind: str, *, by: Any, reason: str = "") -> "MembershipEvent | None":
+        """A lead's decision on the member's work here (a MembershipEvent.Kind): pause or resume them, exclude their
+        votes from the data or include them again, recorded with who and why; pausing also ends their live leases.
+
+        None when it was so already (nothing is recorded); ValidationError on "reason" for a pause or an exclusion
+        without one.
+        """
+        field, value, needs_reason = MembershipEvent.EFFECTS[kind]
+        reason = reason.strip()
+        if needs_reason and not reason:
+            raise ValidationError({"reason": "Say why: the reason is kept with the decision, for the record."})
+        with transaction.atomic():
+            # The lock next_assignment takes: a lease it is making now is made before the pause, and released by it.
+            get_user_model().objects.select_for_update().filter(pk=self.user_id).values_list("pk").get()
+            changed = Membership.objects.filter(pk=self.pk).exclude(**{field: value}).update(**{field: value})
+            setattr(self, field, value)
+            if not changed:
+                return None
+            if kind == MembershipEvent.Kind.PAUSED:
+                self.release_leases()
+            return MembershipEvent.objects.create(
+                project_id=self.project_id, user_id=self.user_id, kind=kind, reason=reason, by=by
+            )
+
     def release_leases(self) -> int:
-        """End the member's live leases in the project (when they leave it), so they stop holding places in the
-        tasks' overlap; returns how many."""
+        """End the member's live leases in the project (when they leave it or are paused), so they stop holding places
+        in the tasks' overlap; returns how many."""
         now = timezone.now()
         return (
             Assignment.objects.live(now)
@@ -490,6 +527,14 @@ class MembershipEvent(models.Model):
         RESUMED = "resumed", "Resumed"
         EXCLUDED = "excluded", "Votes excluded"
         INCLUDED = "included", "Votes included again"
+
+    # What each decision sets on the membership, and whether it needs a reason: those that act against the member do.
+    EFFECTS = {
+        Kind.PAUSED: ("paused", True, True),
+        Kind.RESUMED: ("paused", False, False),
+        Kind.EXCLUDED: ("votes_excluded", True, True),
+        Kind.INCLUDED: ("votes_excluded", False, False),
+    }
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="membership_events")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership_events")
@@ -856,6 +901,8 @@ class Assignment(models.Model):
                 return existing
             if lease.status == Assignment.Status.SKIPPED:
                 raise LeaseError("You skipped this task.")
+            if Membership.objects.filter(project_id=task.project_id, user=user, paused=True).exists():
+                raise MemberPaused(task.project)
             if lease.status != Assignment.Status.ACTIVE or lease.expires_at <= now:
                 others = Assignment.objects.live(now).filter(task=task).exclude(pk=lease.pk).count()
                 if task.status != Task.Status.OPEN or task.annotation_count + others >= task.required_annotations:

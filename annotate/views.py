@@ -18,6 +18,7 @@ from annotate.models import (
     ApiToken,
     Assignment,
     LeaseError,
+    MemberPaused,
     Membership,
     Project,
     Task,
@@ -86,6 +87,7 @@ def project_detail(request: HttpRequest, project_slug: str) -> HttpResponse:
             "role": project.role_of(request.user),
             "progress": project.progress_for(request.user),
             "remaining_cap": REMAINING_CAP,
+            "paused": str(MemberPaused(project)) if project.memberships.filter(user=request.user, paused=True) else "",
         },
     )
 
@@ -99,7 +101,7 @@ def guidelines(request: HttpRequest, project_slug: str) -> HttpResponse:
 @login_required
 def task_page(request: HttpRequest, project_slug: str) -> HttpResponse:
     project = get_project_for_user(request, project_slug)
-    return _render_task(request, project, project.next_assignment(request.user))
+    return _render_next(request, project)
 
 
 @require_POST
@@ -114,7 +116,7 @@ def submit_assignment(request: HttpRequest, project_slug: str, assignment_id: in
     except ValidationError as error:
         return _render_task(request, project, assignment, data=request.POST, errors=_messages(error), status=400)
     except LeaseError as error:
-        return _render_task(request, project, project.next_assignment(request.user), problem=str(error), status=409)
+        return _render_next(request, project, problem=str(error), status=409)
     if first_submission:
         _count_submission(request, project)
     return _next_task_response(request, project)
@@ -128,7 +130,7 @@ def skip_assignment(request: HttpRequest, project_slug: str, assignment_id: int)
     try:
         assignment.skip(user=request.user)
     except LeaseError as error:
-        return _render_task(request, project, project.next_assignment(request.user), problem=str(error), status=409)
+        return _render_next(request, project, problem=str(error), status=409)
     _one_less_remaining(request, project)
     return _next_task_response(request, project)
 
@@ -181,7 +183,17 @@ def _next_task_response(request: HttpRequest, project: Project) -> HttpResponse:
     if not request.htmx:
         return redirect("task_page", project_slug=project.slug)
     project.refresh_from_db(fields=["task_count", "complete_task_count"])  # the submit may have completed a task
-    return _render_task(request, project, project.next_assignment(request.user))
+    return _render_next(request, project)
+
+
+def _render_next(request: HttpRequest, project: Project, *, problem: str = "", status: int = 200) -> HttpResponse:
+    """The task page (or its #task region) with the user's next task; a paused member is told why there is none."""
+    try:
+        assignment = project.next_assignment(request.user)
+    except MemberPaused as paused:
+        # Said once, in place of the task, whatever else went wrong (the submit it refused says the same).
+        return _render_task(request, project, None, paused=str(paused), status=status)
+    return _render_task(request, project, assignment, problem=problem, status=status)
 
 
 def _render_task(
@@ -192,6 +204,7 @@ def _render_task(
     data: QueryDict | None = None,
     errors: dict[str, list[str]] | None = None,
     problem: str = "",
+    paused: str = "",
     status: int = 200,
 ) -> HttpResponse:
     """The task page, or only its #task region for htmx; `data` and `errors` refill a refused answer."""
@@ -201,6 +214,7 @@ def _render_task(
         "project": project,
         "assignment": assignment,
         "problem": problem,
+        "paused": paused,
         "errors": [message for messages in (errors or {}).values() for message in messages],
         "remaining": remaining,
         "remaining_capped": remaining >= REMAINING_CAP,
