@@ -1147,6 +1147,46 @@ class ImportJob(Job):
         ImportJob.objects.filter(pk=self.pk).update(file="")
 
 
+class QualityReport(Job):
+    """A project's quality figures (annotate/quality_reports.py): computed by a worker from every annotation, read
+    whole by the Quality page and the API, so that no request reads the annotations. One per project; a refresh
+    moves it pending → running → ready (or failed), one at a time, and the last figures stay until new ones replace
+    them."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Queued"
+        RUNNING = "running", "Computing"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="quality_report")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    requested_at = models.DateTimeField(null=True, blank=True, help_text="When the refresh under way was asked for.")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # The figures: {"project": {…}, "annotators": [{…}, …]}, each the API's shape less what is read live (flags,
+    # paused, votes excluded). One JSON value rather than a row per annotator: a page reads one row, and a refresh
+    # replaces every figure at once.
+    figures = models.JSONField(default=dict, blank=True)
+    computed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the annotations in the figures were read."
+    )
+    fast_seconds = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="The project's fast_seconds when the figures were computed."
+    )
+    annotation_mark = models.BigIntegerField(
+        default=0, help_text="The highest annotation id beat had looked past when it last looked for new answers."
+    )
+    error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="quality_status_heartbeat")]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} quality ({self.status})"
+
+
 class ApiTokenQuerySet(models.QuerySet):
     def authenticate(self, plaintext: str) -> "ApiToken | None":
         """The live token that `plaintext` is, with its user; None if it is malformed, unknown, wrong or revoked."""

@@ -246,6 +246,74 @@ class TestSpeed:
         assert 20 <= Annotation.objects.get(task=third.task).time_spent.total_seconds() < 30
 
 
+# Gold and what competence rests on ------------------------------------------------------------------
+
+
+def gold_task(project, kind, texts, **known):
+    """A gold task with its known answer."""
+    task, ids = new_task(project, kind, texts)
+    Task.objects.filter(pk=task.pk).update(status=Task.Status.GOLD)
+    if "ranking" in known:
+        known["ranking"] = [[ids[i] for i in group] for group in known["ranking"]]
+    Annotation.objects.create(task=task, source=Annotation.Source.GOLD, **known)
+    return task, ids
+
+
+class TestGoldAccuracy:
+    def test_answers_to_gold_tasks_are_scored_against_the_known_answer(self, project, people):
+        ann, bob = people["ann"], people["bob"]
+        task, (a, b) = gold_task(project, "pairwise", ("x", "y"), choice="a", strength=2)
+        answer(task, ann, [b, a], choice="a", strength=1)  # the same side, whatever the strength or the order shown
+        answer(task, bob, [a, b], choice="tie")
+        task, _ = gold_task(project, "pairwise", ("x", "y"), choice="tie")
+        answer(task, ann, None, choice="tie", both_bad=True)
+        answer(task, bob, None, choice="b", strength=1)
+        task, _ = gold_task(project, "rating", ("x",), score=4)
+        answer(task, ann, None, score=4)
+        answer(task, bob, None, score=5)  # one off is wrong: the gold score is the answer
+        task, (x, y, z) = gold_task(project, "ranking", ("x", "y", "z"), ranking=[[1], [0, 2]])
+        answer(task, ann, None, ranking=[[y], [z], [x]])  # the same on top
+        answer(task, bob, None, ranking=[[y, x], [z]])  # another beside it on top: not the same top
+        task, _ = new_task(project, "pairwise", ("x", "y"))  # not gold
+        answer(task, bob, None, choice="a", strength=1)
+        task, _ = new_task(project, "pairwise", ("x", "y"))
+        Task.objects.filter(pk=task.pk).update(status=Task.Status.GOLD)  # no known answer yet: not scored
+        answer(task, bob, None, choice="a", strength=1)
+        elsewhere = Project.objects.create(name="Other", slug="other")
+        task, _ = gold_task(elsewhere, "pairwise", ("x", "y"), choice="a", strength=1)
+        answer(task, bob, None, choice="b", strength=1)
+
+        gold = quality.gold_accuracy(project)
+
+        assert (gold.annotators["ann"].hits, gold.annotators["ann"].n) == (4, 4)
+        assert (gold.annotators["bob"].hits, gold.annotators["bob"].n) == (0, 4)
+        assert (gold.annotators["ann"].low, gold.annotators["ann"].high) == wilson_interval(1.0, 4)
+        assert "cat" not in gold.annotators
+        assert (gold.project.hits, gold.project.n) == (4, 8)
+        measured = {row.username: row for row in annotator_quality(project, fast_seconds=5).annotators}
+        assert measured["ann"].gold.share == 1.0 and measured["bob"].gold.share == 0.0
+        assert measured["cat"].gold.n == 0 and measured["cat"].gold.share is None
+
+
+def test_competence_rests_on_answers_to_items_someone_else_answered(project, people):
+    ann, bob = people["ann"], people["bob"]
+    shared, _ = new_task(project, "pairwise", ("x", "y"))
+    answer(shared, ann, None, choice="a", strength=1)
+    answer(shared, bob, None, choice="b", strength=1)
+    alone, _ = new_task(project, "pairwise", ("x", "y"))
+    answer(alone, ann, None, choice="a", strength=1)
+    ranked, (x, y, z) = new_task(project, "ranking", ("x", "y", "z"))
+    answer(ranked, ann, None, ranking=[[x], [y], [z]])  # three pairs
+    answer(ranked, bob, None, ranking=[[z], [y, x]])
+    rated, _ = new_task(project, "rating", ("x",))
+    answer(rated, bob, None, score=3)
+
+    compared = quality.compared_answers(read_answers(project))
+
+    assert compared.annotators == {"ann": 1 + 3, "bob": 1 + 3, "cat": 0}
+    assert compared.project == 8
+
+
 # Dawid–Skene --------------------------------------------------------------------------------------
 
 
