@@ -4,6 +4,7 @@ import time
 from typing import Any
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, QueryDict
@@ -13,6 +14,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from annotate.access import get_project_for_user, get_project_led_by_user
+from annotate.forms import DecisionForm, ThresholdsForm
 from annotate.models import (
     REMAINING_CAP,
     ApiToken,
@@ -20,11 +22,13 @@ from annotate.models import (
     LeaseError,
     MemberPaused,
     Membership,
+    MembershipEvent,
     Project,
     Task,
     TaskKind,
     TextFormat,
 )
+from annotate.quality_reports import quality_for, request_quality
 from annotate.templatetags.arbiter_markdown import formats
 
 REMAINING_RECOUNT_SECONDS = 60
@@ -153,6 +157,109 @@ def project_stats(request: HttpRequest, project_slug: str) -> HttpResponse:
             "agreement": stats["agreement"],
         },
     )
+
+
+@login_required
+def quality_page(request: HttpRequest, project_slug: str) -> HttpResponse:
+    project = get_project_led_by_user(request, project_slug)
+    # htmx asks only while a refresh is under way: the status region polls itself.
+    return _render_quality(request, project, region="status" if request.htmx else "")
+
+
+@require_POST
+@login_required
+def quality_recompute(request: HttpRequest, project_slug: str) -> HttpResponse:
+    project = get_project_led_by_user(request, project_slug)
+    if request_quality(project, user=request.user):
+        notice = "Recomputing: the new figures replace these in a minute or so (longer for a big project)."
+    else:
+        notice = "A recomputation is already under way: it reads every answer given until it starts."
+    if request.htmx:
+        return _render_quality(request, project, region="status", notice=notice)
+    messages.info(request, notice)
+    return redirect("quality_page", project_slug=project.slug)
+
+
+@require_POST
+@login_required
+def quality_thresholds(request: HttpRequest, project_slug: str) -> HttpResponse:
+    project = get_project_led_by_user(request, project_slug)
+    floor = project.fast_seconds
+    form = ThresholdsForm(request.POST, instance=project)
+    if not form.is_valid():
+        project.refresh_from_db()  # the page's flags go by the thresholds saved, not the refused ones
+        return _render_quality(request, project, thresholds=form, status=400)
+    # Only these columns: a whole-row save would write back task counters that submits move meanwhile.
+    form.save(commit=False).save(update_fields=list(form.Meta.fields))
+    notice = "Thresholds saved: the flags follow them now."
+    if project.fast_seconds != floor:
+        request_quality(project, user=request.user)
+        notice += " The fast shares are being recomputed against the new floor."
+    messages.success(request, notice)
+    return redirect("quality_page", project_slug=project.slug)
+
+
+# What the page says after each decision: to a lead, in the decision's own terms.
+DECIDED = {
+    MembershipEvent.Kind.PAUSED: "Paused {user}: they get no tasks here until resumed; the tasks they held went back "
+    "to the queue.",
+    MembershipEvent.Kind.RESUMED: "Resumed {user}: they get tasks again.",
+    MembershipEvent.Kind.EXCLUDED: "Excluded {user}'s votes: they count in no export, round or agreement from now on.",
+    MembershipEvent.Kind.INCLUDED: "Included {user}'s votes again.",
+}
+
+
+@require_POST
+@login_required
+def member_decision(request: HttpRequest, project_slug: str, username: str) -> HttpResponse:
+    project = get_project_led_by_user(request, project_slug)
+    membership = get_object_or_404(project.memberships.select_related("user"), user__username=username)
+    form = DecisionForm(request.POST)
+    if form.is_valid():
+        try:
+            event = membership.decide(form.cleaned_data["action"], by=request.user, reason=form.cleaned_data["reason"])
+        except ValidationError as error:
+            form.add_error(None, error)
+    if not form.is_valid():
+        region = "members" if request.htmx else ""
+        return _render_quality(request, project, region=region, decision=(username, form), status=400)
+    kind = form.cleaned_data["action"]
+    notice = DECIDED[kind].format(user=username) if event else f"Nothing changed: {username} was so already."
+    if request.htmx:
+        return _render_quality(request, project, region="members", notice=notice)
+    messages.success(request, notice)
+    return redirect("quality_page", project_slug=project.slug)
+
+
+def _render_quality(
+    request: HttpRequest,
+    project: Project,
+    *,
+    region: str = "",
+    notice: str = "",
+    thresholds: ThresholdsForm | None = None,
+    decision: tuple[str, DecisionForm] | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    """The Quality page, or one of its regions for htmx: "status" (the refresh) or "members" (the table and the
+    decisions); `thresholds` and `decision` are forms refused, shown with their errors."""
+    shown = quality_for(project)
+    computed = shown["computed_at"].isoformat() if shown["computed_at"] else ""
+    context = {
+        "project": project,
+        "quality": shown,
+        "under_way": shown["status"] in ("pending", "running"),
+        # The poll says when figures newer than the page's are ready, rather than swap the table under the lead.
+        "computed": computed,
+        "newer": request.htmx and request.GET.get("shown", computed) != computed,
+        "notice": notice,
+        "thresholds": thresholds or ThresholdsForm(instance=project),
+        "decision": decision,
+        "events": project.membership_events.select_related("user", "by")[:50],
+        "refresh_minutes": settings.ARBITER_QUALITY_REFRESH_MINUTES,
+    }
+    template = f"annotate/quality.html#{region}" if region else "annotate/quality.html"
+    return render(request, template, context, status=status)
 
 
 @never_cache  # the response that shows a new token must stay in no cache
