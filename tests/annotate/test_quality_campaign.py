@@ -11,10 +11,11 @@ over the bad bots are printed and asserted (≥ 0.9 each), and every careful bot
 
 Why it does not flake. Which bot gets which task depends on thread timing, so a run cannot be replayed; instead the
 sizes make every outcome asserted near certain (rates from the exact binomial):
-- A careful bot answers by the rule with no noise: gold accuracy 100 %, competence 0.4–0.7 in the runs seen (with
-  half the crowd bad, Dawid-Skene's estimates wander). Only the position test can flag one by chance: the first shown is the better half the time (the order shown is drawn at random), and with
-  position_bias_p = 0.001 the exact two-sided test flags 30 choices at 25 or more on one side, 3e-4 a bot, one run
-  in 300 for ten (the default 0.01 would flag one of ten in about one run in 10).
+- A careful bot answers by the rule with no noise: gold accuracy 100 %, competence 0.4–0.7 in the runs seen (with half
+  the crowd bad, Dawid-Skene's estimates wander). Only the position test can flag one by chance: the first shown is
+  the better half the time (the order shown is drawn at random), and with position_bias_p = 0.001 the exact two-sided
+  test flags 30 choices at 25 or more on one side, 3e-4 a bot, one run in 300 for ten (the default 0.01 would flag one
+  of ten in about one run in 10).
 - A position bot chooses the first shown 95 % of the time (90 % by its bias, half the rest by the rule) and stays
   under 25 of 30 3e-3 of the time; then gold accuracy (55 %) and competence still catch it most of the time.
 - Spammers (right 40 % of the time: one of five choices at random) and the length bots (50 %: the padding makes

@@ -80,7 +80,7 @@ class TestFigures:
         row = page[page.index('id="annotator-1"') : page.index('id="annotator-2"')]
         assert re.search(r'class="who">\s*annotator\s', row)  # flagged first, though later in the alphabet than aaron
         assert "position_bias" in row and "too_fast" in row
-        assert "100 %" in row and "(86 %–100 %)" in row  # 24 of 24 for the first shown, its Wilson interval
+        assert "100 %" in row and "86–100 %" in row  # 24 of 24 for the first shown, its Wilson interval
         assert "p &lt; 0.0001" in row and "24 of 24" in row  # and 24 of 24 answers fast
         careful_row = page[page.index('id="annotator-2"') : page.index("</tbody>")]
         assert "50 %" in careful_row and "flag-" not in careful_row
