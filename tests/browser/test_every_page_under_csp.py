@@ -259,6 +259,11 @@ def test_quality_page_works_under_the_policy(
     expect(rows.nth(1).locator("[class*='flag-']")).to_have_count(0)
     refusals.none_on("quality page")
     both_widths(page, screenshot, "quality")
+    page.set_viewport_size(PHONE)  # on a phone the table becomes a card per annotator: nothing runs off the side
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    fast = rows.first.locator("td[data-label='Fast']").bounding_box()  # the last column, not scrolled out of sight
+    assert fast["x"] + fast["width"] <= PHONE["width"], fast
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     # Pause the flagged annotator from the keyboard: the region is swapped by htmx, not the page reloaded.
     page.evaluate("window.__marker = 1")
