@@ -15,13 +15,15 @@ sizes make every outcome asserted near certain (rates from the exact binomial):
   the crowd bad, Dawid-Skene's estimates wander). Only the position test can flag one by chance: the first shown is
   the better half the time (the order shown is drawn at random), and with position_bias_p = 0.001 the exact two-sided
   test flags 30 choices at 25 or more on one side, 3e-4 a bot, one run in 300 for ten (the default 0.01 would flag one
-  of ten in about one run in 10).
+  of ten in about one run in 20).
 - A position bot chooses the first shown 95 % of the time (90 % by its bias, half the rest by the rule) and stays
   under 25 of 30 3e-3 of the time; then gold accuracy (55 %) and competence still catch it most of the time.
-- Spammers (right 40 % of the time: one of five choices at random) and the length bots (50 %: the padding makes
-  length say nothing of which response has more cats, and the lengths never tie) reach 70 % on 20 gold answers 0.6 %
-  and 6 % of the time, and must then also escape the competence flag (Dawid-Skene's competence of a coin spreads
-  some 0.15 around 0 at 30 answers). Recall ≥ 0.9 allows one miss in ten; two are about 1e-4.
+- Spammers (right 40 % of the time: one of five choices at random) and the length bots (50 %: the padding makes length
+  say nothing of which response has more cats, and the lengths never tie) reach 70 % on some 20 gold answers 0.6 % and
+  6 % of the time. Competence catches only some of those: with half the crowd bad and three votes a task,
+  Dawid-Skene's competence of such bots wandered from -0.3 to 0.5 in the runs seen (the careful ones' 0.4 to 0.7), so
+  gold does most of the work. A length bot is missed a few times in a hundred; recall >= 0.9 allows one miss in ten,
+  and two happen some 1e-3 of the time.
 - The fast bot answers every task in well under the one-second floor, the others in more than a second.
 The campaign waits some 35 s (30 answers at a second each, the bots in parallel), hence `slow`.
 """
@@ -116,7 +118,7 @@ def test_a_campaign_flags_exactly_the_bad_annotators(project, lead, client, monk
 
     assert all(row["answers"] == ANSWERS for row in rows.values()), "a bot fell short of its quota"
     assert precision >= 0.9 and recall >= 0.9
-    assert flagged == bad
+    assert not flagged - bad, {name: rows[name]["flags"] for name in flagged - bad}  # no careful bot flagged
     position_found = 0
     for name, kind in profile.items():
         row = rows[name]
