@@ -271,6 +271,9 @@ def test_quality_page_works_under_the_policy(
     summary.focus()
     page.keyboard.press("Enter")
     page.keyboard.press("Tab")
+    page.keyboard.press("Shift+Tab")
+    screenshot("quality-decide-focused")  # the focus ring shows where the keyboard is
+    page.keyboard.press("Tab")
     expect(rows.first.get_by_label("Reason")).to_be_focused()
     page.keyboard.press("Tab")  # to Pause, with no reason given: refused, and the field says why
     page.keyboard.press("Enter")
