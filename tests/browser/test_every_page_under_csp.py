@@ -314,6 +314,9 @@ def test_quality_page_works_under_the_policy(
     expect(page.locator(".messages")).to_contain_text("Thresholds saved")
     refusals.none_on("thresholds saved")
     both_widths(page, screenshot, "quality-after")
+    page.set_viewport_size(PHONE)  # the decisions too: a card each, the reason in sight
+    reason = page.locator("#events td[data-label='Reason']").first.bounding_box()
+    assert reason["x"] + reason["width"] <= PHONE["width"], reason
 
 
 def test_api_docs_load_swagger_ui_under_the_policy(page, refusals, screenshot):
