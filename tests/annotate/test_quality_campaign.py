@@ -21,7 +21,7 @@ sizes make every outcome asserted near certain (rates from the exact binomial):
 - Spammers (right 40 % of the time: one of five choices at random) and the length bots (50 %: the padding makes length
   say nothing of which response has more cats, and the lengths never tie) reach 70 % on some 20 gold answers 0.6 % and
   6 % of the time. Competence catches only some of those: with half the crowd bad and three votes a task,
-  Dawid-Skene's competence of such bots wandered from -0.3 to 0.5 in the runs seen (the careful ones' 0.4 to 0.7), so
+  Dawid-Skene's competence of such bots wandered from -0.4 to 0.6 in eight runs (the careful ones' 0.4 to 0.7), so
   gold does most of the work. A length bot is missed a few times in a hundred; recall >= 0.9 allows one miss in ten,
   and two happen some 1e-3 of the time.
 - The fast bot answers every task in well under the one-second floor, the others in more than a second.
