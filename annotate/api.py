@@ -5,7 +5,8 @@ Who may do what (tests/api/test_permissions.py checks every endpoint for every k
 - a project the user is not a member of does not exist for them: 404, never 403, so slugs cannot be probed;
 - members (annotators and leads) read the project and their progress, work the queue, list their own annotations;
 - leads (and superusers, who lead every project) also list prompts and responses, import, see every annotation
-  and the lead stats, and export; an annotator asking for those gets 403, since they know the project exists.
+  and the lead stats, export, read the quality figures and pause or exclude members; an annotator asking for those
+  gets 403, since they know the project exists.
 Each view checks access with one helper, validates its input with an explicit serializer, and calls the same
 model method as the pages do (Project.next_assignment, Assignment.submit, import_upload, ApiToken.issue, …).
 """
@@ -45,15 +46,19 @@ from annotate.models import (
     ImportJob,
     LeaseError,
     Membership,
+    MembershipEvent,
     Project,
     Prompt,
+    QualityReport,
     QuotaReached,
 )
 from annotate.models import Response as ModelResponse
+from annotate.quality_reports import quality_for, request_quality
 from annotate.serializers import (
     AnnotationFilter,
     AnnotationSerializer,
     AnswerIn,
+    DecisionIn,
     ErrorSerializer,
     ExportIn,
     ImportErrorSerializer,
@@ -62,12 +67,17 @@ from annotate.serializers import (
     ImportResultSerializer,
     LeaseSerializer,
     LoginIn,
+    MembershipEventFilter,
+    MembershipEventSerializer,
+    MemberStateSerializer,
     MeSerializer,
     NewTokenSerializer,
     NextIn,
     ProjectSerializer,
     PromptFilter,
     PromptSerializer,
+    QualitySerializer,
+    QualityStatusSerializer,
     ResponseFilter,
     ResponseSerializer,
     SnapshotSerializer,
@@ -124,7 +134,7 @@ _ERROR_TEXT = {
     401: "No credentials, or a token that is wrong or revoked.",
     403: "A member of the project without the role this needs (leads only).",
     404: "Not found, or in a project you are not a member of.",
-    409: "The lease or export is not in a state that allows this.",
+    409: "The lease, export or quality report is not in a state that allows this.",
     429: "Too many requests: wait for the number of seconds in Retry-After.",
 }
 _FIELD_ERRORS = OpenApiResponse(OpenApiTypes.OBJECT, description='Invalid input, by field: {"score": ["…"]}.')
@@ -386,7 +396,10 @@ class NextTaskView(APIView):
             200: LeaseSerializer,
             204: OpenApiResponse(description="Nothing is left for you in this project now."),
             **error_responses(400, 401, 404),
-            409: OpenApiResponse(ErrorSerializer, "With reuse_lease false: you already hold max_open_leases leases."),
+            409: OpenApiResponse(
+                ErrorSerializer,
+                "With reuse_lease false: you already hold max_open_leases leases; or a lead paused your work here.",
+            ),
         },
     )
     def post(self, request: Request, slug: str) -> Response:
@@ -541,3 +554,78 @@ class ExportDownloadView(APIView):
         )
         response["ETag"] = f'"{snapshot.sha256}"'
         return response
+
+
+# Quality -----------------------------------------------------------------------------------------------------
+
+
+class QualityView(APIView):
+    @extend_schema(responses={200: QualitySerializer, **error_responses(401, 403, 404)})
+    def get(self, request: Request, slug: str) -> Response:
+        """The quality figures per annotator and for the project (leads), as last computed: flagged ones first.
+
+        Computed by a worker (every few minutes for a project with new answers, or on POST quality/recompute/); the
+        flags are against the project's thresholds now, and paused and votes_excluded say each member's state now.
+        """
+        return Response(QualitySerializer(quality_for(project_led_by(request, slug))).data)
+
+
+class QualityRecomputeView(APIView):
+    @extend_schema(
+        request=None,
+        responses={
+            202: QualityStatusSerializer,
+            **error_responses(401, 403, 404),
+            409: OpenApiResponse(ErrorSerializer, "A recomputation is already queued or running."),
+        },
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        """Recompute the quality figures now, in a worker: poll GET quality/ until computed_at moves."""
+        project = project_led_by(request, slug)
+        if not request_quality(project, user=request.user):
+            raise Conflict("A recomputation is already under way: it reads every answer given until it starts.")
+        report = QualityReport.objects.get(project=project)
+        location = reverse("api:quality", args=[project.slug])
+        return Response(QualityStatusSerializer(report).data, status=202, headers={"Location": location})
+
+
+class MemberDecisionView(APIView):
+    """One of a lead's decisions on a member; `kind` (a MembershipEvent.Kind) is given by the route."""
+
+    kind = ""
+
+    @extend_schema(request=DecisionIn, responses={200: MemberStateSerializer, **error_responses(400, 401, 403, 404)})
+    def post(self, request: Request, slug: str, username: str) -> Response:
+        """Pause a member (no tasks; their live leases go back to the queue) or resume them; exclude their votes
+        from every export, round and agreement, or include them again. Recorded with who and why: a reason is needed
+        to pause or exclude. Doing what is so already changes nothing (event null)."""
+        project = project_led_by(request, slug)
+        membership = get_or_404(project.memberships.select_related("user"), user__username=username)
+        event = membership.decide(self.kind, by=request.user, reason=validated(DecisionIn, request.data)["reason"])
+        state = {
+            "username": membership.user.get_username(),
+            "role": membership.role,
+            "paused": membership.paused,
+            "votes_excluded": membership.votes_excluded,
+            "event": event,
+        }
+        return Response(MemberStateSerializer(state).data)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        parameters=[MembershipEventFilter],
+        responses={200: MembershipEventSerializer(many=True), **error_responses(400, 401, 403, 404)},
+    )
+)
+class MembershipEventListView(ListAPIView):
+    """Leads' decisions on the project's members (paused, resumed, votes excluded or included), newest first."""
+
+    serializer_class = MembershipEventSerializer
+    pagination_class = NewestFirstPagination
+
+    def get_queryset(self) -> QuerySet[MembershipEvent]:
+        events = project_led_by(self.request, self.kwargs["slug"]).membership_events.select_related("user", "by")
+        if username := validated(MembershipEventFilter, self.request.query_params).get("username"):
+            events = events.filter(user__username=username)
+        return events

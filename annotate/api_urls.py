@@ -3,6 +3,7 @@
 from django.urls import path
 
 from annotate import api
+from annotate.models import MembershipEvent
 from training import api as training_api
 
 app_name = "api"
@@ -31,6 +32,22 @@ urlpatterns = [
         api.ExportDownloadView.as_view(),
         name="export_download",
     ),
+    path("projects/<slug:slug>/quality/", api.QualityView.as_view(), name="quality"),
+    path("projects/<slug:slug>/quality/recompute/", api.QualityRecomputeView.as_view(), name="quality_recompute"),
+    *(
+        path(
+            f"projects/<slug:slug>/members/<str:username>/{action}/",
+            api.MemberDecisionView.as_view(kind=kind),
+            name=f"member_{action}",
+        )
+        for action, kind in (
+            ("pause", MembershipEvent.Kind.PAUSED),
+            ("resume", MembershipEvent.Kind.RESUMED),
+            ("exclude", MembershipEvent.Kind.EXCLUDED),
+            ("include", MembershipEvent.Kind.INCLUDED),
+        )
+    ),
+    path("projects/<slug:slug>/member-events/", api.MembershipEventListView.as_view(), name="member_events"),
     path("projects/<slug:slug>/rounds/", training_api.RoundListView.as_view(), name="rounds"),
     path("projects/<slug:slug>/rounds/<int:number>/", training_api.RoundDetailView.as_view(), name="round_detail"),
     path(

@@ -41,6 +41,16 @@ class LeaseError(Exception):
     """A lease that cannot be used: someone else's, closed, or expired and given to someone else."""
 
 
+class MemberPaused(LeaseError):
+    """Refused: a lead paused the member's work in the project (Membership.paused)."""
+
+    def __init__(self, project: "Project") -> None:
+        super().__init__(
+            f"A lead of {project.name} paused your work here: you are given no tasks until they resume it. What you "
+            "answered so far stands."
+        )
+
+
 class QuotaReached(Exception):
     """Refused: the project already has as many rounds or exports under way as the settings allow."""
 
@@ -274,8 +284,11 @@ class Project(models.Model):
         """
         now = timezone.now()
         with transaction.atomic():
-            # One request per user at a time (two tabs, a retrying script): keeps reuse and the cap exact.
+            # One request per user at a time (two tabs, a retrying script): keeps reuse and the cap exact, and a
+            # lease is made before a pause (Membership.decide takes this lock too), or not at all.
             get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk").get()
+            if self.memberships.filter(user=user, paused=True).exists():
+                raise MemberPaused(self)
             mine = list(
                 Assignment.objects.live(now)
                 .filter(task__project=self, annotator=user)
@@ -501,9 +514,33 @@ class Membership(models.Model):
     def __str__(self) -> str:
         return f"{self.user} is {self.role} of {self.project}"
 
+    def decide(self, kind: str, *, by: Any, reason: str = "") -> "MembershipEvent | None":
+        """A lead's decision on the member's work here (a MembershipEvent.Kind): pause or resume them, exclude their
+        votes from the data or include them again, recorded with who and why; pausing also ends their live leases.
+
+        None when it was so already (nothing is recorded); ValidationError on "reason" for a pause or an exclusion
+        without one.
+        """
+        field, value, needs_reason = MembershipEvent.EFFECTS[kind]
+        reason = reason.strip()
+        if needs_reason and not reason:
+            raise ValidationError({"reason": "Say why: the reason is kept with the decision, for the record."})
+        with transaction.atomic():
+            # The lock next_assignment takes: a lease it is making now is made before the pause, and released by it.
+            get_user_model().objects.select_for_update().filter(pk=self.user_id).values_list("pk").get()
+            changed = Membership.objects.filter(pk=self.pk).exclude(**{field: value}).update(**{field: value})
+            setattr(self, field, value)
+            if not changed:
+                return None
+            if kind == MembershipEvent.Kind.PAUSED:
+                self.release_leases()
+            return MembershipEvent.objects.create(
+                project_id=self.project_id, user_id=self.user_id, kind=kind, reason=reason, by=by
+            )
+
     def release_leases(self) -> int:
-        """End the member's live leases in the project (when they leave it), so they stop holding places in the
-        tasks' overlap; returns how many."""
+        """End the member's live leases in the project (when they leave it or are paused), so they stop holding places
+        in the tasks' overlap; returns how many."""
         now = timezone.now()
         return (
             Assignment.objects.live(now)
@@ -521,6 +558,14 @@ class MembershipEvent(models.Model):
         RESUMED = "resumed", "Resumed"
         EXCLUDED = "excluded", "Votes excluded"
         INCLUDED = "included", "Votes included again"
+
+    # What each decision sets on the membership, and whether it needs a reason: those that act against the member do.
+    EFFECTS = {
+        Kind.PAUSED: ("paused", True, True),
+        Kind.RESUMED: ("paused", False, False),
+        Kind.EXCLUDED: ("votes_excluded", True, True),
+        Kind.INCLUDED: ("votes_excluded", False, False),
+    }
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="membership_events")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership_events")
@@ -909,6 +954,25 @@ class Assignment(models.Model):
             groups.setdefault(rank, []).append(response_id)
         return {"ranking": [groups[rank] for rank in sorted(groups)], "comment": comment}
 
+    def working_since(self) -> datetime:
+        """When the annotator can have started on this task: the later of the lease and their last submit or skip in
+        the project before now. A client holding several leases answers them one after another, and an answer's
+        time must not include the time spent on the ones before it."""
+        # Leases that ended after this one began were live when it began (or came after it): their expires_at is
+        # later, so the annotator's live-lease index reads only those. A late submit on a lease that had expired
+        # before this one began is missed, and the time counts from the lease, as it would without this.
+        ended = (
+            Assignment.objects.filter(
+                annotator_id=self.annotator_id,
+                status__in=[Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED],
+                expires_at__gt=self.leased_at,
+                task__project_id=self.task.project_id,
+            )
+            .exclude(pk=self.pk)
+            .aggregate(submitted=Max("submitted_at"), skipped=Max("skipped_at"))
+        )
+        return max([self.leased_at, *(moment for moment in ended.values() if moment is not None)])
+
     def submit(self, answer: dict[str, Any], *, user: Any) -> "Annotation":
         """Store the user's answer for this lease; the same submission twice returns the first annotation.
 
@@ -931,6 +995,8 @@ class Assignment(models.Model):
                 return existing
             if lease.status == Assignment.Status.SKIPPED:
                 raise LeaseError("You skipped this task.")
+            if Membership.objects.filter(project_id=task.project_id, user=user, paused=True).exists():
+                raise MemberPaused(task.project)
             # A gold task has no overlap to fill: an answer after the lease ran out takes no one's place.
             if task.status != Task.Status.GOLD and (
                 lease.status != Assignment.Status.ACTIVE or lease.expires_at <= now
@@ -944,7 +1010,7 @@ class Assignment(models.Model):
                 annotator=user,
                 assignment=lease,
                 source=Annotation.Source.HUMAN,
-                time_spent=min(now - lease.leased_at, task.project.lease_length),
+                time_spent=min(now - self.working_since(), task.project.lease_length),
                 **fields,
             )
             Assignment.objects.filter(pk=lease.pk).update(status=Assignment.Status.SUBMITTED, submitted_at=now)
@@ -1176,6 +1242,46 @@ class ImportJob(Job):
         """Delete the uploaded file (the job has ended: its rows are in the database, or none are)."""
         self.file.delete(save=False)
         ImportJob.objects.filter(pk=self.pk).update(file="")
+
+
+class QualityReport(Job):
+    """A project's quality figures (annotate/quality_reports.py): computed by a worker from every annotation, read
+    whole by the Quality page and the API, so that no request reads the annotations. One per project; a refresh
+    moves it pending → running → ready (or failed), one at a time, and the last figures stay until new ones replace
+    them."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Queued"
+        RUNNING = "running", "Computing"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="quality_report")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    requested_at = models.DateTimeField(null=True, blank=True, help_text="When the refresh under way was asked for.")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # The figures: {"project": {…}, "annotators": [{…}, …]}, each the API's shape less what is read live (flags,
+    # paused, votes excluded). One JSON value rather than a row per annotator: a page reads one row, and a refresh
+    # replaces every figure at once.
+    figures = models.JSONField(default=dict, blank=True)
+    computed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the annotations in the figures were read."
+    )
+    fast_seconds = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="The project's fast_seconds when the figures were computed."
+    )
+    annotation_mark = models.BigIntegerField(
+        default=0, help_text="The highest annotation id beat had looked past when it last looked for new answers."
+    )
+    error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="quality_status_heartbeat")]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} quality ({self.status})"
 
 
 class ApiTokenQuerySet(models.QuerySet):

@@ -16,14 +16,16 @@ is meant for a periodic job whose result the Quality page shows: some 15 s of on
   ties and whose two responses differ in length (characters), the share won by the longer, with interval and test
   against 1/2. A ranking's pairs count as separate votes, as for win rates, which makes its interval a little narrow.
 - Speed: the median of Annotation.time_spent and the share of answers faster than `fast_seconds`. The server
-  measures the time (Assignment.submit: from the lease to the submit, at most the project's lease length); nothing
-  a client sends sets it. Answers without a time are left out.
+  measures the time (Assignment.submit: from the lease, or the annotator's previous submit or skip in the project if
+  later, to the submit, at most the project's lease length); nothing a client sends sets it. Answers without a time
+  are left out.
 - Competence: how well an annotator's answers track the answer everyone's votes point to, by Dawid–Skene (below):
   a chance-corrected agreement with the estimated true label, 1 always right, 0 no better than answering at random
   (or always the same), below 0 worse. Fitted separately to pairwise sides (every pair of a task an item, its labels
   a, b or tie; rankings give one label per pair they order) and to rating scores (each rating task an item, each
   point of a scale of up to MAX_RATING_POINTS a label); an annotator's competence is the mean of the two weighted
-  by their answers in each.
+  by their answers in each. `compared_answers` counts what it rests on: answers to items someone else answered too.
+- Gold accuracy: answers to gold tasks (status gold) against their known answer; see `gold_accuracy`.
 
 Dawid & Skene (1979): every item has an unknown true label; each annotator answers l when the truth is k with a
 probability of their own, their confusion matrix. EM alternates the posterior of each item's label given everyone's
@@ -161,17 +163,15 @@ def _json(text: str | None) -> Any:
 
 def read_answers(project: Project) -> Answers:
     """The project's human annotations, read CHUNK_TASKS tasks at a time in id order; its annotators come first,
-    those who have not answered yet too. Gold tasks are left out: their answers are measured against the known one."""
+    those who have not answered yet too. Answers to gold tasks are read like the others: those tasks are served like
+    the others, so they show how their annotator works (the known answer itself is no one's, and not read)."""
     columns = _Columns(project.rating_min, project.rating_max - project.rating_min + 1)
     members = project.memberships.filter(role=Membership.Role.ANNOTATOR).order_by("user_id")
     for user_id in members.values_list("user_id", flat=True):
         columns.annotators[user_id] = len(columns.annotators)
     after = 0
     while tasks := dict(
-        Task.objects.filter(project=project, pk__gt=after)
-        .exclude(status=Task.Status.GOLD)
-        .order_by("pk")
-        .values_list("pk", "kind")[:CHUNK_TASKS]
+        Task.objects.filter(project=project, pk__gt=after).order_by("pk").values_list("pk", "kind")[:CHUNK_TASKS]
     ):
         # Each query reads a range of task ids (an index range scan) and leaves other projects' rows out here: joined
         # to the task table for its project, PostgreSQL hashed the whole table for every chunk (BENCHMARKS.md).
@@ -429,6 +429,69 @@ def competence(answers: Answers) -> PerAnnotator[float | None]:
     return PerAnnotator(project, by_annotator)
 
 
+def compared_answers(answers: Answers) -> PerAnnotator[int]:
+    """What competence rests on: each annotator's votes and ratings on items that someone else answered too (an item
+    only they answered says nothing of how right they are)."""
+    k = len(answers.usernames)
+    total = np.zeros(k, dtype=int)
+    fitted = [(answers.vote_item, answers.vote_annotator)]
+    if answers.rating_points <= MAX_RATING_POINTS:
+        fitted.append((answers.rating_item, answers.rating_annotator))
+    for items, annotators in fitted:
+        if len(items):
+            # One answer per item and annotator (a task is answered once), so two answers are two people.
+            shared = np.bincount(items)[items] >= 2
+            total += np.bincount(annotators[shared], minlength=k)
+    return PerAnnotator(int(total.sum()), {name: int(total[i]) for i, name in enumerate(answers.usernames)})
+
+
+# Gold ---------------------------------------------------------------------------------------------
+
+GOLD_SCORE_TOLERANCE = 0  # points a rating may be off the gold score and still be right: 0, the score itself
+
+
+def gold_accuracy(project: Project) -> PerAnnotator[Share]:
+    """Each annotator's answers to the project's gold tasks (status gold) against the task's known answer (its
+    annotation with source gold): the share right, with its 95 % interval. Right is, for a pairwise task, the same
+    side (a, b or tie; strength and both-bad aside); for a rating, the gold score (within GOLD_SCORE_TOLERANCE); for
+    a ranking, the same responses on top. Gold tasks are few: read in one go, not into columns."""
+    gold_tasks = Task.objects.filter(project=project, status=Task.Status.GOLD)
+    fields = ("task_id", "choice", "strength", "both_bad", "score", "ranking")
+    known = {
+        task_id: (kind, answer)
+        for task_id, kind, *answer in Annotation.objects.filter(task__in=gold_tasks, source=Annotation.Source.GOLD)
+        .order_by("id")
+        .values_list("task_id", "task__kind", *fields[1:])
+    }
+    n: dict[int, int] = {}
+    hits: dict[int, int] = {}
+    for user_id, task_id, *answer in (
+        Annotation.objects.filter(task__in=gold_tasks, source=Annotation.Source.HUMAN)
+        .order_by()
+        .values_list("annotator_id", *fields)
+    ):
+        if task_id in known:
+            kind, gold = known[task_id]
+            n[user_id] = n.get(user_id, 0) + 1
+            hits[user_id] = hits.get(user_id, 0) + _right(kind, answer, gold)
+    names = get_user_model().objects.in_bulk(list(n))
+    return PerAnnotator(
+        share(sum(hits.values()), sum(n.values())),
+        {names[user_id].get_username(): share(hits[user_id], n[user_id]) for user_id in n},
+    )
+
+
+def _right(kind: str, answer: list, gold: list) -> bool:
+    """Whether an answer (choice, strength, both_bad, score, ranking) is the gold answer, as gold_accuracy says."""
+    choice, strength, both_bad, score, ranking = answer
+    gold_choice, gold_strength, gold_both_bad, gold_score, gold_ranking = gold
+    if kind == TaskKind.PAIRWISE:
+        return pairwise_vote(choice, strength, both_bad).side == pairwise_vote(gold_choice, gold_strength, False).side
+    if kind == TaskKind.RATING:
+        return score is not None and gold_score is not None and abs(score - gold_score) <= GOLD_SCORE_TOLERANCE
+    return bool(ranking and gold_ranking) and set(ranking[0]) == set(gold_ranking[0])
+
+
 # Everything ---------------------------------------------------------------------------------------
 
 
@@ -441,6 +504,8 @@ class AnnotatorQuality:
     longer: Share  # votes on pairs won by the longer response
     speed: Speed
     competence: float | None
+    compared: int  # answers on items someone else answered too (compared_answers)
+    gold: Share  # answers to gold tasks that were right (gold_accuracy)
 
 
 @dataclass(frozen=True)
@@ -458,7 +523,9 @@ def annotator_quality(project: Project, *, fast_seconds: float) -> Quality:
         "longer": length_bias(answers),
         "speed": speed(answers, fast_seconds),
         "competence": competence(answers),
+        "compared": compared_answers(answers),
     }
+    gold = gold_accuracy(project)  # of those who answered gold tasks only
     counts = np.bincount(answers.annotator, minlength=len(answers.usernames))
 
     def row(username: str | None, n: int) -> AnnotatorQuality:
@@ -466,6 +533,7 @@ def annotator_quality(project: Project, *, fast_seconds: float) -> Quality:
             name: measure.project if username is None else measure.annotators[username]
             for name, measure in measures.items()
         }
+        fields["gold"] = gold.project if username is None else gold.annotators.get(username, share(0, 0))
         return AnnotatorQuality(username=username, answers=n, **fields)
 
     return Quality(

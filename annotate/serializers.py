@@ -16,11 +16,14 @@ from annotate.models import (
     DatasetSnapshot,
     ImportJob,
     Membership,
+    MembershipEvent,
     Project,
     Prompt,
+    QualityReport,
     Response,
     TaskKind,
 )
+from annotate.quality_reports import FLAGS
 from annotate.views import PREFERENCES
 
 MAX_ID = 2**63 - 1  # ids are bigints: a larger filter value could only fail in the database
@@ -597,3 +600,123 @@ class SnapshotSerializer(serializers.ModelSerializer):
         if snapshot.status != DatasetSnapshot.Status.READY:
             return None
         return reverse("api:export_download", args=[snapshot.project.slug, snapshot.pk])
+
+
+# Quality ---------------------------------------------------------------------------------------------------------
+
+
+def _share(what: str) -> serializers.FloatField:
+    return serializers.FloatField(allow_null=True, help_text=f"{what}, 0-1; null without any.")
+
+
+def _bound(which: str) -> serializers.FloatField:
+    return serializers.FloatField(allow_null=True, help_text=f"The {which} end of its 95 % Wilson interval.")
+
+
+def _p_value(what: str) -> serializers.FloatField:
+    return serializers.FloatField(allow_null=True, help_text=f"Two-sided exact binomial test {what}.")
+
+
+class QualityFiguresSerializer(serializers.Serializer):
+    """The measures of annotate/quality.py, for an annotator or the whole project (annotate/quality_reports.py)."""
+
+    answers = serializers.IntegerField(help_text="Human annotations.")
+    gold_answers = serializers.IntegerField(help_text="Answers to gold tasks (tasks with a known answer).")
+    gold_right = serializers.IntegerField(help_text="Of those, the right ones.")
+    gold_accuracy = _share("Share of gold answers that are right")
+    gold_accuracy_low = _bound("low")
+    gold_accuracy_high = _bound("high")
+    competence = serializers.FloatField(
+        allow_null=True, help_text="Dawid-Skene: 1 always right, 0 chance or always the same answer, below 0 worse."
+    )
+    compared_answers = serializers.IntegerField(help_text="Answers to items someone else answered too.")
+    first_position_choices = serializers.IntegerField(help_text="Pairwise choices (ties aside) with a shown order.")
+    first_position_share = _share("Share of those for the response shown first")
+    first_position_low = _bound("low")
+    first_position_high = _bound("high")
+    position_p_value = _p_value("of that share against 1/2")
+    first_ranked_rankings = serializers.IntegerField(help_text="Rankings with a shown order.")
+    first_ranked_share = _share("Share of those with the response shown first on top")
+    first_ranked_chance = serializers.FloatField(allow_null=True, help_text="How often that happens by chance.")
+    first_ranked_p_value = _p_value("of that share against its chance")
+    longer_votes = serializers.IntegerField(help_text="Votes on pairs of different lengths, ties aside.")
+    longer_share = _share("Share of those for the longer response")
+    longer_low = _bound("low")
+    longer_high = _bound("high")
+    longer_p_value = _p_value("of that share against 1/2")
+    timed_answers = serializers.IntegerField(help_text="Answers with a time the server measured.")
+    median_seconds = serializers.FloatField(allow_null=True)
+    fast_answers = serializers.IntegerField(help_text="Timed answers under the fast floor (fast_seconds).")
+    fast_share = _share("Share of timed answers that are fast")
+
+
+class QualityAnnotatorSerializer(QualityFiguresSerializer):
+    username = serializers.CharField()
+    flags = serializers.ListField(
+        child=serializers.ChoiceField(FLAGS), help_text="Against the project's thresholds now (README, Quality)."
+    )
+    member = serializers.BooleanField(help_text="False for someone who answered and has since left the project.")
+    paused = serializers.BooleanField(help_text="Given no tasks while set.")
+    votes_excluded = serializers.BooleanField(help_text="Their answers count in no export, round or agreement.")
+
+
+class QualityThresholdsSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Project
+        fields = ["fast_seconds", "min_gold_accuracy", "min_competence", "position_bias_p", "max_fast_share"]
+
+
+class QualityMinimumsSerializer(serializers.Serializer):
+    """The fewest answers on which each flag is raised."""
+
+    low_gold_accuracy = serializers.IntegerField(help_text="Gold answers.")
+    low_competence = serializers.IntegerField(help_text="Answers to items someone else answered too.")
+    position_bias = serializers.IntegerField(help_text="Pairwise choices, or rankings.")
+    too_fast = serializers.IntegerField(help_text="Timed answers.")
+
+
+class QualitySerializer(serializers.Serializer):
+    status = serializers.ChoiceField(
+        QualityReport.Status.choices, allow_null=True, help_text="Of the latest refresh; null before the first."
+    )
+    requested_at = serializers.DateTimeField(allow_null=True, help_text="When the latest refresh was asked for.")
+    computed_at = serializers.DateTimeField(allow_null=True, help_text="When the answers in these figures were read.")
+    fast_seconds = serializers.IntegerField(allow_null=True, help_text="The fast floor these figures counted with.")
+    error = serializers.CharField(help_text="Why the latest refresh failed; empty otherwise.")
+    thresholds = QualityThresholdsSerializer(help_text="The project's, now: what the flags are against.")
+    minimum_answers = QualityMinimumsSerializer()
+    project = QualityFiguresSerializer(allow_null=True, help_text="The whole project; null before the first refresh.")
+    annotators = QualityAnnotatorSerializer(many=True, help_text="Flagged ones first, then by username.")
+
+
+class QualityStatusSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = QualityReport
+        fields = ["status", "requested_at", "computed_at"]
+
+
+class MembershipEventSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username")
+    by = serializers.CharField(source="by.username", allow_null=True, help_text="The lead who decided.")
+
+    class Meta:
+        model = MembershipEvent
+        fields = ["id", "username", "kind", "reason", "by", "created_at"]
+
+
+class DecisionIn(serializers.Serializer):
+    reason = serializers.CharField(
+        required=False, allow_blank=True, max_length=1000, default="", help_text="Why: needed to pause or exclude."
+    )
+
+
+class MemberStateSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    role = serializers.ChoiceField(Membership.Role.choices)
+    paused = serializers.BooleanField()
+    votes_excluded = serializers.BooleanField()
+    event = MembershipEventSerializer(allow_null=True, help_text="The decision recorded; null when it was so already.")
+
+
+class MembershipEventFilter(QueryFilter):
+    username = serializers.CharField(required=False, help_text="One member's decisions only.")

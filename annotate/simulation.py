@@ -40,8 +40,9 @@ Profiles (how a bot deviates from its rule, to try the quality measures on annot
                   by the rule; ranking: longest first), else the rule; ratings by the rule.
 - `fast`          the rule (with the noise), but submits at once, without the think time.
 
-Every profile but `careful` submits at once: the think time is what a careful reader spends, and the server
-measures it (a lease's time_spent runs from the lease to the submit).
+Every profile but `fast` waits the think time before it submits, so that each fault shows only in what it is (a
+spammer that takes its time is caught by its answers, not its speed); the server measures that time (a lease's
+time_spent runs from the lease, or the bot's answer before it, to the submit).
 
 Submits are throttled (settings REST_FRAMEWORK, scope `submit`, ARBITER_THROTTLE_SUBMIT): a bot answered 429
 waits for the seconds in Retry-After and sends the same request again, which the API makes safe (a submit
@@ -312,7 +313,7 @@ def run_bot(
     think: float = 0.0,
 ) -> Tally:
     """Work the queue as one bot until it is empty for it, `per_user` tasks are answered, or the deadline; a
-    careful bot waits `think` seconds on each task before it submits."""
+    bot of any profile but `fast` waits `think` seconds on each task before it submits."""
     tally = Tally()
     try:
         with closing(ApiClient(base_url, bot.plaintext, tally)) as client:
@@ -322,7 +323,7 @@ def run_bot(
                 if status == 204:
                     break
                 reply = answer(lease, rule, noise, bot.rng, bot.profile)
-                if bot.profile.kind == "careful" and think:
+                if bot.profile.kind != "fast" and think:
                     time.sleep(think)
                 # submit_url is the server's own path (with its script prefix), so it goes as it is.
                 client.expect(lease["submit_url"], (200,), reply.body)
@@ -457,7 +458,7 @@ def simulate_annotators(
     think: float = 0.0,
 ) -> SimulationResult:
     """Run `users` bots at once against the API at `url` (a server on this database), or an in-process server; the
-    first take `profiles`, the others are careful, waiting `think` seconds on each task."""
+    first take `profiles`, the others are careful; all but the fast ones wait `think` seconds on each task."""
     check_rule(rule)
     bots = enrol_bots(project, users, seed=seed, profiles=profiles)
     started = time.monotonic()

@@ -6,7 +6,9 @@ from annotate.exports import fail_stale_exports as fail_stale_export_snapshots
 from annotate.exports import run_snapshot
 from annotate.import_jobs import fail_stale_imports as fail_stale_import_jobs
 from annotate.import_jobs import run_import_job
-from annotate.models import Assignment, DatasetSnapshot, ImportJob, Project
+from annotate.models import Assignment, DatasetSnapshot, ImportJob, Project, QualityReport
+from annotate.quality_reports import refresh_quality_reports as queue_quality_refreshes
+from annotate.quality_reports import run_quality_report
 
 
 @shared_task
@@ -46,3 +48,15 @@ def recount_task_counters() -> int:
 def fail_stale_imports() -> int:
     """Fail running import jobs whose worker stopped sending heartbeats (beat runs this every minute)."""
     return fail_stale_import_jobs()
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=False)
+def refresh_quality(report_id: int) -> str:
+    """Compute a pending quality report's figures (the Quality page's); returns the status it ends in."""
+    return run_quality_report(QualityReport.objects.get(pk=report_id)).status
+
+
+@shared_task
+def refresh_quality_reports() -> int:
+    """Queue a quality refresh for each project with new answers, and reap dead ones (beat, every few minutes)."""
+    return queue_quality_refreshes()

@@ -14,6 +14,10 @@ urlpatterns = [
     path("p/<slug:project_slug>/assignments/<int:assignment_id>/skip/", views.skip_assignment, name="skip_assignment"),
     path("p/<slug:project_slug>/guidelines/", views.guidelines, name="guidelines"),
     path("p/<slug:project_slug>/stats/", views.project_stats, name="project_stats"),
+    path("p/<slug:project_slug>/quality/", views.quality_page, name="quality_page"),
+    path("p/<slug:project_slug>/quality/recompute/", views.quality_recompute, name="quality_recompute"),
+    path("p/<slug:project_slug>/quality/thresholds/", views.quality_thresholds, name="quality_thresholds"),
+    path("p/<slug:project_slug>/quality/members/<str:username>/", views.member_decision, name="member_decision"),
     path("tokens/", views.api_tokens, name="api_tokens"),
     path("tokens/<int:token_id>/revoke/", views.revoke_api_token, name="revoke_api_token"),
 ]

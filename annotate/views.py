@@ -4,6 +4,7 @@ import time
 from typing import Any
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, QueryDict
@@ -13,17 +14,21 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from annotate.access import get_project_for_user, get_project_led_by_user
+from annotate.forms import DecisionForm, ThresholdsForm
 from annotate.models import (
     REMAINING_CAP,
     ApiToken,
     Assignment,
     LeaseError,
+    MemberPaused,
     Membership,
+    MembershipEvent,
     Project,
     Task,
     TaskKind,
     TextFormat,
 )
+from annotate.quality_reports import quality_for, request_quality
 from annotate.templatetags.arbiter_markdown import formats
 
 REMAINING_RECOUNT_SECONDS = 60
@@ -86,6 +91,7 @@ def project_detail(request: HttpRequest, project_slug: str) -> HttpResponse:
             "role": project.role_of(request.user),
             "progress": project.progress_for(request.user),
             "remaining_cap": REMAINING_CAP,
+            "paused": str(MemberPaused(project)) if project.memberships.filter(user=request.user, paused=True) else "",
         },
     )
 
@@ -99,7 +105,7 @@ def guidelines(request: HttpRequest, project_slug: str) -> HttpResponse:
 @login_required
 def task_page(request: HttpRequest, project_slug: str) -> HttpResponse:
     project = get_project_for_user(request, project_slug)
-    return _render_task(request, project, project.next_assignment(request.user))
+    return _render_next(request, project)
 
 
 @require_POST
@@ -114,7 +120,7 @@ def submit_assignment(request: HttpRequest, project_slug: str, assignment_id: in
     except ValidationError as error:
         return _render_task(request, project, assignment, data=request.POST, errors=_messages(error), status=400)
     except LeaseError as error:
-        return _render_task(request, project, project.next_assignment(request.user), problem=str(error), status=409)
+        return _render_next(request, project, problem=str(error), status=409)
     if first_submission:
         _count_submission(request, project)
     return _next_task_response(request, project)
@@ -128,7 +134,7 @@ def skip_assignment(request: HttpRequest, project_slug: str, assignment_id: int)
     try:
         assignment.skip(user=request.user)
     except LeaseError as error:
-        return _render_task(request, project, project.next_assignment(request.user), problem=str(error), status=409)
+        return _render_next(request, project, problem=str(error), status=409)
     _one_less_remaining(request, project)
     return _next_task_response(request, project)
 
@@ -151,6 +157,109 @@ def project_stats(request: HttpRequest, project_slug: str) -> HttpResponse:
             "agreement": stats["agreement"],
         },
     )
+
+
+@login_required
+def quality_page(request: HttpRequest, project_slug: str) -> HttpResponse:
+    project = get_project_led_by_user(request, project_slug)
+    # htmx asks only while a refresh is under way: the status region polls itself.
+    return _render_quality(request, project, region="status" if request.htmx else "")
+
+
+@require_POST
+@login_required
+def quality_recompute(request: HttpRequest, project_slug: str) -> HttpResponse:
+    project = get_project_led_by_user(request, project_slug)
+    if request_quality(project, user=request.user):
+        notice = "Recomputing: the new figures replace these in a minute or so (longer for a big project)."
+    else:
+        notice = "A recomputation is already under way: it reads every answer given until it starts."
+    if request.htmx:
+        return _render_quality(request, project, region="status", notice=notice)
+    messages.info(request, notice)
+    return redirect("quality_page", project_slug=project.slug)
+
+
+@require_POST
+@login_required
+def quality_thresholds(request: HttpRequest, project_slug: str) -> HttpResponse:
+    project = get_project_led_by_user(request, project_slug)
+    floor = project.fast_seconds
+    form = ThresholdsForm(request.POST, instance=project)
+    if not form.is_valid():
+        project.refresh_from_db()  # the page's flags go by the thresholds saved, not the refused ones
+        return _render_quality(request, project, thresholds=form, status=400)
+    # Only these columns: a whole-row save would write back task counters that submits move meanwhile.
+    form.save(commit=False).save(update_fields=list(form.Meta.fields))
+    notice = "Thresholds saved: the flags follow them now."
+    if project.fast_seconds != floor:
+        request_quality(project, user=request.user)
+        notice += " The fast shares are being recomputed against the new floor."
+    messages.success(request, notice)
+    return redirect("quality_page", project_slug=project.slug)
+
+
+# What the page says after each decision: to a lead, in the decision's own terms.
+DECIDED = {
+    MembershipEvent.Kind.PAUSED: "Paused {user}: they get no tasks here until resumed; the tasks they held went back "
+    "to the queue.",
+    MembershipEvent.Kind.RESUMED: "Resumed {user}: they get tasks again.",
+    MembershipEvent.Kind.EXCLUDED: "Excluded {user}'s votes: they count in no export, round or agreement from now on.",
+    MembershipEvent.Kind.INCLUDED: "Included {user}'s votes again.",
+}
+
+
+@require_POST
+@login_required
+def member_decision(request: HttpRequest, project_slug: str, username: str) -> HttpResponse:
+    project = get_project_led_by_user(request, project_slug)
+    membership = get_object_or_404(project.memberships.select_related("user"), user__username=username)
+    form = DecisionForm(request.POST)
+    if form.is_valid():
+        try:
+            event = membership.decide(form.cleaned_data["action"], by=request.user, reason=form.cleaned_data["reason"])
+        except ValidationError as error:
+            form.add_error(None, error)
+    if not form.is_valid():
+        region = "members" if request.htmx else ""
+        return _render_quality(request, project, region=region, decision=(username, form), status=400)
+    kind = form.cleaned_data["action"]
+    notice = DECIDED[kind].format(user=username) if event else f"Nothing changed: {username} was so already."
+    if request.htmx:
+        return _render_quality(request, project, region="members", notice=notice)
+    messages.success(request, notice)
+    return redirect("quality_page", project_slug=project.slug)
+
+
+def _render_quality(
+    request: HttpRequest,
+    project: Project,
+    *,
+    region: str = "",
+    notice: str = "",
+    thresholds: ThresholdsForm | None = None,
+    decision: tuple[str, DecisionForm] | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    """The Quality page, or one of its regions for htmx: "status" (the refresh) or "members" (the table and the
+    decisions); `thresholds` and `decision` are forms refused, shown with their errors."""
+    shown = quality_for(project)
+    computed = shown["computed_at"].isoformat() if shown["computed_at"] else ""
+    context = {
+        "project": project,
+        "quality": shown,
+        "under_way": shown["status"] in ("pending", "running"),
+        # The poll says when figures newer than the page's are ready, rather than swap the table under the lead.
+        "computed": computed,
+        "newer": request.htmx and request.GET.get("shown", computed) != computed,
+        "notice": notice,
+        "thresholds": thresholds or ThresholdsForm(instance=project),
+        "decision": decision,
+        "events": project.membership_events.select_related("user", "by")[:50],
+        "refresh_minutes": settings.ARBITER_QUALITY_REFRESH_MINUTES,
+    }
+    template = f"annotate/quality.html#{region}" if region else "annotate/quality.html"
+    return render(request, template, context, status=status)
 
 
 @never_cache  # the response that shows a new token must stay in no cache
@@ -181,7 +290,17 @@ def _next_task_response(request: HttpRequest, project: Project) -> HttpResponse:
     if not request.htmx:
         return redirect("task_page", project_slug=project.slug)
     project.refresh_from_db(fields=["task_count", "complete_task_count"])  # the submit may have completed a task
-    return _render_task(request, project, project.next_assignment(request.user))
+    return _render_next(request, project)
+
+
+def _render_next(request: HttpRequest, project: Project, *, problem: str = "", status: int = 200) -> HttpResponse:
+    """The task page (or its #task region) with the user's next task; a paused member is told why there is none."""
+    try:
+        assignment = project.next_assignment(request.user)
+    except MemberPaused as paused:
+        # Said once, in place of the task, whatever else went wrong (the submit it refused says the same).
+        return _render_task(request, project, None, paused=str(paused), status=status)
+    return _render_task(request, project, assignment, problem=problem, status=status)
 
 
 def _render_task(
@@ -192,6 +311,7 @@ def _render_task(
     data: QueryDict | None = None,
     errors: dict[str, list[str]] | None = None,
     problem: str = "",
+    paused: str = "",
     status: int = 200,
 ) -> HttpResponse:
     """The task page, or only its #task region for htmx; `data` and `errors` refill a refused answer."""
@@ -201,6 +321,7 @@ def _render_task(
         "project": project,
         "assignment": assignment,
         "problem": problem,
+        "paused": paused,
         "errors": [message for messages in (errors or {}).values() for message in messages],
         "remaining": remaining,
         "remaining_capped": remaining >= REMAINING_CAP,

@@ -150,6 +150,8 @@ CELERY_TASK_IGNORE_RESULT = True  # results live in our tables, not in a result 
 # round's conditional claim then refuses to run it twice); one message at a time, so a busy GPU worker does not
 # hold rounds that another could start.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# How often beat looks for projects with new answers and refreshes their quality figures (the Quality page).
+ARBITER_QUALITY_REFRESH_MINUTES = env_int("ARBITER_QUALITY_REFRESH_MINUTES", "10", minimum=1)
 # Beat sends these to the default queue: without beat and a worker on that queue, leases stay open in the tables and
 # jobs whose worker died stay running (README, Deploying).
 CELERY_BEAT_SCHEDULE = {
@@ -160,6 +162,11 @@ CELERY_BEAT_SCHEDULE = {
     "fail-stale-imports": {"task": "annotate.tasks.fail_stale_imports", "schedule": 60.0},
     # The counters are kept exact as tasks change; this finds and repairs what changed past them (raw SQL, a shell).
     "recount-task-counters": {"task": "annotate.tasks.recount_task_counters", "schedule": 3600.0},
+    # The Quality page's figures, for the projects with new answers since the last look (annotate/quality_reports.py).
+    "refresh-quality": {
+        "task": "annotate.tasks.refresh_quality_reports",
+        "schedule": 60.0 * ARBITER_QUALITY_REFRESH_MINUTES,
+    },
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", "False")
 
@@ -296,6 +303,9 @@ SPECTACULAR_SETTINGS = {
         "ImportFormatEnum": "annotate.importing.FORMATS",
         "SnapshotStatusEnum": "annotate.models.DatasetSnapshot.Status",
         "ImportStatusEnum": "annotate.models.ImportJob.Status",
+        "QualityStatusEnum": "annotate.models.QualityReport.Status",
+        "MemberRoleEnum": "annotate.models.Membership.Role",
+        "DecisionKindEnum": "annotate.models.MembershipEvent.Kind",
         "RoundStatusEnum": "training.models.TrainingRound.Status",
         "ModelKindEnum": "models_registry.models.ModelVersion.Kind",
         "ModelStatusEnum": "models_registry.models.ModelVersion.Status",

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -252,6 +253,69 @@ def child_crowd_kit() -> None:
     )
 
 
+def child_report() -> None:
+    """In the child: the Quality page's refresh as beat runs it over the whole project (its first look reads every
+    annotation id; CELERY_TASK_ALWAYS_EAGER runs the refresh it queues in-process), then a look with nothing new."""
+    import django
+
+    django.setup()
+    from annotate.models import Project, QualityReport
+    from annotate.quality_reports import refresh_quality_reports
+
+    project = Project.objects.get(slug="quality-bench")
+    QualityReport.objects.filter(project=project).delete()
+    start = time.perf_counter()
+    queued = refresh_quality_reports()
+    refresh = time.perf_counter() - start
+    report = QualityReport.objects.get(project=project)
+    assert queued == 1 and report.status == "ready", (queued, report.status, report.error)
+    start = time.perf_counter()
+    assert refresh_quality_reports() == 0
+    idle = time.perf_counter() - start
+    print(json.dumps({"refresh": refresh, "idle": idle, "annotators": len(report.figures["annotators"])}))
+
+
+def child_page(requests: int) -> None:
+    """In the child: GET the Quality page and the API's quality/ as a lead, `requests` times each after 10 untimed,
+    through Django's test client (the whole stack but the socket: middleware, sessions, the template)."""
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from annotate.models import Membership, Project
+
+    project = Project.objects.get(slug="quality-bench")
+    lead, _ = get_user_model().objects.get_or_create(username="bench-lead")
+    Membership.objects.get_or_create(project=project, user=lead, defaults={"role": Membership.Role.LEAD})
+    annotators = get_user_model().objects.filter(
+        username__in=[f"{p.split(',')[0]}-{i}" for i, p in enumerate(PROFILES)]
+    )
+    Membership.objects.bulk_create(
+        [Membership(project=project, user=user) for user in annotators], ignore_conflicts=True
+    )  # members, as on a real project: the page shows each one's pause and exclude forms
+    client = Client()
+    client.force_login(lead)
+    result = {}
+    for name, path in (("page", "/p/quality-bench/quality/"), ("api", "/api/v1/projects/quality-bench/quality/")):
+        for _ in range(10):
+            assert client.get(path, secure=True).status_code == 200
+        times = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            response = client.get(path, secure=True)
+            times.append(time.perf_counter() - start)
+            assert response.status_code == 200
+        with CaptureQueriesContext(connection) as queries:
+            size = len(client.get(path, secure=True).content)
+        cuts = statistics.quantiles(times, n=100, method="inclusive")
+        result[name] = {"p50": cuts[49], "p95": cuts[94], "max": max(times), "queries": len(queries), "bytes": size}
+    print(json.dumps(result))
+
+
 # Parent -------------------------------------------------------------------------------------------
 
 
@@ -262,6 +326,15 @@ def main() -> None:
     parser.add_argument("--fast-seconds", type=float, default=4.0, help="the speed floor (default 4)")
     parser.add_argument("--postgres", action="store_true", help="run on a throwaway cluster from tests/postgres.sh")
     parser.add_argument("--crowd-kit", action="store_true", help="also time crowd-kit's DawidSkene")
+    parser.add_argument(
+        "--page",
+        type=int,
+        metavar="N",
+        help="instead of the measures: the Quality page's refresh, then N requests of "
+        "the page and of the API (p50/p95)",
+    )
+    parser.add_argument("--child-report", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-page", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-generate", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-measure", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--child-crowd-kit", action="store_true", help=argparse.SUPPRESS)
@@ -273,6 +346,10 @@ def main() -> None:
         return child_measure(args.child_measure)
     if args.child_crowd_kit:
         return child_crowd_kit()
+    if args.child_report:
+        return child_report()
+    if args.child_page:
+        return child_page(args.child_page)
     if args.postgres and "DATABASE_URL" not in os.environ:
         forwarded = [a for a in sys.argv[1:] if a != "--postgres"]
         script = REPO_ROOT / "tests" / "postgres.sh"
@@ -308,6 +385,8 @@ def main() -> None:
         report, _ = run_child(["--child-generate", str(args.annotations)], db_url)
         print(f"generated in {report['seconds']:.0f} s", file=sys.stderr)
 
+    if args.page:
+        return page_runs(args, db_url, database)
     runs = []
     for run in range(1, args.runs + 1):
         busy = busy_percent()
@@ -342,6 +421,53 @@ def main() -> None:
             f" and the winners on {compared['winners_differ']} of {compared['items']:,} items (crowd-kit child's peak"
             f" RSS {peak:,.0f} MiB)"
         )
+
+
+def page_runs(args: argparse.Namespace, db_url: str, database: str) -> None:
+    """The Quality page's side: per run, the refresh (its time and the child's peak RSS), then the requests."""
+    os.environ.update(CELERY_TASK_ALWAYS_EAGER="true", ALLOWED_HOSTS="testserver")  # child_env copies os.environ
+    runs = []
+    for run in range(1, args.runs + 1):
+        busy = busy_percent()
+        refreshed, peak = run_child(["--child-report"], db_url)
+        served, _ = run_child(["--child-page", str(args.page)], db_url)
+        runs.append((refreshed, peak, served, busy))
+        print(
+            f"run {run}: refresh {refreshed['refresh']:.2f} s (peak RSS {peak:,.0f} MiB), idle look"
+            f" {1000 * refreshed['idle']:.0f} ms; page p50 {1000 * served['page']['p50']:.1f} ms p95"
+            f" {1000 * served['page']['p95']:.1f} ms; API p50 {1000 * served['api']['p50']:.1f} ms p95"
+            f" {1000 * served['api']['p95']:.1f} ms (machine {busy:.0f} % busy before)",
+            file=sys.stderr,
+        )
+
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    served = runs[0][2]
+    print(
+        f"\n{database}, {args.annotations:,} annotations, {runs[0][0]['annotators']} annotators, {args.page} requests"
+        f" of each a run; the page {served['page']['bytes']:,} bytes in {served['page']['queries']} queries, the API"
+        f" {served['api']['bytes']:,} bytes in {served['api']['queries']} queries; medians of {args.runs} runs:"
+    )
+    header = ["Database", "Code", "Annotations", "Refresh", "Peak RSS", "Idle look", "Page p50", "Page p95", "API p50"]
+    print("| " + " | ".join([*header, "API p95", "Busy"]) + " |")
+    print("|---|---|" + "---:|" * 9)
+    code = code_version("annotate/quality_reports.py", "annotate/views.py", "templates/annotate/quality.html")
+    cells = [
+        database,
+        code,
+        f"{args.annotations:,}",
+        f"{median([r['refresh'] for r, _, _, _ in runs]):.2f} s",
+        f"{median([peak for _, peak, _, _ in runs]):,.0f} MiB",
+        f"{1000 * median([r['idle'] for r, _, _, _ in runs]):.0f} ms",
+        *(
+            f"{1000 * median([s[name][cut] for _, _, s, _ in runs]):.1f} ms"
+            for name in ("page", "api")
+            for cut in ("p50", "p95")
+        ),
+        f"{max(busy for *_, busy in runs):.0f} %",
+    ]
+    print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -205,6 +205,114 @@ class TestSpeed:
         assert 90 <= reply.json()["time_spent_seconds"] < 100
         assert 90 <= Annotation.objects.get().time_spent.total_seconds() < 100
 
+    def test_a_client_holding_several_leases_is_timed_from_its_previous_answer(self, project, annotator):
+        # A bot takes three leases at once, then answers them one after another: the second and third answers were
+        # not being worked on while it answered the first, so their time starts at the answer before, not the lease.
+        for _ in range(3):
+            new_task(project, "pairwise", ("x", "y"))
+        elsewhere = Project.objects.create(name="Elsewhere", slug="elsewhere")
+        Membership.objects.create(project=elsewhere, user=annotator)
+        new_task(elsewhere, "pairwise", ("x", "y"))
+        leases = [project.next_assignment(annotator, reuse_lease=False) for _ in range(3)]
+        other = elsewhere.next_assignment(annotator)
+        now = timezone.now()
+        Assignment.objects.filter(pk__in=[lease.pk for lease in leases]).update(leased_at=now - timedelta(seconds=300))
+        Assignment.objects.filter(pk=other.pk).update(leased_at=now - timedelta(seconds=300))
+
+        first = leases[0]
+        first.refresh_from_db()
+        first.submit({"choice": "a", "strength": 1}, user=annotator)
+        # Answered in another project meanwhile: that answer does not end this project's waiting time.
+        other.refresh_from_db()
+        other.submit({"choice": "a", "strength": 1}, user=annotator)
+        Assignment.objects.filter(pk=first.pk).update(submitted_at=now - timedelta(seconds=40))
+        Assignment.objects.filter(pk=other.pk).update(submitted_at=now - timedelta(seconds=10))
+        second = leases[1]
+        second.refresh_from_db()
+        second.submit({"choice": "b", "strength": 1}, user=annotator)
+
+        spent = dict(Annotation.objects.values_list("task_id", "time_spent"))
+        assert 300 <= spent[first.task_id].total_seconds() < 310  # from its lease, as before
+        assert 40 <= spent[second.task_id].total_seconds() < 50  # from the answer before it here, not 300 s
+        # A skip ends what the annotator was doing too; and the time stays capped by the lease length.
+        third = leases[2]
+        third.refresh_from_db()
+        Assignment.objects.filter(pk=second.pk).update(submitted_at=now - timedelta(seconds=60))
+        new_task(project, "pairwise", ("x", "y"))
+        skip_lease = project.next_assignment(annotator, reuse_lease=False)
+        skip_lease.skip(user=annotator)
+        Assignment.objects.filter(pk=skip_lease.pk).update(skipped_at=now - timedelta(seconds=20))
+        third.submit({"choice": "a", "strength": 2}, user=annotator)
+        assert 20 <= Annotation.objects.get(task=third.task).time_spent.total_seconds() < 30
+
+
+# Gold and what competence rests on ------------------------------------------------------------------
+
+
+def gold_task(project, kind, texts, **known):
+    """A gold task with its known answer."""
+    task, ids = new_task(project, kind, texts)
+    Task.objects.filter(pk=task.pk).update(status=Task.Status.GOLD)
+    if "ranking" in known:
+        known["ranking"] = [[ids[i] for i in group] for group in known["ranking"]]
+    Annotation.objects.create(task=task, source=Annotation.Source.GOLD, **known)
+    return task, ids
+
+
+class TestGoldAccuracy:
+    def test_answers_to_gold_tasks_are_scored_against_the_known_answer(self, project, people):
+        ann, bob = people["ann"], people["bob"]
+        task, (a, b) = gold_task(project, "pairwise", ("x", "y"), choice="a", strength=2)
+        answer(task, ann, [b, a], choice="a", strength=1)  # the same side, whatever the strength or the order shown
+        answer(task, bob, [a, b], choice="tie")
+        task, _ = gold_task(project, "pairwise", ("x", "y"), choice="tie")
+        answer(task, ann, None, choice="tie", both_bad=True)
+        answer(task, bob, None, choice="b", strength=1)
+        task, _ = gold_task(project, "rating", ("x",), score=4)
+        answer(task, ann, None, score=4)
+        answer(task, bob, None, score=5)  # one off is wrong: the gold score is the answer
+        task, (x, y, z) = gold_task(project, "ranking", ("x", "y", "z"), ranking=[[1], [0, 2]])
+        answer(task, ann, None, ranking=[[y], [z], [x]])  # the same on top
+        answer(task, bob, None, ranking=[[y, x], [z]])  # another beside it on top: not the same top
+        task, _ = new_task(project, "pairwise", ("x", "y"))  # not gold
+        answer(task, bob, None, choice="a", strength=1)
+        task, _ = new_task(project, "pairwise", ("x", "y"))
+        Task.objects.filter(pk=task.pk).update(status=Task.Status.GOLD)  # no known answer yet: not scored
+        answer(task, bob, None, choice="a", strength=1)
+        elsewhere = Project.objects.create(name="Other", slug="other")
+        task, _ = gold_task(elsewhere, "pairwise", ("x", "y"), choice="a", strength=1)
+        answer(task, bob, None, choice="b", strength=1)
+
+        gold = quality.gold_accuracy(project)
+
+        assert (gold.annotators["ann"].hits, gold.annotators["ann"].n) == (4, 4)
+        assert (gold.annotators["bob"].hits, gold.annotators["bob"].n) == (0, 4)
+        assert (gold.annotators["ann"].low, gold.annotators["ann"].high) == wilson_interval(1.0, 4)
+        assert "cat" not in gold.annotators
+        assert (gold.project.hits, gold.project.n) == (4, 8)
+        measured = {row.username: row for row in annotator_quality(project, fast_seconds=5).annotators}
+        assert measured["ann"].gold.share == 1.0 and measured["bob"].gold.share == 0.0
+        assert measured["cat"].gold.n == 0 and measured["cat"].gold.share is None
+
+
+def test_competence_rests_on_answers_to_items_someone_else_answered(project, people):
+    ann, bob = people["ann"], people["bob"]
+    shared, _ = new_task(project, "pairwise", ("x", "y"))
+    answer(shared, ann, None, choice="a", strength=1)
+    answer(shared, bob, None, choice="b", strength=1)
+    alone, _ = new_task(project, "pairwise", ("x", "y"))
+    answer(alone, ann, None, choice="a", strength=1)
+    ranked, (x, y, z) = new_task(project, "ranking", ("x", "y", "z"))
+    answer(ranked, ann, None, ranking=[[x], [y], [z]])  # three pairs
+    answer(ranked, bob, None, ranking=[[z], [y, x]])
+    rated, _ = new_task(project, "rating", ("x",))
+    answer(rated, bob, None, score=3)
+
+    compared = quality.compared_answers(read_answers(project))
+
+    assert compared.annotators == {"ann": 1 + 3, "bob": 1 + 3, "cat": 0}
+    assert compared.project == 8
+
 
 # Dawid–Skene --------------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ RESPONSES_PER_KIND = {"rating": 1, "pairwise": 2, "ranking": 3}
 def make_task(project, kind="rating", *, priority=0, required=None, status=Task.Status.OPEN):
     """A task over fresh responses to a fresh prompt; required defaults to the project's overlap."""
     prompt = Prompt.objects.create(
-        project=project, external_id=f"p{next(_prompt_numbers)}", messages=[{"role": "user", "content": "Hi?"}]
+        project=project, external_id=f"made-{next(_prompt_numbers)}", messages=[{"role": "user", "content": "Hi?"}]
     )
     task = Task.objects.create(
         project=project,

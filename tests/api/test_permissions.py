@@ -5,8 +5,8 @@ The rule (annotate/api.py says it too):
 - outsider (logged in, not a member): the project does not exist for them, 404, never 403; their own things
   (me, tokens, the empty project list) answer as for anyone;
 - annotator: reads the project, its stats and their own annotations, works the queue with their own leases;
-  lead-only endpoints (prompts, responses, imports, exports, training rounds, model versions) answer 403, since
-  they know the project exists;
+  lead-only endpoints (prompts, responses, imports, exports, training rounds, model versions, quality and the
+  decisions on members) answer 403, since they know the project exists;
 - lead and admin (a superuser leads every project, member or not): everything;
 - someone else's lease is 404 for everyone, leads and admins included: a lease is its annotator's alone;
 - a token cannot make tokens (403 for every caller with one; the browser session and the password can).
@@ -101,6 +101,19 @@ ENDPOINTS = [
     ("exports-create", "post", lambda w, r: f"{P}/exports/", {"kind": "pairs"}, (401, 404, 403, 202, 202)),
     ("export", "get", lambda w, r: f"{P}/exports/{w.snapshot.pk}/", None, (401, 404, 403, 200, 200)),
     ("export-download", "get", lambda w, r: f"{P}/exports/{w.snapshot.pk}/download/", None, (401, 404, 403, 200, 200)),
+    ("quality", "get", lambda w, r: f"{P}/quality/", None, (401, 404, 403, 200, 200)),
+    ("quality-recompute", "post", lambda w, r: f"{P}/quality/recompute/", None, (401, 404, 403, 202, 202)),
+    *(
+        (
+            f"member-{action}",
+            "post",
+            lambda w, r, a=action: f"{P}/members/second/{a}/",
+            {"reason": "Checking."},
+            (401, 404, 403, 200, 200),
+        )
+        for action in ("pause", "resume", "exclude", "include")
+    ),  # fmt: skip
+    ("member-events", "get", lambda w, r: f"{P}/member-events/", None, (401, 404, 403, 200, 200)),
     ("rounds", "get", lambda w, r: f"{P}/rounds/", None, (401, 404, 403, 200, 200)),
     ("rounds-launch", "post", lambda w, r: f"{P}/rounds/", {"method": "dpo", "base": BASE}, (401, 404, 403, 201, 201)),
     ("round", "get", lambda w, r: f"{P}/rounds/{w.round.number}/", None, (401, 404, 403, 200, 200)),

@@ -67,6 +67,16 @@ def test_documented_status_codes(client, db):
     assert codes("/projects/{slug}/rounds/", "post") == launches
     assert codes("/projects/{slug}/exports/{snapshot_id}/download/", "get") == {"200", "401", "403", "404", "409"}
     assert codes("/tokens/{token_id}/", "delete") == {"204", "401", "404"}
+    assert codes("/projects/{slug}/quality/", "get") == {"200", "401", "403", "404"}
+    assert codes("/projects/{slug}/quality/recompute/", "post") == {"202", "401", "403", "404", "409"}
+    for action in ("pause", "resume", "exclude", "include"):
+        assert codes(f"/projects/{{slug}}/members/{{username}}/{action}/", "post") == {
+            "200",
+            "400",
+            "401",
+            "403",
+            "404",
+        }
 
 
 def test_the_docs_page_is_served_from_static_files(client, db):
@@ -148,6 +158,7 @@ def test_the_api_keeps_to_its_schema(case, data):
         "token_id": data.spare_token.pk,  # never the token the requests use
         "number": data.round.number,
         "version_id": data.version.pk,
+        "username": "annotator",  # a member: decisions on them are made, or refused for their reason
     }
     for name in case.path_parameters or {}:
         case.path_parameters[name] = pinned[name]

@@ -12,9 +12,12 @@ from django.conf import settings
 from django.utils import timezone
 from playwright.sync_api import expect
 
+from annotate import tasks as celery_tasks
 from annotate.admin import project_leads_group
-from annotate.models import DatasetSnapshot
+from annotate.models import DatasetSnapshot, Membership, MembershipEvent, QualityReport
+from annotate.quality_reports import request_quality, run_quality_report
 from models_registry.models import ModelVersion
+from tests.annotate.test_quality_reports import answered
 from tests.browser.test_keyboard_annotation import log_in, make_task
 from training.models import RoundMetric, TrainingRound
 
@@ -39,6 +42,17 @@ class Refusals:
         # As in conftest: Chromium asks for /favicon.ico by itself (the admin names none), a 404 is not the page's.
         if not message.location.get("url", "").endswith("/favicon.ico"):
             self.seen.append(f"console {message.type}: {message.text}")
+
+    def refused_form_on(self, what, page_log):
+        """A form the server refused (400, with the errors shown): Chromium logs that as a failed load, and nothing
+        else may be logged."""
+        self.page.wait_for_timeout(100)
+        seen, self.seen = self.seen, []
+        failed = "console error: Failed to load resource: the server responded with a status of 400 (Bad Request)"
+        assert seen == [failed], f"{what} ({self.page.url}):\n" + "\n".join(seen)
+        logged = [error for error in page_log.errors if "status of 400" in error]
+        assert len(logged) == 1, page_log.errors
+        page_log.errors.remove(logged[0])
 
     def none_on(self, what):
         # Violation events are dispatched as a task after the refusal: let them arrive.
@@ -221,6 +235,88 @@ def test_lead_pages_and_admin_work_under_the_policy(
     page.get_by_role("button", name="Add another Membership").click()
     expect(rows).to_have_count(before + 1)
     refusals.none_on("admin project form")
+
+
+def test_quality_page_works_under_the_policy(
+    page, page_log, refusals, screenshot, lead, annotator, project, make_user, monkeypatch
+):
+    monkeypatch.setattr(celery_tasks.refresh_quality, "delay", lambda report_id: None)  # no worker: run below
+    careful = make_user("careful-reader")
+    Membership.objects.create(project=project, user=careful)
+    answered(project, annotator, 30, seconds=2)  # always the first shown, in two seconds
+    for i in range(30):
+        answered(project, careful, 1, seconds=25 + i, first=i % 3 == 0)
+    request_quality(project)
+    run_quality_report(QualityReport.objects.get(project=project))
+    log_in(page, lead, "/")
+
+    page.goto(f"/p/{project.slug}/")
+    page.get_by_role("link", name="Quality").click()
+    expect(page.locator("h1")).to_have_text("Quality")
+    rows = page.locator("#annotators tbody tr")
+    expect(rows.first.locator("th")).to_contain_text("annotator")  # flagged first
+    expect(rows.first.locator(".badge.flag-too_fast")).to_be_visible()
+    expect(rows.nth(1).locator("[class*='flag-']")).to_have_count(0)
+    refusals.none_on("quality page")
+    both_widths(page, screenshot, "quality")
+    page.set_viewport_size(PHONE)  # on a phone the table becomes a card per annotator: nothing runs off the side
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    fast = rows.first.locator("td[data-label='Fast']").bounding_box()  # the last column, not scrolled out of sight
+    assert fast["x"] + fast["width"] <= PHONE["width"], fast
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+    # Pause the flagged annotator from the keyboard: the region is swapped by htmx, not the page reloaded.
+    page.evaluate("window.__marker = 1")
+    summary = rows.first.locator("summary")
+    summary.focus()
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Shift+Tab")
+    screenshot("quality-decide-focused")  # the focus ring shows where the keyboard is
+    page.keyboard.press("Tab")
+    expect(rows.first.get_by_label("Reason")).to_be_focused()
+    page.keyboard.press("Tab")  # to Pause, with no reason given: refused, and the field says why
+    page.keyboard.press("Enter")
+    reason = page.locator("#annotators tbody tr").first.get_by_label("Reason")
+    expect(reason).to_be_focused()
+    expect(reason).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#members .errorlist")).to_contain_text("Say why")
+    refusals.refused_form_on("decision refused", page_log)
+    screenshot("quality-decision-refused")
+    page.keyboard.type("Answers in two seconds, always the left one.")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    expect(page.locator("#members .message.success")).to_be_focused()
+    expect(page.locator("#members .message.success")).to_contain_text("Paused annotator")
+    expect(page.locator("#annotators tbody tr").first.locator(".badge-paused")).to_be_visible()
+    expect(page.locator("#events tbody tr").first).to_contain_text("Answers in two seconds")
+    assert page.evaluate("window.__marker") == 1
+    assert Membership.objects.get(user=annotator).paused
+    assert MembershipEvent.objects.get().reason == "Answers in two seconds, always the left one."
+    refusals.none_on("paused")
+
+    # Recompute: queued, the status region polls, and says when newer figures are in.
+    page.get_by_role("button", name="Recompute now").click()
+    expect(page.locator("#quality-status")).to_contain_text("A recomputation is queued")
+    expect(page.get_by_role("button", name="Recompute now")).to_be_disabled()
+    run_quality_report(QualityReport.objects.get(project=project))
+    expect(page.get_by_role("link", name="Show the new figures")).to_be_visible(timeout=10_000)
+    assert page.evaluate("window.__marker") == 1
+    refusals.none_on("recompute")
+
+    # Thresholds: a plain form, refused values named by field.
+    page.get_by_label("Lowest competence").fill("2")
+    page.get_by_role("button", name="Save thresholds").click()
+    expect(page.locator("#id_min_competence_error")).to_contain_text("less than or equal to 1")
+    refusals.refused_form_on("thresholds refused", page_log)
+    page.get_by_label("Lowest competence").fill("0.3")
+    page.get_by_role("button", name="Save thresholds").click()
+    expect(page.locator(".messages")).to_contain_text("Thresholds saved")
+    refusals.none_on("thresholds saved")
+    both_widths(page, screenshot, "quality-after")
+    page.set_viewport_size(PHONE)  # the decisions too: a card each, the reason in sight
+    reason = page.locator("#events td[data-label='Reason']").first.bounding_box()
+    assert reason["x"] + reason["width"] <= PHONE["width"], reason
 
 
 def test_api_docs_load_swagger_ui_under_the_policy(page, refusals, screenshot):

@@ -38,7 +38,10 @@ class Command(BaseCommand):
             help="N bots of this profile (spammer, fast, position:<p>, length:<p>); repeatable; the rest are careful",
         )
         parser.add_argument(
-            "--think", type=float, default=0.0, help="seconds a careful bot spends on each task (default 0)"
+            "--think",
+            type=float,
+            default=0.0,
+            help="seconds each bot but the fast ones spends on each task (default 0)",
         )
 
     def handle(self, *args: object, **options: object) -> None:
