@@ -92,6 +92,22 @@ def _empty_cache():
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    # Tests make many users; the production hasher would spend much of the run hashing their passwords.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def enqueued(monkeypatch):
+    """The quality report ids handed to the Celery task, which runs nowhere (no broker here)."""
+    from annotate import tasks
+
+    ids = []
+    monkeypatch.setattr(tasks.refresh_quality, "delay", ids.append)
+    return ids
+
+
 @pytest.fixture
 def make_user(django_user_model):
     def make(username: str, **extra):

@@ -63,11 +63,6 @@ class TestBinomialTest:
 # Constructed projects ------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # users are made, never logged in
-
-
 @pytest.fixture
 def people(project, make_user):
     users = {name: make_user(name) for name in ("ann", "bob", "cat")}

@@ -45,11 +45,6 @@ TASKS = BOTS * ANSWERS // 3 + 20  # room to spare, so that no bot runs out of ta
 API = "/api/v1/projects/helpfulness/quality/"
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def campaign_tasks(project, rng):
     """Pairs whose responses use "cat" a different number of times (the rule never ties), each padded with "dog" to
     a different length drawn apart from the cats, so that length says nothing of which is better."""

@@ -5,24 +5,11 @@ import re
 
 import pytest
 
-from annotate import tasks
 from annotate.models import Membership, MembershipEvent, QualityReport
 from annotate.quality_reports import request_quality, run_quality_report
 from tests.annotate.test_quality_reports import answered
 
 HTMX = {"HX-Request": "true"}
-
-
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def enqueued(monkeypatch):
-    ids = []
-    monkeypatch.setattr(tasks.refresh_quality, "delay", ids.append)
-    return ids
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from annotate import quality_reports, tasks
+from annotate import quality_reports
 from annotate.models import Annotation, Membership, MembershipEvent, Project, QualityReport
 from annotate.quality_reports import (
     MIN_GOLD_ANSWERS,
@@ -20,19 +20,6 @@ from annotate.quality_reports import (
 )
 from tests.annotate.test_quality import answer, new_task
 from tests.celery_worker import Worker, wait_for
-
-
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def enqueued(monkeypatch):
-    """The report ids handed to the Celery task (no broker here)."""
-    ids = []
-    monkeypatch.setattr(tasks.refresh_quality, "delay", ids.append)
-    return ids
 
 
 @pytest.fixture

@@ -183,11 +183,6 @@ def test_random_answers_to_real_leases_are_accepted(project, annotator, make_tas
 # Bots through the real API -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def expected(task: Task) -> dict:
     """What a bot with rule word:cat must have stored, in the task's positions (as annotations store answers)."""
     counts = [feature(link.response.content, "word:cat") for link in task.task_responses.select_related("response")]

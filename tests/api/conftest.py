@@ -15,12 +15,6 @@ TRANSCRIPT = [
 _prompt_numbers = itertools.count()
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings):
-    # Every test makes several users; the production hasher would spend most of the run hashing passwords.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def throttle_rates(monkeypatch):
     """Set a throttle scope's rate for one test (DRF reads the rates once, into the throttle class)."""
