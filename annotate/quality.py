@@ -454,24 +454,29 @@ def gold_accuracy(project: Project) -> PerAnnotator[Share]:
     """Each annotator's answers to the project's gold tasks (status gold) against the task's known answer (its
     annotation with source gold): the share right, with its 95 % interval. Right is, for a pairwise task, the same
     side (a, b or tie; strength and both-bad aside); for a rating, the gold score (within GOLD_SCORE_TOLERANCE); for
-    a ranking, the same responses on top. Gold tasks are few: read in one go, not into columns."""
+    a ranking, the same responses on top. Only answers given after the known answer count: a task made gold from its
+    majority (Task.make_gold) would otherwise score its own voters right by construction. Gold tasks are few: read in
+    one go, not into columns."""
     gold_tasks = Task.objects.filter(project=project, status=Task.Status.GOLD)
-    fields = ("task_id", "choice", "strength", "both_bad", "score", "ranking")
+    fields = ("task_id", "id", "choice", "strength", "both_bad", "score", "ranking")
     known = {
-        task_id: (kind, answer)
-        for task_id, kind, *answer in Annotation.objects.filter(task__in=gold_tasks, source=Annotation.Source.GOLD)
+        task_id: (kind, gold_id, answer)
+        for task_id, kind, gold_id, *answer in Annotation.objects.filter(
+            task__in=gold_tasks, source=Annotation.Source.GOLD
+        )
         .order_by("id")
         .values_list("task_id", "task__kind", *fields[1:])
     }
     n: dict[int, int] = {}
     hits: dict[int, int] = {}
-    for user_id, task_id, *answer in (
+    for user_id, task_id, answer_id, *answer in (
         Annotation.objects.filter(task__in=gold_tasks, source=Annotation.Source.HUMAN)
         .order_by()
         .values_list("annotator_id", *fields)
     ):
-        if task_id in known:
-            kind, gold = known[task_id]
+        # Ids, not clocks, say which came first: they follow the order the rows were written in.
+        if task_id in known and answer_id > known[task_id][1]:
+            kind, _, gold = known[task_id]
             n[user_id] = n.get(user_id, 0) + 1
             hits[user_id] = hits.get(user_id, 0) + _right(kind, answer, gold)
     names = get_user_model().objects.in_bulk(list(n))

@@ -24,7 +24,7 @@ from annotate.models import (
     Task,
     TaskResponse,
 )
-from annotate.quality import read_answers
+from annotate.quality import gold_accuracy, read_answers
 from models_registry.measures import cross_version_votes
 from tests.annotate.test_exports import build_data
 from tests.annotate.test_queue import answer_for, expire, make_task
@@ -240,6 +240,18 @@ class TestMakeGold:
             before,
             False,
         )
+
+    def test_only_answers_after_the_gold_answer_measure_gold_accuracy(self, project, members):
+        ann, ben, cat, dan = members
+        task = answered(project, "pairwise", [(ann, {"choice": "a"}), (ben, {"choice": "a"}), (cat, {"choice": "b"})])
+        task.make_gold()
+        Annotation.objects.create(task=task, annotator=dan, choice="b")  # served the gold task later, and wrong
+
+        accuracy = gold_accuracy(project)
+
+        # The voters who made the majority are not scored on it (ann and ben would be right by construction).
+        assert set(accuracy.annotators) == {"dan"}
+        assert (accuracy.annotators["dan"].hits, accuracy.annotators["dan"].n) == (0, 1)
 
     def test_an_open_task_cannot_become_gold(self, project):
         task = make_task(project)
