@@ -227,6 +227,8 @@ def test_lead_pages_and_admin_work_under_the_policy(
         assert response.ok, (name, response.status)
         expect(page.locator("#content h1")).to_be_visible()
         refusals.none_on(f"admin {name}")
+        if name in ("export", "launch"):
+            screenshot(f"admin-{name}")  # forms that gained the aggregation choice
 
     # The project form's inline rows are added by the admin's own script.
     page.goto(f"/admin/annotate/project/{project.pk}/change/")
