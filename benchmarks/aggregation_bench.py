@@ -1,8 +1,9 @@
 """Aggregation against bad annotators: majority, Dawid–Skene, and majority without the flagged, and what a reward
 model learns from each.
 
-    .venv/bin/python benchmarks/aggregation_bench.py                       # the issue's campaign (about 15 min)
-    .venv/bin/python benchmarks/aggregation_bench.py --tasks 300 --held-out 200 --epochs 1   # a quick look
+    .venv/bin/python benchmarks/aggregation_bench.py                       # the issue's campaign (about 5 min)
+    .venv/bin/python benchmarks/aggregation_bench.py --tasks 300 --campaigns 5 --seeds 3   # five smaller ones
+    .venv/bin/python benchmarks/aggregation_bench.py --tasks 150 --held-out 100 --epochs 1   # a quick look
 
 A pairwise project with overlap 3 and `--tasks` tasks, each two answers from the demo corpus's style to one demo
 question, one carrying more "Thanks." than the other (0, 1 or 2 of them, never equal, so the rule never ties).
@@ -22,12 +23,16 @@ For each: the pairs exported, and the share whose chosen answer the rule prefers
 then a reward model (the demo policy with a fresh score head, full fine-tuning as the loop benchmark's PPO rounds
 train it) trained on that export with `--seeds` seeds, and its accuracy on `--held-out` pairs built the same way
 on other questions and labelled by the rule itself, not by any bot (Wilson interval per seed; with several seeds,
-their mean and range). Everything lands in benchmarks/output/aggregation-<time>/; the last lines printed are
-Markdown tables for BENCHMARKS.md.
+their mean and range). `--campaigns N` runs N such campaigns, each with its own pairs and bots (and the same held-out
+pairs): the pairs' shares are pooled over them (independent campaigns: counts summed, one Wilson interval), and the
+reward models' accuracies averaged over every campaign and seed, with a normal 95 % interval of that mean and their
+range. Everything lands in benchmarks/output/aggregation-<time>/; the last lines printed are a Markdown table for
+BENCHMARKS.md.
 """
 
 import argparse
 import json
+import math
 import os
 import random
 import secrets
@@ -92,13 +97,17 @@ def answer_pair(rng: random.Random) -> tuple[list[dict[str, str]], str, str, int
     return chats[0]["messages"][:1], texts[0], texts[1], int(counts[1] > counts[0])
 
 
-def build_project(args: argparse.Namespace) -> Any:
+def build_project(args: argparse.Namespace, number: int) -> Any:
     from annotate.models import Project, Prompt, Response, Task, TaskResponse
 
     project = Project.objects.create(
-        name="Aggregation", slug="aggregation", task_kinds=["pairwise"], overlap=3, max_fast_share=1.0
+        name=f"Aggregation {number}",
+        slug=f"aggregation-{number}",
+        task_kinds=["pairwise"],
+        overlap=3,
+        max_fast_share=1.0,
     )
-    rng = random.Random(args.seed)
+    rng = random.Random(campaign_seed(args, number))
     for n in range(args.tasks):
         messages, a, b, _ = answer_pair(rng)
         prompt = Prompt.objects.create(project=project, external_id=f"q{n}", messages=messages)
@@ -109,8 +118,12 @@ def build_project(args: argparse.Namespace) -> Any:
     return project
 
 
+def campaign_seed(args: argparse.Namespace, number: int) -> int:
+    return args.seed + 1000 * number
+
+
 def held_out(args: argparse.Namespace) -> list[tuple[list[dict[str, str]], str, str, int]]:
-    rng = random.Random(args.seed + 1)
+    rng = random.Random(args.seed - 1)  # the same pairs for every campaign, drawn apart from theirs
     return [answer_pair(rng) for _ in range(args.held_out)]
 
 
@@ -167,6 +180,8 @@ def flag_and_exclude(project: Any, bad: set[str]) -> dict[str, Any]:
 
 def train_and_score(snapshot: Any, demo: Path, pairs: list, args: argparse.Namespace, out: Path) -> list[dict]:
     """A reward model per seed on the export, scored on the held-out pairs against the rule."""
+    if not args.seeds:
+        return []
     from training.engine.generate import score
     from training.engine.reward import RewardConfig, train_reward
 
@@ -205,21 +220,70 @@ def _share(share: dict[str, Any]) -> str:
     return f"{100 * share['rate']:.1f} % ({100 * share['low']:.1f}–{100 * share['high']:.1f})"
 
 
-def markdown(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[str]:
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def pooled(shares: list[dict[str, Any]]) -> dict[str, float]:
+    """Independent campaigns' shares as one: their counts summed, with a Wilson interval."""
+    return wilson(sum(x["k"] for x in shares), sum(x["n"] for x in shares))
+
+
+def mean_interval(rates: list[float]) -> str:
+    """The mean of several models' accuracies, with a normal 95 % interval of that mean, and their range."""
+    mean = sum(rates) / len(rates)
+    if len(rates) == 1:
+        return f"{mean:.1f} %"
+    sd = math.sqrt(sum((r - mean) ** 2 for r in rates) / (len(rates) - 1))
+    half = 1.96 * sd / math.sqrt(len(rates))
+    return f"{mean:.1f} % ({mean - half:.1f}–{mean + half:.1f}; models {min(rates):.1f}–{max(rates):.1f})"
+
+
+def markdown(campaigns: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     lines = [
-        "| Aggregation | Pairs exported (of tasks) | Pairs the rule agrees with (95 % CI) | Reward model held-out "
-        "accuracy (95 % CI) |",
+        "| Aggregation | Pairs exported (of tasks) | Pairs the rule agrees with (95 % CI) | Reward models' held-out "
+        "accuracy: mean (95 % CI; range) |",
         "|---|---:|---:|---:|",
     ]
-    for method, row in rows.items():
-        models = row["reward"]
-        if len(models) == 1:
-            reward = _share(models[0])
-        else:
-            rates = [100 * m["rate"] for m in models]
-            reward = f"{sum(rates) / len(rates):.1f} % (seeds {min(rates):.1f}–{max(rates):.1f}; n = {models[0]['n']})"
-        lines.append(f"| {method} | {row['pairs']['n']:,} ({args.tasks:,}) | {_share(row['pairs'])} | {reward} |")
+    for method in METHODS:
+        pairs = pooled([campaign["rows"][method]["pairs"] for campaign in campaigns])
+        rates = [100 * m["rate"] for campaign in campaigns for m in campaign["rows"][method]["reward"]]
+        reward = mean_interval(rates) if rates else "–"
+        tasks = args.tasks * len(campaigns)
+        lines.append(f"| {method} | {pairs['n']:,} ({tasks:,}) | {_share(pairs)} | {reward} |")
     return lines
+
+
+def campaign(args: argparse.Namespace, number: int, demo: Path, pairs: list, run_dir: Path) -> dict[str, Any]:
+    """One project, its bots' votes, and the three exports with their reward models."""
+    from annotate.simulation import check_profile, simulate_annotators
+
+    project = build_project(args, number)
+    profiles = [check_profile("spammer")] * args.spammers + [check_profile("position:0.9")] * args.position
+    bots = simulate_annotators(
+        project=project,
+        users=args.users,
+        rule=RULE,
+        noise=args.noise,
+        seed=campaign_seed(args, number),
+        profiles=profiles,
+    )
+    if bots.tally.errors:
+        sys.exit("the bots failed:\n" + "\n".join(bots.summary()))
+    bad = {f"sim-{project.slug}-{i}" for i in range(1, len(profiles) + 1)}
+    print(f"campaign {number}: {sum(bots.tally.answered.values())} answers in {bots.elapsed:.0f} s", file=sys.stderr)
+    rows: dict[str, dict[str, Any]] = {}
+    quality: dict[str, Any] = {}
+    for method in METHODS:
+        if method == "majority-excluding-flagged":
+            quality = flag_and_exclude(project, bad)
+            print(f"  flagged: {quality['flagged']}", file=sys.stderr)
+        snapshot = export(project, "dawid-skene" if method == "dawid-skene" else "majority")
+        rows[method] = {"pairs": pair_accuracy(snapshot)}
+        print(f"  {method}: {_share(rows[method]['pairs'])} of {rows[method]['pairs']['n']} pairs", file=sys.stderr)
+        out = run_dir / "reward" / f"{number}-{method}"
+        rows[method]["reward"] = train_and_score(snapshot, demo, pairs, args, out)
+    return {"number": number, "bad": sorted(bad), "quality": quality, "rows": rows}
 
 
 def main() -> None:
@@ -230,7 +294,8 @@ def main() -> None:
     parser.add_argument("--spammers", type=int, default=2, help="bots that answer at random (default 2)")
     parser.add_argument("--position", type=int, default=2, help="bots that pick the first shown at 0.9 (default 2)")
     parser.add_argument("--noise", type=float, default=0.1, help="careful bots' share of random answers (0.1)")
-    parser.add_argument("--seeds", type=int, default=1, help="reward models per export (default 1)")
+    parser.add_argument("--campaigns", type=int, default=1, help="campaigns, each its own pairs and bots (default 1)")
+    parser.add_argument("--seeds", type=int, default=1, help="reward models per export; 0: none (default 1)")
     parser.add_argument("--epochs", type=float, default=2, help="reward model epochs (default 2)")
     parser.add_argument("--seed", type=int, default=2026, help="the pairs' seed (default 2026)")
     parser.add_argument("--demo-policy", type=Path, help="a demo policy built before (default: build one, ~1 min)")
@@ -241,46 +306,24 @@ def main() -> None:
     run_dir = OUTPUT / f"aggregation-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True)
     set_up(args, run_dir)
-    from annotate.simulation import check_profile, simulate_annotators
     from training.engine.demo import build_demo_policy
 
     started = time.monotonic()
     demo = args.demo_policy or build_demo_policy(run_dir / "demo")
-    project = build_project(args)
     pairs = held_out(args)
-    profiles = [check_profile("spammer")] * args.spammers + [check_profile("position:0.9")] * args.position
-    bots = simulate_annotators(
-        project=project, users=args.users, rule=RULE, noise=args.noise, seed=args.seed, profiles=profiles
-    )
-    if bots.tally.errors:
-        sys.exit("the bots failed:\n" + "\n".join(bots.summary()))
-    bad = {f"sim-{project.slug}-{i}" for i in range(1, len(profiles) + 1)}
-    print(f"bots: {sum(bots.tally.answered.values())} answers in {bots.elapsed:.0f} s", file=sys.stderr)
-
-    rows: dict[str, dict[str, Any]] = {}
-    quality: dict[str, Any] = {}
-    for method in METHODS:
-        if method == "majority-excluding-flagged":
-            quality = flag_and_exclude(project, bad)
-            print(f"flagged: {quality['flagged']}", file=sys.stderr)
-        snapshot = export(project, "dawid-skene" if method == "dawid-skene" else "majority")
-        rows[method] = {"pairs": pair_accuracy(snapshot)}
-        print(f"{method}: {_share(rows[method]['pairs'])} of {rows[method]['pairs']['n']} pairs", file=sys.stderr)
-        rows[method]["reward"] = train_and_score(snapshot, demo, pairs, args, run_dir / "reward" / method)
-
+    campaigns = [campaign(args, number, demo, pairs, run_dir) for number in range(1, args.campaigns + 1)]
     result = {
         "args": {k: str(v) for k, v in vars(args).items()},
         "code": code_version(),
         "busy_after": busy_percent(),
         "seconds": time.monotonic() - started,
-        "bad": sorted(bad),
-        "quality": quality,
-        "rows": rows,
+        "campaigns": campaigns,
     }
     (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    flags = [(_number(c["quality"]["precision"]), _number(c["quality"]["recall"])) for c in campaigns]
     print(f"\n{run_dir}: {result['seconds']:.0f} s, code {result['code']}")
-    print(f"flags: precision {quality['precision']}, recall {quality['recall']}")
-    print("\n".join(markdown(rows, args)))
+    print("flags (precision, recall) per campaign: " + ", ".join(f"({p}, {r})" for p, r in flags))
+    print("\n".join(markdown(campaigns, args)))
 
 
 if __name__ == "__main__":
