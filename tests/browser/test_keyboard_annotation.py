@@ -4,7 +4,6 @@ Nothing is clicked: keys go to whatever has focus, as they would for a person, a
 database holds afterwards. Keys are pressed as a US keyboard sends them (Shift+Digit1 is "!", not "1").
 """
 
-from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
@@ -76,7 +75,7 @@ def displayed_ids(page):
 def shown_reversed(monkeypatch):
     """Leases show responses in reverse task order, so the displayed A is never the task's position 0."""
     # With a random order, a page that forgot to map displayed A/B back to positions passes half the time.
-    monkeypatch.setattr(models, "random", SimpleNamespace(shuffle=lambda ids: ids.reverse()))
+    monkeypatch.setattr(models.random, "shuffle", lambda ids: ids.reverse())
 
 
 @pytest.fixture
