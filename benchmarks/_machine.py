@@ -1,8 +1,11 @@
-"""What every benchmark here needs of the machine: how busy its CPUs are, waiting for quiet, and the code version.
+"""What every benchmark here needs of the machine: how busy its CPUs are, waiting for quiet, the code version, and
+for those that run the app in-process with the training engine, Django set up on a database of their own.
 
 The scripts run as `python benchmarks/<script>.py`, so this module is importable as `_machine`.
 """
 
+import os
+import secrets
 import subprocess
 import sys
 import time
@@ -65,3 +68,34 @@ def code_version(*paths: str) -> str:
     commit = git("log", "-1", "--format=%h", "--", *paths) or "unknown"
     edited = git("status", "--porcelain", "--untracked-files=no", "--", *paths)
     return commit + (" with uncommitted changes" if edited else "")
+
+
+def set_up_app(run_dir: Path, database_url: str | None, threads: int) -> None:
+    """The app in this process, its files under run_dir, on database_url (default: a new SQLite file there) migrated,
+    with quiet logs and `threads` torch threads: what the benchmarks that simulate annotators and train need."""
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "arbiter.settings",
+            "DATABASE_URL": database_url or f"sqlite:///{run_dir / 'bench.sqlite3'}",
+            "ARBITER_VAR_DIR": str(run_dir / "var"),
+            "MEDIA_ROOT": str(run_dir / "media"),
+            "ARBITER_ARTIFACTS_ROOT": str(run_dir / "artifacts"),
+            "ARBITER_THROTTLE_SUBMIT": "100000/min",  # bots answer as fast as the server lets them
+            "SECRET_KEY": secrets.token_hex(32),
+            "LOG_LEVEL": "WARNING",
+            "HF_HUB_OFFLINE": "1",
+            "TQDM_DISABLE": "1",  # the trainers' and loaders' progress bars
+            "TRANSFORMERS_VERBOSITY": "error",  # a load report for every fresh reward head
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+        }
+    )
+    sys.path.insert(0, str(REPO_ROOT))
+    import django
+    import torch
+
+    torch.set_num_threads(threads)
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)

@@ -33,9 +33,7 @@ BENCHMARKS.md.
 import argparse
 import json
 import math
-import os
 import random
-import secrets
 import sys
 import time
 import warnings
@@ -43,44 +41,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _machine import busy_percent, code_version
+from _machine import busy_percent, code_version, set_up_app
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = REPO_ROOT / "benchmarks" / "output"
 RULE = "word:thanks"
 THANKS = "Thanks."
 METHODS = ("majority", "dawid-skene", "majority-excluding-flagged")
-
-
-def set_up(args: argparse.Namespace, run_dir: Path) -> None:
-    """Environment, Django and a migrated SQLite database in run_dir."""
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "arbiter.settings",
-            "DATABASE_URL": args.database_url or f"sqlite:///{run_dir / 'aggregation.sqlite3'}",
-            "ARBITER_VAR_DIR": str(run_dir / "var"),
-            "MEDIA_ROOT": str(run_dir / "media"),
-            "ARBITER_ARTIFACTS_ROOT": str(run_dir / "artifacts"),
-            "ARBITER_THROTTLE_SUBMIT": "100000/min",  # bots answer as fast as the server lets them
-            "SECRET_KEY": secrets.token_hex(32),
-            "LOG_LEVEL": "WARNING",
-            "HF_HUB_OFFLINE": "1",
-            "TQDM_DISABLE": "1",
-            "TRANSFORMERS_VERBOSITY": "error",
-            "OMP_NUM_THREADS": str(args.threads),
-            "MKL_NUM_THREADS": str(args.threads),
-        }
-    )
-    sys.path.insert(0, str(REPO_ROOT))
-    import django
-    import torch
-
-    torch.set_num_threads(args.threads)
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    warnings.filterwarnings("ignore", message="Model (has|with) `tie_word_embeddings=True`")
 
 
 def answer_pair(rng: random.Random) -> tuple[list[dict[str, str]], str, str, int]:
@@ -305,7 +272,8 @@ def main() -> None:
 
     run_dir = OUTPUT / f"aggregation-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True)
-    set_up(args, run_dir)
+    set_up_app(run_dir, args.database_url, args.threads)
+    warnings.filterwarnings("ignore", message="Model (has|with) `tie_word_embeddings=True`")
     from training.engine.demo import build_demo_policy
 
     started = time.monotonic()

@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import sys
 import time
 import warnings
@@ -41,7 +40,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _machine import Meter, busy_percent, code_version, wait_until_quiet
+from _machine import Meter, busy_percent, code_version, set_up_app, wait_until_quiet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = REPO_ROOT / "benchmarks" / "output"
@@ -108,32 +107,7 @@ def set_up(args: argparse.Namespace, run_dir: Path) -> StageClock:
     var = run_dir / "var"
     for folder in ("celery-broker/queue", "celery-broker/control"):
         (var / folder).mkdir(parents=True, exist_ok=True)  # launch_round sends its message there; nobody reads it
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "arbiter.settings",
-            "DATABASE_URL": args.database_url or f"sqlite:///{run_dir / 'loop.sqlite3'}",
-            "ARBITER_VAR_DIR": str(var),
-            "MEDIA_ROOT": str(run_dir / "media"),
-            "ARBITER_ARTIFACTS_ROOT": str(run_dir / "artifacts"),
-            "ARBITER_THROTTLE_SUBMIT": "100000/min",  # bots answer as fast as the server lets them
-            "SECRET_KEY": secrets.token_hex(32),
-            "LOG_LEVEL": "WARNING",
-            "HF_HUB_OFFLINE": "1",
-            "TQDM_DISABLE": "1",  # the trainers' and loaders' progress bars
-            "TRANSFORMERS_VERBOSITY": "error",  # a load report for every fresh reward head
-            "OMP_NUM_THREADS": str(args.threads),
-            "MKL_NUM_THREADS": str(args.threads),
-        }
-    )
-    sys.path.insert(0, str(REPO_ROOT))
-    import django
-    import torch
-
-    torch.set_num_threads(args.threads)
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    set_up_app(run_dir, args.database_url, args.threads)
 
     # The tiny model's lm_head adapter shares its weight with the embeddings; peft says so at every save.
     warnings.filterwarnings("ignore", message="Model (has|with) `tie_word_embeddings=True`")
