@@ -38,6 +38,7 @@ from annotate.exports import create_snapshot, run_snapshot
 from annotate.jobs import Heartbeat, fail_stale, hide_paths
 from annotate.models import DatasetSnapshot, Project, Prompt, QuotaReached
 from models_registry.models import ModelVersion
+from training.engine.config import DPOConfig, PPOConfig, RewardConfig, SampleConfig, SFTConfig
 from training.models import RoundMetric, TrainingRound, end_unwritten_snapshots
 
 logger = logging.getLogger(__name__)
@@ -64,13 +65,7 @@ EVAL_PROMPTS = 16  # prompts sampled for a policy's eval report (mean reward, KL
 
 
 def stage_configs() -> dict[str, type]:
-    """Stage name → its config dataclass (imports the engine: torch and friends)."""
-    from training.engine.dpo import DPOConfig
-    from training.engine.generate import SampleConfig
-    from training.engine.ppo import PPOConfig
-    from training.engine.reward import RewardConfig
-    from training.engine.sft import SFTConfig
-
+    """Stage name → its config dataclass."""
     return {"reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig, "sft": SFTConfig, "sample": SampleConfig}
 
 
