@@ -35,6 +35,7 @@ from transformers.utils import is_triton_available
 from trl.trainer.utils import FusedCausalLMOutput
 
 from training.engine.config import DTYPE_NAMES, BaseConfig
+from training.engine.model_files import adapter_base, is_adapter
 
 # Called with (step, total_steps, metrics); returning True asks the stage to stop after the current step.
 ProgressFn = Callable[[int, int, dict[str, float]], bool]
@@ -71,16 +72,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 # Loading ----------------------------------------------------------------------------------------------------------
-
-
-def is_adapter(path: str | Path) -> bool:
-    """A PEFT adapter directory (as our stages save with LoRA) rather than a full model or a hub id."""
-    return (Path(path) / "adapter_config.json").is_file()
-
-
-def adapter_base(path: str | Path) -> str:
-    """The base model an adapter directory was trained on."""
-    return json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
 
 
 def load_tokenizer(path: str | Path, *, padding_side: str = "right") -> PreTrainedTokenizerBase:
