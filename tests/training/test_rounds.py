@@ -325,8 +325,10 @@ class TestStale:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_failed_rounds_error_names_the_problem_without_server_paths_or_a_traceback(pairs_project, base, caplog):
-    (Path(base) / "config.json").write_text("{")  # transformers' error names the file: "… config file at '/…'"
-    training_round = run_round(launch_round(pairs_project, method="dpo", base=base, settings_=FAST).pk)
+    queued = launch_round(pairs_project, method="dpo", base=base, settings_=FAST)
+    # Broken after the launch checked it: transformers' error names the file ("… config file at '/…'").
+    (Path(base) / "config.json").write_text("{")
+    training_round = run_round(queued.pk)
 
     assert training_round.status == "failed"
     assert training_round.error.startswith("OSError: the worker could not read or write a model's files")
