@@ -149,8 +149,9 @@ def train_and_score(snapshot: Any, demo: Path, pairs: list, args: argparse.Names
     """A reward model per seed on the export, scored on the held-out pairs against the rule."""
     if not args.seeds:
         return []
+    from training.engine.config import RewardConfig
     from training.engine.generate import score
-    from training.engine.reward import RewardConfig, train_reward
+    from training.engine.reward import train_reward
 
     results = []
     for seed in range(args.seeds):

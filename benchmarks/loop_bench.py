@@ -236,8 +236,8 @@ def campaign(method: str, args: argparse.Namespace, demo: Path, clock: StageCloc
     from annotate.models import Project, Prompt, Task
     from models_registry.measures import win_rate
     from models_registry.models import ModelVersion
+    from training.engine.config import SampleConfig
     from training.engine.demo import demo_prompts
-    from training.engine.generate import SampleConfig
     from training.rounds import launch_round, run_round
     from training.sampling import sample_into_queue
 

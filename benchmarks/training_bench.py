@@ -105,8 +105,7 @@ def child_build(spec: dict) -> dict:
 
 def stage_config(spec: dict) -> Any:
     """The stage's config as a round would make it, with the benchmark's model, steps and batch."""
-    from training.engine.dpo import DPOConfig
-    from training.engine.reward import RewardConfig
+    from training.engine.config import DPOConfig, RewardConfig
 
     total = spec["warmup"] + spec["steps"]
     common = dict(
@@ -314,7 +313,8 @@ def child_rollout(spec: dict) -> dict:
     from transformers import set_seed
 
     from training.engine.common import load_policy, load_tokenizer, lora_config
-    from training.engine.ppo import PPOConfig, generation_config, load_prompts, sample_responses
+    from training.engine.config import PPOConfig
+    from training.engine.ppo import generation_config, load_prompts, sample_responses
 
     path = str(Path(spec["models"]) / "policy")
     config = PPOConfig(model_name_or_path=path, max_new_tokens=spec["new_tokens"], eval_fraction=0.0, seed=SEED % 1000)

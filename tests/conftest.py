@@ -67,12 +67,21 @@ def _files_in_tmp(settings, tmp_path):
     settings.ARBITER_ARTIFACTS_ROOT = tmp_path / "artifacts"
 
 
+def write_model_files(path) -> str:
+    """A folder with a model's files (config, weights, fast tokenizer), none of them loadable: what launching reads.
+    Rounds that train start from the tiny model (tests/training/conftest.py)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text('{"model_type": "llama"}')
+    (path / "model.safetensors").write_bytes(b"")
+    (path / "tokenizer.json").write_text("{}")
+    return str(path)
+
+
 @pytest.fixture
 def base(tmp_path, settings):
-    """A round's base: a folder under an allowed model root (launching checks no more than that; a worker loads it)."""
+    """A round's base: a model folder under an allowed model root (launching reads its files; a worker loads it)."""
     settings.ARBITER_MODEL_ROOTS = [tmp_path / "models"]
-    (tmp_path / "models" / "base").mkdir(parents=True)
-    return str(tmp_path / "models" / "base")
+    return write_model_files(tmp_path / "models" / "base")
 
 
 @pytest.fixture

@@ -38,6 +38,8 @@ from annotate.exports import create_snapshot, run_snapshot
 from annotate.jobs import Heartbeat, fail_stale, hide_paths
 from annotate.models import DatasetSnapshot, Project, Prompt, QuotaReached
 from models_registry.models import ModelVersion
+from training.engine.config import DPOConfig, PPOConfig, RewardConfig, SampleConfig, SFTConfig
+from training.engine.model_files import missing_files, models_inside
 from training.models import RoundMetric, TrainingRound, end_unwritten_snapshots
 
 logger = logging.getLogger(__name__)
@@ -64,13 +66,7 @@ EVAL_PROMPTS = 16  # prompts sampled for a policy's eval report (mean reward, KL
 
 
 def stage_configs() -> dict[str, type]:
-    """Stage name → its config dataclass (imports the engine: torch and friends)."""
-    from training.engine.dpo import DPOConfig
-    from training.engine.generate import SampleConfig
-    from training.engine.ppo import PPOConfig
-    from training.engine.reward import RewardConfig
-    from training.engine.sft import SFTConfig
-
+    """Stage name → its config dataclass."""
     return {"reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig, "sft": SFTConfig, "sample": SampleConfig}
 
 
@@ -181,7 +177,8 @@ def resolve_base(project: Project, base: str, *, trusted: bool = False) -> tuple
     Empty means the project's active policy, else ARBITER_DEFAULT_BASE_MODEL (the operator's). Anything else is
     refused with one message whether or not it exists, so a refusal tells nothing about the server's files; the
     artifacts root is refused too, as it holds every project's adapters. trusted (the operator's command line,
-    run with the server's own file access): any hub id or local path.
+    run with the server's own file access): any hub id or local path. A folder that is not a model (or an adapter
+    on one) is refused, naming what it lacks, before anything is queued; a hub id cannot be checked offline.
     """
     base = (base or "").strip()
     if not base:
@@ -201,6 +198,8 @@ def resolve_base(project: Project, base: str, *, trusted: bool = False) -> tuple
     if base.startswith(("/", "~", ".")) and (path := _allowed_path(base, trusted=trusted)):
         if not os.path.exists(path):  # under a root the operator opened to leads: saying so tells nothing new
             raise ValidationError({"base": f"No model at {base}."})
+        if missing := missing_files(path):
+            raise ValidationError({"base": _not_a_model(base, path, missing)})
         return None, path
     raise ValidationError({"base": _refused_base()})
 
@@ -214,6 +213,15 @@ def _allowed_path(base: str, *, trusted: bool) -> str | None:
         return None
     roots = [os.path.realpath(root) for root in settings.ARBITER_MODEL_ROOTS]
     return str(path) if any(path.is_relative_to(root) for root in roots) else None
+
+
+def _not_a_model(base: str, path: str, missing: list[str]) -> str:
+    """Names the folder as the lead gave it (not its real path) and what a round would fail to load."""
+    message = f"{base} is not a model a round can load: it has no {'; no '.join(missing)}."
+    if inside := models_inside(path):  # e.g. the folder make_tiny_model wrote, which holds policy/ and reward/
+        subfolders = " and ".join(f"{name}/" for name in inside)
+        message += f" It holds models in {subfolders}: give {base.rstrip('/')}/{inside[0]}, for instance."
+    return message
 
 
 def _refused_base() -> str:

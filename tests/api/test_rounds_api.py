@@ -1,6 +1,7 @@
 """Training rounds and the model registry over the API: launch (or be refused by field), watch, cancel, relaunch,
 and list, inspect and promote registered versions. Rounds stay queued here: no worker runs them."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +11,7 @@ from django.utils import timezone
 
 from annotate.models import DatasetSnapshot, Project
 from models_registry.models import ModelVersion
+from tests.conftest import write_model_files
 from training import tasks
 from training.models import RoundMetric, TrainingRound
 from training.rounds import launch_round
@@ -124,6 +126,23 @@ class TestLaunch:
         assert not TrainingRound.objects.exists()
 
 
+class TestBaseThatIsNotAModel:
+    def test_a_folder_without_a_model_is_refused_naming_what_it_lacks_and_nothing_is_queued(
+        self, lead_client, base, enqueued, django_capture_on_commit_callbacks
+    ):
+        tiny = Path(base).parent / "tiny"  # as make_tiny_model writes it: policy/ and reward/, no model at the top
+        write_model_files(tiny / "policy")
+        write_model_files(tiny / "reward")
+
+        response = launch(lead_client, django_capture_on_commit_callbacks, method="dpo", base=str(tiny))
+
+        assert response.status_code == 400
+        answer = response.json()["base"][0]
+        assert answer.startswith(f"{tiny} is not a model a round can load: it has no config.json; no weights")
+        assert answer.endswith(f"It holds models in policy/ and reward/: give {tiny}/policy, for instance.")
+        assert not TrainingRound.objects.exists() and not DatasetSnapshot.objects.exists() and enqueued == []
+
+
 class TestBaseFromAnotherProjectOrTheServer:
     def test_a_lead_cannot_train_on_another_projects_adapter_nor_learn_which_files_exist(
         self, lead_client, settings, enqueued, django_capture_on_commit_callbacks
@@ -144,9 +163,10 @@ class TestBaseFromAnotherProjectOrTheServer:
         assert not TrainingRound.objects.exists() and enqueued == []
 
     def test_relaunching_a_round_whose_base_is_now_refused_is_refused_alike(
-        self, lead_client, project, settings, enqueued, django_capture_on_commit_callbacks
+        self, lead_client, project, settings, enqueued, django_capture_on_commit_callbacks, tmp_path
     ):
-        old = launch_round(project, method="dpo", base="/etc", trusted=True)  # e.g. from the operator's shell
+        outside = write_model_files(tmp_path / "outside")
+        old = launch_round(project, method="dpo", base=outside, trusted=True)  # e.g. from the operator's shell
         old.request_cancel()
 
         with django_capture_on_commit_callbacks(execute=True):

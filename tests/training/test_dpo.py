@@ -8,8 +8,9 @@ from transformers import AutoModelForCausalLM
 
 from tests.training.conftest import marker_pairs, settings, write_jsonl
 from training.engine import common, dpo
-from training.engine.common import BaseConfig, load_policy
-from training.engine.dpo import DPOConfig, train_dpo
+from training.engine.common import load_policy
+from training.engine.config import BaseConfig, DPOConfig
+from training.engine.dpo import train_dpo
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 

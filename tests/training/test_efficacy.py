@@ -9,8 +9,9 @@ from annotate.models import Project, Prompt, Response
 from annotate.simulation import feature, simulate_annotators
 from models_registry.measures import win_rate
 from models_registry.models import ModelVersion
+from training.engine.config import SampleConfig
 from training.engine.demo import build_demo_policy, demo_prompts
-from training.engine.generate import SampleConfig, generate
+from training.engine.generate import generate
 from training.rounds import launch_round, run_round
 from training.sampling import sample_into_queue
 

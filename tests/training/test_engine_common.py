@@ -7,7 +7,6 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from tests.training.conftest import marker_pairs, save_adapter, write_jsonl
 from training.engine.common import (
-    BaseConfig,
     is_adapter,
     load_policy,
     load_reward_model,
@@ -18,8 +17,7 @@ from training.engine.common import (
     resolve_dtype,
     split_dataset,
 )
-from training.engine.dpo import DPOConfig
-from training.engine.reward import RewardConfig
+from training.engine.config import BaseConfig, DPOConfig, RewardConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 

@@ -10,7 +10,7 @@ from annotate.models import Membership, Prompt, Response, Task, text_key
 from models_registry.measures import win_rate
 from models_registry.models import ModelVersion
 from tests.annotate.test_exports import export, rows_of
-from training.engine.generate import SampleConfig
+from training.engine.config import SampleConfig
 from training.sampling import EVAL_PRIORITY, sample_into_queue
 
 pytestmark = pytest.mark.django_db

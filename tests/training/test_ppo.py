@@ -18,10 +18,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tests.training.conftest import QUESTIONS, settings, write_jsonl
 from training.engine import ppo
 from training.engine.__main__ import main
+from training.engine.config import PPOConfig
 from training.engine.generate import response_mask
 from training.engine.ppo import (
     KLController,
-    PPOConfig,
     Samples,
     apply_missing_eos_penalty,
     batch_indices,

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from tests.training.conftest import marker_pairs, settings, write_jsonl
 from training.engine import reward
 from training.engine.common import load_reward_model
-from training.engine.reward import RewardConfig, train_reward
+from training.engine.config import RewardConfig
+from training.engine.reward import train_reward
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 

@@ -3,6 +3,7 @@
 import re
 from datetime import timedelta
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -12,6 +13,7 @@ from django.utils import timezone
 from annotate.admin import project_leads_group
 from annotate.models import DatasetSnapshot, Project
 from models_registry.models import ModelVersion
+from tests.conftest import write_model_files
 from training.charts import chart
 from training.models import RoundMetric, TrainingRound
 from training.rounds import launch_round
@@ -64,6 +66,14 @@ class TestAdminLaunch:
         page = client.post(launch_url(), {"project": project.pk, "method": "dpo", "base": "/etc"})
         assert page.status_code == 200 and "base: Not a base this server allows" in page.content.decode()
         assert not TrainingRound.objects.exists()
+
+    def test_a_folder_that_is_not_a_model_is_refused_on_the_base_field(self, client, staff_lead, project, base):
+        Path(base, "tokenizer.json").unlink()
+        Path(base, "tokenizer.model").write_bytes(b"")  # sentencepiece's: the workers cannot make it a fast one
+        client.force_login(staff_lead)
+        page = client.post(launch_url(), {"project": project.pk, "method": "dpo", "base": base}).content.decode()
+        assert f"base: {base} is not a model a round can load: it has no fast tokenizer" in page
+        assert not TrainingRound.objects.exists() and not DatasetSnapshot.objects.exists()
 
     def test_relaunching_a_round_whose_base_is_now_refused_relaunches_nothing(
         self, client, staff_lead, project, base, settings
@@ -177,12 +187,27 @@ class TestCommand:
 
     def test_the_operator_may_name_any_path_or_hub_id(self, project, settings, tmp_path):
         settings.ARBITER_ALLOW_HUB_MODELS = False  # leads may name neither; the operator's shell reads any file
-        for base in (str(tmp_path), "org/name"):
+        anywhere = write_model_files(tmp_path / "anywhere")
+        for base in (anywhere, "org/name"):
             call_command("launch_round", project.slug, "--method", "dpo", "--base", base, stdout=StringIO())
         assert list(TrainingRound.objects.order_by("number").values_list("base_model", flat=True)) == [
-            str(tmp_path),
+            anywhere,
             "org/name",
         ]
+
+    def test_a_folder_that_is_not_a_model_is_refused_before_anything_is_queued(self, project, tmp_path):
+        # What make_tiny_model writes: a policy and a reward model side by side, no model at the top.
+        write_model_files(tmp_path / "tiny" / "policy")
+        write_model_files(tmp_path / "tiny" / "reward")
+        with pytest.raises(CommandError) as refused:
+            call_command("launch_round", project.slug, "--method", "dpo", "--base", str(tmp_path / "tiny"))
+        assert str(refused.value) == (
+            f"base: {tmp_path}/tiny is not a model a round can load: it has no config.json; no weights "
+            "(model.safetensors, pytorch_model.bin or a sharded index of either); no fast tokenizer (tokenizer.json, "
+            f"or vocab.json and merges.txt). It holds models in policy/ and reward/: give {tmp_path}/tiny/policy, "
+            "for instance."
+        )
+        assert not TrainingRound.objects.exists() and not DatasetSnapshot.objects.exists()
 
     def test_a_launch_beyond_the_quota_is_refused_naming_the_setting(self, project, base, settings):
         settings.ARBITER_MAX_ACTIVE_ROUNDS = 1

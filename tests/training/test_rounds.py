@@ -18,6 +18,7 @@ from annotate.exports import run_snapshot
 from annotate.importing import import_file
 from annotate.models import DatasetSnapshot, Response, Task
 from models_registry.models import ModelVersion
+from tests.conftest import write_model_files
 from tests.training.conftest import marker_pairs
 from training.models import RoundMetric, TrainingRound
 from training.rounds import fail_stale_rounds, failure_message, launch_round, relaunch, run_round
@@ -110,7 +111,7 @@ class TestBase:
     @pytest.fixture
     def root(self, tmp_path, settings):
         """An allowed model root holding one model folder; the artifacts root (tmp_path/artifacts) lies beside it."""
-        (tmp_path / "models" / "llama").mkdir(parents=True)
+        write_model_files(tmp_path / "models" / "llama")
         settings.ARBITER_MODEL_ROOTS = [tmp_path / "models"]
         return tmp_path / "models"
 
@@ -148,6 +149,48 @@ class TestBase:
         with pytest.raises(ValidationError, match="No model at"):
             launch_round(pairs_project, method="dpo", base=f"{root}/mistral")
 
+    def test_a_folder_that_is_not_a_model_is_refused_naming_what_it_lacks(self, pairs_project, root):
+        (root / "empty").mkdir()
+        assert refusal(pairs_project, f"{root}/empty/") == (
+            f"{root}/empty/ is not a model a round can load: it has no config.json; no weights (model.safetensors, "
+            "pytorch_model.bin or a sharded index of either); no fast tokenizer (tokenizer.json, or vocab.json and "
+            "merges.txt)."
+        )
+        llama = root / "llama"
+        (llama / "model.safetensors").unlink()
+        (llama / "model.safetensors.index.json").write_text("{}")  # sharded weights count
+        (llama / "tokenizer.json").unlink()
+        (llama / "vocab.json").write_text("{}")
+        (llama / "merges.txt").write_text("")  # a byte-level BPE's slow files convert without sentencepiece
+        assert launch_round(pairs_project, method="dpo", base=str(llama)).base_model == str(llama)
+        (llama / "config.json").write_text("[]")
+        assert refusal(pairs_project, str(llama)).endswith("it has no config.json.")
+
+    def test_the_folder_make_tiny_model_wrote_is_refused_pointing_to_its_policy(self, pairs_project, tiny, policy):
+        answer = refusal(pairs_project, str(tiny.root))
+        assert answer.endswith(f"It holds models in policy/ and reward/: give {tiny.root}/policy, for instance.")
+        assert launch_round(pairs_project, method="dpo", base=policy).base_model == policy  # the real files pass
+
+    def test_an_adapter_is_refused_when_it_or_its_base_lacks_files(self, pairs_project, root, tmp_path):
+        outside = tmp_path / "server-only" / "base"  # need not be under a root; its path stays hidden
+        outside.mkdir(parents=True)
+        adapter = root / "adapter"
+        adapter.mkdir()
+        (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(outside)}))
+        answer = refusal(pairs_project, str(adapter))
+        assert answer == (
+            f"{adapter} is not a model a round can load: it has no adapter weights (adapter_model.safetensors or "
+            "adapter_model.bin); no base model that loads (its base has no config.json; no weights (model.safetensors, "
+            "pytorch_model.bin or a sharded index of either); no fast tokenizer (tokenizer.json, or vocab.json and "
+            "merges.txt))."
+        )
+        assert "server-only" not in answer
+        (adapter / "adapter_model.safetensors").write_bytes(b"")
+        write_model_files(outside)
+        assert launch_round(pairs_project, method="dpo", base=str(adapter)).base_model == str(adapter)
+        (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/name"}))
+        assert launch_round(pairs_project, method="dpo", base=str(adapter)).base_model == str(adapter)  # a hub id
+
     def test_hub_ids_are_taken_while_the_operator_allows_them(self, pairs_project, settings):
         assert launch_round(pairs_project, method="dpo", base="Qwen/Qwen2.5-0.5B-Instruct").base_model == (
             "Qwen/Qwen2.5-0.5B-Instruct"
@@ -157,9 +200,10 @@ class TestBase:
         settings.ARBITER_ALLOW_HUB_MODELS = False
         assert "hub id" not in refusal(pairs_project, "Qwen/Qwen2.5-0.5B-Instruct")
 
-    def test_the_operators_command_line_may_name_any_path(self, pairs_project, settings):
+    def test_the_operators_command_line_may_name_any_path(self, pairs_project, settings, tmp_path):
         settings.ARBITER_ALLOW_HUB_MODELS = False
-        assert launch_round(pairs_project, method="dpo", base="/etc", trusted=True).base_model == "/etc"
+        outside = write_model_files(tmp_path / "outside")
+        assert launch_round(pairs_project, method="dpo", base=outside, trusted=True).base_model == outside
         assert launch_round(pairs_project, method="dpo", base="org/name", trusted=True).base_model == "org/name"
 
     def test_relaunch_checks_the_base_again(self, pairs_project, root, settings):
@@ -281,8 +325,10 @@ class TestStale:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_failed_rounds_error_names_the_problem_without_server_paths_or_a_traceback(pairs_project, base, caplog):
-    (Path(base) / "config.json").write_text("{")  # transformers' error names the file: "… config file at '/…'"
-    training_round = run_round(launch_round(pairs_project, method="dpo", base=base, settings_=FAST).pk)
+    queued = launch_round(pairs_project, method="dpo", base=base, settings_=FAST)
+    # Broken after the launch checked it: transformers' error names the file ("… config file at '/…'").
+    (Path(base) / "config.json").write_text("{")
+    training_round = run_round(queued.pk)
 
     assert training_round.status == "failed"
     assert training_round.error.startswith("OSError: the worker could not read or write a model's files")

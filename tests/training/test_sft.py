@@ -6,8 +6,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.training.conftest import MARKER, settings, sft_rows, write_jsonl
 from training.engine import common, sft
-from training.engine.common import BaseConfig, load_policy
-from training.engine.sft import SFTConfig, train_sft
+from training.engine.common import load_policy
+from training.engine.config import BaseConfig, SFTConfig
+from training.engine.sft import train_sft
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 

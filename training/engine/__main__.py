@@ -20,11 +20,12 @@ from dataclasses import asdict
 import datasets
 import transformers
 
-from training.engine.common import BaseConfig, ProgressFn, StageResult
-from training.engine.dpo import DPOConfig, train_dpo
-from training.engine.ppo import PPOConfig, train_ppo
-from training.engine.reward import RewardConfig, train_reward
-from training.engine.sft import SFTConfig, train_sft
+from training.engine.common import ProgressFn, StageResult
+from training.engine.config import BaseConfig, DPOConfig, PPOConfig, RewardConfig, SFTConfig
+from training.engine.dpo import train_dpo
+from training.engine.ppo import train_ppo
+from training.engine.reward import train_reward
+from training.engine.sft import train_sft
 
 # stage name: (its config class, its function(config, data_file, output_dir, progress) -> StageResult)
 STAGES: dict[str, tuple[type[BaseConfig], Callable[..., StageResult]]] = {

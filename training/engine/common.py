@@ -1,21 +1,18 @@
-"""What every stage shares: the base config, the device and dtype, model loading, LoRA, data and progress.
+"""What every stage shares: the device and dtype, model loading, LoRA, data and progress.
 
-A stage (`reward.py`, `dpo.py`, `sft.py`, `ppo.py`) takes a config dataclass built on `BaseConfig`, a data file,
-an output directory and a `ProgressFn`, and returns a `StageResult`. Nothing here knows about Django: the
+A stage (`reward.py`, `dpo.py`, `sft.py`, `ppo.py`) takes a config dataclass built on `BaseConfig` (`config.py`), a
+data file, an output directory and a `ProgressFn`, and returns a `StageResult`. Nothing here knows about Django: the
 Celery task turns a database row into a config with `from_dict` and reads the result back.
 """
 
-import dataclasses
 import json
-import math
 import os
 import random
 import types
-import typing
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -37,10 +34,13 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import is_triton_available
 from trl.trainer.utils import FusedCausalLMOutput
 
+from training.engine.config import DTYPE_NAMES, BaseConfig
+from training.engine.model_files import adapter_base, is_adapter
+
 # Called with (step, total_steps, metrics); returning True asks the stage to stop after the current step.
 ProgressFn = Callable[[int, int, dict[str, float]], bool]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclass
@@ -50,126 +50,6 @@ class StageResult:
     stopped: bool  # the progress callback asked to stop before the planned end
     metrics: dict[str, float]  # the final training metrics (train_loss, train_runtime, …)
     eval_report: dict[str, Any]  # what the held-out data says about the result; stage-specific keys
-
-
-@dataclass
-class Settings:
-    """A config dataclass's plumbing: range checks on construction, and from_dict / to_dict."""
-
-    def __post_init__(self) -> None:
-        for name, ok, rule in self.rules():
-            if not ok:
-                raise ValueError(f"{name}: {rule}, got {getattr(self, name)!r}")
-
-    def rules(self) -> list[tuple[str, bool, str]]:
-        """(field, holds, what it must be): the range checks; a subclass adds its own."""
-        return []
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        """A config from JSON, `--set key=value` or a form: strings become the field's type; errors name the field."""
-        hints = typing.get_type_hints(cls)
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {}
-        for name, value in data.items():
-            if name not in known:
-                raise ValueError(f"{name}: unknown setting for {cls.__name__} (known: {', '.join(sorted(known))})")
-            values[name] = _coerce(name, value, hints[name])
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class BaseConfig(Settings):
-    model_name_or_path: str = ""  # a hub id or a local path (a full model or a PEFT adapter directory)
-    dtype: str = "auto"  # auto: bfloat16 on a GPU that has it, float32 otherwise; or float32, bfloat16, float16
-    use_lora: bool = True  # train a small adapter; the base stays frozen and doubles as the reference model
-    lora_r: int = 16  # adapter rank: capacity against memory
-    lora_alpha: int = 32  # the adapter's scale is alpha / r; 2r is the usual choice
-    lora_dropout: float = 0.05  # a little regularisation on small preference sets
-    lora_target_modules: str = "all-linear"  # "all-linear" or comma-separated module names (q_proj,v_proj)
-    learning_rate: float = 1e-4  # suits LoRA; full fine-tuning wants about 1e-5
-    max_steps: int = -1  # optimisation steps; -1 runs num_train_epochs instead
-    num_train_epochs: float = 1.0  # one pass: preference data overfits quickly
-    per_device_batch_size: int = 4  # per GPU (or the CPU); multiply by accumulation and GPUs for the real batch
-    gradient_accumulation_steps: int = 1  # raises the effective batch without more memory
-    max_length: int = 1024  # tokens per sequence (prompt + response): longer ones are truncated (RM: left out)
-    eval_fraction: float = 0.1  # share of prompts held out for the eval report; deterministic for a seed
-    seed: int = 42  # data split, shuffling, LoRA init and sampling all follow it
-    logging_steps: int = 1  # how often metrics reach the progress callback (and the round's charts)
-    save_steps: int = 50  # checkpoint interval; a resumed round loses at most this many steps
-    resume: bool = False  # continue from the latest checkpoint in the output directory, if there is one
-    activation_checkpointing: bool = False  # recompute activations in backward: less memory, about 20% slower
-
-    def rules(self) -> list[tuple[str, bool, str]]:
-        """(field, holds, what it must be): the range checks; a stage's config adds its own."""
-        return [
-            *super().rules(),
-            ("dtype", self.dtype in ("auto", *DTYPES), f"must be one of auto, {', '.join(DTYPES)}"),
-            ("lora_r", self.lora_r > 0, "must be > 0"),
-            ("lora_alpha", self.lora_alpha > 0, "must be > 0"),
-            ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
-            ("lora_target_modules", bool(self.lora_target_modules.strip()), "must name modules or be all-linear"),
-            ("learning_rate", self.learning_rate > 0, "must be > 0"),
-            ("max_steps", self.max_steps == -1 or self.max_steps > 0, "must be > 0, or -1 to use epochs"),
-            ("num_train_epochs", self.num_train_epochs > 0, "must be > 0"),
-            ("per_device_batch_size", self.per_device_batch_size > 0, "must be > 0"),
-            ("gradient_accumulation_steps", self.gradient_accumulation_steps > 0, "must be > 0"),
-            ("max_length", self.max_length > 0, "must be > 0"),
-            ("eval_fraction", 0 <= self.eval_fraction < 1, "must be in [0, 1)"),
-            ("seed", self.seed >= 0, "must be >= 0"),
-            ("logging_steps", self.logging_steps > 0, "must be > 0"),
-            ("save_steps", self.save_steps > 0, "must be > 0"),
-        ]
-
-
-def _coerce(name: str, value: Any, kind: Any) -> Any:
-    if isinstance(kind, types.UnionType):  # `float | None`: null, "" and "none" mean None
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
-            return None
-        (kind,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
-    try:
-        return _CONVERT[kind](value)
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{name}: must be {_EXPECTED[kind]}, got {value!r}") from None
-
-
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):  # --set flags and HTML checkboxes ("on")
-        return _BOOLEANS[value.strip().lower()]
-    raise TypeError
-
-
-def _to_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise TypeError
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError
-    return int(value)
-
-
-def _to_float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise TypeError
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError
-    return number
-
-
-def _to_str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError
-    return value.strip()
-
-
-_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
-_CONVERT = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
-_EXPECTED = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
 
 
 # Device and dtype -------------------------------------------------------------------------------------------------
@@ -192,16 +72,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 # Loading ----------------------------------------------------------------------------------------------------------
-
-
-def is_adapter(path: str | Path) -> bool:
-    """A PEFT adapter directory (as our stages save with LoRA) rather than a full model or a hub id."""
-    return (Path(path) / "adapter_config.json").is_file()
-
-
-def adapter_base(path: str | Path) -> str:
-    """The base model an adapter directory was trained on."""
-    return json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
 
 
 def load_tokenizer(path: str | Path, *, padding_side: str = "right") -> PreTrainedTokenizerBase:

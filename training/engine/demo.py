@@ -10,7 +10,8 @@ import json
 import random
 from pathlib import Path
 
-from training.engine.sft import SFTConfig, train_sft
+from training.engine.config import SFTConfig
+from training.engine.sft import train_sft
 from training.engine.tiny import build_tiny_models
 
 TOPICS = [

@@ -6,14 +6,11 @@ policy moves probability from rejected to chosen responses. With LoRA the refere
 adapter disabled, so no second copy sits in memory (continuing an adapter, TRL freezes a copy of it instead).
 """
 
-from dataclasses import dataclass
-
 from transformers import set_seed
 from trl import DPOConfig as TRLDPOConfig
 from trl import DPOTrainer
 
 from training.engine.common import (
-    BaseConfig,
     ProgressFn,
     StageResult,
     evaluate,
@@ -25,26 +22,7 @@ from training.engine.common import (
     split_dataset,
     trainer_arguments,
 )
-
-# TRL's DPO losses that need nothing beyond beta (sigmoid is the paper's; ipo, hinge and robust are common variants).
-LOSS_TYPES = (
-    "sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down",
-)  # fmt: skip
-
-
-@dataclass
-class DPOConfig(BaseConfig):
-    learning_rate: float = 5e-5  # DPO drifts easily; lower than SFT's LoRA rate
-    beta: float = 0.1  # the KL leash to the reference: smaller lets the policy move further
-    loss_type: str = "sigmoid"  # one of LOSS_TYPES
-    precompute_ref_log_probs: bool = False  # score the reference once before training: faster steps, one more pass
-
-    def rules(self) -> list[tuple[str, bool, str]]:
-        return [
-            *super().rules(),
-            ("beta", self.beta > 0, "must be > 0"),
-            ("loss_type", self.loss_type in LOSS_TYPES, f"must be one of {', '.join(LOSS_TYPES)}"),
-        ]
+from training.engine.config import DPOConfig
 
 
 def train_dpo(config: DPOConfig, data_file: str, output_dir: str, progress: ProgressFn | None = None) -> StageResult:

@@ -8,7 +8,6 @@ The pieces at the end (batched completion, the EOS mask, log-probs, reward-model
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,8 +15,6 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from training.engine.common import (
-    BaseConfig,
-    Settings,
     adapter_base,
     is_adapter,
     load_policy,
@@ -25,28 +22,9 @@ from training.engine.common import (
     load_tokenizer,
     pick_device,
 )
+from training.engine.config import BaseConfig
 
 Messages = list[dict[str, str]]
-
-
-@dataclass
-class SampleConfig(Settings):
-    """How a round samples its new policy for the annotation queue."""
-
-    max_new_tokens: int = 128  # response length cap
-    temperature: float = 1.0  # 1 samples the policy as it is; 0 decodes greedily (no variety between samples)
-    top_p: float = 1.0  # < 1 keeps to the nucleus: fewer derailed answers, less variety
-    batch_size: int = 8  # sequences generated together
-    seed: int = 0  # the same seed, batch size and device give the same samples
-
-    def rules(self) -> list[tuple[str, bool, str]]:
-        return [
-            ("max_new_tokens", self.max_new_tokens > 0, "must be > 0"),
-            ("temperature", self.temperature >= 0, "must be >= 0"),
-            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("batch_size", self.batch_size > 0, "must be > 0"),
-            ("seed", self.seed >= 0, "must be >= 0"),
-        ]
 
 
 class GenerationStopped(Exception):

@@ -33,7 +33,6 @@ from torch import nn
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from training.engine.common import (
-    BaseConfig,
     ProgressFn,
     StageResult,
     last_checkpoint,
@@ -44,6 +43,7 @@ from training.engine.common import (
     new_adapter,
     split_dataset,
 )
+from training.engine.config import PPOConfig
 from training.engine.generate import (
     complete,
     encode_prompt,
@@ -60,57 +60,6 @@ RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Scorer = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 VALUE_HEAD_FILE = "value_head.safetensors"
-
-
-@dataclass
-class PPOConfig(BaseConfig):
-    # One PPO step samples per_device_batch_size × gradient_accumulation_steps × num_mini_batches prompts per
-    # process, then makes ppo_epochs passes over them, one optimiser step per minibatch.
-    max_new_tokens: int = 64  # response length cap; a response cut off here has no EOS and is penalised
-    temperature: float = 1.0  # sampling temperature; the log-probs use the same one, so 1 samples π itself
-    top_p: float = 1.0  # < 1 samples from the nucleus only, which the log-probs ignore: keep 1 unless text derails
-    num_mini_batches: int = 1  # optimiser steps per PPO epoch over one rollout batch
-    ppo_epochs: int = 4  # K: passes over each rollout batch; more reuses samples, but drifts off-policy
-    cliprange: float = 0.2  # ε: how far π/π_old may move per rollout before the surrogate stops rewarding it
-    cliprange_value: float = 0.2  # ε_v: the same for the value head, around its rollout-time estimates
-    vf_coef: float = 0.1  # weight of the value loss beside the policy loss
-    gamma: float = 1.0  # discount; 1 because the reward comes once, at the end of a short episode
-    lam: float = 0.95  # GAE λ: lower trusts the value head more (less variance, more bias)
-    whiten_advantages: bool = True  # zero mean, unit variance per batch: the step size stops tracking reward scale
-    kl_coef: float = 0.05  # β of the per-token KL penalty (the starting β when adaptive)
-    kl_target: float | None = None  # set (e.g. 6 nats per sequence) to adapt β toward it; None keeps β fixed
-    kl_horizon: int = 10_000  # samples over which the adaptive β moves by at most 20%
-    missing_eos_penalty: float | None = -1.0  # added to the score of a response cut off without EOS; None: none
-    reward_clip: float | None = None  # clip scores to ±this before anything else: reward models have outliers
-    whiten_rewards: bool = False  # scale scores to unit variance per batch (mean kept): for badly scaled rewards
-    max_grad_norm: float = 1.0  # gradient clipping: one bad batch must not wreck the adapter
-
-    def rules(self) -> list[tuple[str, bool, str]]:
-        return [
-            *super().rules(),
-            ("use_lora", self.use_lora, "must be true: the reference model is the policy with its adapter disabled"),
-            ("activation_checkpointing", not self.activation_checkpointing, "is not supported by PPO yet"),
-            ("max_new_tokens", 0 < self.max_new_tokens < self.max_length, "must be > 0 and < max_length"),
-            ("temperature", self.temperature > 0, "must be > 0"),
-            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("num_mini_batches", self.num_mini_batches > 0, "must be > 0"),
-            ("ppo_epochs", self.ppo_epochs > 0, "must be > 0"),
-            ("cliprange", self.cliprange > 0, "must be > 0"),
-            ("cliprange_value", self.cliprange_value > 0, "must be > 0"),
-            ("vf_coef", self.vf_coef >= 0, "must be >= 0"),
-            ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
-            ("lam", 0 <= self.lam <= 1, "must be in [0, 1]"),
-            ("kl_coef", self.kl_coef >= 0, "must be >= 0"),
-            ("kl_target", self.kl_target is None or self.kl_target > 0, "must be > 0, or none for a fixed β"),
-            ("kl_horizon", self.kl_horizon > 0, "must be > 0"),
-            ("reward_clip", self.reward_clip is None or self.reward_clip > 0, "must be > 0, or none"),
-            ("max_grad_norm", self.max_grad_norm > 0, "must be > 0"),
-        ]
-
-    @property
-    def rollout_batch_size(self) -> int:
-        """Prompts each process samples per PPO step."""
-        return self.per_device_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
 
 
 # --- the maths: pure tensor functions ---------------------------------------------------------------------

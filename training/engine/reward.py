@@ -5,7 +5,6 @@ head's logit at the last real token. With LoRA the backbone stays frozen and the
 train; without it everything trains. The report is the share of held-out pairs the model orders correctly.
 """
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,7 +13,6 @@ from trl import RewardConfig as TRLRewardConfig
 from trl import RewardTrainer
 
 from training.engine.common import (
-    BaseConfig,
     ProgressFn,
     StageResult,
     load_model,
@@ -25,19 +23,7 @@ from training.engine.common import (
     split_dataset,
     trainer_arguments,
 )
-
-
-@dataclass
-class RewardConfig(BaseConfig):
-    learning_rate: float = 5e-5  # reward models overfit a preference set within an epoch at LoRA's usual 1e-4
-    use_margin: bool = True  # pairs that annotators agreed on strongly should be separated by more
-    center_rewards_coefficient: float = 0.0  # > 0 pulls rewards towards 0 mean (Eisenstein et al.); PPO likes that
-
-    def rules(self) -> list[tuple[str, bool, str]]:
-        return [
-            *super().rules(),
-            ("center_rewards_coefficient", self.center_rewards_coefficient >= 0, "must be >= 0"),
-        ]
+from training.engine.config import RewardConfig
 
 
 def train_reward(

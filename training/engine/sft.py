@@ -6,14 +6,12 @@ markers say which tokens those are, so the policy learns to write answers, not p
 """
 
 import math
-from dataclasses import dataclass
 
 from transformers import set_seed
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
 from training.engine.common import (
-    BaseConfig,
     ProgressFn,
     StageResult,
     evaluate,
@@ -26,11 +24,7 @@ from training.engine.common import (
     split_dataset,
     trainer_arguments,
 )
-
-
-@dataclass
-class SFTConfig(BaseConfig):
-    assistant_only_loss: bool = True  # learn the answers, not the users' prompts; off trains on whole transcripts
+from training.engine.config import SFTConfig
 
 
 def train_sft(config: SFTConfig, data_file: str, output_dir: str, progress: ProgressFn | None = None) -> StageResult:

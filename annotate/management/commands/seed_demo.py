@@ -73,8 +73,8 @@ class Command(BaseCommand):
         self.stdout.write(f"\nAdmin: {URL}admin/    Project page: {URL}p/{project.slug}/")
 
     def _seed_policy(self, project: Project) -> None:
+        from training.engine.config import SampleConfig
         from training.engine.demo import build_demo_policy, demo_prompts
-        from training.engine.generate import SampleConfig
         from training.sampling import sample_into_queue
 
         if ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.POLICY).exists():

@@ -1,0 +1,246 @@
+"""The stages' config dataclasses: what a round, the admin's launch form and the API read and check.
+
+Imports nothing heavy (no torch, transformers, peft or TRL), so the web process checks a round's settings without
+the training stack; each stage module (`reward.py`, `dpo.py`, `sft.py`, `ppo.py`, `generate.py`) takes its config
+from here. `from_dict` turns JSON, `--set key=value` or a form into a config and names the field it refuses.
+"""
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Self
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class Settings:
+    """A config dataclass's plumbing: range checks on construction, and from_dict / to_dict."""
+
+    def __post_init__(self) -> None:
+        for name, ok, rule in self.rules():
+            if not ok:
+                raise ValueError(f"{name}: {rule}, got {getattr(self, name)!r}")
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        """(field, holds, what it must be): the range checks; a subclass adds its own."""
+        return []
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """A config from JSON, `--set key=value` or a form: strings become the field's type; errors name the field."""
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {}
+        for name, value in data.items():
+            if name not in known:
+                raise ValueError(f"{name}: unknown setting for {cls.__name__} (known: {', '.join(sorted(known))})")
+            values[name] = _coerce(name, value, hints[name])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BaseConfig(Settings):
+    model_name_or_path: str = ""  # a hub id or a local path (a full model or a PEFT adapter directory)
+    dtype: str = "auto"  # auto: bfloat16 on a GPU that has it, float32 otherwise; or float32, bfloat16, float16
+    use_lora: bool = True  # train a small adapter; the base stays frozen and doubles as the reference model
+    lora_r: int = 16  # adapter rank: capacity against memory
+    lora_alpha: int = 32  # the adapter's scale is alpha / r; 2r is the usual choice
+    lora_dropout: float = 0.05  # a little regularisation on small preference sets
+    lora_target_modules: str = "all-linear"  # "all-linear" or comma-separated module names (q_proj,v_proj)
+    learning_rate: float = 1e-4  # suits LoRA; full fine-tuning wants about 1e-5
+    max_steps: int = -1  # optimisation steps; -1 runs num_train_epochs instead
+    num_train_epochs: float = 1.0  # one pass: preference data overfits quickly
+    per_device_batch_size: int = 4  # per GPU (or the CPU); multiply by accumulation and GPUs for the real batch
+    gradient_accumulation_steps: int = 1  # raises the effective batch without more memory
+    max_length: int = 1024  # tokens per sequence (prompt + response): longer ones are truncated (RM: left out)
+    eval_fraction: float = 0.1  # share of prompts held out for the eval report; deterministic for a seed
+    seed: int = 42  # data split, shuffling, LoRA init and sampling all follow it
+    logging_steps: int = 1  # how often metrics reach the progress callback (and the round's charts)
+    save_steps: int = 50  # checkpoint interval; a resumed round loses at most this many steps
+    resume: bool = False  # continue from the latest checkpoint in the output directory, if there is one
+    activation_checkpointing: bool = False  # recompute activations in backward: less memory, about 20% slower
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        """(field, holds, what it must be): the range checks; a stage's config adds its own."""
+        return [
+            *super().rules(),
+            ("dtype", self.dtype in ("auto", *DTYPE_NAMES), f"must be one of auto, {', '.join(DTYPE_NAMES)}"),
+            ("lora_r", self.lora_r > 0, "must be > 0"),
+            ("lora_alpha", self.lora_alpha > 0, "must be > 0"),
+            ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
+            ("lora_target_modules", bool(self.lora_target_modules.strip()), "must name modules or be all-linear"),
+            ("learning_rate", self.learning_rate > 0, "must be > 0"),
+            ("max_steps", self.max_steps == -1 or self.max_steps > 0, "must be > 0, or -1 to use epochs"),
+            ("num_train_epochs", self.num_train_epochs > 0, "must be > 0"),
+            ("per_device_batch_size", self.per_device_batch_size > 0, "must be > 0"),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps > 0, "must be > 0"),
+            ("max_length", self.max_length > 0, "must be > 0"),
+            ("eval_fraction", 0 <= self.eval_fraction < 1, "must be in [0, 1)"),
+            ("seed", self.seed >= 0, "must be >= 0"),
+            ("logging_steps", self.logging_steps > 0, "must be > 0"),
+            ("save_steps", self.save_steps > 0, "must be > 0"),
+        ]
+
+
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    if isinstance(kind, types.UnionType):  # `float | None`: null, "" and "none" mean None
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+            return None
+        (kind,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    try:
+        return _CONVERT[kind](value)
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{name}: must be {_EXPECTED[kind]}, got {value!r}") from None
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):  # --set flags and HTML checkboxes ("on")
+        return _BOOLEANS[value.strip().lower()]
+    raise TypeError
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError
+    return int(value)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError
+    return number
+
+
+def _to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    return value.strip()
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+_CONVERT = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+
+
+@dataclass
+class RewardConfig(BaseConfig):
+    learning_rate: float = 5e-5  # reward models overfit a preference set within an epoch at LoRA's usual 1e-4
+    use_margin: bool = True  # pairs that annotators agreed on strongly should be separated by more
+    center_rewards_coefficient: float = 0.0  # > 0 pulls rewards towards 0 mean (Eisenstein et al.); PPO likes that
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        return [
+            *super().rules(),
+            ("center_rewards_coefficient", self.center_rewards_coefficient >= 0, "must be >= 0"),
+        ]
+
+
+# TRL's DPO losses that need nothing beyond beta (sigmoid is the paper's; ipo, hinge and robust are common variants).
+LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down",
+)  # fmt: skip
+
+
+@dataclass
+class DPOConfig(BaseConfig):
+    learning_rate: float = 5e-5  # DPO drifts easily; lower than SFT's LoRA rate
+    beta: float = 0.1  # the KL leash to the reference: smaller lets the policy move further
+    loss_type: str = "sigmoid"  # one of LOSS_TYPES
+    precompute_ref_log_probs: bool = False  # score the reference once before training: faster steps, one more pass
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        return [
+            *super().rules(),
+            ("beta", self.beta > 0, "must be > 0"),
+            ("loss_type", self.loss_type in LOSS_TYPES, f"must be one of {', '.join(LOSS_TYPES)}"),
+        ]
+
+
+@dataclass
+class SFTConfig(BaseConfig):
+    assistant_only_loss: bool = True  # learn the answers, not the users' prompts; off trains on whole transcripts
+
+
+@dataclass
+class PPOConfig(BaseConfig):
+    # One PPO step samples per_device_batch_size × gradient_accumulation_steps × num_mini_batches prompts per
+    # process, then makes ppo_epochs passes over them, one optimiser step per minibatch.
+    max_new_tokens: int = 64  # response length cap; a response cut off here has no EOS and is penalised
+    temperature: float = 1.0  # sampling temperature; the log-probs use the same one, so 1 samples π itself
+    top_p: float = 1.0  # < 1 samples from the nucleus only, which the log-probs ignore: keep 1 unless text derails
+    num_mini_batches: int = 1  # optimiser steps per PPO epoch over one rollout batch
+    ppo_epochs: int = 4  # K: passes over each rollout batch; more reuses samples, but drifts off-policy
+    cliprange: float = 0.2  # ε: how far π/π_old may move per rollout before the surrogate stops rewarding it
+    cliprange_value: float = 0.2  # ε_v: the same for the value head, around its rollout-time estimates
+    vf_coef: float = 0.1  # weight of the value loss beside the policy loss
+    gamma: float = 1.0  # discount; 1 because the reward comes once, at the end of a short episode
+    lam: float = 0.95  # GAE λ: lower trusts the value head more (less variance, more bias)
+    whiten_advantages: bool = True  # zero mean, unit variance per batch: the step size stops tracking reward scale
+    kl_coef: float = 0.05  # β of the per-token KL penalty (the starting β when adaptive)
+    kl_target: float | None = None  # set (e.g. 6 nats per sequence) to adapt β toward it; None keeps β fixed
+    kl_horizon: int = 10_000  # samples over which the adaptive β moves by at most 20%
+    missing_eos_penalty: float | None = -1.0  # added to the score of a response cut off without EOS; None: none
+    reward_clip: float | None = None  # clip scores to ±this before anything else: reward models have outliers
+    whiten_rewards: bool = False  # scale scores to unit variance per batch (mean kept): for badly scaled rewards
+    max_grad_norm: float = 1.0  # gradient clipping: one bad batch must not wreck the adapter
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        return [
+            *super().rules(),
+            ("use_lora", self.use_lora, "must be true: the reference model is the policy with its adapter disabled"),
+            ("activation_checkpointing", not self.activation_checkpointing, "is not supported by PPO yet"),
+            ("max_new_tokens", 0 < self.max_new_tokens < self.max_length, "must be > 0 and < max_length"),
+            ("temperature", self.temperature > 0, "must be > 0"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("num_mini_batches", self.num_mini_batches > 0, "must be > 0"),
+            ("ppo_epochs", self.ppo_epochs > 0, "must be > 0"),
+            ("cliprange", self.cliprange > 0, "must be > 0"),
+            ("cliprange_value", self.cliprange_value > 0, "must be > 0"),
+            ("vf_coef", self.vf_coef >= 0, "must be >= 0"),
+            ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
+            ("lam", 0 <= self.lam <= 1, "must be in [0, 1]"),
+            ("kl_coef", self.kl_coef >= 0, "must be >= 0"),
+            ("kl_target", self.kl_target is None or self.kl_target > 0, "must be > 0, or none for a fixed β"),
+            ("kl_horizon", self.kl_horizon > 0, "must be > 0"),
+            ("reward_clip", self.reward_clip is None or self.reward_clip > 0, "must be > 0, or none"),
+            ("max_grad_norm", self.max_grad_norm > 0, "must be > 0"),
+        ]
+
+    @property
+    def rollout_batch_size(self) -> int:
+        """Prompts each process samples per PPO step."""
+        return self.per_device_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+
+
+@dataclass
+class SampleConfig(Settings):
+    """How a round samples its new policy for the annotation queue."""
+
+    max_new_tokens: int = 128  # response length cap
+    temperature: float = 1.0  # 1 samples the policy as it is; 0 decodes greedily (no variety between samples)
+    top_p: float = 1.0  # < 1 keeps to the nucleus: fewer derailed answers, less variety
+    batch_size: int = 8  # sequences generated together
+    seed: int = 0  # the same seed, batch size and device give the same samples
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("max_new_tokens", self.max_new_tokens > 0, "must be > 0"),
+            ("temperature", self.temperature >= 0, "must be >= 0"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("batch_size", self.batch_size > 0, "must be > 0"),
+            ("seed", self.seed >= 0, "must be >= 0"),
+        ]
