@@ -1,14 +1,15 @@
 """SFT: supervised fine-tuning on the SFT export (preferred and human-written answers) with TRL's SFTTrainer.
 
-The loss is the next-token cross-entropy on the assistant's tokens only: the chat template's `{% generation %}`
-markers say which tokens those are, so the policy learns to write answers, not prompts. A standard-style export
-(prompt / completion strings) gets the same through TRL's completion-only loss.
+The loss is the next-token cross-entropy on the assistant's tokens only, so the policy learns to write answers (and
+to end them), not prompts. Which tokens those are comes from rendering prefixes of each conversation with the
+model's own chat template (`assistant_tokens`), so any template works, with or without `{% generation %}` markers.
+A standard-style export (prompt / completion strings) gets the same through TRL's completion-only loss.
 """
 
 import math
 from dataclasses import dataclass
 
-from transformers import set_seed
+from transformers import PreTrainedTokenizerBase, set_seed
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
@@ -33,6 +34,30 @@ class SFTConfig(BaseConfig):
     assistant_only_loss: bool = True  # learn the answers, not the users' prompts; off trains on whole transcripts
 
 
+def assistant_tokens(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> dict[str, list[int]]:
+    """The conversation's token ids, and a mask that is 1 on the tokens each assistant turn adds (end of turn too).
+
+    A turn's tokens are those after the conversation before it with the generation prompt, up to the end of the
+    conversation up to and including it. Only tokens that a prefix shares with the whole count: a template may close
+    a rendering differently from a turn in the middle (Phi-3 appends eos after the last message).
+    """
+
+    def render(part: list[dict], prompt: bool = False) -> list[int]:
+        return tokenizer.apply_chat_template(part, add_generation_prompt=prompt)["input_ids"]
+
+    def shared(prefix: list[int]) -> int:  # how many leading tokens prefix has in common with the whole
+        pairs = enumerate(zip(prefix, ids, strict=False))
+        return next((i for i, (a, b) in pairs if a != b), min(len(prefix), len(ids)))
+
+    ids = render(messages)
+    mask = [0] * len(ids)
+    for turn, message in enumerate(messages):
+        if message["role"] == "assistant":
+            start, end = shared(render(messages[:turn], prompt=True)), shared(render(messages[: turn + 1]))
+            mask[start:end] = [1] * (end - start)
+    return {"input_ids": ids, "assistant_masks": mask}
+
+
 def train_sft(config: SFTConfig, data_file: str, output_dir: str, progress: ProgressFn | None = None) -> StageResult:
     """Fine-tune the policy on an SFT export; save the adapter (or full model) and tokenizer in output_dir."""
     set_seed(config.seed)
@@ -42,13 +67,16 @@ def train_sft(config: SFTConfig, data_file: str, output_dir: str, progress: Prog
     train_rows, eval_rows = split_dataset(rows, config.eval_fraction, config.seed)
 
     tokenizer = load_tokenizer(config.model_name_or_path)
+    if config.assistant_only_loss and conversational:  # tokenized here, with the mask TRL turns into labels
+        train_rows, eval_rows = (
+            None
+            if part is None
+            else part.map(lambda row: assistant_tokens(tokenizer, row["messages"]), remove_columns=["messages"])
+            for part in (train_rows, eval_rows)
+        )
     model = load_policy(config, is_trainable=True)
     args = trainer_arguments(
-        TRLSFTConfig,
-        config,
-        output_dir,
-        assistant_only_loss=config.assistant_only_loss and conversational,
-        completion_only_loss=config.assistant_only_loss and not conversational,
+        TRLSFTConfig, config, output_dir, completion_only_loss=config.assistant_only_loss and not conversational
     )
     trainer = SFTTrainer(
         model=model,
