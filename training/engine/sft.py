@@ -9,7 +9,7 @@ A standard-style export (prompt / completion strings) gets the same through TRL'
 import math
 from dataclasses import dataclass
 
-from transformers import PreTrainedTokenizerBase, set_seed
+from transformers import set_seed
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
@@ -17,6 +17,7 @@ from training.engine.common import (
     BaseConfig,
     ProgressFn,
     StageResult,
+    assistant_tokens,
     evaluate,
     load_policy,
     load_rows,
@@ -32,30 +33,6 @@ from training.engine.common import (
 @dataclass
 class SFTConfig(BaseConfig):
     assistant_only_loss: bool = True  # learn the answers, not the users' prompts; off trains on whole transcripts
-
-
-def assistant_tokens(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> dict[str, list[int]]:
-    """The conversation's token ids, and a mask that is 1 on the tokens each assistant turn adds (end of turn too).
-
-    A turn's tokens are those after the conversation before it with the generation prompt, up to the end of the
-    conversation up to and including it. Only tokens that a prefix shares with the whole count: a template may close
-    a rendering differently from a turn in the middle (Phi-3 appends eos after the last message).
-    """
-
-    def render(part: list[dict], prompt: bool = False) -> list[int]:
-        return tokenizer.apply_chat_template(part, add_generation_prompt=prompt)["input_ids"]
-
-    def shared(prefix: list[int]) -> int:  # how many leading tokens prefix has in common with the whole
-        pairs = enumerate(zip(prefix, ids, strict=False))
-        return next((i for i, (a, b) in pairs if a != b), min(len(prefix), len(ids)))
-
-    ids = render(messages)
-    mask = [0] * len(ids)
-    for turn, message in enumerate(messages):
-        if message["role"] == "assistant":
-            start, end = shared(render(messages[:turn], prompt=True)), shared(render(messages[: turn + 1]))
-            mask[start:end] = [1] * (end - start)
-    return {"input_ids": ids, "assistant_masks": mask}
 
 
 def train_sft(config: SFTConfig, data_file: str, output_dir: str, progress: ProgressFn | None = None) -> StageResult:
