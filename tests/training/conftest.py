@@ -2,15 +2,19 @@
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
-from training.engine.tiny import CORPUS, build_tiny_models
+from training.engine.tiny import CORPUS, build_tiny_models, build_tiny_models_like
 
 MARKER = "helpful"  # chosen answers contain it, rejected ones never: a rule a reward model can learn
 SENTENCES = [line for line in CORPUS.splitlines() if line and MARKER not in line]
 QUESTIONS = [line.split("?")[0] + "?" for line in SENTENCES if "?" in line]
+# Real tokenizers (and configs) of chat model families, shared beside the repository: see its README.
+TOKENIZERS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tokenizers"
+FAMILIES = ["qwen2.5-instruct", "smollm2-instruct", "tinyllama-chat", "phi3-mini-instruct"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,6 +29,15 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     return build_tiny_models(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def family(request, tmp_path_factory):
+    """Tiny random models with a real family's tokenizer, chat template and (shrunk) architecture."""
+    folder = TOKENIZERS / request.param
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent: the real tokenizers live in ../shared/data/tokenizers/ beside the checkout")
+    return build_tiny_models_like(tmp_path_factory.mktemp(request.param), folder)
 
 
 @pytest.fixture

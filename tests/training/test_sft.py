@@ -113,3 +113,59 @@ def test_off_cuda_the_plain_lm_head_gives_trls_loss_metrics_and_gradients(tiny, 
     assert grads.keys() == trl_grads.keys() and grads
     for name, grad in grads.items():
         torch.testing.assert_close(grad, trl_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+MULTI_TURN = [
+    {"role": "user", "content": "What is two plus two?"},
+    {"role": "assistant", "content": "Four."},
+    {"role": "user", "content": "And three plus three?"},
+    {"role": "assistant", "content": "Six."},
+]
+# Per chat template: the text of each assistant turn that carries loss, its end-of-turn token included (ChatML and
+# Zephyr end the turn with a newline too; Phi-3's template closes the conversation with <|endoftext|>).
+# TRL's own masks (before ours) took Qwen's newline after the role tag and refused SmolLM2's and TinyLlama's
+# templates.
+TRAINED_TURNS = {
+    "tiny": ["Four.</s>", "Six.</s>"],
+    "qwen2.5-instruct": ["Four.<|im_end|>\n", "Six.<|im_end|>\n"],
+    "smollm2-instruct": ["Four.<|im_end|>\n", "Six.<|im_end|>\n"],
+    "tinyllama-chat": ["Four.</s>\n", "Six.</s>\n"],
+    "phi3-mini-instruct": ["Four.<|end|>", "Six.<|end|><|endoftext|>"],  # <|end|> swallows the newline (rstrip)
+}
+
+
+def trained_spans(trainer) -> list[list[str]]:
+    """Per example of the first training batch: each run of tokens that carries a loss, as text."""
+    batch = next(iter(trainer.get_train_dataloader()))
+    spans = []
+    for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+        trained = (labels != -100).int().tolist()
+        runs, start = [], None
+        for i, bit in enumerate([*trained, 0]):
+            if bit and start is None:
+                start = i
+            elif not bit and start is not None:
+                runs.append(trainer.processing_class.decode(ids[start:i]))
+                start = None
+        spans.append(runs)
+    return spans
+
+
+def assert_only_assistant_turns_trained(models, tmp_path, spy):
+    seen = spy(sft)
+    rows = [{"messages": MULTI_TURN, "prompt_id": f"p{i}"} for i in range(4)]
+    data = write_jsonl(tmp_path / "sft.jsonl", rows)
+
+    train_sft(settings(SFTConfig, models.policy, max_steps=1, eval_fraction=0), data, str(tmp_path / "sft"))
+
+    expected = TRAINED_TURNS[models.like.name if models.like else "tiny"]
+    assert trained_spans(seen["trainer"]) == [expected] * 4
+
+
+def test_each_assistant_turn_and_its_end_of_turn_carry_the_loss(tiny, tmp_path, spy):
+    assert_only_assistant_turns_trained(tiny, tmp_path, spy)
+
+
+def test_each_assistant_turn_and_its_end_of_turn_carry_the_loss_without_generation_markers(family, tmp_path, spy):
+    assert "{% generation %}" not in AutoTokenizer.from_pretrained(family.policy).chat_template
+    assert_only_assistant_turns_trained(family, tmp_path, spy)

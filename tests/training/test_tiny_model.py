@@ -1,6 +1,8 @@
 """The tiny models that the training tests run on: built locally, loaded the usual way, chat template included."""
 
 import ast
+import io
+import json
 import os
 import subprocess
 import sys
@@ -12,8 +14,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from a model hu
 
 import torch  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+from django.core.management.base import CommandError  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GenerationConfig,
+)
 
+from tests.training.conftest import TOKENIZERS  # noqa: E402
 from training.engine.tiny import TinyConfig, build_tiny_models  # noqa: E402
 
 ENGINE = Path(__file__).resolve().parents[2] / "training" / "engine"
@@ -117,6 +126,50 @@ def test_make_tiny_model_command(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "models" / "policy")
     assert tokenizer.tokenize(" quokka") == ["Ġquokka"]
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "models" / "reward").config.num_labels == 1
+
+
+def test_like_a_family_keeps_its_tokenizer_template_stop_ids_and_architecture(family):
+    folder = family.like
+    real = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(family.policy)
+    policy = AutoModelForCausalLM.from_pretrained(family.policy)
+    reward = AutoModelForSequenceClassification.from_pretrained(family.reward)
+
+    assert tokenizer.chat_template == real.chat_template
+    assert tokenizer.get_vocab() == real.get_vocab()
+    assert tokenizer.all_special_tokens == real.all_special_tokens
+    config = folder / "config.json"
+    expected = json.loads(config.read_text())["architectures"][0] if config.is_file() else "LlamaForCausalLM"
+    assert type(policy).__name__ == expected
+    assert type(reward).__name__ == expected.replace("ForCausalLM", "ForSequenceClassification")
+    assert (policy.config.num_hidden_layers, policy.config.hidden_size) == (2, 64)
+    assert policy.config.vocab_size >= len(tokenizer) and reward.config.num_labels == 1
+    assert reward.config.pad_token_id == policy.config.pad_token_id is not None
+    if (folder / "generation_config.json").is_file():
+        assert policy.generation_config.eos_token_id == GenerationConfig.from_pretrained(folder).eos_token_id
+    torch.testing.assert_close(reward.base_model.embed_tokens.weight, policy.base_model.embed_tokens.weight)
+
+
+def test_make_tiny_model_like_a_folder(tmp_path):
+    folder = TOKENIZERS / "phi3-mini-instruct"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent")
+
+    call_command("make_tiny_model", str(tmp_path / "phi"), "--like", str(folder), stdout=(out := io.StringIO()))
+
+    assert "has no config.json: the models are a tiny Llama" in out.getvalue()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "phi" / "policy")
+    assert tokenizer.convert_tokens_to_ids("<|end|>") == 32007
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "phi" / "reward").config.num_labels == 1
+
+
+def test_make_tiny_model_like_a_folder_without_a_tokenizer_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+
+    with pytest.raises(CommandError, match=r"empty: no tokenizer \(tokenizer.json, tokenizer.model or vocab.json\)"):
+        call_command("make_tiny_model", str(tmp_path / "out"), "--like", str(tmp_path / "empty"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_engine_never_imports_django():

@@ -202,6 +202,44 @@ def split_dataset(dataset: Dataset, eval_fraction: float, seed: int) -> tuple[Da
     return dataset.select(train_rows).remove_columns(drop), dataset.select(eval_rows).remove_columns(drop)
 
 
+# Chat templates ---------------------------------------------------------------------------------------------------
+
+
+def assistant_tokens(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """The conversation's token ids, and a mask that is 1 on the tokens each assistant turn adds (end of turn too).
+
+    A turn's tokens are those after the conversation before it with the generation prompt, up to the end of the
+    conversation up to and including it. Only tokens that a prefix shares with the whole count: a template may close
+    a rendering differently from a turn in the middle (Phi-3 appends eos after the last message).
+    """
+
+    def render(part: list[dict], prompt: bool = False) -> list[int]:
+        return tokenizer.apply_chat_template(part, add_generation_prompt=prompt)["input_ids"]
+
+    def shared(prefix: list[int]) -> int:  # how many leading tokens prefix has in common with the whole
+        pairs = enumerate(zip(prefix, ids, strict=False))
+        return next((i for i, (a, b) in pairs if a != b), min(len(prefix), len(ids)))
+
+    ids = render(messages)
+    mask = [0] * len(ids)
+    for turn, message in enumerate(messages):
+        if message["role"] == "assistant":
+            start, end = shared(render(messages[:turn], prompt=True)), shared(render(messages[: turn + 1]))
+            mask[start:end] = [1] * (end - start)
+    return {"input_ids": ids, "assistant_masks": mask}
+
+
+def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The token the chat template ends an assistant turn with (<|im_end|>, <|end|>, </s>): the first special or
+    added token that an answer's turn adds; None without a chat template."""
+    if not tokenizer.chat_template:
+        return None
+    turn = assistant_tokens(tokenizer, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}])
+    added = set(tokenizer.added_tokens_decoder)
+    pairs = zip(turn["input_ids"], turn["assistant_masks"], strict=True)
+    return next((token for token, trained in pairs if trained and token in added), None)
+
+
 # Trainers ---------------------------------------------------------------------------------------------------------
 
 

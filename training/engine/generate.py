@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from training.engine.common import (
     adapter_base,
+    end_of_turn_id,
     is_adapter,
     load_policy,
     load_reward_model,
@@ -263,11 +264,12 @@ def encode_prompt(prompt: str | Messages, tokenizer: PreTrainedTokenizerBase) ->
 
 
 def stop_token_ids(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Every token that ends a turn: the tokenizer's EOS and whatever the model's generation config adds (chat
-    models often end turns with a token of their own)."""
+    """Every token that ends a turn: the tokenizer's EOS, whatever the model's generation config adds, and the token
+    the chat template ends an answer with (chat models often end turns with a token of their own, and a checkpoint's
+    generation config may not name it: Phi-3's <|end|>)."""
     configured = model.generation_config.eos_token_id
     configured = configured if isinstance(configured, list) else [configured] if configured is not None else []
-    return sorted({tokenizer.eos_token_id, *configured})
+    return sorted({tokenizer.eos_token_id, *configured, end_of_turn_id(tokenizer)} - {None})
 
 
 def response_mask(responses: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,9 @@
 """SFT: supervised fine-tuning on the SFT export (preferred and human-written answers) with TRL's SFTTrainer.
 
-The loss is the next-token cross-entropy on the assistant's tokens only: the chat template's `{% generation %}`
-markers say which tokens those are, so the policy learns to write answers, not prompts. A standard-style export
-(prompt / completion strings) gets the same through TRL's completion-only loss.
+The loss is the next-token cross-entropy on the assistant's tokens only, so the policy learns to write answers (and
+to end them), not prompts. Which tokens those are comes from rendering prefixes of each conversation with the
+model's own chat template (`assistant_tokens`), so any template works, with or without `{% generation %}` markers.
+A standard-style export (prompt / completion strings) gets the same through TRL's completion-only loss.
 """
 
 import math
@@ -14,6 +15,7 @@ from trl import SFTTrainer
 from training.engine.common import (
     ProgressFn,
     StageResult,
+    assistant_tokens,
     evaluate,
     load_policy,
     load_rows,
@@ -36,13 +38,16 @@ def train_sft(config: SFTConfig, data_file: str, output_dir: str, progress: Prog
     train_rows, eval_rows = split_dataset(rows, config.eval_fraction, config.seed)
 
     tokenizer = load_tokenizer(config.model_name_or_path)
+    if config.assistant_only_loss and conversational:  # tokenized here, with the mask TRL turns into labels
+        train_rows, eval_rows = (
+            None
+            if part is None
+            else part.map(lambda row: assistant_tokens(tokenizer, row["messages"]), remove_columns=["messages"])
+            for part in (train_rows, eval_rows)
+        )
     model = load_policy(config, is_trainable=True)
     args = trainer_arguments(
-        TRLSFTConfig,
-        config,
-        output_dir,
-        assistant_only_loss=config.assistant_only_loss and conversational,
-        completion_only_loss=config.assistant_only_loss and not conversational,
+        TRLSFTConfig, config, output_dir, completion_only_loss=config.assistant_only_loss and not conversational
     )
     trainer = SFTTrainer(
         model=model,

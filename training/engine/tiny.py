@@ -23,7 +23,17 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 ROLE_TAGS = ["<|system|>", "<|user|>", "<|assistant|>"]
@@ -83,6 +93,7 @@ class TinyModelPaths:
     root: Path
     policy: Path  # causal LM + tokenizer
     reward: Path  # sequence classifier (one logit) + tokenizer
+    like: Path | None = None  # the model folder whose tokenizer and architecture they copy, if any
 
 
 def build_tiny_models(
@@ -143,3 +154,56 @@ def build_tokenizer(texts: list[str], config: TinyConfig) -> PreTrainedTokenizer
         model_max_length=config.max_position_embeddings,
         chat_template=CHAT_TEMPLATE,
     )
+
+
+def build_tiny_models_like(
+    out_dir: Path, folder: Path, *, seed: int = 0, config: TinyConfig | None = None
+) -> TinyModelPaths:
+    """Tiny random-weight models with `folder`'s real tokenizer, chat template, special tokens and generation
+    config, and the architecture of its config.json shrunk to `config`'s sizes (a Llama when it has none).
+
+    Everything that the stages read from a checkpoint besides the weights (how prompts are rendered, which ids
+    start, pad and stop) is the real family's; only the weights are random and small.
+    """
+    config = config or TinyConfig()
+    folder, out_dir = Path(folder), Path(out_dir)
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise ValueError(f"{folder}: no tokenizer (tokenizer.json, tokenizer.model or vocab.json) to build from")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    sizes = {
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads,
+        "head_dim": config.hidden_size // config.num_attention_heads,
+        "max_position_embeddings": config.max_position_embeddings,
+    }
+    if (folder / "config.json").is_file():
+        real = AutoConfig.from_pretrained(folder)
+        # Per-layer lists (layer_types, …) describe the real depth: rebuilt from the shrunk one.
+        fields = {k: v for k, v in real.to_dict().items() if k not in ("layer_types", "max_window_layers")}
+        model_config = type(real)(**{**fields, **sizes, "vocab_size": max(real.vocab_size, len(tokenizer))})
+    else:
+        model_config = LlamaConfig(
+            **sizes,
+            vocab_size=len(tokenizer),
+            tie_word_embeddings=config.tie_word_embeddings,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    model_config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    reward_config = copy.deepcopy(model_config)
+    reward_config.num_labels = 1
+    torch.manual_seed(seed)
+    policy = AutoModelForCausalLM.from_config(model_config)
+    reward = AutoModelForSequenceClassification.from_config(reward_config)
+    reward.base_model.load_state_dict(policy.base_model.state_dict())
+    if (folder / "generation_config.json").is_file():
+        policy.generation_config = GenerationConfig.from_pretrained(folder)
+
+    paths = TinyModelPaths(root=out_dir, policy=out_dir / "policy", reward=out_dir / "reward", like=folder)
+    for model, path in ((policy, paths.policy), (reward, paths.reward)):
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return paths

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from training.engine.tiny import build_tiny_models
+from training.engine.tiny import build_tiny_models, build_tiny_models_like
 
 
 class Command(BaseCommand):
@@ -17,8 +17,26 @@ class Command(BaseCommand):
         parser.add_argument(
             "--corpus", type=Path, action="append", default=[], help="A text file to train the tokenizer on as well."
         )
+        parser.add_argument(
+            "--like",
+            type=Path,
+            help="A model folder whose real tokenizer, chat template, special tokens, generation config and "
+            "(shrunk) architecture to use instead of the bundled ones; a Llama when it has no config.json.",
+        )
 
-    def handle(self, *args: object, dir: Path, seed: int, corpus: list[Path], **options: object) -> None:
-        texts = [line for path in corpus for line in path.read_text(encoding="utf-8").splitlines()]
-        paths = build_tiny_models(dir, corpus=texts, seed=seed)
+    def handle(
+        self, *args: object, dir: Path, seed: int, corpus: list[Path], like: Path | None, **options: object
+    ) -> None:
+        if like is not None:
+            if corpus:
+                raise CommandError("--corpus trains the bundled tokenizer; --like uses the folder's own")
+            try:
+                paths = build_tiny_models_like(dir, like, seed=seed)
+            except (OSError, ValueError) as error:
+                raise CommandError(str(error)) from error
+            if not (like / "config.json").is_file():
+                self.stdout.write(f"{like} has no config.json: the models are a tiny Llama with its tokenizer.")
+        else:
+            texts = [line for path in corpus for line in path.read_text(encoding="utf-8").splitlines()]
+            paths = build_tiny_models(dir, corpus=texts, seed=seed)
         self.stdout.write(self.style.SUCCESS(f"Policy in {paths.policy}, reward model in {paths.reward}."))
