@@ -1,13 +1,14 @@
 """A simulated campaign with known profiles: the quality flags name the bad annotators and only them.
 
 Twenty bots work pairwise tasks (overlap 3) through the real HTTP API (`simulate_annotators`) by a hidden rule (more
-"cat" is better), 30 answers each: four spammers, three that pick the response shown first 90 % of the time, two
-that always pick the longer, one that follows the rule but answers at once, and ten careful ones that follow it.
-Every bot but the fast one spends a second on each task, so a fault shows only in what it is (a spammer is not
-caught for being quick). Then two tasks in three become gold tasks whose known answer is the rule's (some 20 gold
-answers each: the gold flag needs 10), a lead asks for a recompute over the API (the worker's task runs
-in-process), and the flags are read from `GET quality/`, as a client reads them. Precision and recall of the flags
-over the bad bots are printed and asserted (≥ 0.9 each), and every careful bot must stay unflagged.
+"cat" is better), 30 answers each: four spammers, three that pick the response shown first 90 % of the time, two that
+always pick the longer, one that follows the rule but answers at once, and ten careful ones that follow it. Every bot
+but the fast one spends a second on each task, so a fault shows only in what it is (a spammer is not caught for being
+quick). Twenty of the tasks are gold, made as an import makes them (before anyone answers; the known answer the rule's),
+and the project serves gold at rate 1 (every lease is gold while the bot has a gold task left and real work remains): 20
+gold answers each (the gold flag needs 10) and 10 others. Then a lead asks for a recompute over the API (the worker's
+task runs in-process), and the flags are read from `GET quality/`, as a client reads them. Precision and recall of the
+flags over the bad bots are printed and asserted (≥ 0.9 each), and every careful bot must stay unflagged.
 
 Why it does not flake. Which bot gets which task depends on thread timing, so a run cannot be replayed; instead the
 sizes make every outcome asserted near certain (rates from the exact binomial):
@@ -40,25 +41,32 @@ from annotate.quality_reports import MIN_POSITION_ANSWERS, MIN_TIMED_ANSWERS
 pytestmark = pytest.mark.slow
 
 PROFILES = {"spammer": 4, "position:0.9": 3, "length:1": 2, "fast": 1}
-BOTS, ANSWERS, THINK = 20, 30, 1.0
-TASKS = BOTS * ANSWERS // 3 + 20  # room to spare, so that no bot runs out of tasks it has not seen
+BOTS, ANSWERS, GOLD, THINK = 20, 30, 20, 1.0
+TASKS = BOTS * (ANSWERS - GOLD) // 3 + 20  # real ones, with room to spare: no bot runs out of tasks it has not seen
 API = "/api/v1/projects/helpfulness/quality/"
 
 
 def campaign_tasks(project, rng):
     """Pairs whose responses use "cat" a different number of times (the rule never ties), each padded with "dog" to
-    a different length drawn apart from the cats, so that length says nothing of which is better."""
+    a different length drawn apart from the cats, so that length says nothing of which is better; the first GOLD of
+    them gold tasks, their known answer the rule's."""
     tasks = []
-    for n in range(TASKS):
+    for n in range(GOLD + TASKS):
         prompt = Prompt.objects.create(
             project=project, external_id=f"p{n}", messages=[{"role": "user", "content": "?"}]
         )
-        task = Task.objects.create(project=project, prompt=prompt, kind="pairwise", required_annotations=3)
+        status = Task.Status.GOLD if n < GOLD else Task.Status.OPEN
+        task = Task.objects.create(
+            project=project, prompt=prompt, kind="pairwise", required_annotations=3, status=status
+        )
         cats, words = rng.sample(range(4), 2), rng.sample(range(4, 13), 2)
         for position, (count, length) in enumerate(zip(cats, words, strict=True)):
             text = " ".join(["cat"] * count + ["dog"] * (length - count))
             response = Response.objects.create(prompt=prompt, content=text)
             TaskResponse.objects.create(task=task, response=response, position=position)
+        if status == Task.Status.GOLD:
+            a, b = cats
+            Annotation.objects.create(task=task, source=Annotation.Source.GOLD, choice="a" if a > b else "b")
         tasks.append((task, cats))
     return tasks
 
@@ -67,11 +75,10 @@ def campaign_tasks(project, rng):
 def test_a_campaign_flags_exactly_the_bad_annotators(project, lead, client, monkeypatch):
     # No broker here: what recompute enqueues runs at once, in the real task's function.
     monkeypatch.setattr(celery_tasks.refresh_quality, "delay", celery_tasks.refresh_quality)
-    project.overlap, project.fast_seconds, project.position_bias_p = 3, 1, 0.001
+    project.overlap, project.fast_seconds, project.position_bias_p, project.gold_rate = 3, 1, 0.001, 1
     project.save()
     client.force_login(lead)
-    rng = random.Random(20261204)
-    tasks = campaign_tasks(project, rng)
+    campaign_tasks(project, random.Random(20261204))
 
     call_command(
         "simulate_annotators",
@@ -85,10 +92,6 @@ def test_a_campaign_flags_exactly_the_bad_annotators(project, lead, client, monk
         seed=7,
         stdout=open("/dev/null", "w"),  # noqa: SIM115 the summary is not what this test reads
     )
-    # Two tasks in three become gold, their known answer the rule's: more cats is better.
-    for task, (a, b) in rng.sample(tasks, 2 * TASKS // 3):
-        Task.objects.filter(pk=task.pk).update(status=Task.Status.GOLD)
-        Annotation.objects.create(task=task, source=Annotation.Source.GOLD, choice="a" if a > b else "b", strength=1)
     assert client.post(f"{API}recompute/").status_code == 202
     body = client.get(API).json()
     assert body["status"] == "ready", body["error"]
@@ -112,6 +115,7 @@ def test_a_campaign_flags_exactly_the_bad_annotators(project, lead, client, monk
         )
 
     assert all(row["answers"] == ANSWERS for row in rows.values()), "a bot fell short of its quota"
+    assert all(row["gold_answers"] == GOLD for row in rows.values()), "gold was not served first, once each"
     assert precision >= 0.9 and recall >= 0.9
     assert not flagged - bad, {name: rows[name]["flags"] for name in flagged - bad}  # no careful bot flagged
     position_found = 0
