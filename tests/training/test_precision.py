@@ -203,3 +203,13 @@ def test_sampling_and_scoring_in_half_precision_stay_close_to_float32(tiny, dtyp
     scores = {name: reward_model_scores(model, ids, attention) for name, model in scorers.items()}
     assert scores[dtype].dtype == torch.float32
     torch.testing.assert_close(scores[dtype], scores["float32"], rtol=0, atol=0.05)
+
+
+def test_full_fine_tuning_keeps_float32_master_weights(tiny, tmp_path, spy):
+    seen = spy(sft)
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(4))
+
+    result = sft.train_sft(quick(SFTConfig, tiny.policy, "bfloat16", True, use_lora=False), str(data), str(tmp_path))
+
+    assert {p.dtype for p in seen["trainer"].model.parameters()} == {torch.float32}
+    assert math.isfinite(result.metrics["train_loss"])
