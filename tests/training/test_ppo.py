@@ -13,6 +13,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from torch.nn.modules.module import register_module_forward_pre_hook
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.training.conftest import QUESTIONS, settings, write_jsonl
@@ -371,6 +372,45 @@ def test_resumes_from_the_latest_checkpoint_as_if_never_stopped(tiny, prompts, t
     assert straight[3][2]["beta"] != config.kl_coef
     for name, tensor in load_file(tmp_path / "straight" / "adapter_model.safetensors").items():
         torch.testing.assert_close(load_file(out / "adapter_model.safetensors")[name], tensor)
+
+
+def test_activation_checkpointing_recomputes_only_the_update_and_trains_as_without_it(tiny, prompts, tmp_path):
+    runs = {}
+    for checkpointing in (False, True):
+        calls, mlp = [], []  # each MLP call: (gradients on, tokens it read)
+
+        def seen(module, args, mlp=mlp):
+            if type(module).__name__ == "LlamaMLP":
+                mlp.append((torch.is_grad_enabled(), args[0].shape[1]))
+
+        hook = register_module_forward_pre_hook(seen)  # a recompute stops once it has what backward needs
+        try:
+            config = quick(tiny, max_steps=2, activation_checkpointing=checkpointing)
+            out = tmp_path / f"checkpointing-{checkpointing}"
+            train_ppo(config, prompts, tiny.reward, out, lambda *call, calls=calls: calls.append(call) or False)
+        finally:
+            hook.remove()
+        runs[checkpointing] = calls, mlp, out
+
+    (plain, plain_mlp, plain_out), (calls, mlp, out) = runs[False], runs[True]
+    # The backward pass runs each layer of the update again; rollouts, generation and scoring are untouched, and
+    # generation still reads one new token per call from the KV cache.
+    assert sum(grad for grad, _ in mlp) == 2 * sum(grad for grad, _ in plain_mlp) > 0
+    assert [call for call in mlp if not call[0]] == [call for call in plain_mlp if not call[0]]
+    assert sum(tokens == 1 for grad, tokens in mlp if not grad) > len(QUESTIONS)
+    for (_, _, metrics), (_, _, expected) in zip(calls, plain, strict=True):
+        assert all(math.isfinite(value) for value in metrics.values()), metrics
+        assert metrics == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    # Trained (LoRA's B starts at zero), saved and reloadable, and the same adapter as without checkpointing.
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert all(tensor.abs().sum() > 0 for name, tensor in adapter.items() if "lora_B" in name)
+    for name, tensor in load_file(plain_out / "adapter_model.safetensors").items():
+        torch.testing.assert_close(adapter[name], tensor, rtol=1e-4, atol=1e-6)
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny.policy), out).eval()
+    plain_reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny.policy), plain_out).eval()
+    ids = torch.tensor([[0, 4, 45, 78, 1, 5, 10, 20]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, plain_reloaded(ids).logits, rtol=1e-4, atol=1e-5)
 
 
 def test_config_refuses_full_fine_tuning_and_reads_none():

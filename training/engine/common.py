@@ -282,11 +282,14 @@ def run_training(
     trainer: Trainer, output_dir: str, *, resume: bool, progress: ProgressFn | None
 ) -> tuple[dict[str, float], bool]:
     """Train (from the latest checkpoint when resuming), save the model and tokenizer; (final metrics, stopped)."""
-    for parameter in trainer.model.parameters():
+    for module in trainer.model.modules():
         # Trainable weights in float32 (a bf16/fp16 base stays as it is): AdamW updates vanish in half precision,
         # and fp16's gradient scaler refuses half-precision gradients (PEFT upcasts LoRA, not a saved score head).
-        if parameter.requires_grad and parameter.dtype != torch.float32:
+        upcast = [p for p in module.parameters(recurse=False) if p.requires_grad and p.dtype != torch.float32]
+        for parameter in upcast:
             parameter.data = parameter.data.float()
+        if upcast:  # it now meets half-precision hidden states, with no autocast to match them on a CPU
+            module.register_forward_pre_hook(_inputs_to_float32)
     use_plain_lm_head(trainer)  # DPO and SFT off CUDA: TRL's fused LM head is slower there than the plain one
     callback = ProgressCallback(progress or _keep_going)
     trainer.add_callback(callback)
@@ -295,6 +298,10 @@ def run_training(
     trainer.save_model(output_dir)  # the adapter (or full model) and the tokenizer, ready for from_pretrained
     last_step = next((log for log in reversed(trainer.state.log_history) if "loss" in log), {})
     return {**numbers(last_step), **numbers(output.metrics)}, callback.stopped
+
+
+def _inputs_to_float32(module: torch.nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
 
 
 # TRL's fused LM head where it has no kernel ------------------------------------------------------------------------

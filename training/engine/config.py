@@ -202,7 +202,6 @@ class PPOConfig(BaseConfig):
         return [
             *super().rules(),
             ("use_lora", self.use_lora, "must be true: the reference model is the policy with its adapter disabled"),
-            ("activation_checkpointing", not self.activation_checkpointing, "is not supported by PPO yet"),
             ("max_new_tokens", 0 < self.max_new_tokens < self.max_length, "must be > 0 and < max_length"),
             ("temperature", self.temperature > 0, "must be > 0"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),

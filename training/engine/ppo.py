@@ -31,6 +31,7 @@ from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from training.engine.common import (
     ProgressFn,
@@ -443,6 +444,11 @@ def train_ppo(
     policy = load_policy(config, device=device, is_trainable=True)
     if (adapter := new_adapter(config, policy, "CAUSAL_LM")) is not None:
         policy = get_peft_model(policy, adapter)
+    if config.activation_checkpointing:
+        # Non-reentrant checkpointing: a LoRA model's frozen embeddings give no input that requires grad.
+        policy.get_base_model().activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
     generation = generation_config(config, tokenizer, policy)
     # The log-probs assume samples drawn from exactly softmax(z / T) (cut at top_p), but `generate` fills what a
     # config leaves unset from the model's own defaults (a repetition penalty, min-p…): make ours its defaults.
@@ -472,6 +478,12 @@ def train_ppo(
     # No dropout anywhere (LoRA's included): π/π_old must be exactly 1 before the first update, and the KL to
     # π_ref exactly 0 at the start. Eval mode only switches dropout off; gradients flow as usual.
     model.eval()
+    if config.activation_checkpointing:
+        # Layers checkpoint only in training mode: flag the decoder layers alone, so that their children (dropout)
+        # stay in eval mode. They still skip it without gradients: rollouts and `generate` keep the KV cache.
+        for layer in unwrapped.modules():
+            if isinstance(layer, GradientCheckpointingLayer):
+                layer.training = True
 
     metrics: dict[str, float] = {}
     stopped = False
