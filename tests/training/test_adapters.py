@@ -109,6 +109,21 @@ def test_ppo_trains_an_ia3_adapter_against_its_disabled_self(tiny, tmp_path):
     assert len(generate(str(out), PROMPT, max_new_tokens=4)) == 1
 
 
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "mistral", "phi3"])
+def test_ia3_scales_attention_and_the_mlp_in_each_architecture(architecture):
+    """PEFT's defaults where it has them (k or q, v, down_proj), ours for Phi-3 (fused qkv_proj), which it lacks."""
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from training.engine.common import new_adapter
+
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(architecture, **sizes, pad_token_id=0))
+    adapted = get_peft_model(model, new_adapter(BaseConfig(adapter="ia3"), model, "CAUSAL_LM"))
+    scaled = {name.split(".")[-3] for name, p in adapted.named_parameters() if p.requires_grad}
+    assert "down_proj" in scaled and scaled & {"k_proj", "q_proj", "qkv_proj"}, scaled
+
+
 @pytest.mark.parametrize(
     ("config_class", "values", "message"),
     [

@@ -170,13 +170,18 @@ def _load_dtype(config: BaseConfig, device: torch.device, is_trainable: bool) ->
     return resolve_dtype(config.dtype, device)
 
 
-def lora_config(config: BaseConfig, task_type: TaskType | str) -> PeftConfig:
+# IA³'s modules (scaled, of which feed-forward) for architectures that PEFT has no default for: Phi-3 fuses q, k, v.
+IA3_MODULES = {"phi3": (["qkv_proj", "down_proj"], ["down_proj"])}
+
+
+def lora_config(config: BaseConfig, task_type: TaskType | str, model_type: str = "") -> PeftConfig:
     """The adapter for a stage (config.adapter: LoRA, prompt tuning or IA³): CAUSAL_LM for policies, SEQ_CLS for
-    reward models (whose score head PEFT trains beside it)."""
+    reward models (whose score head PEFT trains beside it); model_type picks IA³'s modules where PEFT has none."""
     if config.adapter == "prompt_tuning":  # random virtual tokens: a text init would tie it to one tokenizer's words
         return PromptTuningConfig(task_type=task_type, num_virtual_tokens=config.num_virtual_tokens)
-    if config.adapter == "ia3":  # PEFT's per-architecture defaults: the attention's keys and values, the MLP's input
-        return IA3Config(task_type=task_type)
+    if config.adapter == "ia3":  # PEFT's per-architecture defaults: keys (or queries) and values, the MLP's input
+        targets, feedforward = IA3_MODULES.get(model_type, (None, None))
+        return IA3Config(task_type=task_type, target_modules=targets, feedforward_modules=feedforward)
     targets = config.lora_target_modules.strip()
     return LoraConfig(
         task_type=task_type,
@@ -190,7 +195,9 @@ def lora_config(config: BaseConfig, task_type: TaskType | str) -> PeftConfig:
 def new_adapter(config: BaseConfig, model: Any, task_type: TaskType | str) -> PeftConfig | None:
     """The adapter for TRL to add to `model`: none when training whole, or when the model carries one already
     (a stage continuing from an adapter directory)."""
-    return lora_config(config, task_type) if config.use_lora and not isinstance(model, PeftModel) else None
+    if not config.use_lora or isinstance(model, PeftModel):
+        return None
+    return lora_config(config, task_type, model.config.model_type)
 
 
 # Data -------------------------------------------------------------------------------------------------------------
