@@ -133,6 +133,7 @@ def relaunch(training_round: TrainingRound, *, user: Any = None) -> TrainingRoun
 
 def _queue(project: Project, *, method: str, filters: Mapping[str, Any], user: Any, **fields: Any) -> TrainingRound:
     """Save the round with a pending snapshot of its data and send it to a worker once committed."""
+    _refuse_gpu_only(fields["config"])
     with transaction.atomic():
         project.lock()  # concurrent launches count the rounds under way and take numbers one at a time
         under_way = project.training_rounds.filter(
@@ -161,6 +162,20 @@ def _queue(project: Project, *, method: str, filters: Mapping[str, Any], user: A
         )
         transaction.on_commit(lambda: _enqueue(training_round))
     return training_round
+
+
+def _refuse_gpu_only(config: Mapping[str, Mapping[str, Any]]) -> None:
+    """Settings that only a CUDA worker can run are refused when the operator has said there is none."""
+    if settings.ARBITER_GPU_WORKERS:
+        return
+    for stage, values in config.items():
+        if values.get("load_in_4bit"):
+            raise ValidationError(
+                {
+                    f"{stage}.load_in_4bit": "4-bit loading (QLoRA, bitsandbytes) needs a CUDA GPU, and this server's "
+                    "workers have none (ARBITER_GPU_WORKERS): train with load_in_4bit=false."
+                }
+            )
 
 
 def _enqueue(training_round: TrainingRound) -> None:

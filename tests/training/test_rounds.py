@@ -73,6 +73,11 @@ class TestLaunch:
             ("dpo", {"filters": {"split": "nope"}}, "split"),
             ("dpo", {"reward_model": "reward-v1"}, "reward_model"),
             ("ppo", {"reward_model": "reward-v9"}, "reward_model"),
+            ("dpo", {"settings_": {"adapter": "adapters"}}, "dpo.adapter"),
+            ("ppo", {"settings_": {"adapter": "prompt_tuning"}}, "reward.adapter"),
+            ("ppo", {"settings_": {"reward.adapter": "ia3", "ppo.adapter": "prompt_tuning"}}, "ppo.adapter"),
+            ("dpo", {"settings_": {"load_in_4bit": "true"}}, "dpo.load_in_4bit"),  # no GPU workers by default
+            ("reward", {"settings_": {"load_in_4bit": "true", "use_lora": "false"}}, "reward.load_in_4bit"),
         ],
     )
     def test_refuses_bad_requests_naming_the_field_and_queues_nothing(
@@ -82,6 +87,16 @@ class TestLaunch:
             launch(pairs_project, policy, method, **options)
         assert field in refused.value.message_dict, refused.value.message_dict
         assert not TrainingRound.objects.exists() and not DatasetSnapshot.objects.exists()
+
+    def test_load_in_4bit_is_queued_only_while_the_workers_have_a_gpu(self, pairs_project, policy, settings):
+        settings.ARBITER_GPU_WORKERS = True
+        training_round = launch(pairs_project, policy, "ppo", settings_={"load_in_4bit": "true"})
+        assert training_round.config["reward"]["load_in_4bit"] and training_round.config["ppo"]["load_in_4bit"]
+        settings.ARBITER_GPU_WORKERS = False
+        with pytest.raises(ValidationError) as refused:
+            relaunch(training_round)
+        assert "ARBITER_GPU_WORKERS" in refused.value.message_dict["reward.load_in_4bit"][0]
+        assert TrainingRound.objects.count() == 1
 
     def test_without_a_base_it_takes_the_active_policy_or_says_there_is_none(self, pairs_project, policy, settings):
         settings.ARBITER_DEFAULT_BASE_MODEL = ""
@@ -257,6 +272,19 @@ class TestRun:
         kinds = set(training_round.model_versions.values_list("kind", flat=True))
         assert kinds == ({"reward"} if method == "reward" else {"policy"})
         assert RoundMetric.objects.filter(training_round=training_round, stage=method).exists()
+
+    @pytest.mark.parametrize(("method", "adapter"), [("dpo", "prompt_tuning"), ("ppo", "ia3")])
+    def test_prompt_tuning_and_ia3_adapters_are_registered_and_sampled_like_lora(
+        self, pairs_project, policy, method, adapter
+    ):
+        training_round = run_round(launch(pairs_project, policy, method, settings_={"adapter": adapter}).pk)
+
+        assert training_round.status == "succeeded", training_round.error
+        version = ModelVersion.objects.get(kind="policy", training_round=training_round)
+        saved = json.loads((Path(version.adapter_path) / "adapter_config.json").read_text())
+        assert saved["peft_type"] == {"prompt_tuning": "PROMPT_TUNING", "ia3": "IA3"}[adapter]
+        assert "kl" in version.eval_report and version.config["adapter"] == adapter
+        assert Response.objects.filter(model_version=version).exists()  # its samples reached the queue
 
     def test_a_second_delivery_does_not_run_the_round_again(self, pairs_project, policy):
         training_round = run_round(launch(pairs_project, policy, "reward").pk)

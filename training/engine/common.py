@@ -16,7 +16,15 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig, PeftModel, TaskType
+from peft import (
+    IA3Config,
+    LoraConfig,
+    PeftConfig,
+    PeftModel,
+    PromptTuningConfig,
+    TaskType,
+    prepare_model_for_kbit_training,
+)
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -95,19 +103,41 @@ def load_model(
     """The model at config.model_name_or_path as `auto_class`: a full model, or base + adapter for an adapter dir.
 
     An adapter loaded to train with LoRA stays an adapter and keeps training; loaded for anything else (full
-    fine-tuning, inference) it is merged into its base. Left on the CPU when no device is given: a Trainer places
-    the model itself.
+    fine-tuning, inference) it is merged into its base, except prompt tuning, whose virtual tokens have no weights
+    to merge into. Left on the CPU when no device is given: a Trainer places the model itself. load_in_4bit loads
+    the base in 4-bit NF4 on the GPU (QLoRA), and refuses without one.
     """
     path = config.model_name_or_path
-    dtype = _load_dtype(config, device or pick_device(), is_trainable)
+    device_for_dtype = device or pick_device()
+    dtype = _load_dtype(config, device_for_dtype, is_trainable)
+    if config.load_in_4bit:
+        kwargs["quantization_config"] = _four_bit(device_for_dtype)
+        kwargs["device_map"] = {"": device_for_dtype.index or 0}  # bitsandbytes places the weights itself
+    base = auto_class.from_pretrained(adapter_base(path) if is_adapter(path) else path, dtype=dtype, **kwargs)
+    if config.load_in_4bit and is_trainable:
+        # Norms in float32, inputs that require grad (for checkpointing through frozen 4-bit layers).
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=config.activation_checkpointing)
     if not is_adapter(path):
-        model = auto_class.from_pretrained(path, dtype=dtype, **kwargs)
+        model = base
     else:
-        base = auto_class.from_pretrained(adapter_base(path), dtype=dtype, **kwargs)
         model = PeftModel.from_pretrained(base, path, is_trainable=is_trainable and config.use_lora)
-        if not (is_trainable and config.use_lora):
+        if not (is_trainable and config.use_lora) and not model.peft_config["default"].is_prompt_learning:
             model = model.merge_and_unload()
-    return model.to(device) if device is not None else model
+    return model.to(device) if device is not None and not config.load_in_4bit else model
+
+
+def _four_bit(device: torch.device) -> Any:
+    """QLoRA's quantisation: NF4 weights, double quantisation, bfloat16 compute (Dettmers et al., 2023)."""
+    if device.type != "cuda":
+        raise ValueError("load_in_4bit: 4-bit weights (bitsandbytes) need a CUDA GPU, and this worker has none")
+    from transformers import BitsAndBytesConfig  # imports bitsandbytes lazily: only GPU workers need it
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
 
 
 def load_policy(
@@ -140,8 +170,18 @@ def _load_dtype(config: BaseConfig, device: torch.device, is_trainable: bool) ->
     return resolve_dtype(config.dtype, device)
 
 
-def lora_config(config: BaseConfig, task_type: TaskType | str) -> LoraConfig:
-    """The adapter for a stage: CAUSAL_LM for policies, SEQ_CLS for reward models (whose score head PEFT trains)."""
+# IA³'s modules (scaled, of which feed-forward) for architectures that PEFT has no default for: Phi-3 fuses q, k, v.
+IA3_MODULES = {"phi3": (["qkv_proj", "down_proj"], ["down_proj"])}
+
+
+def lora_config(config: BaseConfig, task_type: TaskType | str, model_type: str = "") -> PeftConfig:
+    """The adapter for a stage (config.adapter: LoRA, prompt tuning or IA³): CAUSAL_LM for policies, SEQ_CLS for
+    reward models (whose score head PEFT trains beside it); model_type picks IA³'s modules where PEFT has none."""
+    if config.adapter == "prompt_tuning":  # random virtual tokens: a text init would tie it to one tokenizer's words
+        return PromptTuningConfig(task_type=task_type, num_virtual_tokens=config.num_virtual_tokens)
+    if config.adapter == "ia3":  # PEFT's per-architecture defaults: keys (or queries) and values, the MLP's input
+        targets, feedforward = IA3_MODULES.get(model_type, (None, None))
+        return IA3Config(task_type=task_type, target_modules=targets, feedforward_modules=feedforward)
     targets = config.lora_target_modules.strip()
     return LoraConfig(
         task_type=task_type,
@@ -152,10 +192,12 @@ def lora_config(config: BaseConfig, task_type: TaskType | str) -> LoraConfig:
     )
 
 
-def new_adapter(config: BaseConfig, model: Any, task_type: TaskType | str) -> LoraConfig | None:
+def new_adapter(config: BaseConfig, model: Any, task_type: TaskType | str) -> PeftConfig | None:
     """The adapter for TRL to add to `model`: none when training whole, or when the model carries one already
     (a stage continuing from an adapter directory)."""
-    return lora_config(config, task_type) if config.use_lora and not isinstance(model, PeftModel) else None
+    if not config.use_lora or isinstance(model, PeftModel):
+        return None
+    return lora_config(config, task_type, model.config.model_type)
 
 
 # Data -------------------------------------------------------------------------------------------------------------

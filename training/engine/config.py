@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Self
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+# PEFT methods a stage can train (with use_lora): LoRA, prompt tuning (learned virtual tokens before the input) and
+# IA³ (learned scales of the keys, values and feed-forward activations).
+ADAPTERS = ("lora", "prompt_tuning", "ia3")
 
 
 @dataclass
@@ -50,10 +53,13 @@ class BaseConfig(Settings):
     model_name_or_path: str = ""  # a hub id or a local path (a full model or a PEFT adapter directory)
     dtype: str = "auto"  # auto: bfloat16 on a GPU that has it, float32 otherwise; or float32, bfloat16, float16
     use_lora: bool = True  # train a small adapter; the base stays frozen and doubles as the reference model
+    adapter: str = "lora"  # with use_lora, which kind: lora, prompt_tuning or ia3 (one of ADAPTERS)
     lora_r: int = 16  # adapter rank: capacity against memory
     lora_alpha: int = 32  # the adapter's scale is alpha / r; 2r is the usual choice
     lora_dropout: float = 0.05  # a little regularisation on small preference sets
     lora_target_modules: str = "all-linear"  # "all-linear" or comma-separated module names (q_proj,v_proj)
+    num_virtual_tokens: int = 8  # prompt tuning: learned tokens put before every input (randomly initialised)
+    load_in_4bit: bool = False  # QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, CUDA only); needs use_lora
     learning_rate: float = 1e-4  # suits LoRA; full fine-tuning wants about 1e-5
     max_steps: int = -1  # optimisation steps; -1 runs num_train_epochs instead
     num_train_epochs: float = 1.0  # one pass: preference data overfits quickly
@@ -72,10 +78,14 @@ class BaseConfig(Settings):
         return [
             *super().rules(),
             ("dtype", self.dtype in ("auto", *DTYPE_NAMES), f"must be one of auto, {', '.join(DTYPE_NAMES)}"),
+            ("adapter", self.adapter in ADAPTERS, f"must be one of {', '.join(ADAPTERS)}"),
             ("lora_r", self.lora_r > 0, "must be > 0"),
             ("lora_alpha", self.lora_alpha > 0, "must be > 0"),
             ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
             ("lora_target_modules", bool(self.lora_target_modules.strip()), "must name modules or be all-linear"),
+            ("num_virtual_tokens", self.num_virtual_tokens > 0, "must be > 0"),
+            # A 4-bit base cannot be trained itself: only an adapter on it.
+            ("load_in_4bit", not self.load_in_4bit or self.use_lora, "needs use_lora=true (QLoRA trains an adapter)"),
             ("learning_rate", self.learning_rate > 0, "must be > 0"),
             ("max_steps", self.max_steps == -1 or self.max_steps > 0, "must be > 0, or -1 to use epochs"),
             ("num_train_epochs", self.num_train_epochs > 0, "must be > 0"),
@@ -146,6 +156,13 @@ class RewardConfig(BaseConfig):
         return [
             *super().rules(),
             ("center_rewards_coefficient", self.center_rewards_coefficient >= 0, "must be >= 0"),
+            # PEFT feeds a prompt-tuned model embeddings, not token ids, so the classifier cannot find the last real
+            # token and scores the last position, padding included.
+            (
+                "adapter",
+                self.adapter != "prompt_tuning",
+                "cannot be prompt_tuning for a reward model (use lora or ia3)",
+            ),
         ]
 
 
@@ -202,6 +219,8 @@ class PPOConfig(BaseConfig):
         return [
             *super().rules(),
             ("use_lora", self.use_lora, "must be true: the reference model is the policy with its adapter disabled"),
+            # The virtual tokens lengthen the policy's logits and hidden states past the sampled tokens they score.
+            ("adapter", self.adapter != "prompt_tuning", "cannot be prompt_tuning for PPO (use lora or ia3)"),
             ("max_new_tokens", 0 < self.max_new_tokens < self.max_length, "must be > 0 and < max_length"),
             ("temperature", self.temperature > 0, "must be > 0"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),

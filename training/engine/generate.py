@@ -202,10 +202,11 @@ def _response_logps(model: PreTrainedModel | PeftModel, batch: dict[str, torch.T
     """log p(response token | everything before it) under model: (B, R)."""
     ids = torch.cat([batch["prompt_ids"], batch["response_ids"]], dim=1)  # (B, P + R)
     mask = torch.cat([batch["prompt_mask"], batch["response_mask"]], dim=1)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits  # (B, P + R, V)
-    prompt_length = batch["prompt_ids"].shape[1]
-    # The logits at position t predict token t + 1: those of the response tokens start at P − 1. (B, R, V)
-    return token_logprobs(logits[:, prompt_length - 1 : -1].float(), batch["response_ids"])
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits  # (B, [N +] P + R, V)
+    response_length = batch["response_ids"].shape[1]
+    # The logits at position t predict token t + 1: those of the response tokens are the R before the last. Counted
+    # from the end, as prompt tuning puts N virtual tokens' positions first. (B, R, V)
+    return token_logprobs(logits[:, -response_length - 1 : -1].float(), batch["response_ids"])
 
 
 def _load_unmerged(path: str, device: torch.device) -> PreTrainedModel | PeftModel:
