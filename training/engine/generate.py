@@ -188,7 +188,7 @@ def score(
 ) -> torch.Tensor:
     """The reward model's scalar for each whole conversation (prompt and answer), read at its last real token."""
     tokenizer = load_tokenizer(reward_model_path, padding_side="right")
-    model = load_reward_model(reward_model_path, device, tokenizer=tokenizer)
+    model = load_reward_model(reward_model_path, device)
     rewards = []
     for start in range(0, len(conversations), batch_size):
         texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[start : start + batch_size]]

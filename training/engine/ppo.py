@@ -524,9 +524,7 @@ def _load_reward_model(
     reward_tokenizer = load_tokenizer(path)
     if reward_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ValueError(f"{path}: the reward model's tokenizer differs from the policy's")
-    reward_model = load_reward_model(path, device, tokenizer=reward_tokenizer)
-    reward_model.config.pad_token_id = tokenizer.pad_token_id  # what comes after each response's last real token
-    return reward_model
+    return load_reward_model(path, device)
 
 
 @torch.no_grad()
