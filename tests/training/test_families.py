@@ -13,7 +13,14 @@ from tests.training.conftest import marker_pairs, settings, write_jsonl
 from training.engine import dpo, generate, ppo, reward, sft
 from training.engine.common import BaseConfig, load_policy, load_reward_model, load_tokenizer
 from training.engine.dpo import DPOConfig, train_dpo
-from training.engine.generate import complete, encode_prompt, evaluate_policy, reward_model_scores, stop_token_ids
+from training.engine.generate import (
+    complete,
+    encode_prompt,
+    evaluate_policy,
+    reward_model_scores,
+    stop_token_ids,
+    with_closed_turns,
+)
 from training.engine.ppo import PPOConfig, train_ppo
 from training.engine.reward import RewardConfig, train_reward
 from training.engine.sft import SFTConfig, train_sft
@@ -184,24 +191,21 @@ def test_the_reward_model_scores_at_the_last_real_token_whichever_side_pads(fami
     torch.testing.assert_close(alone, torch.cat([at_last_token(model, row) for row in ids]))
 
 
-def test_ppo_scores_a_response_where_reward_training_scored_the_same_answer(family, request):
-    request.applymarker(
-        pytest.mark.xfail(
-            strict=True,
-            reason="PPO scores the sampled ids, which end at the end-of-turn token; reward training (and "
-            "evaluate_policy) score the rendered chat, whose turn goes on after it (ChatML's and Zephyr's newline, "
-            "Phi-3's final <|endoftext|>)",
-        )
-    )
+def test_ppo_scores_a_response_where_reward_training_scored_the_same_answer(family):
     tokenizer = load_tokenizer(family.reward)
     model = load_reward_model(family.reward, CPU)
     rendered = tokenizer.apply_chat_template([*PROMPT, ANSWER])["input_ids"]  # as RewardTrainer tokenizes a pair
     prompt = encode_prompt(PROMPT, tokenizer)
     end_of_turn = tokenizer.convert_tokens_to_ids(STOPS[family.like.name][0])
-    sampled = rendered[: rendered.index(end_of_turn, len(prompt)) + 1]  # what PPO's rollout holds: up to the stop
+    text = rendered[len(prompt) : rendered.index(end_of_turn, len(prompt))]
+    stops = stop_token_ids(load_policy(BaseConfig(model_name_or_path=str(family.policy))), tokenizer)
+    as_trained = reward_model_scores(model, torch.tensor([rendered]), torch.ones(1, len(rendered), dtype=torch.long))
 
-    as_trained, as_ppo = (
-        reward_model_scores(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
-        for ids in (rendered, sampled)
-    )
-    torch.testing.assert_close(as_ppo, as_trained)
+    for stop in STOPS[family.like.name]:  # what PPO's rollout holds: up to the token that stopped it, padded after
+        pad = tokenizer.pad_token_id
+        sampled = torch.tensor([[pad, *prompt, *text, tokenizer.convert_tokens_to_ids(stop), pad, pad]])
+        mask = torch.tensor([[0] + [1] * (len(prompt) + len(text) + 1) + [0, 0]])
+
+        ids, attention = with_closed_turns(tokenizer, sampled, mask, stops)
+        assert unpadded(ids[0], attention[0]) == rendered, stop
+        torch.testing.assert_close(reward_model_scores(model, ids, attention), as_trained)

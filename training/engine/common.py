@@ -252,15 +252,28 @@ def assistant_tokens(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str
     return {"input_ids": ids, "assistant_masks": mask}
 
 
+_EXCHANGE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+
+
 def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
     """The token the chat template ends an assistant turn with (<|im_end|>, <|end|>, </s>): the first special or
     added token that an answer's turn adds; None without a chat template."""
     if not tokenizer.chat_template:
         return None
-    turn = assistant_tokens(tokenizer, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}])
+    turn = assistant_tokens(tokenizer, _EXCHANGE)
     added = set(tokenizer.added_tokens_decoder)
     pairs = zip(turn["input_ids"], turn["assistant_masks"], strict=True)
     return next((token for token, trained in pairs if trained and token in added), None)
+
+
+def turn_closing(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokens a rendered conversation ends with after its last answer's text, from the end-of-turn token on
+    (ChatML's <|im_end|> and newline, Phi-3's <|end|><|endoftext|>); [] without a chat template."""
+    end = end_of_turn_id(tokenizer)
+    if end is None:
+        return []
+    ids = tokenizer.apply_chat_template(_EXCHANGE)["input_ids"]
+    return ids[len(ids) - 1 - ids[::-1].index(end) :]
 
 
 # Trainers ---------------------------------------------------------------------------------------------------------
