@@ -18,6 +18,7 @@ from training.engine.generate import (
     encode_prompt,
     evaluate_policy,
     reward_model_scores,
+    sample,
     stop_token_ids,
     with_closed_turns,
 )
@@ -209,3 +210,21 @@ def test_ppo_scores_a_response_where_reward_training_scored_the_same_answer(fami
         ids, attention = with_closed_turns(tokenizer, sampled, mask, stops)
         assert unpadded(ids[0], attention[0]) == rendered, stop
         torch.testing.assert_close(reward_model_scores(model, ids, attention), as_trained)
+
+
+@pytest.mark.parametrize("family", ["tinyllama-chat"], indirect=True)
+def test_a_policy_whose_pad_is_eos_learns_to_stop(family, tmp_path):
+    # pad = eos = </s>, which also ends TinyLlama's turns: an SFT that hid it as padding would never teach the stop.
+    data = write_jsonl(tmp_path / "sft.jsonl", [{"messages": [*PROMPT, ANSWER], "prompt_id": "p"}] * 4)
+    config = quick(SFTConfig, family.policy, max_steps=16, per_device_batch_size=4, use_lora=False, learning_rate=3e-3)
+    train_sft(config, data, str(tmp_path / "sft"))
+
+    tokenizer = load_tokenizer(tmp_path / "sft", padding_side="left")
+    model = load_policy(BaseConfig(model_name_or_path=str(tmp_path / "sft")), device=CPU).eval()
+    (batch,) = sample(
+        model, tokenizer, [PROMPT], num_samples=1, max_new_tokens=8, temperature=0, top_p=1, batch_size=1, seed=0
+    )
+    rendered = tokenizer.apply_chat_template([*PROMPT, ANSWER])["input_ids"]
+    prompt = encode_prompt(PROMPT, tokenizer)
+    answer = rendered[len(prompt) : rendered.index(tokenizer.eos_token_id, len(prompt)) + 1]  # "Four." and </s>
+    assert unpadded(batch["response_ids"][0], batch["response_mask"][0]) == answer
