@@ -128,17 +128,17 @@ def test_loads_an_adapter_directory_onto_its_base(tiny, adapter):
     }
 
 
-def test_reward_model_without_a_pad_id_reads_padding_as_its_tokenizer_pads(tiny, tmp_path):
+def test_reward_model_without_a_pad_id_reads_each_row_at_its_last_real_token(tiny, tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(tiny.reward)
-    model.config.pad_token_id = None
+    model.config.pad_token_id = None  # transformers' own classifier refuses a batch then
     model.save_pretrained(tmp_path)
-    tokenizer = AutoTokenizer.from_pretrained(tiny.reward)
-    tokenizer.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny.reward).save_pretrained(tmp_path)
 
     loaded = load_reward_model(tmp_path, torch.device("cpu"))
-    given = load_reward_model(tmp_path, torch.device("cpu"), tokenizer=load_tokenizer(tmp_path))
+    ids = torch.tensor([[1, 10, 20, 30], [1, 10, 20, 0]])
+    scores = loaded(input_ids=ids, attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])).logits
 
-    assert loaded.config.pad_token_id == given.config.pad_token_id == tokenizer.pad_token_id
+    torch.testing.assert_close(scores[1], loaded(ids[1:, :3]).logits[0])
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
 
 

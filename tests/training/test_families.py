@@ -13,7 +13,15 @@ from tests.training.conftest import marker_pairs, settings, write_jsonl
 from training.engine import dpo, generate, ppo, reward, sft
 from training.engine.common import BaseConfig, load_policy, load_reward_model, load_tokenizer
 from training.engine.dpo import DPOConfig, train_dpo
-from training.engine.generate import complete, encode_prompt, evaluate_policy, reward_model_scores, stop_token_ids
+from training.engine.generate import (
+    complete,
+    encode_prompt,
+    evaluate_policy,
+    reward_model_scores,
+    sample,
+    stop_token_ids,
+    with_closed_turns,
+)
 from training.engine.ppo import PPOConfig, train_ppo
 from training.engine.reward import RewardConfig, train_reward
 from training.engine.sft import SFTConfig, train_sft
@@ -54,6 +62,14 @@ def unpadded(ids: torch.Tensor, mask: torch.Tensor) -> list[int]:
     return ids[mask.bool()].tolist()
 
 
+@torch.no_grad()
+def at_last_token(model, ids: list[int]) -> torch.Tensor:
+    """The score head of a (PEFT-wrapped) classifier at the sequence's very last token: (1,)."""
+    classifier = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = getattr(classifier, classifier.base_model_prefix)(torch.tensor([ids])).last_hidden_state
+    return classifier.score(hidden[:, -1])[:, 0].float()
+
+
 def attends_to_every_real_token(trainer, lengths: set[int]) -> bool:
     """A training batch's attention masks cover whole sequences (of these lengths): pad = eos must not hide an eos
     that ends a turn."""
@@ -86,6 +102,14 @@ def test_every_stage_sees_the_same_prompt_tokens_and_attends_to_every_real_token
     assert attends_to_every_real_token(
         seen["trainer"], {len(r[k]) for r in rows for k in ("chosen_ids", "rejected_ids")}
     )
+    batch = next(iter(seen["trainer"].get_train_dataloader()))  # right-padded, as TRL's collator pads
+    model = seen["trainer"].model.eval()
+    with torch.no_grad():  # the rewards that training's loss is made of: each at its sequence's last real token
+        rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+    last = [
+        at_last_token(model, unpadded(i, m)) for i, m in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+    ]
+    torch.testing.assert_close(rewards, torch.cat(last))
 
     seen = spy(dpo)
     train_dpo(quick(DPOConfig, family.policy), data, str(tmp_path / "dpo"))
@@ -151,17 +175,9 @@ def test_every_end_of_turn_id_stops_sampling(family):
         assert batch["response_mask"].tolist() == [[1, 1, 1], [1, 1, 1]]
 
 
-def test_the_reward_model_scores_at_the_last_real_token_whichever_side_pads(family, request):
-    if family.like.name == "phi3-mini-instruct":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="pad = eos and the template ends the chat with eos: the classifier (in TRL's training as in "
-                "scoring) reads the last token that is not the pad id, <|end|>, not the final <|endoftext|>",
-            )
-        )
+def test_the_reward_model_scores_at_the_last_real_token_whichever_side_pads(family):
     tokenizer = load_tokenizer(family.reward)
-    model = load_reward_model(family.reward, CPU, tokenizer=tokenizer)
+    model = load_reward_model(family.reward, CPU)
     long = {"role": "assistant", "content": "A much longer answer than the first, so that the other one is padded."}
     conversations = [[*PROMPT, ANSWER], [*PROMPT, long]]
     ids = [tokenizer.apply_chat_template(conversation)["input_ids"] for conversation in conversations]
@@ -173,29 +189,42 @@ def test_the_reward_model_scores_at_the_last_real_token_whichever_side_pads(fami
         batch = tokenizer.pad({"input_ids": ids}, padding_side=side, return_tensors="pt")
         scores = reward_model_scores(model, batch["input_ids"], batch["attention_mask"])
         torch.testing.assert_close(scores, alone, msg=side)
-    with torch.no_grad():  # the score head at each conversation's very last token
-        last = [model.score(model.base_model(torch.tensor([row])).last_hidden_state[0, -1]) for row in ids]
-    torch.testing.assert_close(alone, torch.cat(last).float())
+    torch.testing.assert_close(alone, torch.cat([at_last_token(model, row) for row in ids]))
 
 
-def test_ppo_scores_a_response_where_reward_training_scored_the_same_answer(family, request):
-    if family.like.name != "phi3-mini-instruct":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="PPO scores the sampled ids, which end at the end-of-turn token; reward training (and "
-                "evaluate_policy) score the rendered chat, whose turn goes on after it (ChatML's and Zephyr's newline)",
-            )
-        )
+def test_ppo_scores_a_response_where_reward_training_scored_the_same_answer(family):
     tokenizer = load_tokenizer(family.reward)
-    model = load_reward_model(family.reward, CPU, tokenizer=tokenizer)
+    model = load_reward_model(family.reward, CPU)
     rendered = tokenizer.apply_chat_template([*PROMPT, ANSWER])["input_ids"]  # as RewardTrainer tokenizes a pair
     prompt = encode_prompt(PROMPT, tokenizer)
     end_of_turn = tokenizer.convert_tokens_to_ids(STOPS[family.like.name][0])
-    sampled = rendered[: rendered.index(end_of_turn, len(prompt)) + 1]  # what PPO's rollout holds: up to the stop
+    text = rendered[len(prompt) : rendered.index(end_of_turn, len(prompt))]
+    stops = stop_token_ids(load_policy(BaseConfig(model_name_or_path=str(family.policy))), tokenizer)
+    as_trained = reward_model_scores(model, torch.tensor([rendered]), torch.ones(1, len(rendered), dtype=torch.long))
 
-    as_trained, as_ppo = (
-        reward_model_scores(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
-        for ids in (rendered, sampled)
+    for stop in STOPS[family.like.name]:  # what PPO's rollout holds: up to the token that stopped it, padded after
+        pad = tokenizer.pad_token_id
+        sampled = torch.tensor([[pad, *prompt, *text, tokenizer.convert_tokens_to_ids(stop), pad, pad]])
+        mask = torch.tensor([[0] + [1] * (len(prompt) + len(text) + 1) + [0, 0]])
+
+        ids, attention = with_closed_turns(tokenizer, sampled, mask, stops)
+        assert unpadded(ids[0], attention[0]) == rendered, stop
+        torch.testing.assert_close(reward_model_scores(model, ids, attention), as_trained)
+
+
+@pytest.mark.parametrize("family", ["tinyllama-chat"], indirect=True)
+def test_a_policy_whose_pad_is_eos_learns_to_stop(family, tmp_path):
+    # pad = eos = </s>, which also ends TinyLlama's turns: an SFT that hid it as padding would never teach the stop.
+    data = write_jsonl(tmp_path / "sft.jsonl", [{"messages": [*PROMPT, ANSWER], "prompt_id": "p"}] * 4)
+    config = quick(SFTConfig, family.policy, max_steps=16, per_device_batch_size=4, use_lora=False, learning_rate=3e-3)
+    train_sft(config, data, str(tmp_path / "sft"))
+
+    tokenizer = load_tokenizer(tmp_path / "sft", padding_side="left")
+    model = load_policy(BaseConfig(model_name_or_path=str(tmp_path / "sft")), device=CPU).eval()
+    (batch,) = sample(
+        model, tokenizer, [PROMPT], num_samples=1, max_new_tokens=8, temperature=0, top_p=1, batch_size=1, seed=0
     )
-    torch.testing.assert_close(as_ppo, as_trained)
+    rendered = tokenizer.apply_chat_template([*PROMPT, ANSWER])["input_ids"]
+    prompt = encode_prompt(PROMPT, tokenizer)
+    answer = rendered[len(prompt) : rendered.index(tokenizer.eos_token_id, len(prompt)) + 1]  # "Four." and </s>
+    assert unpadded(batch["response_ids"][0], batch["response_mask"][0]) == answer

@@ -38,6 +38,7 @@ from transformers import (
     TrainerState,
     TrainingArguments,
 )
+from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import is_triton_available
 from trl.trainer.utils import FusedCausalLMOutput
@@ -147,19 +148,41 @@ def load_policy(
     return load_model(AutoModelForCausalLM, config, device=device, is_trainable=is_trainable)
 
 
-def load_reward_model(
-    path: str | Path, device: torch.device | None = None, *, tokenizer: PreTrainedTokenizerBase | None = None
-) -> PreTrainedModel:
-    """A one-logit sequence classifier for scoring, frozen and in eval mode; an adapter is merged into its base.
-
-    The classifier reads each sequence at its last token that is not padding: without a pad id in its config it
-    takes the tokenizer's (the reward model's own; pass it when it is loaded already).
-    """
+def load_reward_model(path: str | Path, device: torch.device | None = None) -> PreTrainedModel:
+    """A one-logit sequence classifier for scoring, read at each sequence's last real token (see
+    `score_at_last_real_token`), frozen and in eval mode; an adapter is merged into its base."""
     config = BaseConfig(model_name_or_path=str(path))
     model = load_model(AutoModelForSequenceClassification, config, device=device or pick_device(), num_labels=1)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = (tokenizer if tokenizer is not None else load_tokenizer(path)).pad_token_id
-    return model.eval().requires_grad_(False)
+    return score_at_last_real_token(model).eval().requires_grad_(False)
+
+
+def score_at_last_real_token(model: PreTrainedModel | PeftModel) -> PreTrainedModel | PeftModel:
+    """Make a sequence classifier read each sequence at the last position its attention mask covers, whichever side
+    pads; reward training, scoring, PPO and evaluation all go through it.
+
+    Transformers' classifiers read the last token that is not the pad id: where pad = eos and the chat template ends
+    the conversation with eos (Phi-3's <|end|><|endoftext|>), or PPO's response ends on it, that is the token before.
+    The patch is on the instance, so a PEFT wrapper (and DDP around it) still calls it through the model's forward.
+    """
+    classifier = model.get_base_model() if isinstance(model, PeftModel) else model
+    classifier.forward = types.MethodType(_forward_at_last_real_token, classifier)
+    return model
+
+
+def _forward_at_last_real_token(
+    self: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> SequenceClassifierOutputWithPast:
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    kwargs.pop("labels", None)  # the trainers compute their own loss from the logits
+    hidden = getattr(self, self.base_model_prefix)(input_ids, attention_mask=attention_mask, **kwargs)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    last = (positions * attention_mask).argmax(-1)  # (B,): the rightmost position with mask 1
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    return SequenceClassifierOutputWithPast(logits=self.score(hidden.last_hidden_state[rows, last]))  # (B, 1)
 
 
 def _load_dtype(config: BaseConfig, device: torch.device, is_trainable: bool) -> torch.dtype:
@@ -271,15 +294,28 @@ def assistant_tokens(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str
     return {"input_ids": ids, "assistant_masks": mask}
 
 
+_EXCHANGE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+
+
 def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
     """The token the chat template ends an assistant turn with (<|im_end|>, <|end|>, </s>): the first special or
     added token that an answer's turn adds; None without a chat template."""
     if not tokenizer.chat_template:
         return None
-    turn = assistant_tokens(tokenizer, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}])
+    turn = assistant_tokens(tokenizer, _EXCHANGE)
     added = set(tokenizer.added_tokens_decoder)
     pairs = zip(turn["input_ids"], turn["assistant_masks"], strict=True)
     return next((token for token, trained in pairs if trained and token in added), None)
+
+
+def turn_closing(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokens a rendered conversation ends with after its last answer's text, from the end-of-turn token on
+    (ChatML's <|im_end|> and newline, Phi-3's <|end|><|endoftext|>); [] without a chat template."""
+    end = end_of_turn_id(tokenizer)
+    if end is None:
+        return []
+    ids = tokenizer.apply_chat_template(_EXCHANGE)["input_ids"]
+    return ids[len(ids) - 1 - ids[::-1].index(end) :]
 
 
 # Trainers ---------------------------------------------------------------------------------------------------------

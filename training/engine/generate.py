@@ -22,6 +22,7 @@ from training.engine.common import (
     load_reward_model,
     load_tokenizer,
     pick_device,
+    turn_closing,
 )
 from training.engine.config import BaseConfig
 
@@ -188,7 +189,7 @@ def score(
 ) -> torch.Tensor:
     """The reward model's scalar for each whole conversation (prompt and answer), read at its last real token."""
     tokenizer = load_tokenizer(reward_model_path, padding_side="right")
-    model = load_reward_model(reward_model_path, device, tokenizer=tokenizer)
+    model = load_reward_model(reward_model_path, device)
     rewards = []
     for start in range(0, len(conversations), batch_size):
         texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[start : start + batch_size]]
@@ -291,6 +292,22 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log p(token) at each position; logits (B, T, V), tokens (B, T) -> (B, T)."""
     # log softmax at the token only: logit(y_t) − logsumexp(logits), without a second (B, T, V) tensor
     return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
+
+
+def with_closed_turns(
+    tokenizer: PreTrainedTokenizerBase, input_ids: torch.Tensor, attention_mask: torch.Tensor, eos_ids: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampled conversations (B, T) as the chat template writes them, which is how reward training (and `score`)
+    read a conversation: a response that stopped on one of eos_ids ends with the template's closing instead
+    (ChatML's newline after <|im_end|>, Phi-3's <|endoftext|> after <|end|>); one that ran out of tokens stays as it
+    is. (input_ids, attention_mask) left-padded, (B, T')."""
+    closing = turn_closing(tokenizer)
+    rows = []
+    for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
+        tokens = [token for token, real in zip(ids, mask, strict=True) if real]
+        rows.append(tokens[:-1] + closing if closing and tokens[-1] in eos_ids else tokens)
+    batch = tokenizer.pad({"input_ids": rows}, padding_side="left", return_tensors="pt").to(input_ids.device)
+    return batch["input_ids"], batch["attention_mask"]
 
 
 @torch.no_grad()

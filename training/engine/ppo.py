@@ -2,8 +2,8 @@
 
 One PPO step:
   1. rollout: sample a response to each prompt of the batch from the policy (one batched `generate`, KV cache);
-  2. score: the reward model reads prompt + response at its last real token; a response that never emitted
-     EOS gets `missing_eos_penalty` added;
+  2. score: the reward model reads prompt + response, the turn closed as the chat template closes it (as reward
+     training read it), at its last real token; a response that never emitted EOS gets `missing_eos_penalty` added;
   3. per-token rewards: r_t = −β·(log π(y_t) − log π_ref(y_t)), plus the sequence score on the last token;
   4. GAE(γ, λ) on the value head's estimates gives advantages (whitened) and returns;
   5. K epochs over minibatches of the clipped policy loss plus vf_coef × the clipped value loss.
@@ -53,6 +53,7 @@ from training.engine.generate import (
     reward_model_scores,
     stop_token_ids,
     token_logprobs,
+    with_closed_turns,
 )
 
 # (responses (B, R), mask (B, R)) -> scores (B,): stands in for the reward model (tests use a programmatic reward).
@@ -460,7 +461,9 @@ def train_ppo(
     def score(query_responses: torch.Tensor, attention_mask: torch.Tensor, context_length: int) -> torch.Tensor:
         if reward_fn is not None:
             return reward_fn(query_responses[:, context_length:], attention_mask[:, context_length:])
-        return reward_model_scores(reward_model, query_responses, attention_mask)
+        # Read as reward training read the same answer: with the turn closed as the chat template closes it.
+        ids, mask = with_closed_turns(tokenizer, query_responses, attention_mask, generation.eos_token_id)
+        return reward_model_scores(reward_model, ids, mask)
 
     global_batch = config.rollout_batch_size * world
     total = (
@@ -536,9 +539,7 @@ def _load_reward_model(
     reward_tokenizer = load_tokenizer(path)
     if reward_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ValueError(f"{path}: the reward model's tokenizer differs from the policy's")
-    reward_model = load_reward_model(path, device, tokenizer=reward_tokenizer)
-    reward_model.config.pad_token_id = tokenizer.pad_token_id  # what comes after each response's last real token
-    return reward_model
+    return load_reward_model(path, device)
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ from training.engine.common import (
     load_tokenizer,
     new_adapter,
     run_training,
+    score_at_last_real_token,
     split_dataset,
     trainer_arguments,
 )
@@ -37,7 +38,7 @@ def train_reward(
     tokenizer = load_tokenizer(config.model_name_or_path)
     # From a policy checkpoint this adds a fresh score head; from a reward adapter it continues that adapter.
     model = load_model(AutoModelForSequenceClassification, config, is_trainable=True, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last token that is not padding
+    score_at_last_real_token(model)
     args = trainer_arguments(
         TRLRewardConfig,
         config,
