@@ -147,8 +147,18 @@ class MemoryEstimate:
 
     def parts(self) -> list[tuple[str, int]]:
         """(part, bytes) for the page, the largest first, leaving out what is zero."""
-        named = [(f.name.replace("_", " "), getattr(self, f.name)) for f in fields(self)]
+        named = [(PART_NAMES[f.name], getattr(self, f.name)) for f in fields(self)]
         return sorted(((name, size) for name, size in named if size), key=lambda part: -part[1])
+
+
+PART_NAMES = {
+    "weights": "Weights",
+    "trainable": "Trained weights' gradients and AdamW state",
+    "activations": "Activations (batch × length)",
+    "logits": "Logits (batch × length × vocabulary)",
+    "extra_models": "Reference or reward model, value head, rollout cache",
+    "cuda_overhead": "CUDA context and allocator",
+}
 
 
 def estimate_memory(
