@@ -83,19 +83,23 @@ class TestLaunchMemory:
         worker = report_devices("celery@here", ["gpu"])  # this machine has no CUDA
         assert Worker.objects.get(hostname="celery@here").devices == worker.devices == []
 
-    def test_the_launch_page_checks_without_queueing_and_shows_why_it_refuses(self, client, lead, pairs_project, policy):
+    def test_the_launch_page_checks_without_queueing_and_shows_why_it_refuses(
+        self, client, lead, pairs_project, policy
+    ):
         lead.groups.add(project_leads_group())
         client.force_login(lead)
         url = reverse("admin:training_traininground_launch")
         form = {"project": pairs_project.pk, "method": "dpo", "base": policy, "settings": "max_length=128"}
         page = client.post(url, {**form, "check": "1"})
         assert page.status_code == 200 and not TrainingRound.objects.exists()
-        assert b"no GPU worker has reported in" in page.content and "Activations (batch × length)".encode() in page.content
+        assert b"no GPU worker has reported in" in page.content
+        assert "Activations (batch × length)" in page.content.decode()
 
         Worker.report("celery@small", queues=["gpu"], devices=[SMALL_GPU])
         page = client.post(url, form)
         assert page.status_code == 200 and not TrainingRound.objects.exists()
         assert b"more than the largest GPU the workers have reported, Tiny GPU" in page.content
+
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
