@@ -40,7 +40,7 @@ from annotate.exports import create_snapshot, run_snapshot
 from annotate.jobs import Heartbeat, fail_stale, hide_paths
 from annotate.models import DatasetSnapshot, Project, Prompt, QuotaReached
 from models_registry.models import ModelVersion
-from training.engine.config import DPOConfig, PPOConfig, RewardConfig, SampleConfig, SFTConfig
+from training.engine.config import BaseConfig, DPOConfig, PPOConfig, RewardConfig, SampleConfig, SFTConfig
 from training.engine.memory import MemoryEstimate, estimate_memory, gib, read_architecture
 from training.engine.model_files import missing_files, models_inside
 from training.models import RoundMetric, TrainingRound, Worker, end_unwritten_snapshots
@@ -186,6 +186,7 @@ class MemoryCheck:
     """A round's largest training stage's memory estimate against the largest GPU a worker has reported."""
 
     stage: str
+    config: BaseConfig  # the stage's, for the settings that would lower it
     estimate: MemoryEstimate
     gpu: dict[str, Any] | None  # {name, total_memory, hostname}; None while no GPU worker has reported in
 
@@ -200,11 +201,21 @@ class MemoryCheck:
         largest = f"the largest GPU the workers have reported, {self.gpu['name']}, has {gib(self.gpu['total_memory'])}"
         if self.fits:
             return f"{needs}; {largest}."
-        return (
-            f"{needs}, more than {largest}. Lower per_device_batch_size or max_length (raise "
-            "gradient_accumulation_steps to keep the batch), or set activation_checkpointing=true, "
-            "load_in_4bit=true or use_lora=true."
-        )
+        return f"{needs}, more than {largest}. To lower it: {'; '.join(self.savings())}."
+
+    def savings(self) -> list[str]:
+        """The settings that would lower the estimate, from the stage's own values."""
+        config, ways = self.config, []
+        if config.per_device_batch_size > 1:
+            ways.append("a smaller per_device_batch_size (raise gradient_accumulation_steps to keep the batch)")
+        ways.append(f"a shorter max_length (now {config.max_length})")
+        if not config.activation_checkpointing:
+            ways.append("activation_checkpointing=true")
+        if not config.use_lora:
+            ways.append("use_lora=true")
+        elif not config.load_in_4bit:
+            ways.append("load_in_4bit=true")
+        return ways
 
 
 def check_memory(config: Mapping[str, Mapping[str, Any]], reward_version: ModelVersion | None) -> MemoryCheck | None:
@@ -221,13 +232,15 @@ def check_memory(config: Mapping[str, Mapping[str, Any]], reward_version: ModelV
             stage_config = classes[stage].from_dict(values)
             reward_arch = read_architecture(reward_path) if stage == "ppo" and reward_path else None
             arch = read_architecture(stage_config.model_name_or_path)
-            estimates.append((stage, estimate_memory(stage_config, arch, reward_arch=reward_arch)))
+            estimate = estimate_memory(stage_config, arch, reward_arch=reward_arch)
+            estimates.append(MemoryCheck(stage, stage_config, estimate, gpu=None))
     except OSError:
         return None
     if not estimates:
         return None
-    stage, estimate = max(estimates, key=lambda each: each[1].total)
-    return MemoryCheck(stage, estimate, Worker.objects.largest_gpu())
+    largest = max(estimates, key=lambda check: check.estimate.total)
+    largest.gpu = Worker.objects.largest_gpu()
+    return largest
 
 
 def _refuse_what_cannot_fit(fields: Mapping[str, Any]) -> None:
