@@ -129,3 +129,30 @@ def test_ppo_adds_the_reward_model_and_rollout_cache_and_reward_scores_pairs():
     reward = estimate_memory(RewardConfig(dtype="bfloat16"), QWEN)
     assert reward.logits < GIB / 1000  # one score per sequence, no vocabulary
     assert reward.parts()[0][1] == max(size for _, size in reward.parts())
+
+
+@pytest.mark.parametrize(
+    "sizes", [{"hidden_size": 256, "intermediate_size": 688}, {"hidden_size": 512, "intermediate_size": 1376}]
+)
+def test_activations_are_near_what_torch_saves_for_backward(sizes):
+    """The estimate's activations against the bytes autograd keeps for a LoRA Llama's backward (CPU, float32)."""
+    config = {"model_type": "llama", "vocab_size": 256, "num_hidden_layers": 2, "num_attention_heads": 8,
+              "num_key_value_heads": 4, "tie_word_embeddings": True, **sizes}  # fmt: skip
+    batch, length = 2, 128
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), attn_implementation="sdpa")
+    model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.05)).train()
+    ids = torch.randint(0, config["vocab_size"], (batch, length))
+    storages = {}
+
+    def keep(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        model(input_ids=ids, labels=ids)
+    logits = batch * length * config["vocab_size"] * 4 * 2  # the logits and their log-softmax
+    saved = sum(storages.values()) - logits
+    stage = SFTConfig(dtype="float32", per_device_batch_size=batch, max_length=length)
+    estimate = estimate_memory(stage, Architecture.from_config(config)).activations
+    assert 0.75 < estimate / saved < 1.25, (estimate, saved)
