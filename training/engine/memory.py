@@ -36,7 +36,7 @@ ADAM_BYTES = 4 + 4 + 4  # float32 gradient and AdamW's two float32 moments, per 
 # Elements a decoder layer keeps for backward per token, in units of hidden and intermediate size: the norms' inputs
 # (and their float32 copies), q, k, v, the attention output, gate, up, act(gate), act·up, and LoRA's dropout copies
 # of every targeted input. Fitted to what torch's saved-tensor hooks count for a LoRA (all-linear, dropout 0.05)
-# Llama under SDPA on the CPU: 24 h + 6 i is within ~15% of it at i = 2.7 h (tests/training/test_memory.py).
+# Llama under SDPA on the CPU: 24 h + 6 i is within 20% of it at i = 2.7 h (tests/training/test_memory.py).
 HIDDEN_PER_LAYER, INTERMEDIATE_PER_LAYER = 24, 6
 # The modules IA³ scales where PEFT's default is not Llama's k_proj, v_proj, down_proj.
 IA3_SCALED = {
