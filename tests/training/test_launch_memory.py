@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
 
@@ -79,6 +80,12 @@ class TestLaunchMemory:
         settings.ARBITER_ALLOW_HUB_MODELS = True
         plan = plan_round(pairs_project, method="dpo", base="org/model")
         assert check_memory(plan["config"], None) is None
+
+    def test_the_command_line_refuses_too(self, pairs_project, policy):
+        Worker.report("celery@small", queues=["gpu"], devices=[SMALL_GPU])
+        with pytest.raises(CommandError, match="settings: The sft stage needs about .* Tiny GPU"):
+            call_command("launch_round", pairs_project.slug, "--method", "sft", "--base", policy)
+        assert not TrainingRound.objects.exists()
 
     def test_a_cpu_worker_reports_no_gpus(self):
         worker = report_devices("celery@here", ["gpu"])  # this machine has no CUDA
