@@ -15,7 +15,7 @@ from django.utils.html import format_html
 from annotate.admin import DatasetFiltersForm, ProjectScopedAdmin
 from annotate.models import Project, QuotaReached
 from models_registry.models import ModelVersion
-from training.engine.memory import gib
+from training.engine.memory import size_text
 from training.models import TrainingRound, Worker
 from training.rounds import (
     BASE_HELP,
@@ -138,7 +138,7 @@ class TrainingRoundAdmin(ProjectScopedAdmin):
             "opts": self.opts,
             "form": form,
             "memory": memory,
-            "gpu": Worker.objects.largest_gpu(),
+            "largest_gpu": _gpu_text(Worker.objects.largest_gpu()),
             "stages": _stage_defaults(),
             "versions": ModelVersion.objects.filter(project__in=projects).select_related("project")[:50],
         }
@@ -165,6 +165,10 @@ class TrainingRoundAdmin(ProjectScopedAdmin):
         messages.success(request, f"Queued {', '.join(str(r) for r in new)}.")
 
 
+def _gpu_text(gpu: dict[str, Any] | None) -> str:
+    return f"{gpu['name']}, {size_text(gpu['total_memory'])} ({gpu['hostname']})" if gpu else ""
+
+
 def _query(request: HttpRequest) -> str:
     return f"?{request.GET.urlencode()}" if request.GET else ""
 
@@ -187,7 +191,7 @@ class WorkerAdmin(admin.ModelAdmin):
 
     @admin.display(description="GPUs")
     def gpus(self, worker: Worker) -> str:
-        return ", ".join(f"{gpu['name']} ({gib(gpu['total_memory'])})" for gpu in worker.devices) or "none"
+        return ", ".join(f"{gpu['name']} ({size_text(gpu['total_memory'])})" for gpu in worker.devices) or "none"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -41,7 +41,7 @@ from annotate.jobs import Heartbeat, fail_stale, hide_paths
 from annotate.models import DatasetSnapshot, Project, Prompt, QuotaReached
 from models_registry.models import ModelVersion
 from training.engine.config import BaseConfig, DPOConfig, PPOConfig, RewardConfig, SampleConfig, SFTConfig
-from training.engine.memory import MemoryEstimate, estimate_memory, gib, read_architecture
+from training.engine.memory import MemoryEstimate, estimate_memory, read_architecture, size_text
 from training.engine.model_files import missing_files, models_inside
 from training.models import RoundMetric, TrainingRound, Worker, end_unwritten_snapshots
 
@@ -195,13 +195,20 @@ class MemoryCheck:
         return self.gpu is None or self.estimate.total <= self.gpu["total_memory"]
 
     def message(self) -> str:
-        needs = f"The {self.stage} stage needs about {gib(self.estimate.total)} of GPU memory per device"
+        needs = f"The {self.stage} stage needs about {size_text(self.estimate.total)} of GPU memory per device"
         if self.gpu is None:
             return f"{needs} (for information: no GPU worker has reported in)."
-        largest = f"the largest GPU the workers have reported, {self.gpu['name']}, has {gib(self.gpu['total_memory'])}"
+        gpu = f"{self.gpu['name']}, has {size_text(self.gpu['total_memory'])}"
+        largest = f"the largest GPU the workers have reported, {gpu}"
         if self.fits:
             return f"{needs}; {largest}."
         return f"{needs}, more than {largest}. To lower it: {'; '.join(self.savings())}."
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(part, size) for the launch page, the largest first, and the total last."""
+        return [(part, size_text(size)) for part, size in self.estimate.parts()] + [
+            ("Total", size_text(self.estimate.total))
+        ]
 
     def savings(self) -> list[str]:
         """The settings that would lower the estimate, from the stage's own values."""

@@ -49,7 +49,7 @@ class TestLaunchMemory:
         with pytest.raises(ValidationError) as refused:
             launch(pairs_project, policy)
         message = refused.value.message_dict["settings"][0]
-        assert "The dpo stage needs about 0.8 GiB" in message and "Tiny GPU, has 0.5 GiB" in message
+        assert "The dpo stage needs about 826 MiB" in message and "Tiny GPU, has 512 MiB" in message
         for setting in ("per_device_batch_size", "max_length (now 128)", "activation_checkpointing", "load_in_4bit"):
             assert setting in message
         assert "use_lora" not in message  # it is on already

@@ -217,6 +217,6 @@ def _frozen_weights(arch: Architecture, params: int, config: BaseConfig) -> floa
     return linear * FOUR_BIT_BYTES + (params - linear) * compute_bytes
 
 
-def gib(size: int) -> str:
-    """Bytes as GiB for people, one decimal."""
-    return f"{size / GIB:.1f} GiB"
+def size_text(size: int) -> str:
+    """Bytes for people: GiB with one decimal, MiB below one GiB."""
+    return f"{size / GIB:.1f} GiB" if size >= GIB else f"{size / 2**20:.0f} MiB"
