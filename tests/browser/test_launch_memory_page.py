@@ -40,8 +40,10 @@ def test_the_launch_page_estimates_and_refuses_what_cannot_fit(page, screenshot,
 
     Worker.report("celery@gpu-1", queues=["gpu"], devices=[{"name": "NVIDIA L4", "total_memory": 23034 * 2**20}])
     page.get_by_role("button", name="Launch", exact=True).click()
-    expect(page.locator(".errornote").last).to_contain_text("more than the largest GPU the workers have reported")
-    expect(page.locator(".errorlist").first).to_contain_text("NVIDIA L4")
+    expect(page.locator(".errorlist").first).to_contain_text(
+        "more than the largest GPU the workers have reported, NVIDIA L4"
+    )
+    expect(page.locator("#memory ~ table tr").last).to_contain_text("Total")
     assert not TrainingRound.objects.exists()
     refusals.none_on("refused launch")
     screenshot("refused")
