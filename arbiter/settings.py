@@ -226,8 +226,9 @@ if relative := [str(root) for root in ARBITER_MODEL_ROOTS if not root.is_absolut
     raise ImproperlyConfigured(f"ARBITER_MODEL_ROOTS: {', '.join(relative)} is not an absolute path.")
 # Per project: rounds queued or running, and exports pending or running that people asked for; more are refused.
 ARBITER_MAX_ACTIVE_ROUNDS = env_int("ARBITER_MAX_ACTIVE_ROUNDS", "3", minimum=1)
-# Whether the workers on the gpu queue have a CUDA GPU: rounds that need one (load_in_4bit) are refused without.
-ARBITER_GPU_WORKERS = env_bool("ARBITER_GPU_WORKERS", "False")
+# How often a worker on the gpu queue reports its GPUs (training/workers.py); the launch checks a round's memory
+# estimate against reports younger than three intervals.
+ARBITER_WORKER_REPORT_SECONDS = env_int("ARBITER_WORKER_REPORT_SECONDS", "60", minimum=1)
 ARBITER_MAX_ACTIVE_EXPORTS = env_int("ARBITER_MAX_ACTIVE_EXPORTS", "5", minimum=1)
 
 # Imports: the most a file may hold (decompressed, for gzip), and one text in it (a prompt, a response, metadata as

@@ -15,8 +15,18 @@ from django.utils.html import format_html
 from annotate.admin import DatasetFiltersForm, ProjectScopedAdmin
 from annotate.models import Project, QuotaReached
 from models_registry.models import ModelVersion
-from training.models import TrainingRound
-from training.rounds import BASE_HELP, STAGES, launch_round, relaunch, stage_configs
+from training.engine.memory import size_text
+from training.models import TrainingRound, Worker
+from training.rounds import (
+    BASE_HELP,
+    STAGES,
+    MemoryCheck,
+    check_memory,
+    launch_round,
+    plan_round,
+    relaunch,
+    stage_configs,
+)
 
 
 class LaunchForm(DatasetFiltersForm):
@@ -88,9 +98,16 @@ class TrainingRoundAdmin(ProjectScopedAdmin):
         projects = Project.objects.led_by(request.user)
         initial = {"project": request.GET.get("project")}
         form = LaunchForm(request.POST or None, initial=initial, projects=projects)
+        memory = None
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             try:
+                # The estimate shows on "Check memory" (nothing queued) and beside a refusal.
+                plan = plan_round(data["project"], method=data["method"], base=data["base"],
+                                  reward_model=data["reward_model"], settings_=data["settings"])  # fmt: skip
+                memory = check_memory(plan["config"], plan["reward_version"])
+                if "check" in request.POST:
+                    return self._launch_page(request, form, projects, memory)
                 training_round = launch_round(
                     data["project"],
                     method=data["method"],
@@ -110,11 +127,18 @@ class TrainingRoundAdmin(ProjectScopedAdmin):
                 shown = format_html('{} queued: <a href="{}">watch it live</a>.', training_round, url)
                 messages.success(request, shown)
                 return HttpResponseRedirect(url)
+        return self._launch_page(request, form, projects, memory)
+
+    def _launch_page(
+        self, request: HttpRequest, form: LaunchForm, projects: QuerySet, memory: MemoryCheck | None
+    ) -> TemplateResponse:
         context = {
             **self.admin_site.each_context(request),
             "title": "Launch a training round",
             "opts": self.opts,
             "form": form,
+            "memory": memory,
+            "largest_gpu": _gpu_text(Worker.objects.largest_gpu()),
             "stages": _stage_defaults(),
             "versions": ModelVersion.objects.filter(project__in=projects).select_related("project")[:50],
         }
@@ -141,6 +165,10 @@ class TrainingRoundAdmin(ProjectScopedAdmin):
         messages.success(request, f"Queued {', '.join(str(r) for r in new)}.")
 
 
+def _gpu_text(gpu: dict[str, Any] | None) -> str:
+    return f"{gpu['name']}, {size_text(gpu['total_memory'])} ({gpu['hostname']})" if gpu else ""
+
+
 def _query(request: HttpRequest) -> str:
     return f"?{request.GET.urlencode()}" if request.GET else ""
 
@@ -153,3 +181,20 @@ def _stage_defaults() -> list[dict[str, Any]]:
         settings = {k: v for k, v in config_class().to_dict().items() if k != "model_name_or_path"}
         defaults.append({"stage": stage, "methods": methods, "settings": settings})
     return defaults
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    """The gpu queue's workers and the GPUs they reported: read only, they write it themselves."""
+
+    list_display = ["hostname", "gpus", "queues", "last_seen"]
+
+    @admin.display(description="GPUs")
+    def gpus(self, worker: Worker) -> str:
+        return ", ".join(f"{gpu['name']} ({size_text(gpu['total_memory'])})" for gpu in worker.devices) or "none"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Worker | None = None) -> bool:
+        return False

@@ -179,3 +179,49 @@ class RoundMetric(models.Model):
 
     def __str__(self) -> str:
         return f"{self.training_round} {self.stage} step {self.step}"
+
+
+class WorkerQuerySet(models.QuerySet):
+    def reporting(self) -> "WorkerQuerySet":
+        """Workers whose last report is recent: one silent for a few report intervals has died or lost its machine."""
+        silence = timedelta(seconds=settings.ARBITER_WORKER_REPORT_SECONDS * WORKER_MISSED_REPORTS)
+        return self.filter(last_seen__gte=timezone.now() - silence)
+
+    def largest_gpu(self) -> dict[str, Any] | None:
+        """The reporting workers' GPU with the most memory ({name, total_memory, hostname}), or None without one."""
+        gpus = [{**device, "hostname": worker.hostname} for worker in self.reporting() for device in worker.devices]
+        return max(gpus, key=lambda gpu: gpu["total_memory"], default=None)
+
+
+WORKER_MISSED_REPORTS = 3  # reports a worker may miss before its devices stop counting
+
+
+class Worker(models.Model):
+    """A Celery worker on the gpu queue and the devices it reported: what a round's memory estimate is checked
+    against at launch. Reports at start and every ARBITER_WORKER_REPORT_SECONDS (training/workers.py)."""
+
+    hostname = models.CharField(max_length=255, unique=True, help_text="Celery's node name, e.g. celery@gpu-1.")
+    queues = models.JSONField(default=list, blank=True)
+    devices = models.JSONField(default=list, blank=True, help_text="Its CUDA GPUs: [{name, total_memory}] in bytes.")
+    last_seen = models.DateTimeField(null=True, blank=True, help_text="Its last report; empty once it shut down.")
+
+    objects = WorkerQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["hostname"]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+    @classmethod
+    def report(cls, hostname: str, *, queues: list[str], devices: list[dict[str, Any]]) -> "Worker":
+        """Record that the worker is alive with these devices."""
+        worker, _ = cls.objects.update_or_create(
+            hostname=hostname, defaults={"queues": queues, "devices": devices, "last_seen": timezone.now()}
+        )
+        return worker
+
+    @classmethod
+    def gone(cls, hostname: str) -> None:
+        """The worker shut down: its devices no longer count."""
+        cls.objects.filter(hostname=hostname).update(last_seen=None)

@@ -1,7 +1,8 @@
 """Launching and running training rounds: database rows in, engine calls, registry entries out.
 
 `launch_round` checks a lead's request (method, base, settings, dataset filters) and saves a queued round with
-a pending dataset snapshot, while the project has fewer than ARBITER_MAX_ACTIVE_ROUNDS under way; the Celery
+a pending dataset snapshot, while the project has fewer than ARBITER_MAX_ACTIVE_ROUNDS under way and its largest
+stage's memory estimate fits the largest GPU a worker has reported (`check_memory`); the Celery
 task calls `run_round`, which claims the round once, writes the snapshot, runs the method's stages from
 training/engine/ with a progress callback (heartbeat, metrics, cancel), and registers what they trained. A failure
 is stored in the words of `failure_message`, written for leads; the traceback stays in the worker's log.
@@ -27,6 +28,7 @@ import os
 import re
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,10 @@ from annotate.exports import create_snapshot, run_snapshot
 from annotate.jobs import Heartbeat, fail_stale, hide_paths
 from annotate.models import DatasetSnapshot, Project, Prompt, QuotaReached
 from models_registry.models import ModelVersion
-from training.engine.config import DPOConfig, PPOConfig, RewardConfig, SampleConfig, SFTConfig
+from training.engine.config import BaseConfig, DPOConfig, PPOConfig, RewardConfig, SampleConfig, SFTConfig
+from training.engine.memory import MemoryEstimate, estimate_memory, read_architecture, size_text
 from training.engine.model_files import missing_files, models_inside
-from training.models import RoundMetric, TrainingRound, end_unwritten_snapshots
+from training.models import RoundMetric, TrainingRound, Worker, end_unwritten_snapshots
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +89,26 @@ def launch_round(
 ) -> TrainingRound:
     """Check the request and queue a round (and its pending snapshot); ValidationError names what is wrong,
     QuotaReached says the project has ARBITER_MAX_ACTIVE_ROUNDS under way. trusted: see resolve_base."""
+    fields = plan_round(
+        project, method=method, base=base, reward_model=reward_model, settings_=settings_, trusted=trusted
+    )
+    filters = dict(filters or {})
+    if method != Method.SAMPLE and not filters.get("split"):
+        filters["split"] = "train"  # eval prompts measure the rounds: no round trains on them unless asked
+    return _queue(project, filters=filters, user=user, **fields)
+
+
+def plan_round(
+    project: Project,
+    *,
+    method: str,
+    base: str = "",
+    reward_model: str = "",
+    settings_: Mapping[str, Any] | None = None,
+    trusted: bool = False,
+) -> dict[str, Any]:
+    """A round's method, base, reward model and per-stage config as `launch_round` would queue them, checked
+    (ValidationError names what is wrong) but not saved: the launch page's memory check reads it too."""
     if method not in Method.values:
         raise ValidationError({"method": f"Must be one of {', '.join(Method.values)}, not {method!r}."})
     base_version, base_model = resolve_base(project, base, trusted=trusted)
@@ -95,19 +118,13 @@ def launch_round(
     stages = [s for s in STAGES[method] if not (s == "reward" and reward_version is not None)]
     config = build_config(stages, base_model=base_model, policy_path=base_version.path if base_version else base_model,
                           settings_=settings_ or {})  # fmt: skip
-    filters = dict(filters or {})
-    if method != Method.SAMPLE and not filters.get("split"):
-        filters["split"] = "train"  # eval prompts measure the rounds: no round trains on them unless asked
-    return _queue(
-        project,
-        method=method,
-        base_model=base_model,
-        base_version=base_version,
-        reward_version=reward_version,
-        config=config,
-        filters=filters,
-        user=user,
-    )
+    return {
+        "method": method,
+        "base_model": base_model,
+        "base_version": base_version,
+        "reward_version": reward_version,
+        "config": config,
+    }
 
 
 def relaunch(training_round: TrainingRound, *, user: Any = None) -> TrainingRound:
@@ -133,7 +150,7 @@ def relaunch(training_round: TrainingRound, *, user: Any = None) -> TrainingRoun
 
 def _queue(project: Project, *, method: str, filters: Mapping[str, Any], user: Any, **fields: Any) -> TrainingRound:
     """Save the round with a pending snapshot of its data and send it to a worker once committed."""
-    _refuse_gpu_only(fields["config"])
+    _refuse_what_cannot_fit(fields)
     with transaction.atomic():
         project.lock()  # concurrent launches count the rounds under way and take numbers one at a time
         under_way = project.training_rounds.filter(
@@ -164,18 +181,90 @@ def _queue(project: Project, *, method: str, filters: Mapping[str, Any], user: A
     return training_round
 
 
-def _refuse_gpu_only(config: Mapping[str, Mapping[str, Any]]) -> None:
-    """Settings that only a CUDA worker can run are refused when the operator has said there is none."""
-    if settings.ARBITER_GPU_WORKERS:
-        return
-    for stage, values in config.items():
-        if values.get("load_in_4bit"):
+@dataclass
+class MemoryCheck:
+    """A round's largest training stage's memory estimate against the largest GPU a worker has reported."""
+
+    stage: str
+    config: BaseConfig  # the stage's, for the settings that would lower it
+    estimate: MemoryEstimate
+    gpu: dict[str, Any] | None  # {name, total_memory, hostname}; None while no GPU worker has reported in
+
+    @property
+    def fits(self) -> bool:
+        return self.gpu is None or self.estimate.total <= self.gpu["total_memory"]
+
+    def message(self) -> str:
+        needs = f"The {self.stage} stage needs about {size_text(self.estimate.total)} of GPU memory per device"
+        if self.gpu is None:
+            return f"{needs} (for information: no GPU worker has reported in)."
+        gpu = f"{self.gpu['name']}, has {size_text(self.gpu['total_memory'])}"
+        largest = f"the largest GPU the workers have reported, {gpu}"
+        if self.fits:
+            return f"{needs}; {largest}."
+        return f"{needs}, more than {largest}. To lower it: {'; '.join(self.savings())}."
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(part, size) for the launch page, the largest first, and the total last."""
+        return [(part, size_text(size)) for part, size in self.estimate.parts()] + [
+            ("Total", size_text(self.estimate.total))
+        ]
+
+    def savings(self) -> list[str]:
+        """The settings that would lower the estimate, from the stage's own values."""
+        config, ways = self.config, []
+        if config.per_device_batch_size > 1:
+            ways.append("a smaller per_device_batch_size (raise gradient_accumulation_steps to keep the batch)")
+        ways.append(f"a shorter max_length (now {config.max_length})")
+        if not config.activation_checkpointing:
+            ways.append("activation_checkpointing=true")
+        if not config.use_lora:
+            ways.append("use_lora=true")
+        elif not config.load_in_4bit:
+            ways.append("load_in_4bit=true")
+        return ways
+
+
+def check_memory(config: Mapping[str, Mapping[str, Any]], reward_version: ModelVersion | None) -> MemoryCheck | None:
+    """The training stage that needs the most GPU memory, against the reporting workers' largest GPU; None when
+    nothing trains or the base's config.json is not on this server (a hub id)."""
+    classes = stage_configs()
+    reward_path = config["reward"]["model_name_or_path"] if "reward" in config else ""
+    reward_path = reward_path or (reward_version.path if reward_version else "")
+    estimates = []
+    try:
+        for stage, values in config.items():
+            if stage == "sample":
+                continue
+            stage_config = classes[stage].from_dict(values)
+            reward_arch = read_architecture(reward_path) if stage == "ppo" and reward_path else None
+            arch = read_architecture(stage_config.model_name_or_path)
+            estimate = estimate_memory(stage_config, arch, reward_arch=reward_arch)
+            estimates.append(MemoryCheck(stage, stage_config, estimate, gpu=None))
+    except OSError:
+        return None
+    if not estimates:
+        return None
+    largest = max(estimates, key=lambda check: check.estimate.total)
+    largest.gpu = Worker.objects.largest_gpu()
+    return largest
+
+
+def _refuse_what_cannot_fit(fields: Mapping[str, Any]) -> None:
+    """4-bit loading without a GPU worker, and a round whose estimate exceeds the largest reported GPU."""
+    gpu = Worker.objects.largest_gpu()
+    for stage, values in fields["config"].items():
+        if values.get("load_in_4bit") and gpu is None:
             raise ValidationError(
                 {
-                    f"{stage}.load_in_4bit": "4-bit loading (QLoRA, bitsandbytes) needs a CUDA GPU, and this server's "
-                    "workers have none (ARBITER_GPU_WORKERS): train with load_in_4bit=false."
+                    f"{stage}.load_in_4bit": "4-bit loading (QLoRA, bitsandbytes) needs a CUDA GPU, and no worker with "
+                    "one has reported in (a `celery worker -Q gpu` reports its GPUs when it starts): train with "
+                    "load_in_4bit=false."
                 }
             )
+    check = check_memory(fields["config"], fields["reward_version"])
+    if check is not None and not check.fits:
+        raise ValidationError({"settings": check.message()})
 
 
 def _enqueue(training_round: TrainingRound) -> None:

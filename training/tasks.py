@@ -5,6 +5,7 @@ from django.conf import settings
 
 from training.rounds import fail_stale_rounds as fail_stale
 from training.rounds import run_round
+from training.workers import report_devices  # noqa: F401 (connects the device reports to the worker's signals)
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=False, time_limit=settings.ARBITER_ROUND_TIME_LIMIT)

@@ -1,6 +1,7 @@
 """Training rounds and the model registry over the API: launch (or be refused by field), watch, cancel, relaunch,
 and list, inspect and promote registered versions. Rounds stay queued here: no worker runs them."""
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +14,7 @@ from annotate.models import DatasetSnapshot, Project
 from models_registry.models import ModelVersion
 from tests.conftest import write_model_files
 from training import tasks
-from training.models import RoundMetric, TrainingRound
+from training.models import RoundMetric, TrainingRound, Worker
 from training.rounds import launch_round
 
 P = "/api/v1/projects/helpfulness"
@@ -340,3 +341,23 @@ class TestModels:
         assert lead_client.get(f"{P}/models/{version.pk}/").status_code == 404
         assert lead_client.post(f"{P}/models/{version.pk}/promote/").status_code == 404
         assert ModelVersion.objects.get(pk=version.pk).status == "candidate"
+
+
+def test_a_round_bigger_than_the_reported_gpus_is_refused_naming_the_estimate(
+    lead_client, project, tiny_base, django_capture_on_commit_callbacks
+):
+    Worker.report("celery@small", queues=["gpu"], devices=[{"name": "Tiny GPU", "total_memory": 2**29}])
+    response = launch(lead_client, django_capture_on_commit_callbacks, method="dpo", base=tiny_base)
+    assert response.status_code == 400
+    assert "more than the largest GPU the workers have reported, Tiny GPU" in str(response.json())
+    assert not TrainingRound.objects.exists()
+
+
+@pytest.fixture
+def tiny_base(tmp_path, settings):
+    """A base whose config.json has a decoder's sizes, so that the launch can estimate its memory."""
+    settings.ARBITER_MODEL_ROOTS = [tmp_path / "models"]
+    path = write_model_files(tmp_path / "models" / "sized")
+    sizes = {"model_type": "llama", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128}
+    (Path(path) / "config.json").write_text(json.dumps({**sizes, "num_hidden_layers": 2, "num_attention_heads": 4}))
+    return path

@@ -20,7 +20,7 @@ from annotate.models import DatasetSnapshot, Response, Task
 from models_registry.models import ModelVersion
 from tests.conftest import write_model_files
 from tests.training.conftest import marker_pairs
-from training.models import RoundMetric, TrainingRound
+from training.models import RoundMetric, TrainingRound, Worker
 from training.rounds import fail_stale_rounds, failure_message, launch_round, relaunch, run_round
 
 FAST = {"max_steps": "3", "per_device_batch_size": "2", "lora_r": "4", "max_length": "128", "eval_fraction": "0.25"}
@@ -76,7 +76,7 @@ class TestLaunch:
             ("dpo", {"settings_": {"adapter": "adapters"}}, "dpo.adapter"),
             ("ppo", {"settings_": {"adapter": "prompt_tuning"}}, "reward.adapter"),
             ("ppo", {"settings_": {"reward.adapter": "ia3", "ppo.adapter": "prompt_tuning"}}, "ppo.adapter"),
-            ("dpo", {"settings_": {"load_in_4bit": "true"}}, "dpo.load_in_4bit"),  # no GPU workers by default
+            ("dpo", {"settings_": {"load_in_4bit": "true"}}, "dpo.load_in_4bit"),  # no GPU worker has reported
             ("reward", {"settings_": {"load_in_4bit": "true", "use_lora": "false"}}, "reward.load_in_4bit"),
         ],
     )
@@ -88,14 +88,14 @@ class TestLaunch:
         assert field in refused.value.message_dict, refused.value.message_dict
         assert not TrainingRound.objects.exists() and not DatasetSnapshot.objects.exists()
 
-    def test_load_in_4bit_is_queued_only_while_the_workers_have_a_gpu(self, pairs_project, policy, settings):
-        settings.ARBITER_GPU_WORKERS = True
+    def test_load_in_4bit_is_queued_only_while_a_gpu_worker_reports_in(self, pairs_project, policy):
+        Worker.report("celery@gpu-1", queues=["gpu"], devices=[{"name": "H100", "total_memory": 80 * 1024**3}])
         training_round = launch(pairs_project, policy, "ppo", settings_={"load_in_4bit": "true"})
         assert training_round.config["reward"]["load_in_4bit"] and training_round.config["ppo"]["load_in_4bit"]
-        settings.ARBITER_GPU_WORKERS = False
+        Worker.gone("celery@gpu-1")
         with pytest.raises(ValidationError) as refused:
             relaunch(training_round)
-        assert "ARBITER_GPU_WORKERS" in refused.value.message_dict["reward.load_in_4bit"][0]
+        assert "no worker with one has reported in" in refused.value.message_dict["reward.load_in_4bit"][0]
         assert TrainingRound.objects.count() == 1
 
     def test_without_a_base_it_takes_the_active_policy_or_says_there_is_none(self, pairs_project, policy, settings):
