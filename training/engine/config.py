@@ -269,7 +269,11 @@ class SampleConfig(Settings):
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
             ("batch_size", self.batch_size > 0, "must be > 0"),
             ("seed", self.seed >= 0, "must be >= 0"),
-            ("server_url", not self.server_url or self.server_url.startswith(("http://", "https://")), "must be http(s)://…"),
+            (
+                "server_url",
+                not self.server_url or self.server_url.startswith(("http://", "https://")),
+                "must be http(s)://…",
+            ),
             ("server_kind", self.server_kind in SERVER_KINDS, f"must be one of {', '.join(SERVER_KINDS)}"),
             ("server_concurrency", self.server_concurrency > 0, "must be > 0"),
             ("server_timeout", self.server_timeout > 0, "must be > 0"),

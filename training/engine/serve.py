@@ -107,20 +107,22 @@ def sample(
     """
     from training.engine.common import load_tokenizer
 
-    tokenizer = load_tokenizer(model_path)
-    base = adapter_base(model_path) if is_adapter(model_path) else model_path
     client = openai.OpenAI(
         base_url=server.url, api_key=server.api_key, timeout=server.timeout, max_retries=server.max_retries
     )
     if is_adapter(model_path):
         _load_adapter(client, server, model_path)
+    tokenizer = load_tokenizer(model_path)
+    base = adapter_base(model_path) if is_adapter(model_path) else model_path
     stops = stop_token_ids(_generation_config(base), tokenizer)
     prompts = [encode_prompt(messages, tokenizer) for messages in conversations]
     settings: dict[str, Any] = {"max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
     if server.kind == "vllm":
         settings["extra_body"] = {"stop_token_ids": stops}
     else:
-        settings["extra_body"] = {"generation_config": json.dumps({"eos_token_id": stops})}
+        # Its temperature alone leaves do_sample as the model's generation config has it: unset, greedy.
+        generation_config = {"eos_token_id": stops, "do_sample": temperature > 0}
+        settings["extra_body"] = {"generation_config": json.dumps(generation_config)}
 
     def request(i: int) -> tuple[str, int]:
         prompt = prompts[i] if server.kind == "vllm" else _as_text(prompts[i], tokenizer)
