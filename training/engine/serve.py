@@ -47,9 +47,8 @@ class Server:
 def server_from_config(config: Any) -> Server:
     """The server a SampleConfig names; its API key is read from the environment variable the config names."""
     api_key = "none"
-    if name := config.server_api_key_env:
-        if not (api_key := os.environ.get(name, "")):
-            raise InferenceServerError(f"server_api_key_env: the environment variable {name} is not set")
+    if (name := config.server_api_key_env) and not (api_key := os.environ.get(name, "")):
+        raise InferenceServerError(f"server_api_key_env: the environment variable {name} is not set")
     return Server(
         url=config.server_url,
         kind=config.server_kind,
