@@ -148,18 +148,18 @@ def test_the_server_stops_on_our_stop_ids(server, stopper):
 
 def test_a_stop_asked_by_progress_drops_the_requests_not_sent(server, tiny):
     calls = []
-    with pytest.raises(GenerationStopped, match="stopped after 2 of 6"):
+    with pytest.raises(GenerationStopped, match=r"stopped after [23] of 12"):
         serve.sample(
             serve.Server(url=server, kind="transformers", concurrency=2),
             str(tiny.policy),
-            [messages(q) for q in QUESTIONS * 2],
+            [messages(q) for q in QUESTIONS * 4],
             max_new_tokens=4,
             temperature=1.0,
             top_p=1.0,
             seed=0,
             progress=lambda done, total: calls.append((done, total)) or True,
         )
-    assert calls == [(2, 6)]
+    assert len(calls) == 1 and calls[0][0] in (2, 3)  # one window back (and the next may have been too), not 12
 
 
 def test_an_adapter_is_refused_before_any_request_with_what_transformers_serve_lacks(server, tmp_path):

@@ -19,7 +19,7 @@ a prompt the policy was not trained on is not a sample of it. Sampling with `gen
 import json
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,8 +101,9 @@ def sample(
     """(text, tokens generated) for each conversation, in order; sequence i is sampled with seed + i, so that a
     prompt asked K times gets K different samples and the same call gives the same ones.
 
-    progress(done, total) is called after every `concurrency` sequences; if it returns True, the requests not yet
-    sent are dropped and GenerationStopped is raised.
+    progress(done, total) is called each time another `concurrency` sequences are back, and at the end; if it
+    returns True, the requests not yet sent are dropped (those in flight are waited for) and GenerationStopped is
+    raised.
     """
     from training.engine.common import load_tokenizer
 
@@ -141,16 +142,21 @@ def sample(
         return answer.choices[0].text, answer.usage.completion_tokens
 
     results: list[tuple[str, int] | None] = [None] * len(prompts)
+    pending: dict[Future, int] = {}
+    sent = done = 0
     with ThreadPoolExecutor(server.concurrency) as pool:
-        # Sent a step at a time, so that a stop asked by progress drops the rest.
-        step = server.concurrency
-        for start in range(0, len(prompts), step):
-            futures = {pool.submit(request, i): i for i in range(start, min(start + step, len(prompts)))}
-            for future in futures:
-                results[futures[future]] = future.result()  # raises the first failure
-            finished = min(start + step, len(prompts))
-            if progress is not None and progress(finished, len(prompts)):
-                raise GenerationStopped(f"stopped after {finished} of {len(prompts)} sequences")
+        while sent < len(prompts) or pending:
+            # A window of `concurrency` requests: one goes out as soon as another comes back.
+            while sent < len(prompts) and len(pending) < server.concurrency:
+                pending[pool.submit(request, sent)] = sent
+                sent += 1
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                results[pending.pop(future)] = future.result()  # the first failure ends sampling
+            reported, done = done // server.concurrency, done + len(finished)
+            due = done // server.concurrency > reported or done == len(prompts)
+            if progress is not None and due and progress(done, len(prompts)):
+                raise GenerationStopped(f"stopped after {done} of {len(prompts)} sequences")
     return results  # type: ignore[return-value]
 
 
