@@ -17,6 +17,9 @@ ranking three). An eval sample that is the same text as its opponent is recorded
 complete pairwise task holding one annotation of source "auto", which the win rate counts as a tie and the Models
 page marks.
 
+With the round's sample config naming an inference server (server_url), the samples come from it
+(training/engine/serve.py) rather than from `generate` in the worker; responses record its URL.
+
 Responses record the model version and the sampling parameters; tasks carry the round's number. Eval tasks come
 before train tasks in the queue (priority 10 above). All tasks of a round are written in one transaction.
 """
@@ -50,8 +53,6 @@ def sample_into_queue(
     progress: Progress | None = None,
 ) -> dict[str, int]:
     """Sample `policy` for the project's eval and train prompts and queue tasks over the samples; counts made."""
-    from training.engine.generate import generate
-
     eval_prompts = list(project.prompts.filter(split=Prompt.Split.EVAL).order_by("id")[: project.sample_prompts])
     train_ids = list(project.prompts.filter(split=Prompt.Split.TRAIN).values_list("id", flat=True))
     train_ids = random.Random(round_number).sample(train_ids, min(project.sample_prompts, len(train_ids)))
@@ -64,9 +65,9 @@ def sample_into_queue(
 
     logger.info("Sampling %s sequences from %s", len(asked), policy)
     params = {name: getattr(config, name) for name in ("max_new_tokens", "temperature", "top_p", "seed")}
-    texts = generate(
-        policy.path, [p.messages for p in asked], batch_size=config.batch_size, progress=progress, **params
-    )
+    if config.server_url:
+        params["server"] = config.server_url
+    texts = _generate(policy.path, [p.messages for p in asked], config, progress)
     opponents = _opponents(eval_prompts, previous, base_model, config, params)
 
     with transaction.atomic():
@@ -106,8 +107,6 @@ def _opponents(
     eval_prompts: list[Prompt], previous: ModelVersion | None, base_model: str, config: Any, params: dict[str, Any]
 ) -> dict[int, Response]:
     """Per eval prompt, what the new sample is compared with: the previous policy's answer to it, or another."""
-    from training.engine.generate import generate
-
     opponents: dict[int, Response] = {}
     if previous is not None:
         for response in Response.objects.filter(prompt__in=eval_prompts, model_version=previous).order_by("-id"):
@@ -120,12 +119,24 @@ def _opponents(
         missing = [p for p in missing if p.pk not in opponents]
     if missing and (path := previous.path if previous else base_model):
         logger.info("Sampling %s eval prompts from %s to compare against", len(missing), previous or base_model)
-        texts = generate(path, [p.messages for p in missing], batch_size=config.batch_size, **params)
+        texts = _generate(path, [p.messages for p in missing], config)
         made = Response.objects.bulk_create(
             _response(p, t[0], previous, params) for p, t in zip(missing, texts, strict=True)
         )
         opponents.update({response.prompt_id: response for response in made})
     return opponents
+
+
+def _generate(path: str, prompts: list[list[dict]], config: Any, progress: Progress | None = None) -> list[list[str]]:
+    """One sample per prompt from the model at path: through the inference server the config names, else in-process."""
+    settings = {name: getattr(config, name) for name in ("max_new_tokens", "temperature", "top_p", "seed")}
+    if config.server_url:
+        from training.engine import serve
+
+        return serve.generate(serve.server_from_config(config), path, prompts, progress=progress, **settings)
+    from training.engine.generate import generate
+
+    return generate(path, prompts, batch_size=config.batch_size, progress=progress, **settings)
 
 
 def _train_pairs(

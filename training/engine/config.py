@@ -17,6 +17,7 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 # PEFT methods a stage can train (with use_lora): LoRA, prompt tuning (learned virtual tokens before the input) and
 # IA³ (learned scales of the keys, values and feed-forward activations).
 ADAPTERS = ("lora", "prompt_tuning", "ia3")
+SERVER_KINDS = ("vllm", "transformers")  # inference servers a round can sample through (training/engine/serve.py)
 
 
 @dataclass
@@ -253,6 +254,13 @@ class SampleConfig(Settings):
     top_p: float = 1.0  # < 1 keeps to the nucleus: fewer derailed answers, less variety
     batch_size: int = 8  # sequences generated together
     seed: int = 0  # the same seed, batch size and device give the same samples
+    # An OpenAI-compatible inference server to sample through (training/engine/serve.py), its base URL ending in
+    # /v1; empty samples in the worker with `generate`. The server names the policy by its path, which it must see.
+    server_url: str = ""
+    server_kind: str = "vllm"  # vllm or transformers (transformers serve): how prompts, stop ids and adapters travel
+    server_api_key_env: str = ""  # the environment variable holding the server's API key (the key is never stored)
+    server_concurrency: int = 8  # requests in flight at once: vLLM batches them; more than its batch only queues
+    server_timeout: float = 600.0  # seconds one request may take before it counts as failed (and is retried)
 
     def rules(self) -> list[tuple[str, bool, str]]:
         return [
@@ -261,4 +269,12 @@ class SampleConfig(Settings):
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
             ("batch_size", self.batch_size > 0, "must be > 0"),
             ("seed", self.seed >= 0, "must be >= 0"),
+            (
+                "server_url",
+                not self.server_url or self.server_url.startswith(("http://", "https://")),
+                "must be http(s)://…",
+            ),
+            ("server_kind", self.server_kind in SERVER_KINDS, f"must be one of {', '.join(SERVER_KINDS)}"),
+            ("server_concurrency", self.server_concurrency > 0, "must be > 0"),
+            ("server_timeout", self.server_timeout > 0, "must be > 0"),
         ]

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from peft import PeftModel
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from training.engine.common import (
     adapter_base,
@@ -265,11 +265,13 @@ def encode_prompt(prompt: str | Messages, tokenizer: PreTrainedTokenizerBase) ->
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
 
 
-def stop_token_ids(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Every token that ends a turn: the tokenizer's EOS, whatever the model's generation config adds, and the token
-    the chat template ends an answer with (chat models often end turns with a token of their own, and a checkpoint's
-    generation config may not name it: Phi-3's <|end|>)."""
-    configured = model.generation_config.eos_token_id
+def stop_token_ids(
+    model: PreTrainedModel | PeftModel | GenerationConfig, tokenizer: PreTrainedTokenizerBase
+) -> list[int]:
+    """Every token that ends a turn: the tokenizer's EOS, whatever the model's generation config (or the one given)
+    adds, and the token the chat template ends an answer with (chat models often end turns with a token of their
+    own, and a checkpoint's generation config may not name it: Phi-3's <|end|>)."""
+    configured = getattr(model, "generation_config", model).eos_token_id
     configured = configured if isinstance(configured, list) else [configured] if configured is not None else []
     return sorted({tokenizer.eos_token_id, *configured, end_of_turn_id(tokenizer)} - {None})
 
