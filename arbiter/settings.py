@@ -228,6 +228,15 @@ if relative := [str(root) for root in ARBITER_MODEL_ROOTS if not root.is_absolut
 ARBITER_MAX_ACTIVE_ROUNDS = env_int("ARBITER_MAX_ACTIVE_ROUNDS", "3", minimum=1)
 # Whether the workers on the gpu queue have a CUDA GPU: rounds that need one (load_in_4bit) are refused without.
 ARBITER_GPU_WORKERS = env_bool("ARBITER_GPU_WORKERS", "False")
+# Stages launched with a DeepSpeed preset (launch=zero2/zero3) may span this many machines: accelerate starts the
+# other nodes itself over pdsh from a DeepSpeed hostfile (one `host slots=N` line per machine, the worker's first).
+ARBITER_LAUNCH_MACHINES = env_int("ARBITER_LAUNCH_MACHINES", "1", minimum=1)
+ARBITER_LAUNCH_HOSTFILE = env_str("ARBITER_LAUNCH_HOSTFILE", "")
+ARBITER_LAUNCH_MAIN_ADDRESS = env_str("ARBITER_LAUNCH_MAIN_ADDRESS", "")  # host:port of the worker's machine
+if ARBITER_LAUNCH_MACHINES > 1 and not (ARBITER_LAUNCH_HOSTFILE and ARBITER_LAUNCH_MAIN_ADDRESS.count(":") == 1):
+    raise ImproperlyConfigured(
+        "ARBITER_LAUNCH_MACHINES > 1 needs ARBITER_LAUNCH_HOSTFILE and ARBITER_LAUNCH_MAIN_ADDRESS (host:port)."
+    )
 ARBITER_MAX_ACTIVE_EXPORTS = env_int("ARBITER_MAX_ACTIVE_EXPORTS", "5", minimum=1)
 
 # Imports: the most a file may hold (decompressed, for gzip), and one text in it (a prompt, a response, metadata as

@@ -39,6 +39,7 @@ from annotate.jobs import Heartbeat, fail_stale, hide_paths
 from annotate.models import DatasetSnapshot, Project, Prompt, QuotaReached
 from models_registry.models import ModelVersion
 from training.engine.config import DPOConfig, PPOConfig, RewardConfig, SampleConfig, SFTConfig
+from training.engine.launcher import SHARDED, run_launched
 from training.engine.model_files import missing_files, models_inside
 from training.models import RoundMetric, TrainingRound, end_unwritten_snapshots
 
@@ -169,6 +170,13 @@ def _refuse_gpu_only(config: Mapping[str, Mapping[str, Any]]) -> None:
     if settings.ARBITER_GPU_WORKERS:
         return
     for stage, values in config.items():
+        if values.get("launch") in SHARDED:
+            raise ValidationError(
+                {
+                    f"{stage}.launch": f"{values['launch']} splits the model across CUDA GPUs, and this server's "
+                    "workers have none (ARBITER_GPU_WORKERS): use ddp or single."
+                }
+            )
         if values.get("load_in_4bit"):
             raise ValidationError(
                 {
@@ -418,15 +426,20 @@ def _run_stages(training_round: TrainingRound) -> None:
             progress = _progress_callback(training_round, stage, index, len(stages))
             training_round.beat(stage=stage, step=0, total_steps=0)
             logger.info("Stage %s: training from %s into %s", stage, config.model_name_or_path, output_dir)
-            if stage == "reward":
+            if config.launch != "single":  # every GPU of the worker (or more machines) under accelerate launch
+                reward_model = reward_path if stage == "ppo" else ""
+                result = run_launched(stage, config, data_file, output_dir, progress, reward_model=reward_model,
+                                      machines=_launch_machines(config.launch))  # fmt: skip
+            elif stage == "reward":
                 result = train_reward(config, data_file, output_dir, progress)
-                reward_path = result.output_dir
             elif stage == "ppo":
                 result = train_ppo(config, data_file, reward_path, output_dir, progress)
             elif stage == "dpo":
                 result = train_dpo(config, data_file, output_dir, progress)
             else:
                 result = train_sft(config, data_file, output_dir, progress)
+            if stage == "reward":
+                reward_path = result.output_dir
             if result.stopped:
                 raise _Cancelled
             logger.info("Stage %s done: %s steps, eval %s", stage, result.steps, result.eval_report)
@@ -454,6 +467,19 @@ def _run_stages(training_round: TrainingRound) -> None:
             "New samples in the queue: %s responses, %s tasks; %s eval pairs of the same text recorded as ties",
             made["responses"], made["tasks"], made["automatic_ties"],
         )  # fmt: skip
+
+
+def _launch_machines(launch: str) -> list[str]:
+    """accelerate launch's multi-machine arguments from the settings: DeepSpeed presets only, which start the other
+    machines themselves (see ARBITER_LAUNCH_MACHINES)."""
+    if settings.ARBITER_LAUNCH_MACHINES == 1 or launch not in ("zero2", "zero3"):
+        return []
+    host, port = settings.ARBITER_LAUNCH_MAIN_ADDRESS.split(":")
+    return [
+        "--num_machines", str(settings.ARBITER_LAUNCH_MACHINES), "--machine_rank", "0",
+        "--main_process_ip", host, "--main_process_port", port,
+        "--deepspeed_hostfile", settings.ARBITER_LAUNCH_HOSTFILE, "--deepspeed_multinode_launcher", "pdsh",
+    ]  # fmt: skip
 
 
 def _progress_callback(training_round: TrainingRound, stage: str, index: int, stages: int) -> Any:
