@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 import datasets
+import torch
 import transformers
 
 from training.engine.common import ProgressFn, StageResult
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         result = train(config, args.data, args.out, progress)
     if _is_main_process():
         print(json.dumps({"result": asdict(result)} if args.progress_json else asdict(result), default=str), flush=True)
+    if torch.distributed.is_initialized():  # left to the interpreter's exit, gloo's threads may abort the process
+        torch.distributed.destroy_process_group()
     return 0
 
 

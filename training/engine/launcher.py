@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,8 @@ def launch_command(
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(preset(config.launch))]
     # Not --cpu, which runs one process whatever --num_processes says: a CPU worker's env asks for gloo instead.
     command += ["--num_processes", str(num_processes * _machine_count(machines)), *machines]
+    if "--main_process_port" not in machines:  # accelerate's fixed default would clash with a round beside it
+        command += ["--main_process_port", str(free_port())]
     command += ["-m", "training.engine", stage, "--data", data_file, "--out", output_dir, "--config", config_file]
     command += ["--progress-json", "--die-with-parent"]
     if reward_model:
@@ -93,6 +96,13 @@ def launch_command(
     if stop_file:
         command += ["--stop-file", stop_file]
     return command
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for the ranks' rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _machine_count(machines: Sequence[str]) -> int:
