@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if (args.stage == "ppo") != (args.reward_model is not None):
         parser.error("--reward-model: required by ppo, and by ppo only")
 
-    if args.die_with_parent:
-        die_with_parent()
+    if args.die_with_parent:  # a rank: the launcher the runner started leads the session, and is its parent
+        die_with_parent(os.getsid(0))
     config_class, train = STAGES[args.stage]
     settings = {}
     if args.config:

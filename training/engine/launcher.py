@@ -19,6 +19,7 @@ Imports nothing heavy until a stage runs (the result type, and the GPU count, co
 import collections
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -56,17 +57,17 @@ def preset(launch: str) -> Path:
     return PRESETS / f"{launch}.yaml"
 
 
-def die_with_parent() -> None:
-    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere nothing happens).
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere nothing happens), and exit now if
+    its parent is no longer `parent` (it died before the signal was armed).
 
-    The signal follows the thread that started the process: call it in a child that its parent started from the
-    thread that waits for it (a Celery task's own thread does).
+    The signal follows the thread that started the process: the runner starts the child from the thread that then
+    waits for it (a Celery task's own thread does).
     """
     if not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the signal was armed
+    if os.getppid() != parent:
         os._exit(1)
 
 
@@ -149,7 +150,7 @@ def run_launched(
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,  # its own process group: a stop that escalates kills every rank at once
-            preexec_fn=die_with_parent,
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
         )
         errors: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         reader = threading.Thread(target=_read_lines, args=(child.stderr, errors), daemon=True)
