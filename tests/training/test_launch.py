@@ -18,9 +18,9 @@ from tests.training.conftest import settings as stage_settings
 from tests.training.test_rounds import launch, pairs_project  # noqa: F401 (a fixture)
 from training.engine.__main__ import STAGES
 from training.engine.config import LAUNCH_MODES, DPOConfig, PPOConfig, SFTConfig
-from training.engine.launcher import ROOT, preset, run_launched
+from training.engine.launcher import ROOT, launch_command, preset, run_launched
 from training.models import RoundMetric
-from training.rounds import build_config, run_round
+from training.rounds import _launch_machines, build_config, run_round
 
 # Two processes of 4 make the global batch of one process of 8; no dropout, so both see the same arithmetic.
 TWO = {"launch": "ddp", "num_processes": 2, "per_device_batch_size": 4, "lora_dropout": 0.0, "max_steps": 3}
@@ -188,3 +188,17 @@ def test_sharded_modes_are_refused_at_launch_without_gpu_workers(pairs_project, 
     assert "ARBITER_GPU_WORKERS" in refused.value.message_dict["dpo.launch"][0]
     settings.ARBITER_GPU_WORKERS = True
     assert launch(pairs_project, policy, "dpo", settings_={"dpo.launch": "fsdp2"}).config["dpo"]["launch"] == "fsdp2"
+
+
+def test_deepspeed_stages_span_the_configured_machines_and_the_others_stay_on_one(settings):
+    settings.ARBITER_LAUNCH_MACHINES = 3
+    settings.ARBITER_LAUNCH_HOSTFILE, settings.ARBITER_LAUNCH_MAIN_ADDRESS = "/etc/arbiter/hosts", "10.0.0.1:29501"
+    config = DPOConfig(model_name_or_path="m", launch="zero3", num_processes=8)
+
+    command = launch_command("dpo", config, "c.json", "d.jsonl", "out", num_processes=8,
+                             machines=_launch_machines("zero3"))  # fmt: skip
+
+    assert command[command.index("--num_processes") + 1] == "24"  # accelerate counts every machine's processes
+    assert command[command.index("--deepspeed_hostfile") + 1] == "/etc/arbiter/hosts"
+    assert command.count("--main_process_port") == 1 and "10.0.0.1" in command
+    assert _launch_machines("ddp") == [] and _launch_machines("fsdp2") == []
