@@ -24,7 +24,7 @@ import transformers
 from training.engine.common import ProgressFn, StageResult
 from training.engine.config import BaseConfig, DPOConfig, PPOConfig, RewardConfig, SFTConfig
 from training.engine.dpo import train_dpo
-from training.engine.launcher import die_with_parent
+from training.engine.launcher import exit_with_runner
 from training.engine.ppo import train_ppo
 from training.engine.reward import train_reward
 from training.engine.sft import train_sft
@@ -51,13 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     # The protocol of training/engine/launcher.py, which runs a round's stage under accelerate launch.
     parser.add_argument("--progress-json", action="store_true", help="print each step and the result as JSON lines")
     parser.add_argument("--stop-file", help="stop after the current step once this file exists")
-    parser.add_argument("--die-with-parent", action="store_true", help="exit when the process that started it dies")
+    parser.add_argument("--exit-with-runner", action="store_true", help="exit when stdin closes (the runner is gone)")
     args = parser.parse_args(argv)
     if (args.stage == "ppo") != (args.reward_model is not None):
         parser.error("--reward-model: required by ppo, and by ppo only")
 
-    if args.die_with_parent:  # a rank: the launcher the runner started leads the session, and is its parent
-        die_with_parent(os.getsid(0))
+    if args.exit_with_runner:
+        exit_with_runner()
     config_class, train = STAGES[args.stage]
     settings = {}
     if args.config:

@@ -8,10 +8,10 @@ A round's stage with `launch` other than single goes through `run_launched`: it 
 reads one JSON object per step from the child's stdout (rank 0 prints them) and hands each to the round's progress
 callback; when the callback asks to stop, it creates the stop file the child polls, so the stage stops after its
 step and saves, as in-process (SIGTERM, then SIGKILL to the whole group if it is still running a grace period
-later). The child and each rank die with their parent (Linux's parent-death signal), so a killed worker leaves no
-process behind. A failing child raises: ValueError or MemoryError with the child's own message when that is what it
-died of (the round's failure message shows them as for an in-process stage), else LaunchFailed with the end of its
-stderr, which goes to the worker's log.
+later). The child dies with its parent (Linux's parent-death signal) and each rank when the pipe on its stdin
+closes, so a killed worker leaves no process behind. A failing child raises: ValueError or MemoryError with the
+child's own message when that is what it died of (the round's failure message shows them as for an in-process
+stage), else LaunchFailed with the end of its stderr, which goes to the worker's log.
 
 Imports nothing heavy until a stage runs (the result type, and the GPU count, come from torch).
 """
@@ -59,7 +59,7 @@ def preset(launch: str) -> Path:
 
 def die_with_parent(parent: int) -> None:
     """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere nothing happens), and exit now if
-    its parent is no longer `parent` (it died before the signal was armed).
+    its parent is no longer `parent` (it died before the signal was armed). The runner's child calls it.
 
     The signal follows the thread that started the process: the runner starts the child from the thread that then
     waits for it (a Celery task's own thread does).
@@ -69,6 +69,19 @@ def die_with_parent(parent: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(1)
+
+
+def exit_with_runner() -> None:
+    """SIGKILL this process once its stdin reaches end of file: a rank's stdin is a pipe whose other end the runner
+    holds until the launch has ended, so it closes when the runner dies. (The ranks are the launcher's children, each
+    in a session of its own, and would outlive it, waiting for a rendezvous that never comes.)"""
+
+    def watch() -> None:
+        while os.read(0, 4096):  # the raw descriptor: a daemon thread in sys.stdin's reader aborts the exit
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="exit-with-runner", daemon=True).start()
 
 
 def launch_command(
@@ -91,7 +104,7 @@ def launch_command(
     if "--main_process_port" not in machines:  # accelerate's fixed default would clash with a round beside it
         command += ["--main_process_port", str(free_port())]
     command += ["-m", "training.engine", stage, "--data", data_file, "--out", output_dir, "--config", config_file]
-    command += ["--progress-json", "--die-with-parent"]
+    command += ["--progress-json", "--exit-with-runner"]
     if reward_model:
         command += ["--reward-model", reward_model]
     if stop_file:
@@ -145,7 +158,7 @@ def run_launched(
             command,
             cwd=ROOT,
             env={**os.environ, **({"ACCELERATE_USE_CPU": "true"} if not gpus else {})},  # gloo between CPU ranks
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # never written: its end of file tells every rank that the runner is gone
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -174,6 +187,7 @@ def run_launched(
             if child.poll() is None:  # the callback raised: take the stage down with it
                 _kill_group(child, signal.SIGKILL)
                 child.wait()
+            child.stdin.close()
             reader.join(timeout=5)
     if result is not None and child.returncode == 0:
         return StageResult(**result)
