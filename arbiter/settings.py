@@ -229,6 +229,15 @@ ARBITER_MAX_ACTIVE_ROUNDS = env_int("ARBITER_MAX_ACTIVE_ROUNDS", "3", minimum=1)
 # How often a worker on the gpu queue reports its GPUs (training/workers.py); the launch checks a round's memory
 # estimate against reports younger than three intervals.
 ARBITER_WORKER_REPORT_SECONDS = env_int("ARBITER_WORKER_REPORT_SECONDS", "60", minimum=1)
+# Stages launched with a DeepSpeed preset (launch=zero2/zero3) may span this many machines: accelerate starts the
+# other nodes itself over pdsh from a DeepSpeed hostfile (one `host slots=N` line per machine, the worker's first).
+ARBITER_LAUNCH_MACHINES = env_int("ARBITER_LAUNCH_MACHINES", "1", minimum=1)
+ARBITER_LAUNCH_HOSTFILE = env_str("ARBITER_LAUNCH_HOSTFILE", "")
+ARBITER_LAUNCH_MAIN_ADDRESS = env_str("ARBITER_LAUNCH_MAIN_ADDRESS", "")  # host:port of the worker's machine
+if ARBITER_LAUNCH_MACHINES > 1 and not (ARBITER_LAUNCH_HOSTFILE and ARBITER_LAUNCH_MAIN_ADDRESS.count(":") == 1):
+    raise ImproperlyConfigured(
+        "ARBITER_LAUNCH_MACHINES > 1 needs ARBITER_LAUNCH_HOSTFILE and ARBITER_LAUNCH_MAIN_ADDRESS (host:port)."
+    )
 ARBITER_MAX_ACTIVE_EXPORTS = env_int("ARBITER_MAX_ACTIVE_EXPORTS", "5", minimum=1)
 
 # Imports: the most a file may hold (decompressed, for gzip), and one text in it (a prompt, a response, metadata as

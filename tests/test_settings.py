@@ -209,3 +209,10 @@ class TestManagementChecks:
     def test_models_and_migrations_agree(self, sqlite_env):
         result = manage("makemigrations", "--check", "--dry-run", env=sqlite_env)
         assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_more_launch_machines_without_a_hostfile_and_address_refuse_to_start(self, sqlite_env):
+        result = manage("check", env={**sqlite_env, "ARBITER_LAUNCH_MACHINES": "2"})
+        assert result.returncode != 0
+        assert "ARBITER_LAUNCH_MACHINES > 1 needs ARBITER_LAUNCH_HOSTFILE" in result.stderr
+        given = {"ARBITER_LAUNCH_HOSTFILE": "/etc/arbiter/hosts", "ARBITER_LAUNCH_MAIN_ADDRESS": "10.0.0.1:29500"}
+        assert manage("check", env={**sqlite_env, "ARBITER_LAUNCH_MACHINES": "2", **given}).returncode == 0

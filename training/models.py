@@ -188,8 +188,13 @@ class WorkerQuerySet(models.QuerySet):
         return self.filter(last_seen__gte=timezone.now() - silence)
 
     def largest_gpu(self) -> dict[str, Any] | None:
-        """The reporting workers' GPU with the most memory ({name, total_memory, hostname}), or None without one."""
-        gpus = [{**device, "hostname": worker.hostname} for worker in self.reporting() for device in worker.devices]
+        """The reporting workers' GPU with the most memory ({name, total_memory, hostname, gpus: how many that
+        worker has}), or None without one."""
+        gpus = [
+            {**device, "hostname": worker.hostname, "gpus": len(worker.devices)}
+            for worker in self.reporting()
+            for device in worker.devices
+        ]
         return max(gpus, key=lambda gpu: gpu["total_memory"], default=None)
 
 

@@ -41,6 +41,7 @@ from annotate.jobs import Heartbeat, fail_stale, hide_paths
 from annotate.models import DatasetSnapshot, Project, Prompt, QuotaReached
 from models_registry.models import ModelVersion
 from training.engine.config import BaseConfig, DPOConfig, PPOConfig, RewardConfig, SampleConfig, SFTConfig
+from training.engine.launcher import SHARDED, run_launched
 from training.engine.memory import MemoryEstimate, estimate_memory, read_architecture, size_text
 from training.engine.model_files import missing_files, models_inside
 from training.models import RoundMetric, TrainingRound, Worker, end_unwritten_snapshots
@@ -231,6 +232,7 @@ def check_memory(config: Mapping[str, Mapping[str, Any]], reward_version: ModelV
     classes = stage_configs()
     reward_path = config["reward"]["model_name_or_path"] if "reward" in config else ""
     reward_path = reward_path or (reward_version.path if reward_version else "")
+    gpu = Worker.objects.largest_gpu()
     estimates = []
     try:
         for stage, values in config.items():
@@ -239,21 +241,35 @@ def check_memory(config: Mapping[str, Mapping[str, Any]], reward_version: ModelV
             stage_config = classes[stage].from_dict(values)
             reward_arch = read_architecture(reward_path) if stage == "ppo" and reward_path else None
             arch = read_architecture(stage_config.model_name_or_path)
-            estimate = estimate_memory(stage_config, arch, reward_arch=reward_arch)
-            estimates.append(MemoryCheck(stage, stage_config, estimate, gpu=None))
+            estimate = estimate_memory(stage_config, arch, reward_arch=reward_arch, shards=_shards(stage_config, gpu))
+            estimates.append(MemoryCheck(stage, stage_config, estimate, gpu=gpu))
     except OSError:
         return None
-    if not estimates:
-        return None
-    largest = max(estimates, key=lambda check: check.estimate.total)
-    largest.gpu = Worker.objects.largest_gpu()
-    return largest
+    return max(estimates, key=lambda check: check.estimate.total, default=None)
+
+
+def _shards(config: BaseConfig, gpu: dict[str, Any] | None) -> int:
+    """How many GPUs split the model state: ZeRO-3 and FSDP2 split weights, gradients and optimiser state over every
+    process (ZeRO-2 splits only the last two, which LoRA keeps small: counted whole, erring high)."""
+    if config.launch not in ("zero3", "fsdp2"):
+        return 1
+    per_machine = config.num_processes or (gpu["gpus"] if gpu else 1)
+    machines = settings.ARBITER_LAUNCH_MACHINES if config.launch == "zero3" else 1
+    return per_machine * machines
 
 
 def _refuse_what_cannot_fit(fields: Mapping[str, Any]) -> None:
-    """4-bit loading without a GPU worker, and a round whose estimate exceeds the largest reported GPU."""
+    """Sharded launches and 4-bit loading without a GPU worker; a round whose estimate exceeds the largest
+    reported GPU."""
     gpu = Worker.objects.largest_gpu()
     for stage, values in fields["config"].items():
+        if values.get("launch") in SHARDED and gpu is None:
+            raise ValidationError(
+                {
+                    f"{stage}.launch": f"{values['launch']} splits the model across CUDA GPUs, and no worker with one "
+                    "has reported in (a `celery worker -Q gpu` reports its GPUs when it starts): use ddp or single."
+                }
+            )
         if values.get("load_in_4bit") and gpu is None:
             raise ValidationError(
                 {
@@ -507,15 +523,20 @@ def _run_stages(training_round: TrainingRound) -> None:
             progress = _progress_callback(training_round, stage, index, len(stages))
             training_round.beat(stage=stage, step=0, total_steps=0)
             logger.info("Stage %s: training from %s into %s", stage, config.model_name_or_path, output_dir)
-            if stage == "reward":
+            if config.launch != "single":  # every GPU of the worker (or more machines) under accelerate launch
+                reward_model = reward_path if stage == "ppo" else ""
+                result = run_launched(stage, config, data_file, output_dir, progress, reward_model=reward_model,
+                                      machines=_launch_machines(config.launch))  # fmt: skip
+            elif stage == "reward":
                 result = train_reward(config, data_file, output_dir, progress)
-                reward_path = result.output_dir
             elif stage == "ppo":
                 result = train_ppo(config, data_file, reward_path, output_dir, progress)
             elif stage == "dpo":
                 result = train_dpo(config, data_file, output_dir, progress)
             else:
                 result = train_sft(config, data_file, output_dir, progress)
+            if stage == "reward":
+                reward_path = result.output_dir
             if result.stopped:
                 raise _Cancelled
             logger.info("Stage %s done: %s steps, eval %s", stage, result.steps, result.eval_report)
@@ -543,6 +564,19 @@ def _run_stages(training_round: TrainingRound) -> None:
             "New samples in the queue: %s responses, %s tasks; %s eval pairs of the same text recorded as ties",
             made["responses"], made["tasks"], made["automatic_ties"],
         )  # fmt: skip
+
+
+def _launch_machines(launch: str) -> list[str]:
+    """accelerate launch's multi-machine arguments from the settings: DeepSpeed presets only, which start the other
+    machines themselves (see ARBITER_LAUNCH_MACHINES)."""
+    if settings.ARBITER_LAUNCH_MACHINES == 1 or launch not in ("zero2", "zero3"):
+        return []
+    host, port = settings.ARBITER_LAUNCH_MAIN_ADDRESS.split(":")
+    return [
+        "--num_machines", str(settings.ARBITER_LAUNCH_MACHINES), "--machine_rank", "0",
+        "--main_process_ip", host, "--main_process_port", port,
+        "--deepspeed_hostfile", settings.ARBITER_LAUNCH_HOSTFILE, "--deepspeed_multinode_launcher", "pdsh",
+    ]  # fmt: skip
 
 
 def _progress_callback(training_round: TrainingRound, stage: str, index: int, stages: int) -> Any:

@@ -18,11 +18,13 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 import datasets
+import torch
 import transformers
 
 from training.engine.common import ProgressFn, StageResult
 from training.engine.config import BaseConfig, DPOConfig, PPOConfig, RewardConfig, SFTConfig
 from training.engine.dpo import train_dpo
+from training.engine.launcher import exit_with_runner
 from training.engine.ppo import train_ppo
 from training.engine.reward import train_reward
 from training.engine.sft import train_sft
@@ -46,10 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory: checkpoints and the final model")
     parser.add_argument("--config", help="a JSON file with settings")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one setting; repeatable")
+    # The protocol of training/engine/launcher.py, which runs a round's stage under accelerate launch.
+    parser.add_argument("--progress-json", action="store_true", help="print each step and the result as JSON lines")
+    parser.add_argument("--stop-file", help="stop after the current step once this file exists")
+    parser.add_argument("--exit-with-runner", action="store_true", help="exit when stdin closes (the runner is gone)")
     args = parser.parse_args(argv)
     if (args.stage == "ppo") != (args.reward_model is not None):
         parser.error("--reward-model: required by ppo, and by ppo only")
 
+    if args.exit_with_runner:
+        exit_with_runner()
     config_class, train = STAGES[args.stage]
     settings = {}
     if args.config:
@@ -68,17 +76,21 @@ def main(argv: list[str] | None = None) -> int:
     # One line per step is the progress report; the libraries' own bars would only interleave with it.
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+    progress = _printer(as_json=args.progress_json, stop_file=args.stop_file)
     if args.stage == "ppo":
-        result = train_ppo(config, args.data, args.reward_model, args.out, _printer())
+        result = train_ppo(config, args.data, args.reward_model, args.out, progress)
     else:
-        result = train(config, args.data, args.out, _printer())
+        result = train(config, args.data, args.out, progress)
     if _is_main_process():
-        print(json.dumps(asdict(result), default=str), flush=True)
+        print(json.dumps({"result": asdict(result)} if args.progress_json else asdict(result), default=str), flush=True)
+    if torch.distributed.is_initialized():  # left to the interpreter's exit, gloo's threads may abort the process
+        torch.distributed.destroy_process_group()
     return 0
 
 
-def _printer() -> ProgressFn:
-    """Print each step (on the main process only) and ask to stop once a SIGINT or SIGTERM has arrived."""
+def _printer(*, as_json: bool = False, stop_file: str | None = None) -> ProgressFn:
+    """Print each step (on the main process only) and ask to stop once a SIGINT or SIGTERM has arrived, or the stop
+    file exists. Under accelerate launch the stages follow the main process's answer on every process."""
     stop = {"asked": False}
 
     def ask_to_stop(signum: int, frame: object) -> None:
@@ -91,10 +103,12 @@ def _printer() -> ProgressFn:
     signal.signal(signal.SIGTERM, ask_to_stop)
 
     def progress(step: int, total: int, metrics: dict[str, float]) -> bool:
-        if _is_main_process():
+        if _is_main_process() and as_json:
+            print(json.dumps({"step": step, "total": total, "metrics": metrics}), flush=True)
+        elif _is_main_process():
             shown = " ".join(f"{key}={value:.4g}" for key, value in metrics.items())
             print(f"step {step}/{total} {shown}".rstrip(), flush=True)
-        return stop["asked"]
+        return stop["asked"] or bool(stop_file and os.path.exists(stop_file))
 
     return progress
 

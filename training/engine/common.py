@@ -526,7 +526,13 @@ class ProgressCallback(TrainerCallback):
 
     def _report(self, state: TrainerState, control: TrainerControl, metrics: dict[str, float]) -> None:
         self._reported = state.global_step
-        if self.fn(state.global_step, state.max_steps, metrics) and not control.should_training_stop:
+        # The main process decides for all (as PPO does): processes that stopped at different steps would hang.
+        stop = state.is_world_process_zero and self.fn(state.global_step, state.max_steps, metrics)
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            flag = torch.tensor([int(stop)], device=pick_device())
+            torch.distributed.broadcast(flag, src=0)
+            stop = bool(flag.item())
+        if stop and not control.should_training_stop:
             self.stopped = True
             control.should_training_stop = True
             control.should_save = True

@@ -18,6 +18,9 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 # IA³ (learned scales of the keys, values and feed-forward activations).
 ADAPTERS = ("lora", "prompt_tuning", "ia3")
 SERVER_KINDS = ("vllm", "transformers")  # inference servers a round can sample through (training/engine/serve.py)
+# How a stage runs: single in the worker's own process; the others under `accelerate launch` with a preset from
+# training/engine/launch/<name>.yaml (data parallel, DeepSpeed ZeRO-2/3, FSDP2): see training/engine/launcher.py.
+LAUNCH_MODES = ("single", "ddp", "zero2", "zero3", "fsdp2")
 
 
 @dataclass
@@ -73,6 +76,8 @@ class BaseConfig(Settings):
     save_steps: int = 50  # checkpoint interval; a resumed round loses at most this many steps
     resume: bool = False  # continue from the latest checkpoint in the output directory, if there is one
     activation_checkpointing: bool = False  # recompute activations in backward: less memory, about 20% slower
+    launch: str = "single"  # one of LAUNCH_MODES: single (in the worker's process) or accelerate launch's preset
+    num_processes: int = 0  # launched stages: processes per machine; 0 = every GPU the worker sees (1 without GPU)
 
     def rules(self) -> list[tuple[str, bool, str]]:
         """(field, holds, what it must be): the range checks; a stage's config adds its own."""
@@ -97,6 +102,9 @@ class BaseConfig(Settings):
             ("seed", self.seed >= 0, "must be >= 0"),
             ("logging_steps", self.logging_steps > 0, "must be > 0"),
             ("save_steps", self.save_steps > 0, "must be > 0"),
+            ("launch", self.launch in LAUNCH_MODES, f"must be one of {', '.join(LAUNCH_MODES)}"),
+            ("num_processes", self.num_processes >= 0, "must be >= 0 (0: every GPU the worker sees)"),
+            ("num_processes", self.num_processes <= 1 or self.launch != "single", "needs a launch other than single"),
         ]
 
 
