@@ -43,7 +43,7 @@ from models_registry.models import ModelVersion
 from training.engine.config import BaseConfig, DPOConfig, PPOConfig, RewardConfig, SampleConfig, SFTConfig
 from training.engine.launcher import SHARDED, run_launched
 from training.engine.memory import MemoryEstimate, estimate_memory, read_architecture, size_text
-from training.engine.model_files import missing_files, models_inside
+from training.engine.model_files import is_adapter, missing_files, models_inside
 from training.models import RoundMetric, TrainingRound, Worker, end_unwritten_snapshots
 
 logger = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ def relaunch(training_round: TrainingRound, *, user: Any = None) -> TrainingRoun
 def _queue(project: Project, *, method: str, filters: Mapping[str, Any], user: Any, **fields: Any) -> TrainingRound:
     """Save the round with a pending snapshot of its data and send it to a worker once committed."""
     _refuse_what_cannot_fit(fields)
+    _refuse_unservable(fields)
     with transaction.atomic():
         project.lock()  # concurrent launches count the rounds under way and take numbers one at a time
         under_way = project.training_rounds.filter(
@@ -281,6 +282,24 @@ def _refuse_what_cannot_fit(fields: Mapping[str, Any]) -> None:
     check = check_memory(fields["config"], fields["reward_version"])
     if check is not None and not check.fits:
         raise ValidationError({"settings": check.message()})
+
+
+def _refuse_unservable(fields: Mapping[str, Any]) -> None:
+    """`transformers serve` loads whole models only: a round that would sample an adapter through it is refused."""
+    config = fields["config"]
+    sample = config.get("sample", {})
+    if not sample.get("server_url") or sample.get("server_kind") != "transformers":
+        return
+    trained = [stage for stage in config if stage not in ("sample", "reward") and config[stage].get("use_lora", True)]
+    base = fields["base_version"]
+    if trained or (not any(stage != "sample" for stage in config) and base is not None and is_adapter(base.path)):
+        what = f"the {trained[0]} stage trains an adapter" if trained else f"{base} is an adapter"
+        raise ValidationError(
+            {
+                "sample.server_kind": f"transformers serve loads whole models, not PEFT adapters, and {what}: sample "
+                "through vLLM (server_kind=vllm, `vllm serve --enable-lora`), or without a server_url."
+            }
+        )
 
 
 def _enqueue(training_round: TrainingRound) -> None:

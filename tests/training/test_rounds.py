@@ -98,6 +98,16 @@ class TestLaunch:
         assert "no worker with one has reported in" in refused.value.message_dict["reward.load_in_4bit"][0]
         assert TrainingRound.objects.count() == 1
 
+    def test_sampling_an_adapter_through_transformers_serve_is_refused_at_launch(self, pairs_project, policy):
+        server = {"sample.server_url": "http://127.0.0.1:8000/v1", "sample.server_kind": "transformers"}
+        with pytest.raises(ValidationError) as refused:
+            launch(pairs_project, policy, "dpo", settings_=server)
+        assert "the dpo stage trains an adapter" in refused.value.message_dict["sample.server_kind"][0]
+        assert not TrainingRound.objects.exists()
+        # A whole model trained (use_lora off) is servable, and so is any adapter through vLLM.
+        assert launch(pairs_project, policy, "dpo", settings_={**server, "use_lora": "false"})
+        assert launch(pairs_project, policy, "dpo", settings_={**server, "sample.server_kind": "vllm"})
+
     def test_without_a_base_it_takes_the_active_policy_or_says_there_is_none(self, pairs_project, policy, settings):
         settings.ARBITER_DEFAULT_BASE_MODEL = ""
         with pytest.raises(ValidationError, match="no active policy"):
