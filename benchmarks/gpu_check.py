@@ -15,6 +15,7 @@ and with vLLM when it is installed. Writes benchmarks/output/gpu_check.json; exi
 """
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             "QLoRA (4-bit)": {"dtype": "bfloat16", "load_in_4bit": True},
         }
     )
+    if not args.smoke and importlib.util.find_spec("bitsandbytes") is None:
+        print("QLoRA skipped: bitsandbytes is not installed (pip install '.[qlora]')", file=sys.stderr)
+        del variants["QLoRA (4-bit)"]
     device = "CPU (smoke)" if args.smoke else torch.cuda.get_device_name(0)
     report = {
         "shape": "smoke" if args.smoke else "Qwen2.5-0.5B",
