@@ -142,7 +142,7 @@ class BareLoop:
         from peft import get_peft_model
         from transformers import AutoModelForSequenceClassification, set_seed
 
-        from training.engine.common import load_model, load_policy, load_tokenizer, lora_config
+        from training.engine.common import load_model, load_policy, load_tokenizer, lora_config, pick_device
 
         self.torch, self.stage, self.clip = torch, spec["stage"], spec["clip"]
         config = stage_config(spec)
@@ -159,9 +159,14 @@ class BareLoop:
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
-        self.model = model.train()
+        self.model = model.to(pick_device()).train()  # where the Trainer puts its model
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=0.0, fused=True)
+
+    def synchronize(self) -> None:
+        """Wait for the GPU's queued work, so that a step's clock covers its kernels (nothing on the CPU)."""
+        if self.torch.cuda.is_available():
+            self.torch.cuda.synchronize()
 
     def completion_logps(self, batch: dict) -> Any:
         """Σ log p(completion token) per sequence, (2B,): the LM head at the completion positions only (the ones
@@ -176,6 +181,7 @@ class BareLoop:
     def step(self, batch: dict) -> dict[str, float]:
         """One optimisation step on a batch as TRL's collator made it; the time of its parts in ms."""
         torch, logsigmoid = self.torch, self.torch.nn.functional.logsigmoid
+        self.synchronize()
         start = time.perf_counter()
         if self.stage == "rm":
             # use_cache=False as TRL passes it: a model left to its config would build a KV cache in training.
@@ -198,6 +204,7 @@ class BareLoop:
             torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.synchronize()
         end = time.perf_counter()
         return {
             "total": 1000 * (end - start),
@@ -384,9 +391,10 @@ def child_env(threads: int, hf_home: Path) -> dict[str, str]:
     }
 
 
-def run_child(spec: dict, env: dict[str, str]) -> dict:
+def run_child(spec: dict, env: dict[str, str], script: str = __file__) -> dict:
+    """Run `script --child <spec>` and return the JSON line it prints last; exit with its output if it fails."""
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)], env=env, cwd=REPO_ROOT, capture_output=True, text=True
+        [sys.executable, script, "--child", json.dumps(spec)], env=env, cwd=REPO_ROOT, capture_output=True, text=True
     )
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])

@@ -28,6 +28,14 @@ def _uses_database(item) -> bool:
     )
 
 
+def _has_cuda() -> bool:
+    try:
+        import torch  # the web-only install has no torch: no GPU either
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def pytest_collection_modifyitems(config, items):
     # Behaviour that differs on PostgreSQL (locking, concurrency) is only meaningful there.
     from django.conf import settings
@@ -36,6 +44,11 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://… (make test does)")
         for item in items:
             if "postgres" in item.keywords:
+                item.add_marker(skip)
+    if any("gpu" in item.keywords for item in items) and not _has_cuda():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is false here)")
+        for item in items:
+            if "gpu" in item.keywords:
                 item.add_marker(skip)
     if config.getoption("--database-tests-only"):
         # A test that never touches the database does the same on SQLite as on PostgreSQL: once is enough.

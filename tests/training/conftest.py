@@ -15,6 +15,8 @@ QUESTIONS = [line.split("?")[0] + "?" for line in SENTENCES if "?" in line]
 # Real tokenizers (and configs) of chat model families, shared beside the repository: see its README.
 TOKENIZERS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tokenizers"
 FAMILIES = ["qwen2.5-instruct", "smollm2-instruct", "tinyllama-chat", "phi3-mini-instruct"]
+# The architecture of the families whose folder has no config.json (transformers' defaults describe the real model).
+MODEL_TYPES = {"phi3-mini-instruct": "phi3"}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,7 +39,9 @@ def family(request, tmp_path_factory):
     folder = TOKENIZERS / request.param
     if not folder.is_dir():
         pytest.skip(f"{folder} is absent: the real tokenizers live in ../shared/data/tokenizers/ beside the checkout")
-    return build_tiny_models_like(tmp_path_factory.mktemp(request.param), folder)
+    return build_tiny_models_like(
+        tmp_path_factory.mktemp(request.param), folder, model_type=MODEL_TYPES.get(request.param)
+    )
 
 
 @pytest.fixture

@@ -139,10 +139,16 @@ def test_like_a_family_keeps_its_tokenizer_template_stop_ids_and_architecture(fa
     assert tokenizer.get_vocab() == real.get_vocab()
     assert tokenizer.all_special_tokens == real.all_special_tokens
     config = folder / "config.json"
-    expected = json.loads(config.read_text())["architectures"][0] if config.is_file() else "LlamaForCausalLM"
+    expected = json.loads(config.read_text())["architectures"][0] if config.is_file() else "Phi3ForCausalLM"
     assert type(policy).__name__ == expected
     assert type(reward).__name__ == expected.replace("ForCausalLM", "ForSequenceClassification")
     assert (policy.config.num_hidden_layers, policy.config.hidden_size) == (2, 64)
+    if not config.is_file():  # Phi-3-mini's padded vocabulary and its ids, as its tokenizer has them
+        assert (policy.config.vocab_size, policy.config.eos_token_id, policy.config.pad_token_id) == (
+            32064,
+            32000,
+            32000,
+        )
     assert policy.config.vocab_size >= len(tokenizer) and reward.config.num_labels == 1
     assert reward.config.pad_token_id == policy.config.pad_token_id is not None
     if (folder / "generation_config.json").is_file():
@@ -155,9 +161,11 @@ def test_make_tiny_model_like_a_folder(tmp_path):
     if not folder.is_dir():
         pytest.skip(f"{folder} is absent")
 
-    call_command("make_tiny_model", str(tmp_path / "phi"), "--like", str(folder), stdout=(out := io.StringIO()))
-
+    call_command("make_tiny_model", str(tmp_path / "llama"), "--like", str(folder), stdout=(out := io.StringIO()))
     assert "has no config.json: the models are a tiny Llama" in out.getvalue()
+
+    call_command("make_tiny_model", str(tmp_path / "phi"), "--like", str(folder), "--model-type", "phi3")
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "phi" / "policy").config.model_type == "phi3"
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "phi" / "policy")
     assert tokenizer.convert_tokens_to_ids("<|end|>") == 32007
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "phi" / "reward").config.num_labels == 1

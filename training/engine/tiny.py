@@ -157,10 +157,17 @@ def build_tokenizer(texts: list[str], config: TinyConfig) -> PreTrainedTokenizer
 
 
 def build_tiny_models_like(
-    out_dir: Path, folder: Path, *, seed: int = 0, config: TinyConfig | None = None
+    out_dir: Path,
+    folder: Path,
+    *,
+    seed: int = 0,
+    config: TinyConfig | None = None,
+    model_type: str | None = None,
 ) -> TinyModelPaths:
     """Tiny random-weight models with `folder`'s real tokenizer, chat template, special tokens and generation
-    config, and the architecture of its config.json shrunk to `config`'s sizes (a Llama when it has none).
+    config, and the architecture of its config.json shrunk to `config`'s sizes. A folder without config.json is
+    built as `model_type` (a transformers model type such as "phi3", whose config defaults describe the real
+    model), or as a Llama on the tokenizer's ids when that is None.
 
     Everything that the stages read from a checkpoint besides the weights (how prompts are rendered, which ids
     start, pad and stop) is the real family's; only the weights are random and small.
@@ -179,8 +186,9 @@ def build_tiny_models_like(
         "head_dim": config.hidden_size // config.num_attention_heads,
         "max_position_embeddings": config.max_position_embeddings,
     }
-    if (folder / "config.json").is_file():
-        real = AutoConfig.from_pretrained(folder)
+    has_config = (folder / "config.json").is_file()
+    if has_config or model_type:
+        real = AutoConfig.from_pretrained(folder) if has_config else AutoConfig.for_model(model_type)
         # Per-layer lists (layer_types, …) describe the real depth: rebuilt from the shrunk one.
         fields = {k: v for k, v in real.to_dict().items() if k not in ("layer_types", "max_window_layers")}
         model_config = type(real)(**{**fields, **sizes, "vocab_size": max(real.vocab_size, len(tokenizer))})
