@@ -1023,7 +1023,9 @@ class Assignment(models.Model):
             if existing is not None:
                 # The same answer again (a double click, a retry) succeeds; a different one must not look stored.
                 if any(getattr(existing, name) != value for name, value in task.clean_answer(answer).items()):
-                    raise LeaseError("You already answered this task differently: your first answer stands.")
+                    raise LeaseError(
+                        "You already answered this task differently: your answer stands (change it on My work)."
+                    )
                 return existing
             if lease.status == Assignment.Status.SKIPPED:
                 raise LeaseError("You skipped this task.")
