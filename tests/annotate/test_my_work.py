@@ -2,10 +2,12 @@
 quality read; the answers it replaced are kept; the task must be open, or the project's window not yet over."""
 
 import json
+import threading
 from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
@@ -344,3 +346,38 @@ class TestPages:
         page = client.get(reverse("project_detail", args=[project.slug]))
 
         assert reverse("my_work", args=[project.slug]) in page.content.decode()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_same_change_sent_at_once_keeps_one_revision_and_all_succeed(project, annotator):
+    rounds, racers = 5, 4
+    annotations = []
+    for n in range(rounds):
+        make_task(project, external_id=f"race-{n}")
+        annotations.append(answered(project, annotator, {"choice": "a"}))
+
+    failures: list[BaseException] = []
+    for annotation in annotations:
+        start = threading.Barrier(racers)
+
+        def change(annotation_id: int = annotation.pk, start: threading.Barrier = start) -> None:
+            try:
+                mine = Annotation.objects.get(pk=annotation_id)  # each request loads the answer itself
+                start.wait()
+                mine.change({"choice": "b", "strength": 2}, user=annotator)
+            except Exception as error:  # reported below, in the test's thread
+                failures.append(error)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=change) for _ in range(racers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+
+    for annotation in annotations:
+        assert annotation.revisions.count() == 1
+        assert Annotation.objects.get(pk=annotation.pk).choice == "b"
