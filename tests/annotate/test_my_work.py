@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.core.exceptions import ValidationError
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -339,6 +340,24 @@ class TestPages:
         assert len(first.context["rows"]) == 25 and len(last.context["rows"]) == 2
         assert first.context["rows"][0]["annotation"].pk > last.context["rows"][0]["annotation"].pk
         assert "Page 1 of 2" in first.content.decode()
+
+    def test_my_work_reads_a_page_in_a_fixed_number_of_queries(self, client, project, annotator):
+        def queries_for_a_page() -> int:
+            with CaptureQueriesContext(connection) as queries:
+                assert client.get(reverse("my_work", args=[project.slug])).status_code == 200
+            return len(queries)
+
+        client.force_login(annotator)
+        for n, kind in enumerate(["pairwise", "ranking"]):
+            make_task(project, kind, ["One.", "Two.", "Three."][: 2 if kind == "pairwise" else 3], external_id=f"a{n}")
+        answered(project, annotator).change({"choice": "b"}, user=annotator)
+        lease(project, annotator).submit({"ranking": [[r] for r in Task.objects.last().response_ids()]}, user=annotator)
+        two = queries_for_a_page()
+        for n in range(3):
+            make_task(project, external_id=f"b{n}")
+            answered(project, annotator).change({"choice": "tie"}, user=annotator)
+
+        assert queries_for_a_page() == two
 
     def test_the_project_page_links_my_work(self, client, project, annotator):
         client.force_login(annotator)
