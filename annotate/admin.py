@@ -25,6 +25,7 @@ from annotate.import_jobs import import_upload
 from annotate.importing import ImportFailed
 from annotate.models import (
     Annotation,
+    AnnotationRevision,
     Assignment,
     DatasetSnapshot,
     GoldRefused,
@@ -191,6 +192,7 @@ class ProjectAdmin(ProjectScopedAdmin):
         (None, {"fields": ["name", "slug", "guidelines", "created_at"]}),
         ("Tasks", {"fields": ["task_kinds", "overlap", "fill", "text_format", "lease_length", "max_open_leases"]}),
         ("Gold tasks", {"fields": ["gold_rate"]}),
+        ("Changing answers", {"fields": ["edit_window_minutes"]}),
         ("Rating scale", {"fields": ["rating_min", "rating_max", "rating_descriptions", "labels"]}),
         (
             "New samples after each policy round",
@@ -497,9 +499,23 @@ class AssignmentAdmin(ProjectScopedAdmin):
     date_hierarchy = "leased_at"
 
 
+class AnnotationRevisionInline(admin.TabularInline):
+    """Read-only: the answers its annotator replaced from the "my work" page (Annotation.change), oldest first."""
+
+    model = AnnotationRevision
+    extra = 0
+    fields = ["answer", "by", "created_at"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Annotation | None = None) -> bool:
+        return False
+
+
 @admin.register(Annotation)
 class AnnotationAdmin(ProjectScopedAdmin):
     project_path = "task__project"
+    inlines = [AnnotationRevisionInline]
     list_display = ["__str__", "task", "annotator", "source", "answer", "created_at"]
     list_filter = ["source", "task__kind", _related_only("task__project"), _related_only("annotator")]
     search_fields = ["=task__id", "task__prompt__external_id", "annotator__username", "comment"]

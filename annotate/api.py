@@ -40,6 +40,7 @@ from annotate.import_jobs import import_upload
 from annotate.importing import ImportFailed
 from annotate.models import (
     Annotation,
+    AnswerLocked,
     ApiToken,
     Assignment,
     DatasetSnapshot,
@@ -71,6 +72,7 @@ from annotate.serializers import (
     MembershipEventSerializer,
     MemberStateSerializer,
     MeSerializer,
+    MyAnswerSerializer,
     NewTokenSerializer,
     NextIn,
     ProjectSerializer,
@@ -109,7 +111,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     """DRF's handler, plus the domain's errors, so that views make one model call and no try/except."""
     if isinstance(exc, ImportFailed):
         return Response({"detail": str(exc), "line": exc.line, "field": exc.field}, status=400)
-    if isinstance(exc, LeaseError | QuotaReached):
+    if isinstance(exc, LeaseError | QuotaReached | AnswerLocked):
         return Response({"detail": str(exc)}, status=409)
     if isinstance(exc, OperationalError | InterfaceError):
         # The database is down or unreachable: the client may retry; what failed where is for the log alone.
@@ -465,6 +467,46 @@ class AnnotationListView(ListAPIView):
         if task := validated(AnnotationFilter, self.request.query_params).get("task"):
             annotations = annotations.filter(task_id=task)
         return annotations
+
+
+# Your work: your answers, and changing one (the "my work" page's API) ------------------------------------------
+
+
+def _own_answers(request: Request, slug: str) -> QuerySet[Annotation]:
+    """The user's answers given on the task page, in a project they belong to."""
+    return Annotation.objects.filter(
+        task__project=_project_for(request, slug),
+        annotator=request.user,
+        source=Annotation.Source.HUMAN,
+        assignment__isnull=False,
+    ).select_related("task__project", "annotator", "assignment")
+
+
+@extend_schema_view(get=extend_schema(responses={200: MyAnswerSerializer(many=True), **error_responses(400, 401, 404)}))
+class MyWorkView(ListAPIView):
+    """Your answers in the project, newest first, in the terms you gave them, with whether each can still be changed
+    (while its task is open, or for the project's edit_window_minutes after you gave it) and the answers it replaced."""
+
+    serializer_class = MyAnswerSerializer
+    pagination_class = NewestFirstPagination
+
+    def get_queryset(self) -> QuerySet[Annotation]:
+        return _own_answers(self.request, self.kwargs["slug"]).prefetch_related("task__task_responses", "revisions__by")
+
+
+class ChangeAnswerView(APIView):
+    throttle_scope = "submit"
+
+    @extend_schema(request=AnswerIn, responses={200: MyAnswerSerializer, **error_responses(400, 401, 404, 409, 429)})
+    def post(self, request: Request, slug: str, annotation_id: int) -> Response:
+        """Change one of your answers (throttled: scope `submit`): the body is a submit's, in the terms its lease
+        showed. The answer it replaces is kept in `revisions`; the same change twice is kept once. 409 once the answer
+        can no longer be changed (`locked_because` says why) or while a lead paused your work here."""
+        annotation = get_or_404(_own_answers(request, slug), pk=annotation_id)
+        assignment = annotation.assignment
+        answer = assignment.answer_from_form(AnswerIn.form_data(validated(AnswerIn, request.data)))
+        annotation.change(answer, user=request.user)
+        return Response(MyAnswerSerializer(annotation).data)
 
 
 # Exports -----------------------------------------------------------------------------------------------------

@@ -25,6 +25,12 @@ urlpatterns = [
     path("projects/<slug:slug>/assignments/<int:assignment_id>/submit/", api.SubmitView.as_view(), name="submit"),
     path("projects/<slug:slug>/assignments/<int:assignment_id>/skip/", api.SkipView.as_view(), name="skip"),
     path("projects/<slug:slug>/annotations/", api.AnnotationListView.as_view(), name="annotations"),
+    path("projects/<slug:slug>/my-work/", api.MyWorkView.as_view(), name="my_work"),
+    path(
+        "projects/<slug:slug>/annotations/<int:annotation_id>/change/",
+        api.ChangeAnswerView.as_view(),
+        name="change_answer",
+    ),
     path("projects/<slug:slug>/exports/", api.ExportListView.as_view(), name="exports"),
     path("projects/<slug:slug>/exports/<int:snapshot_id>/", api.ExportDetailView.as_view(), name="export_detail"),
     path(

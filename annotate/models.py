@@ -19,6 +19,7 @@ from django.db.models import Count, Exists, F, Max, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce, Greatest, TruncHour
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
+from django.http import QueryDict
 from django.utils import timezone
 
 from annotate.jobs import move
@@ -206,6 +207,12 @@ class Project(models.Model):
     )
     max_fast_share = models.FloatField(
         default=0.25, help_text="Flag annotators whose share of fast answers is above this."
+    )
+    # Changing an answer from the "my work" page (Annotation.change).
+    edit_window_minutes = models.PositiveIntegerField(
+        default=0,
+        help_text="An annotator may change an answer while its task is open, or for this many minutes after giving "
+        "it; 0: only while the task is open.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
@@ -936,7 +943,7 @@ class Assignment(models.Model):
                 raise ValidationError({"preference": "Choose which response is better, or tie."})
             side, strength = _PREFERENCES[preference]
             # The form speaks of the displayed A and B; the answer of the task's positions 0 and 1.
-            if side != "tie" and self.shown_order[0] != self.task.response_ids()[0]:
+            if side != "tie" and self.shows_swapped():
                 side = "b" if side == "a" else "a"
             both_bad = data.get("both_bad") in ("on", "true", "1", True)
             return {"choice": side, "strength": strength, "both_bad": both_bad, "comment": comment}
@@ -953,6 +960,31 @@ class Assignment(models.Model):
         for response_id, rank in ranks.items():
             groups.setdefault(rank, []).append(response_id)
         return {"ranking": [groups[rank] for rank in sorted(groups)], "comment": comment}
+
+    def shows_swapped(self) -> bool:
+        """Whether this lease showed a pair the other way round: the task's position 1 as A."""
+        return self.shown_order[0] != self.task.response_ids()[0]
+
+    def form_from_answer(self, fields: dict[str, Any]) -> QueryDict:
+        """The task page's form fields (in displayed terms) for a stored answer: answer_from_form's inverse."""
+        data = QueryDict(mutable=True)
+        data["comment"] = fields.get("comment", "")
+        kind = self.task.kind
+        if kind == TaskKind.RATING:
+            data["score"] = str(fields["score"])
+            data.setlist("labels", fields.get("labels", []))
+        elif kind == TaskKind.PAIRWISE:
+            side, strength = fields["choice"], fields.get("strength")
+            if side != "tie" and self.shows_swapped():
+                side = "b" if side == "a" else "a"
+            data["preference"] = next(value for value, shown in _PREFERENCES.items() if shown == (side, strength))
+            if fields.get("both_bad"):
+                data["both_bad"] = "on"
+        else:
+            for rank, group in enumerate(fields["ranking"], start=1):
+                for response_id in group:
+                    data[f"rank-{response_id}"] = str(rank)
+        return data
 
     def working_since(self) -> datetime:
         """When the annotator can have started on this task: the later of the lease and their last submit or skip in
@@ -991,7 +1023,9 @@ class Assignment(models.Model):
             if existing is not None:
                 # The same answer again (a double click, a retry) succeeds; a different one must not look stored.
                 if any(getattr(existing, name) != value for name, value in task.clean_answer(answer).items()):
-                    raise LeaseError("You already answered this task differently: your first answer stands.")
+                    raise LeaseError(
+                        "You already answered this task differently: your answer stands (change it on My work)."
+                    )
                 return existing
             if lease.status == Assignment.Status.SKIPPED:
                 raise LeaseError("You skipped this task.")
@@ -1124,6 +1158,90 @@ class Annotation(models.Model):
     def clean(self) -> None:
         if self.task_id is not None:
             self.task.clean_answer(self.answer())
+
+    def shown_summary(self) -> str:
+        """The answer as its annotator saw it: a pair's side and a ranking's responses by the letters they were shown
+        under (the shown A may be the task's B), "4 (unsafe)", "B much better", "C > A = B"."""
+        if self.assignment is None or self.task.kind == TaskKind.RATING:
+            return self.summary()
+        letters = {response_id: _letter(i) for i, response_id in enumerate(self.assignment.shown_order)}
+        if self.task.kind == TaskKind.RANKING:
+            return " > ".join(" = ".join(sorted(letters[r] for r in group)) for group in self.ranking or [])
+        if self.choice == self.Choice.TIE:
+            text = "Tie"
+        else:
+            # From the prefetch when the caller made one (the "my work" list), else one query.
+            positions = [link.response_id for link in self.task.task_responses.all()]
+            chosen = letters[positions[0 if self.choice == self.Choice.A else 1]]
+            text = f"{chosen} {'much ' if self.strength == 2 else ''}better"
+        return f"{text}, both bad" if self.both_bad else text
+
+    def locked_because(self, now: datetime | None = None) -> str:
+        """Why its annotator may not change this answer now; "" when they may: while its task is open, or for the
+        project's edit_window_minutes after the answer was first given.
+
+        A gold task counts as complete, and is told as such: an answer to one must not be told apart from others.
+        """
+        if self.source != self.Source.HUMAN or self.assignment_id is None:
+            return "Only an answer given on the task page can be changed."
+        if self.task.status == Task.Status.OPEN:
+            return ""
+        minutes = self.task.project.edit_window_minutes
+        closes = self.created_at + timedelta(minutes=minutes)
+        if (now or timezone.now()) < closes:
+            return ""
+        if not minutes:
+            return "Its task is complete: an answer can be changed only while its task is open."
+        when = timezone.localtime(closes).strftime("%d %b %Y %H:%M")
+        return f"Its task is complete and the {minutes} minutes to change an answer ended at {when}."
+
+    def change(self, answer: dict[str, Any], *, user: Any) -> bool:
+        """Replace the user's answer with `answer` (in clean_answer's shape), keeping the one it replaces as an
+        AnnotationRevision; False, and nothing kept, when it is the answer already stored (the same change twice).
+
+        Raises AnswerLocked for someone else's answer or one locked_because refuses, MemberPaused for a paused
+        member, ValidationError for an answer the project does not accept. Exports, agreement and quality read the
+        Annotation row, so every one of them reads the answer as it stands.
+        """
+        if self.annotator_id != user.pk:
+            raise AnswerLocked("This answer is someone else's.")
+        with transaction.atomic():
+            # The task's lock, as submit takes it: a change and the submit that completes the task go one at a time.
+            task = Task.objects.select_for_update().select_related("project").get(pk=self.task_id)
+            current = Annotation.objects.select_related("assignment").get(pk=self.pk)
+            current.task = task
+            if Membership.objects.filter(project_id=task.project_id, user=user, paused=True).exists():
+                raise MemberPaused(task.project)
+            if reason := current.locked_because():
+                raise AnswerLocked(reason)
+            fields = task.clean_answer(answer)
+            changed = any(getattr(current, name) != value for name, value in fields.items())
+            if changed:
+                AnnotationRevision.objects.create(annotation=current, answer=current.answer(), by=user)
+                Annotation.objects.filter(pk=self.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(self, name, value)
+        return changed
+
+
+class AnswerLocked(Exception):
+    """Refused: an answer its annotator may no longer change (Annotation.locked_because says why)."""
+
+
+class AnnotationRevision(models.Model):
+    """An answer as it was before its annotator changed it (Annotation.change): the Annotation row holds the answer
+    as it stands, which every reader uses; these keep the history."""
+
+    annotation = models.ForeignKey(Annotation, on_delete=models.CASCADE, related_name="revisions")
+    answer = models.JSONField(help_text="The answer replaced, as Annotation.answer() gave it (task positions).")
+    by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, help_text="When it was replaced.")
+
+    class Meta:
+        ordering = ["annotation", "id"]
+
+    def __str__(self) -> str:
+        return f"Revision {self.pk} of annotation {self.annotation_id}"
 
 
 class Job(models.Model):
@@ -1274,6 +1392,9 @@ class QualityReport(Job):
     )
     annotation_mark = models.BigIntegerField(
         default=0, help_text="The highest annotation id beat had looked past when it last looked for new answers."
+    )
+    revision_mark = models.BigIntegerField(
+        default=0, help_text="The same for answers changed (AnnotationRevision ids)."
     )
     error = models.TextField(blank=True)
 

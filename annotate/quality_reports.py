@@ -6,10 +6,10 @@ a refresh reads the project once and stores each annotator's figures as one JSON
 read live: the flags, against the project's thresholds now, and whether each member is paused or excluded now.
 
 - A refresh is queued (`request_quality`) by beat every ARBITER_QUALITY_REFRESH_MINUTES for each project with human
-  answers since it last looked, by a lead's "Recompute now", and when a lead changes fast_seconds (the fast shares
-  count against it). One runs at a time per project: the report moves pending → running → ready or failed by
-  conditional UPDATEs (annotate/jobs.py), so a second request while one is under way queues nothing and a message
-  delivered twice runs once. A refresh whose worker died is failed by beat, which also sends again one whose
+  answers given or changed since it last looked, by a lead's "Recompute now", and when a lead changes fast_seconds
+  (the fast shares count against it). One runs at a time per project: the report moves pending → running → ready or
+  failed by conditional UPDATEs (annotate/jobs.py), so a second request while one is under way queues nothing and a
+  message delivered twice runs once. A refresh whose worker died is failed by beat, which also sends again one whose
   message was lost; the last figures stay shown meanwhile, with when they were computed.
 - Flags (`flags`), each only with enough answers to mean something, so that three answers cannot flag anyone:
   `low_gold_accuracy`  gold accuracy below min_gold_accuracy, over MIN_GOLD_ANSWERS gold answers or more;
@@ -31,7 +31,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from annotate.jobs import Heartbeat, fail_stale, hide_paths, move
-from annotate.models import Annotation, Membership, Project, QualityReport
+from annotate.models import Annotation, AnnotationRevision, Membership, Project, QualityReport
 from annotate.quality import AnnotatorQuality, Speed, annotator_quality, share
 
 logger = logging.getLogger(__name__)
@@ -230,6 +230,17 @@ def refresh_quality_reports() -> int:
         .values_list("task__project_id", flat=True)
         .distinct()
     )
-    queued = sum(request_quality(project) for project in Project.objects.filter(pk__in=list(changed)))
+    # Answers changed on the "my work" page (Annotation.change) keep their id: their revisions are looked at alike.
+    revised_top = AnnotationRevision.objects.aggregate(top=Max("pk"))["top"] or 0
+    revised_looked = QualityReport.objects.aggregate(mark=Max("revision_mark"))["mark"] or 0
+    revised = (
+        AnnotationRevision.objects.filter(pk__gt=revised_looked, pk__lte=revised_top)
+        .order_by()
+        .values_list("annotation__task__project_id", flat=True)
+        .distinct()
+    )
+    projects = Project.objects.filter(pk__in={*changed, *revised})
+    queued = sum(request_quality(project) for project in projects)
     QualityReport.objects.filter(annotation_mark__lt=top).update(annotation_mark=top)
+    QualityReport.objects.filter(revision_mark__lt=revised_top).update(revision_mark=revised_top)
     return queued

@@ -11,6 +11,7 @@ from annotate.exports import EXPORT_OPTIONS, Aggregation
 from annotate.importing import FORMATS
 from annotate.models import (
     Annotation,
+    AnnotationRevision,
     ApiToken,
     Assignment,
     DatasetSnapshot,
@@ -525,6 +526,32 @@ class AnnotationSerializer(serializers.ModelSerializer):
 
     def get_time_spent_seconds(self, annotation: Annotation) -> float | None:
         return annotation.time_spent.total_seconds() if annotation.time_spent is not None else None
+
+
+class RevisionSerializer(serializers.ModelSerializer):
+    by = serializers.CharField(source="by.username", allow_null=True)
+
+    class Meta:
+        model = AnnotationRevision
+        fields = ["answer", "by", "created_at"]
+        extra_kwargs = {"created_at": {"help_text": "When this answer was replaced."}}
+
+
+class MyAnswerSerializer(AnnotationSerializer):
+    """One of your answers, with what the "my work" page shows of it."""
+
+    shown_answer = serializers.CharField(
+        source="shown_summary", help_text='The answer in the terms it was given: "B much better", "C > A = B".'
+    )
+    locked_because = serializers.CharField(help_text='Why it can no longer be changed; "" while it can.')
+    revisions = RevisionSerializer(many=True, help_text="The answers it replaced, oldest first.")
+    change_url = serializers.SerializerMethodField()
+
+    class Meta(AnnotationSerializer.Meta):
+        fields = [*AnnotationSerializer.Meta.fields, "shown_answer", "locked_because", "revisions", "change_url"]
+
+    def get_change_url(self, annotation: Annotation) -> str:
+        return reverse("api:change_answer", args=[annotation.task.project.slug, annotation.pk])
 
 
 class AnnotationFilter(QueryFilter):

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotate import views
+from annotate import my_work, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -18,6 +18,9 @@ urlpatterns = [
     path("p/<slug:project_slug>/quality/recompute/", views.quality_recompute, name="quality_recompute"),
     path("p/<slug:project_slug>/quality/thresholds/", views.quality_thresholds, name="quality_thresholds"),
     path("p/<slug:project_slug>/quality/members/<str:username>/", views.member_decision, name="member_decision"),
+    # The "my work" pages (annotate/my_work.py).
+    path("p/<slug:project_slug>/my-work/", my_work.my_work, name="my_work"),
+    path("p/<slug:project_slug>/my-work/<int:annotation_id>/", my_work.change_answer, name="change_answer"),
     path("tokens/", views.api_tokens, name="api_tokens"),
     path("tokens/<int:token_id>/revoke/", views.revoke_api_token, name="revoke_api_token"),
 ]

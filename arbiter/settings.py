@@ -309,6 +309,7 @@ SPECTACULAR_SETTINGS = {
     },
     # Fields named alike (kind, format) take different choices; each set gets a name of its own.
     "ENUM_NAME_OVERRIDES": {
+        "AnnotationSourceEnum": "annotate.models.Annotation.Source",
         "TaskKindEnum": "annotate.models.TaskKind",
         "ExportKindEnum": "annotate.models.DatasetSnapshot.Kind",
         "ExportFormatEnum": "annotate.models.DatasetSnapshot.Format",

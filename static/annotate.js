@@ -147,7 +147,10 @@
       return true;
     }
     if (key === "s" && !event.shiftKey) {
-      document.getElementById("skip").requestSubmit();
+      // No skip when changing an answer from "my work" (its page has no skip form).
+      const skip = document.getElementById("skip");
+      if (!skip) return false;
+      skip.requestSubmit();
       return true;
     }
     if (key === "c" && !event.shiftKey) {

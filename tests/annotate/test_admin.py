@@ -181,6 +181,7 @@ def project_form(project):
         "lease_length": "00:30:00",
         "max_open_leases": project.max_open_leases,
         "gold_rate": project.gold_rate,
+        "edit_window_minutes": project.edit_window_minutes,
         "samples_per_prompt": project.samples_per_prompt,
         "sample_prompts": project.sample_prompts,
         "pair_selection": project.pair_selection,

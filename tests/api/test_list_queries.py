@@ -18,6 +18,7 @@ LISTS = [
     f"{P}/prompts/",
     f"{P}/responses/",
     f"{P}/annotations/",
+    f"{P}/my-work/",  # the revisions, the task's positions and the lease's shown order
     f"{P}/exports/",
     f"{P}/rounds/",
     f"{P}/models/",
@@ -39,6 +40,8 @@ def add_rows(project, lead, make_user, make_task) -> None:
     make_task(project, "pairwise", required=1)
     project.next_assignment(annotator).submit({"choice": "a"}, user=annotator)
     project.next_assignment(annotator)  # a live lease, for the stats
+    make_task(project, "pairwise", required=2)  # an answer of the lead's, changed, for my-work
+    project.next_assignment(lead).submit({"choice": "a"}, user=lead).change({"choice": "b"}, user=lead)
     DatasetSnapshot.objects.create(project=project, kind="pairs", created_by=lead)
     parent = ModelVersion.objects.filter(project=project, kind="policy").first()
     launch_round(project, method="dpo", base=f"policy-v{parent.version}" if parent else "tiny/base", user=lead)

@@ -21,7 +21,7 @@ from django.urls import resolve
 from rest_framework.test import APIClient
 
 from annotate import api_urls
-from annotate.models import DatasetSnapshot, ImportJob, Project
+from annotate.models import Assignment, DatasetSnapshot, ImportJob, Project
 from models_registry.models import ModelVersion
 from tests.conftest import PASSWORD
 from training.rounds import launch_round
@@ -62,6 +62,15 @@ class World:
         """The caller's own lease; for callers without one, the annotator's."""
         return self.leases.get(role, self.leases["annotator"]).pk
 
+    def answer_id(self, role):
+        """The caller's own answer (its lease submitted, once); for callers without one, the annotator's."""
+        role = role if role in self.leases else "annotator"
+        return self.leases[role].submit({"choice": "a"}, user=self.users[role]).pk
+
+    def others_answer_id(self):
+        lease = Assignment.objects.get(pk=self.others)
+        return lease.submit({"choice": "a"}, user=self.users["second"]).pk
+
     def token_id(self, role):
         """The caller's own token; for anonymous, the annotator's."""
         return self.users.get(role, self.users["annotator"]).api_tokens.get().pk
@@ -97,6 +106,15 @@ ENDPOINTS = [
     ("submit-others", "post", lambda w, r: f"{P}/assignments/{w.others}/submit/", ANSWER, (401, 404, 404, 404, 404)),
     ("skip-others", "post", lambda w, r: f"{P}/assignments/{w.others}/skip/", None, (401, 404, 404, 404, 404)),
     ("annotations", "get", lambda w, r: f"{P}/annotations/", None, (401, 404, 200, 200, 200)),
+    ("my-work", "get", lambda w, r: f"{P}/my-work/", None, (401, 404, 200, 200, 200)),
+    ("change", "post", lambda w, r: f"{P}/annotations/{w.answer_id(r)}/change/", ANSWER, (401, 404, 200, 200, 200)),
+    (
+        "change-others",
+        "post",
+        lambda w, r: f"{P}/annotations/{w.others_answer_id()}/change/",
+        ANSWER,
+        (401, 404, 404, 404, 404),
+    ),
     ("exports-list", "get", lambda w, r: f"{P}/exports/", None, (401, 404, 403, 200, 200)),
     ("exports-create", "post", lambda w, r: f"{P}/exports/", {"kind": "pairs"}, (401, 404, 403, 202, 202)),
     ("export", "get", lambda w, r: f"{P}/exports/{w.snapshot.pk}/", None, (401, 404, 403, 200, 200)),

@@ -104,6 +104,14 @@ class Data:
         # One lease to skip and one to submit: a skipped lease could only ever answer a submit with 409.
         self.to_skip = project.next_assignment(lead)
         self.to_submit = project.next_assignment(lead, reuse_lease=False)
+        # And an answer of the lead's to change.
+        lease = project.next_assignment(lead, reuse_lease=False)
+        answers = {
+            "rating": {"score": 3},
+            "pairwise": {"choice": "a"},
+            "ranking": {"ranking": lease.task.response_ids()},
+        }
+        self.to_change = lease.submit(answers[lease.task.kind], user=lead)
         _, self.plaintext = ApiToken.issue(lead, "schemathesis")
         self.spare_token, _ = ApiToken.issue(lead, "spare")
         self.snapshot = DatasetSnapshot.objects.create(
@@ -158,6 +166,7 @@ def test_the_api_keeps_to_its_schema(case, data):
         "token_id": data.spare_token.pk,  # never the token the requests use
         "number": data.round.number,
         "version_id": data.version.pk,
+        "annotation_id": data.to_change.pk,
         "username": "annotator",  # a member: decisions on them are made, or refused for their reason
     }
     for name in case.path_parameters or {}:

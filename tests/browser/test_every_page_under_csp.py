@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 
 from annotate import tasks as celery_tasks
 from annotate.admin import project_leads_group
-from annotate.models import DatasetSnapshot, Membership, MembershipEvent, QualityReport
+from annotate.models import DatasetSnapshot, Membership, MembershipEvent, Project, QualityReport
 from annotate.quality_reports import request_quality, run_quality_report
 from models_registry.models import ModelVersion
 from tests.annotate.test_quality_reports import answered
@@ -162,6 +162,18 @@ def test_annotator_pages_work_under_the_policy(page, refusals, screenshot, annot
     assert page.evaluate("window.__marker") == 1
     assert [a.task_id for a in annotator.annotations.order_by("created_at")] == [t.pk for t in tasks]
     refusals.none_on("done")
+
+    # My work, and changing an answer there (a window, so that answers to tasks now complete can change).
+    Project.objects.filter(pk=project.pk).update(edit_window_minutes=60)
+    page.goto(f"/p/{project.slug}/my-work/")
+    expect(page.locator("#my-work tbody tr")).to_have_count(len(tasks))
+    refusals.none_on("my work")
+    page.get_by_role("link", name=f"Change your answer to task {pairwise.pk}").click()
+    expect(page.locator("#task-heading")).to_contain_text("changing your answer")
+    refusals.none_on("change an answer")
+    page.keyboard.press("Enter")  # the same answer: nothing changes, and the page says so
+    expect(page.locator(".message")).to_contain_text("nothing changed")
+    refusals.none_on("my work after a change")
 
     page.get_by_role("link", name="API tokens").click()
     page.get_by_label("What it is for").fill("labelling bot")
