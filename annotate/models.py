@@ -1423,9 +1423,9 @@ class Invitation(models.Model):
         return f"Invitation to {self.project} as {self.role}"
 
     @classmethod
-    def issue(cls, project: Project, *, by: Any, role: str, email: str = "", max_uses: int = 1) -> tuple[
-        "Invitation", str
-    ]:
+    def issue(
+        cls, project: Project, *, by: Any, role: str, email: str = "", max_uses: int = 1
+    ) -> tuple["Invitation", str]:
         """Make an invitation; returns it with its token, which is not stored and cannot be shown again."""
         plaintext = secrets.token_urlsafe(32)
         invitation = cls(

@@ -2,11 +2,13 @@
 revoked, expired or used up; joining twice joins once."""
 
 import re
+import threading
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
+from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
@@ -242,3 +244,52 @@ def test_one_password_works_to_log_in_after_signing_up(client, lead_client, proj
     response = client.post(reverse("login"), {"username": "newcomer", "password": NEW_PASSWORD})
 
     assert response.status_code == 302 and response.url == reverse("home")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+class TestAcceptingAtOnce:
+    """Many requests accepting one link at the same moment, on PostgreSQL (SQLite runs one writer at a time)."""
+
+    def run_together(self, invitation, users):
+        start = threading.Barrier(len(users))
+        outcomes = []
+
+        def accept(user):
+            try:
+                start.wait()
+                Invitation.objects.get(pk=invitation.pk).accept(user)
+                outcomes.append("joined")
+            except InvitationUnusable:
+                outcomes.append("refused")
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=accept, args=[user]) for user in users]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return outcomes
+
+    def test_a_shared_link_never_takes_more_than_its_cap(self, project, django_user_model):
+        invitation, _ = Invitation.issue(project, by=None, role="annotator", max_uses=5)
+        users = django_user_model.objects.bulk_create(django_user_model(username=f"u{i}") for i in range(16))
+
+        outcomes = self.run_together(invitation, users)
+
+        assert sorted(outcomes) == ["joined"] * 5 + ["refused"] * 11
+        assert project.memberships.count() == 5
+        invitation.refresh_from_db()
+        assert invitation.use_count == 5
+
+    def test_one_person_accepting_twice_at_once_joins_once_and_uses_one(self, project, django_user_model):
+        invitation, _ = Invitation.issue(project, by=None, role="annotator", max_uses=5)
+        user = django_user_model.objects.create(username="eager")
+
+        outcomes = self.run_together(invitation, [user] * 8)
+
+        assert outcomes == ["joined"] * 8
+        assert project.memberships.filter(user=user).count() == 1
+        invitation.refresh_from_db()
+        assert invitation.use_count == 1
