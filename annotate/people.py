@@ -63,7 +63,7 @@ class ProjectForm(forms.ModelForm):
     class Meta:
         model = Project
         fields = ["name", "slug"]
-        help_texts = {"slug": "Its address: /p/<slug>/. Letters, digits, hyphens and underscores."}
+        help_texts = {"slug": "Part of its address, /p/your-slug/: letters, digits, hyphens and underscores."}
 
 
 @never_cache  # the page that shows a new link must stay in no cache

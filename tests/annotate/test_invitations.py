@@ -23,7 +23,7 @@ def make_link(client, project, **data):
     response = client.post(url, {"role": "annotator", "email": "", "max_uses": 1, **data})
     assert response.status_code == 302, response.content.decode()
     page = client.get(response.url).content.decode()
-    return re.search(r'id="invite-link" value="([^"]+)"', page).group(1)
+    return re.search(r'id="invite-link">([^<]+)<', page).group(1)
 
 
 def token_of(link):
