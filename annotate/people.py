@@ -79,11 +79,15 @@ def invitations(request: HttpRequest, project_slug: str) -> HttpResponse:
             _email_invitation(request, invitation, link)
         request.session[NEW_LINK] = {"id": invitation.pk, "link": link}
         return redirect("invitations", project_slug=project.slug)
-    new = request.session.pop(NEW_LINK, None)
+    new = request.session.get(NEW_LINK)
+    if new and project.invitations.filter(pk=new["id"]).exists():
+        del request.session[NEW_LINK]  # shown once; another project's invitations page leaves it be
+    else:
+        new = None
     context = {
         "project": project,
         "form": form,
-        "new": new if new and project.invitations.filter(pk=new["id"]).exists() else None,
+        "new": new,
         "invitations": project.invitations.select_related("created_by")[:100],
         "days": settings.ARBITER_INVITATION_DAYS,
     }

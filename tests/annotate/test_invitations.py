@@ -293,3 +293,28 @@ class TestAcceptingAtOnce:
         assert project.memberships.filter(user=user).count() == 1
         invitation.refresh_from_db()
         assert invitation.use_count == 1
+
+
+def test_a_link_that_cannot_be_emailed_is_still_made_and_shown(lead_client, project, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", 9  # nothing listens there: the connection is refused
+    url = reverse("invitations", args=[project.slug])
+
+    response = lead_client.post(url, {"role": "annotator", "email": "friend@example.com", "max_uses": 1}, follow=True)
+
+    page = response.content.decode()
+    assert "could not be emailed to friend@example.com" in page
+    assert 'id="invite-link"' in page and Invitation.objects.count() == 1
+
+
+def test_the_new_link_waits_for_its_own_projects_page(lead_client, lead, project):
+    from annotate.models import Project
+
+    other = Project.objects.create(name="Other", slug="other")
+    Membership.objects.create(project=other, user=lead, role="lead")
+    lead_client.post(reverse("invitations", args=[project.slug]), {"role": "annotator", "max_uses": 1})
+
+    elsewhere = lead_client.get(reverse("invitations", args=[other.slug])).content.decode()
+    own = lead_client.get(reverse("invitations", args=[project.slug])).content.decode()
+
+    assert 'id="invite-link"' not in elsewhere and 'id="invite-link"' in own
