@@ -1,7 +1,10 @@
 """Getting people in, in Chromium: a lead makes an invitation link, a newcomer opens it in another browser, signs
 up, lands in the project and annotates a task; the people pages are looked at on a desktop and on a phone."""
 
+import re
+
 import pytest
+from django.core import mail
 from playwright.sync_api import expect
 
 from annotate.leads import project_leads_group
@@ -91,3 +94,46 @@ def test_invite_sign_up_and_annotate(request, browser, live_server, page, page_l
     other.screenshot(path=shots / "newcomer-7-sent-phone.png", full_page=True)
     newcomer.close()
     assert page_log.errors == []
+
+
+def test_someone_logged_in_joins_with_their_account(page, screenshot, project, lead, outsider):
+    _, token = Invitation.issue(project, by=lead, role="lead")
+    log_in(page, outsider, "/")
+
+    page.goto(f"/invite/{token}/")
+    expect(page.get_by_role("button", name="Join as outsider")).to_be_visible()
+    both_widths(page, screenshot, "join-logged-in")
+    page.get_by_role("button", name="Join as outsider").click()
+
+    expect(page.locator("h1")).to_contain_text(project.name)
+    expect(page.locator("h1 .role")).to_have_text("Lead")
+    expect(page.get_by_role("link", name="Invitations")).to_be_visible()  # a lead's tools, on the project page
+    assert project.memberships.get(user=outsider).role == "lead"
+
+
+def test_a_forgotten_password_is_reset_by_email(page, page_log, screenshot, annotator):
+    annotator.email = "annotator@example.com"
+    annotator.save()
+
+    page.goto("/login/")
+    page.get_by_role("link", name="Forgot your password?").click()
+    page.get_by_label("Email").fill("annotator@example.com")
+    page.get_by_role("button", name="Send the link").click()
+    expect(page.locator("h1")).to_have_text("Check your email")
+    both_widths(page, screenshot, "reset-sent")
+    [message] = mail.outbox
+    link = re.search(r"https?://\S+/password-reset/\S+/", message.body).group(0)
+
+    page.goto(link)
+    expect(page.locator("h1")).to_have_text("Set a new password")
+    page.locator("#id_new_password1").fill("a-fresh-long-passphrase")
+    page.locator("#id_new_password2").fill("a-fresh-long-passphrase")
+    both_widths(page, screenshot, "reset-set")
+    page.get_by_role("button", name="Set password").click()
+    expect(page.locator("h1")).to_have_text("Password set")
+    both_widths(page, screenshot, "reset-done")
+    page.get_by_role("link", name="Log in").click()
+    page.locator("#id_username").fill("annotator")
+    page.locator("#id_password").fill("a-fresh-long-passphrase")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("h1")).to_have_text("Your projects")
