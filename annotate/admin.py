@@ -10,7 +10,6 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import ForeignKey, Model, QuerySet
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -23,6 +22,7 @@ from django.utils.text import Truncator
 from annotate.exports import EXPORT_OPTIONS, Aggregation, queue_export
 from annotate.import_jobs import import_upload
 from annotate.importing import ImportFailed
+from annotate.leads import LEAD_PERMISSIONS, LEADS_GROUP, project_leads_group  # noqa: F401 (imported from here)
 from annotate.models import (
     Annotation,
     AnnotationRevision,
@@ -38,37 +38,11 @@ from annotate.models import (
     Task,
     TaskResponse,
     count_of,
+    make_lead,
 )
 
 admin.site.site_header = "Arbiter administration"
 admin.site.site_title = "Arbiter admin"
-
-LEADS_GROUP = "Project leads"
-# What a lead may do in the admin; the scoping below decides on which rows.
-LEAD_PERMISSIONS = {
-    "prompt": ("view", "add", "change", "delete"),
-    "response": ("view", "add", "change", "delete"),
-    "task": ("view", "add", "change", "delete"),
-    "taskresponse": ("view", "add", "change", "delete"),
-    "assignment": ("view", "add", "change", "delete"),
-    "annotation": ("view", "add", "change", "delete"),
-    "membership": ("view", "add", "change", "delete"),
-    "project": ("view", "change"),
-    "datasetsnapshot": ("view",),
-    "importjob": ("view",),
-    # training and models_registry: launch, watch and cancel rounds; review and promote model versions
-    "traininground": ("view", "add", "change"),
-    "modelversion": ("view", "change"),
-}
-LEAD_APPS = ["annotate", "training", "models_registry"]
-
-
-def project_leads_group() -> Group:
-    """The "Project leads" group, created if need be, holding exactly the admin permissions a lead needs."""
-    codenames = [f"{action}_{model}" for model, actions in LEAD_PERMISSIONS.items() for action in actions]
-    group, _ = Group.objects.get_or_create(name=LEADS_GROUP)
-    group.permissions.set(Permission.objects.filter(content_type__app_label__in=LEAD_APPS, codename__in=codenames))
-    return group
 
 
 def scope_to_led_projects(queryset: QuerySet, user: Any, project_path: str) -> QuerySet:
@@ -81,10 +55,6 @@ def scope_to_led_projects(queryset: QuerySet, user: Any, project_path: str) -> Q
 class ScopedChoicesMixin:
     """Limit foreign-key choices to rows of the user's led projects, so a lead cannot point a row elsewhere."""
 
-    # Users have no project path. A lead picks an annotator of a row among their projects' members, but adds
-    # people to a project from all active users (the admins that do so turn this off).
-    user_field_members_only = True
-
     def formfield_for_foreignkey(
         self, db_field: ForeignKey, request: HttpRequest, **kwargs: Any
     ) -> forms.ModelChoiceField | None:
@@ -96,10 +66,10 @@ class ScopedChoicesMixin:
 
     def _scoped_choices(self, model: type[Model], request: HttpRequest) -> QuerySet | None:
         if model is get_user_model():
+            # Users have no project path: a lead picks among the members of the projects they lead, also to add
+            # someone to a project, so no lead sees every account on the server; others come in by invitation.
             users = model._default_manager.filter(is_active=True).order_by("username")
-            if self.user_field_members_only:
-                users = users.filter(memberships__project__in=Project.objects.led_by(request.user)).distinct()
-            return users
+            return users.filter(memberships__project__in=Project.objects.led_by(request.user)).distinct()
         if not self.admin_site.is_registered(model):
             return None
         related_admin = self.admin_site.get_model_admin(model)
@@ -127,7 +97,6 @@ class MembershipInline(ScopedChoicesMixin, admin.TabularInline):
     extra = 1
     fields = ["user", "role", "created_at"]
     readonly_fields = ["created_at"]
-    user_field_members_only = False
 
 
 class ImportForm(forms.Form):
@@ -202,6 +171,13 @@ class ProjectAdmin(ProjectScopedAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).with_counts()
+
+    def save_related(self, request: HttpRequest, form: forms.ModelForm, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        if not change and not request.user.is_superuser:
+            # A lead leads the project they made (after the inline, which may have named them already), or it
+            # would vanish from their list.
+            make_lead(form.instance, request.user)
 
     @admin.display(description="Prompts", ordering="prompt_count")
     def prompt_count(self, project: Project) -> int:
@@ -323,7 +299,6 @@ class MembershipAdmin(ProjectScopedAdmin):
     search_fields = ["user__username", "user__email", "project__name", "project__slug"]
     list_select_related = ["user", "project"]
     readonly_fields = ["created_at"]
-    user_field_members_only = False
 
 
 class ResponseInline(ScopedChoicesMixin, admin.StackedInline):

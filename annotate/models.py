@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import Count, Exists, F, Max, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce, Greatest, TruncHour
 from django.db.models.signals import post_delete
@@ -1484,3 +1484,115 @@ class ApiToken(models.Model):
 def _letter(index: int) -> str:
     """A response's letter by its shown position: A to Z, then numbers."""
     return chr(ord("A") + index) if index < 26 else str(index + 1)
+
+
+# People: invitations to a project, and the lead a project's maker becomes.
+
+
+def make_lead(project: Project, user: Any) -> Membership:
+    """Make `user` a lead of `project` (a member already or not): how the maker of a project comes to lead it."""
+    membership, _ = Membership.objects.update_or_create(
+        project=project, user=user, defaults={"role": Membership.Role.LEAD}
+    )
+    return membership
+
+
+class InvitationUnusable(Exception):
+    """The invitation was revoked, has expired or has been used as often as it may; the message says which."""
+
+
+class InvitationQuerySet(models.QuerySet):
+    def usable(self, now: datetime | None = None) -> "InvitationQuerySet":
+        """Invitations someone may still join with: not revoked, not expired, uses left."""
+        now = now or timezone.now()
+        return self.filter(revoked_at__isnull=True, expires_at__gt=now, use_count__lt=F("max_uses"))
+
+    def by_link(self, plaintext: str) -> "Invitation | None":
+        """The invitation a link's token is (usable or not); None when no invitation has that token."""
+        return self.select_related("project").filter(digest=ApiToken.digest_of(plaintext)).first()
+
+
+class Invitation(models.Model):
+    """A link that lets people join a project with a role: single-use, or shared with a cap on its uses.
+
+    As with API tokens only a hash of the token is stored: the link is shown once, when it is made.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="invitations")
+    role = models.CharField(max_length=16, choices=Membership.Role.choices, default=Membership.Role.ANNOTATOR)
+    email = models.EmailField(blank=True, help_text="Who it was sent to, if it was sent by email.")
+    digest = models.CharField(max_length=64, unique=True, help_text="sha256 of the link's token.")
+    max_uses = models.PositiveIntegerField(default=1, help_text="How many people may join with it.")
+    use_count = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = InvitationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(max_uses__gte=1), name="invitation_max_uses_positive"),
+            models.CheckConstraint(condition=Q(use_count__lte=F("max_uses")), name="invitation_within_max_uses"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Invitation to {self.project} as {self.role}"
+
+    @classmethod
+    def issue(
+        cls, project: Project, *, by: Any, role: str, email: str = "", max_uses: int = 1
+    ) -> tuple["Invitation", str]:
+        """Make an invitation; returns it with its token, which is not stored and cannot be shown again."""
+        plaintext = secrets.token_urlsafe(32)
+        invitation = cls(
+            project=project,
+            role=role,
+            email=email.strip(),
+            max_uses=max_uses,
+            created_by=by,
+            digest=ApiToken.digest_of(plaintext),
+            expires_at=timezone.now() + timedelta(days=settings.ARBITER_INVITATION_DAYS),
+        )
+        invitation.full_clean()
+        invitation.save()
+        return invitation, plaintext
+
+    @property
+    def problem(self) -> str:
+        """Why no one can join with it now; empty while it is usable."""
+        if self.revoked_at is not None:
+            return "This invitation was revoked."
+        if self.expires_at <= timezone.now():
+            return "This invitation has expired."
+        if self.use_count >= self.max_uses:
+            return "This invitation has been used." if self.max_uses == 1 else "This invitation has no uses left."
+        return ""
+
+    def accept(self, user: Any) -> Membership:
+        """Make `user` a member with the invitation's role, counting one use; a member already keeps their membership
+        and uses nothing, so accepting twice (a double click, a reload) joins once. InvitationUnusable if it was
+        revoked, expired or used up."""
+        try:
+            with transaction.atomic():
+                if existing := Membership.objects.filter(project_id=self.project_id, user=user).first():
+                    return existing
+                # One conditional UPDATE: of requests accepting at once, no more than the uses left get through.
+                claimed = Invitation.objects.usable().filter(pk=self.pk).update(use_count=F("use_count") + 1)
+                if not claimed:
+                    self.refresh_from_db()
+                    raise InvitationUnusable(self.problem or "This invitation cannot be used.")
+                return Membership.objects.create(project_id=self.project_id, user=user, role=self.role)
+        except IntegrityError:
+            # The same person accepted at the same moment in another request: theirs joined; this use rolled back.
+            return Membership.objects.get(project_id=self.project_id, user=user)
+
+    def revoke(self) -> None:
+        """Refuse the link from now on; who joined with it stays a member."""
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            self.save(update_fields=["revoked_at"])

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotate import my_work, views
+from annotate import my_work, people, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -23,4 +23,13 @@ urlpatterns = [
     path("p/<slug:project_slug>/my-work/<int:annotation_id>/", my_work.change_answer, name="change_answer"),
     path("tokens/", views.api_tokens, name="api_tokens"),
     path("tokens/<int:token_id>/revoke/", views.revoke_api_token, name="revoke_api_token"),
+    # People: invitations, joining by one, a lead's new project (annotate/people.py)
+    path("projects/new/", people.new_project, name="new_project"),
+    path("p/<slug:project_slug>/invitations/", people.invitations, name="invitations"),
+    path(
+        "p/<slug:project_slug>/invitations/<int:invitation_id>/revoke/",
+        people.revoke_invitation,
+        name="revoke_invitation",
+    ),
+    path("invite/<str:token>/", people.accept_invitation, name="accept_invitation"),
 ]

@@ -96,7 +96,7 @@ def test_leads_group_grants_exactly_the_lead_permissions(db):
     codenames = set(group.permissions.values_list("codename", flat=True))
 
     assert codenames == {f"{action}_{model}" for model, actions in LEAD_PERMISSIONS.items() for action in actions}
-    assert "add_project" not in codenames and "delete_project" not in codenames
+    assert "add_project" in codenames and "delete_project" not in codenames  # a lead makes projects, deletes none
     assert project_leads_group() == group  # a second call finds the group instead of making another
 
 
@@ -193,7 +193,12 @@ def project_form(project):
     }
 
 
-def test_lead_adds_any_user_to_their_project_from_the_project_page(client, staff_lead, project, outsider):
+def test_lead_adds_a_member_of_their_other_project_from_the_project_page(client, staff_lead, project, outsider):
+    # The picker offers a lead the members of the projects they lead (others come in by invitation).
+    Membership.objects.create(
+        project=Project.objects.create(name="Other", slug="other-led"), user=staff_lead, role="lead"
+    )
+    Membership.objects.create(project=Project.objects.get(slug="other-led"), user=outsider)
     client.force_login(staff_lead)
     lead_membership = project.memberships.get(user=staff_lead)
     data = {

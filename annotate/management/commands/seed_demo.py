@@ -16,8 +16,8 @@ from django.contrib.auth.models import AbstractUser
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from annotate.admin import project_leads_group
 from annotate.importing import import_file
+from annotate.leads import project_leads_group
 from annotate.models import Membership, Project, Prompt
 from models_registry.models import ModelVersion
 
