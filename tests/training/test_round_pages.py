@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from annotate.admin import project_leads_group
-from annotate.models import DatasetSnapshot, Project, Response, Task, TaskResponse
+from annotate.models import DatasetSnapshot, Membership, Project, Response, Task, TaskResponse
 from models_registry.models import ModelVersion
 from tests.conftest import write_model_files
 from training.charts import chart
@@ -97,6 +97,32 @@ class TestAdminLaunch:
         changelist = reverse("admin:annotate_project_changelist")
         page = client.post(changelist, {"action": "launch_training_round", "_selected_action": [project.pk]})
         assert page.status_code == 302 and page["Location"] == launch_url(project)
+
+    def test_the_form_preselects_the_leads_only_project_or_the_one_named_by_slug(self, client, staff_lead, project):
+        client.force_login(staff_lead)
+
+        def selected(page):
+            return re.search(r'<select name="project".*?<option value="(\d*)" selected>', page, re.S).group(1)
+
+        assert selected(client.get(launch_url()).content.decode()) == str(project.pk)  # the only one
+
+        second = Project.objects.create(name="Second", slug="second")
+        Membership.objects.create(project=second, user=staff_lead, role=Membership.Role.LEAD)
+        assert selected(client.get(launch_url()).content.decode()) == ""  # two: the lead chooses
+        by_slug = client.get(launch_url() + "?project=second").content.decode()
+        assert selected(by_slug) == str(second.pk)
+        Project.objects.create(name="Not theirs", slug="not-theirs")
+        assert selected(client.get(launch_url() + "?project=not-theirs").content.decode()) == ""
+
+    def test_the_form_groups_what_to_train_the_data_and_the_settings(self, client, staff_lead, project):
+        client.force_login(staff_lead)
+        page = client.get(launch_url(project)).content.decode()
+        order = ["What to train", 'id="id_project"', 'id="id_base"', "Which annotations", 'id="id_split"',
+                 'id="id_min_agreement"', 'id="id_ratings_as_pairs"', "Stage settings", 'id="id_settings"']  # fmt: skip
+        positions = [page.index(marker) for marker in order]
+        assert positions == sorted(positions)
+        # Each help text is tied to its field, for screen readers.
+        assert 'aria-describedby="id_base_helptext"' in page and 'id="id_base_helptext"' in page
 
     def test_cancel_action_cancels_a_queued_round(self, client, staff_lead, project, base):
         training_round = launch_round(project, method="dpo", base=base)
