@@ -37,7 +37,7 @@ class TrainingRound(models.Model):
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
     # What each value of `stage` means to a lead (training/rounds.py sets it as the round moves on).
     PHASES = {
-        "": "Starting: taking the snapshot of the annotations",
+        "": "Starting (the dataset snapshot, for a round that trains)",
         "reward": "Training the reward model",
         "ppo": "Training the policy (PPO)",
         "dpo": "Training the policy (DPO)",
