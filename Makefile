@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Reinstalls only when the dependencies change; the project itself is installed editable.
 STAMP := $(VENV)/.installed
+# The port `make run` serves on.
+PORT ?= 8000
 
 .PHONY: install run test test-postgres test-sqlite lint bench
 
@@ -19,16 +21,20 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # The server and, beside it, one Celery worker for both queues with beat inside (exports, training rounds, lease
-# expiry); the worker stops with the server.
+# expiry); the worker stops with the server. `PORT=8001 make run` serves on another port.
+# PYTHONUNBUFFERED: seed_demo's progress lines show as they come, not all at once when it ends.
 run: install
 	mkdir -p var
+	@echo "== Applying migrations to the database (var/arbiter.sqlite3 unless DATABASE_URL is set)"
 	$(BIN)/python manage.py migrate
-	$(BIN)/python manage.py seed_demo
+	@echo "== Seeding the demo project (the first run also builds the demo model: about a minute on a CPU)"
+	PYTHONUNBUFFERED=1 $(BIN)/python manage.py seed_demo --port $(PORT)
+	@echo "== Starting a Celery worker and the server on http://127.0.0.1:$(PORT)/ (Ctrl-C stops both)"
 	$(BIN)/celery -A arbiter worker -Q default,gpu --pool solo --beat --loglevel INFO \
 		--schedule var/celerybeat-schedule > var/worker.log 2>&1 & \
 	trap 'kill $$!' EXIT INT TERM; \
 	echo "Celery worker started (log: var/worker.log)"; \
-	$(BIN)/python manage.py runserver 127.0.0.1:8000
+	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
 # The suite runs on a throwaway PostgreSQL (everything runs), then the tests that use the database run again on the
 # embedded SQLite default (those marked `postgres` skip with a reason; the training engine, settings and docker-file

@@ -528,6 +528,7 @@ class DatasetSnapshotAdmin(ProjectScopedAdmin):
     list_display += ["download"]
     list_filter = ["status", "kind", "format", _related_only("project")]
     list_select_related = ["project", "created_by"]
+    exclude = ["file"]  # shown as a /media/ link, which is not served: "download" is the file's one link
     readonly_fields = ["download"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -262,19 +262,32 @@ def _render_quality(
     return render(request, template, context, status=status)
 
 
+NEW_TOKEN_SESSION_KEY = "new_api_token"
+
+
 @never_cache  # the response that shows a new token must stay in no cache
 @login_required
 def api_tokens(request: HttpRequest) -> HttpResponse:
-    """The user's API tokens; a POST makes one and shows it, this once (only its hash is kept)."""
-    new_token, plaintext, errors = None, "", []
+    """The user's API tokens; a POST makes one and redirects to the list, which shows it this once."""
+    errors = []
     if request.method == "POST":
-        # Rendered, not redirected: after a redirect the token would have to be kept somewhere to show it.
         try:
             new_token, plaintext = ApiToken.issue(request.user, request.POST.get("name", ""))
         except ValidationError as error:
             errors = error.messages
+        else:
+            # Redirect-after-post, so a reload cannot make a second token; the session carries the plaintext to the
+            # next page, which forgets it (only the token's hash is kept).
+            request.session[NEW_TOKEN_SESSION_KEY] = {"id": new_token.pk, "plaintext": plaintext}
+            return redirect("api_tokens")
+    shown = request.session.pop(NEW_TOKEN_SESSION_KEY, None) or {}
     tokens = request.user.api_tokens.all()
-    context = {"tokens": tokens, "new_token": new_token, "plaintext": plaintext, "errors": errors}
+    context = {
+        "tokens": tokens,
+        "new_token": next((token for token in tokens if token.pk == shown.get("id")), None),
+        "plaintext": shown.get("plaintext", ""),
+        "errors": errors,
+    }
     return render(request, "annotate/tokens.html", context, status=400 if errors else 200)
 
 

@@ -211,6 +211,14 @@ class TestCommands:
         assert args[:4] == ["celery", "-A", "arbiter", "worker"] and "--beat" in args
         assert set(option(args, "-Q", "--queues").split(",")) == routed_queues()
 
+    def test_make_run_serves_and_seeds_on_the_port_given(self):
+        shown = subprocess.run(
+            ["make", "-n", "-o", ".venv/.installed", "run", "PORT=8001"], cwd=ROOT, capture_output=True, text=True
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "runserver 127.0.0.1:8001" in shown.stdout and "seed_demo --port 8001" in shown.stdout
+        assert "8000" not in shown.stdout
+
     def test_worker_health_checks_ping_their_own_node(self):
         for name in ("worker", "gpu-worker"):
             args = argv(SERVICES[name]["healthcheck"]["test"])

@@ -6,7 +6,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -33,7 +33,7 @@ class LaunchForm(DatasetFiltersForm):
     project = forms.ModelChoiceField(queryset=Project.objects.none())
     split = forms.ChoiceField(required=False, choices=[("train", "Train"), ("eval", "Eval")], initial="train")
     method = forms.ChoiceField(choices=TrainingRound.Method.choices)
-    base = forms.CharField(required=False, help_text=BASE_HELP)
+    base = forms.CharField(required=False, help_text=BASE_HELP, widget=forms.TextInput(attrs={"class": "vTextField"}))
     reward_model = forms.CharField(
         required=False, help_text="PPO only: score with this reward version (reward-v2) instead of training one."
     )
@@ -43,6 +43,18 @@ class LaunchForm(DatasetFiltersForm):
         help_text="One key=value per line: for every stage that has the key, or stage.key=value for one stage.",
     )
     field_order = ["project", "method", "base", "reward_model", "settings"]
+    # The page's three groups; the dataset filters are the fields of DatasetFiltersForm, whatever it grows.
+    WHAT = ("project", "method", "base", "reward_model")
+    SETTINGS = ("settings",)
+
+    def groups(self) -> list[tuple[str, str, list[forms.BoundField]]]:
+        """(heading, description, fields) for each part of the form, in the page's order."""
+        data = [self[name] for name in self.fields if name not in self.WHAT + self.SETTINGS]
+        return [
+            ("What to train", "", [self[name] for name in self.WHAT]),
+            ("Which annotations", "The dataset snapshot the round trains on: the same options as an export.", data),
+            ("Stage settings", "", [self[name] for name in self.SETTINGS]),
+        ]
 
     def __init__(self, *args: Any, projects: QuerySet, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -96,7 +108,7 @@ class TrainingRoundAdmin(ProjectScopedAdmin):
         if not self.has_add_permission(request):
             raise PermissionDenied
         projects = Project.objects.led_by(request.user)
-        initial = {"project": request.GET.get("project")}
+        initial = {"project": _preselected(request, projects)}
         form = LaunchForm(request.POST or None, initial=initial, projects=projects)
         memory = None
         if request.method == "POST" and form.is_valid():
@@ -167,6 +179,13 @@ class TrainingRoundAdmin(ProjectScopedAdmin):
 
 def _gpu_text(gpu: dict[str, Any] | None) -> str:
     return f"{gpu['name']}, {size_text(gpu['total_memory'])} ({gpu['hostname']})" if gpu else ""
+
+
+def _preselected(request: HttpRequest, projects: QuerySet) -> Project | None:
+    """The project the page was opened for (?project=<slug or id>), else the lead's only project."""
+    if wanted := request.GET.get("project", ""):
+        return projects.filter(Q(slug=wanted) | (Q(pk=wanted) if wanted.isdigit() else Q())).first()
+    return projects.first() if len(projects[:2]) == 1 else None
 
 
 def _query(request: HttpRequest) -> str:

@@ -16,7 +16,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from annotate.jobs import move
-from annotate.models import DatasetSnapshot
+from annotate.models import DatasetSnapshot, Response, Task
 
 
 class TrainingRound(models.Model):
@@ -35,6 +35,17 @@ class TrainingRound(models.Model):
         CANCELLED = "cancelled", "Cancelled"
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+    # What each value of `stage` means to a lead (training/rounds.py sets it as the round moves on).
+    PHASES = {
+        "": "Starting (the dataset snapshot, for a round that trains)",
+        "reward": "Training the reward model",
+        "ppo": "Training the policy (PPO)",
+        "dpo": "Training the policy (DPO)",
+        "sft": "Training the policy (SFT)",
+        "eval_reward": "Evaluating the reward model on held-out votes",
+        "eval": "Evaluating the new policy",
+        "sample": "Sampling new responses into the queue",
+    }
 
     project = models.ForeignKey("annotate.Project", on_delete=models.CASCADE, related_name="training_rounds")
     number = models.PositiveIntegerField(help_text="The project's round number, from 1.")
@@ -131,6 +142,25 @@ class TrainingRound(models.Model):
 
     def cancel_is_requested(self) -> bool:
         return TrainingRound.objects.filter(pk=self.pk, cancel_requested=True).exists()
+
+    @property
+    def phase(self) -> str:
+        """What the round is doing (or was doing when it stopped), with how far it got, in words."""
+        name = self.PHASES.get(self.stage, self.stage)
+        if not self.total_steps:
+            return name
+        return f"{name}: {self.step} of {self.total_steps} {'responses' if self.stage == 'sample' else 'steps'}"
+
+    def queued_samples(self) -> dict[str, int]:
+        """What the round's sampling put in the annotation queue (training/sampling.py tags both with its number)."""
+        tasks = Task.objects.filter(project=self.project_id, round_number=self.number).exclude(status=Task.Status.GOLD)
+        return {
+            "responses": Response.objects.filter(
+                prompt__project=self.project_id, source=Response.Source.MODEL, generation_params__round=self.number
+            ).count(),
+            "tasks": tasks.count(),
+            "open": tasks.filter(status=Task.Status.OPEN).count(),
+        }
 
     def metric_series(self) -> dict[str, list[tuple[int, float]]]:
         """Every metric the stages reported, as (step, value) points, named "stage/metric"."""

@@ -566,6 +566,7 @@ def _run_stages(training_round: TrainingRound) -> None:
         policy = _register(training_round, snapshot, results, reward_path) or policy
     if "sample" in stages:
         report = _progress_callback(training_round, "sample", len(stages) - 1, len(stages))
+        training_round.beat(stage="sample", step=0, total_steps=0)  # the page says "sampling" before the first batch
         try:
             made = sample_into_queue(
                 training_round.project,
@@ -607,7 +608,7 @@ def _progress_callback(training_round: TrainingRound, stage: str, index: int, st
             values = {name: value if math.isfinite(value) else None for name, value in metrics.items()}
             RoundMetric.objects.create(training_round=training_round, stage=stage, step=step, values=values)
         done = (index + (step / total if total else 0)) / stages
-        still_running = training_round.beat(step=step, total_steps=total, progress=min(done, 1.0))
+        still_running = training_round.beat(stage=stage, step=step, total_steps=total, progress=min(done, 1.0))
         # Stop when the lead cancelled, or when the round was failed under us (its worker was thought dead).
         return not still_running or training_round.cancel_is_requested()
 
@@ -656,6 +657,7 @@ def _human_eval_accuracy(training_round: TrainingRound, reward_path: str) -> dic
 
     if training_round.filters.get("split") == "eval":
         return {}  # it trained on the eval split: nothing is held out
+    training_round.beat(stage="eval_reward", step=0, total_steps=0)
     filters = {**training_round.filters, "split": "eval"}
     snapshot = run_snapshot(create_snapshot(training_round.project, kind=DatasetSnapshot.Kind.PAIRS, filters=filters))
     if snapshot.status != DatasetSnapshot.Status.READY or not snapshot.row_count:
@@ -682,7 +684,7 @@ def _evaluate_policy(training_round: TrainingRound, policy_path: str, reward_pat
     prompts = training_round.project.prompts.order_by("id")
     held_out = prompts.filter(split=Prompt.Split.EVAL)
     prompts = [p.messages for p in (held_out if held_out.exists() else prompts)[:EVAL_PROMPTS]]
-    training_round.beat(stage="eval")
+    training_round.beat(stage="eval", step=0, total_steps=0)  # the training stage's steps are over
     logger.info("Evaluating the policy on %s prompts", len(prompts))
     return evaluate_policy(
         policy_path,

@@ -704,6 +704,17 @@ class TestAdmin:
         client.force_login(annotator)
         assert client.get(reverse("admin:annotate_datasetsnapshot_download", args=[mine.pk])).status_code == 302
 
+    def test_the_snapshot_page_has_one_file_link_and_it_downloads(self, client, staff_lead, project, data):
+        snapshot = export(project, kind="votes")
+        client.force_login(staff_lead)
+        page = client.get(reverse("admin:annotate_datasetsnapshot_change", args=[snapshot.pk])).content.decode()
+        # Media files are not served: a link to /media/… answers 404.
+        assert "/media/" not in page and snapshot.file.name not in page
+        download = reverse("admin:annotate_datasetsnapshot_download", args=[snapshot.pk])
+        assert page.count(f'href="{download}"') == 1
+        response = client.get(download)
+        assert hashlib.sha256(b"".join(response.streaming_content)).hexdigest() == snapshot.sha256
+
 
 def test_responses_and_a_task_added_while_a_chunk_is_read_do_not_break_the_export(data, monkeypatch):
     """An import or a round may add responses and a task over them to a prompt between the chunk's queries."""

@@ -51,6 +51,11 @@ def test_creates_users_project_and_tasks(db, debug):
         assert login in out
 
 
+def test_the_urls_it_prints_use_the_port_given(db, debug):
+    out = seed("--port", "8001")
+    assert "http://127.0.0.1:8001/admin/" in out and ":8000" not in out
+
+
 def test_second_run_creates_nothing_new(db, debug):
     seed()
     first = row_counts()
@@ -110,6 +115,9 @@ def test_the_demo_policy_is_registered_active_and_its_samples_are_queued(db, deb
     policy = ModelVersion.objects.get(project=project)
     assert (policy.kind, policy.version, policy.status) == ("policy", 1, "active")
     assert (Path(policy.base_model) / "config.json").is_file() and f"Registered {policy}" in out
+    # The minute it trains is not silent: a line every 50 steps, then one per batch of answers sampled.
+    assert "fine-tuning: step 50 of 300, loss" in out and "fine-tuning: step 300 of 300" in out
+    assert "sampled" in out and " of " in out.split("sampled")[-1]
 
     samples = Response.objects.filter(model_version=policy)
     assert samples.count() >= 40 and len(set(samples.values_list("content", flat=True))) > samples.count() // 2

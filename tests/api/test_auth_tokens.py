@@ -55,7 +55,7 @@ class TestIssue:
         client.force_login(annotator)
         from_api = client.post(TOKENS, {"name": "api"}, content_type="application/json").json()
         from_login = APIClient().post(LOGIN, {"username": "annotator", "password": PASSWORD}, format="json").json()
-        page = client.post(reverse("api_tokens"), {"name": "page"}).content.decode()
+        page = client.post(reverse("api_tokens"), {"name": "page"}, follow=True).content.decode()
         from_page = re.search(r'<code class="token">([^<]+)</code>', page).group(1)
 
         stored = database_text()
@@ -273,19 +273,19 @@ class TestTokensPage:
 
         assert link in client.get(reverse("home")).content.decode()
 
-    def test_making_a_token_shows_it_once(self, client, annotator):
+    def test_making_a_token_redirects_shows_it_once_and_a_reload_makes_no_second_one(self, client, annotator):
         client.force_login(annotator)
 
         made = client.post(reverse("api_tokens"), {"name": "notebook"})
-        page = made.content.decode()
-        plaintext = re.search(r'<code class="token">([^<]+)</code>', page).group(1)
+        assert made.status_code == 302 and made["Location"] == reverse("api_tokens")
+        shown = client.get(reverse("api_tokens"))
+        plaintext = re.search(r'<code class="token">([^<]+)</code>', shown.content.decode()).group(1)
 
-        assert made.status_code == 200
-        assert "no-store" in made.headers["Cache-Control"]
+        assert "no-store" in shown.headers["Cache-Control"] and "Your new token “notebook”" in shown.content.decode()
         assert bearer(plaintext).get(ME).status_code == 200
-        again = client.get(reverse("api_tokens")).content.decode()
-        assert plaintext not in again
-        assert "notebook" in again and ApiToken.objects.get().masked in again
+        again = client.get(reverse("api_tokens")).content.decode()  # the reload
+        assert plaintext not in again and 'class="token"' not in again
+        assert "notebook" in again and ApiToken.objects.get().masked in again  # .get(): still the one token
 
     def test_a_blank_name_is_refused(self, client, annotator):
         client.force_login(annotator)

@@ -80,3 +80,41 @@ def test_the_project_page_links_it_for_leads_only(client, lead, annotator, proje
     assert url(project) in client.get(reverse("project_detail", args=[project.slug])).content.decode()
     client.force_login(annotator)
     assert url(project) not in client.get(reverse("project_detail", args=[project.slug])).content.decode()
+
+
+class TestPromote:
+    def test_a_lead_promotes_a_version_from_the_page_after_confirming(self, client, lead, project, policy):
+        first, second = policy(), policy()
+        first.promote()
+        client.force_login(lead)
+        promote = reverse("promote_version", args=[project.slug, second.pk])
+        page = client.get(url(project)).content.decode()
+        assert f'href="{promote}"' in page
+        assert reverse("promote_version", args=[project.slug, first.pk]) not in page  # already active
+
+        confirm = client.get(promote).content.decode()
+        assert f'action="{promote}"' in confirm and f"policy v{first.version}, active now, is archived" in confirm
+        second.refresh_from_db()
+        assert second.status == "candidate"  # the confirm page changes nothing
+
+        done = client.post(promote, follow=True)
+        assert done.redirect_chain == [(url(project), 302)]
+        assert f"policy v{second.version} is now the active policy" in done.content.decode()
+        assert dict(ModelVersion.objects.values_list("pk", "status")) == {first.pk: "archived", second.pk: "active"}
+
+    def test_annotators_outsiders_and_other_projects_versions_get_404(
+        self, client, lead, annotator, outsider, project, policy
+    ):
+        from annotate.models import Project
+
+        version = policy()
+        other_project = Project.objects.create(name="Other", slug="other")
+        other = ModelVersion.register(project=other_project, kind="policy", base_model="tiny")
+        for user in (annotator, outsider):
+            client.force_login(user)
+            assert client.get(reverse("promote_version", args=[project.slug, version.pk])).status_code == 404
+            assert client.post(reverse("promote_version", args=[project.slug, version.pk])).status_code == 404
+        client.force_login(lead)
+        assert client.post(reverse("promote_version", args=[project.slug, other.pk])).status_code == 404
+        assert client.post(reverse("promote_version", args=["other", other.pk])).status_code == 404
+        assert not ModelVersion.objects.filter(status="active").exists()

@@ -11,12 +11,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from annotate.admin import project_leads_group
-from annotate.models import DatasetSnapshot, Project
+from annotate.models import DatasetSnapshot, Membership, Project, Response, Task, TaskResponse
 from models_registry.models import ModelVersion
 from tests.conftest import write_model_files
 from training.charts import chart
 from training.models import RoundMetric, TrainingRound
-from training.rounds import launch_round
+from training.rounds import _progress_callback, launch_round
 
 pytestmark = pytest.mark.django_db
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -98,6 +98,32 @@ class TestAdminLaunch:
         page = client.post(changelist, {"action": "launch_training_round", "_selected_action": [project.pk]})
         assert page.status_code == 302 and page["Location"] == launch_url(project)
 
+    def test_the_form_preselects_the_leads_only_project_or_the_one_named_by_slug(self, client, staff_lead, project):
+        client.force_login(staff_lead)
+
+        def selected(page):
+            return re.search(r'<select name="project".*?<option value="(\d*)" selected>', page, re.S).group(1)
+
+        assert selected(client.get(launch_url()).content.decode()) == str(project.pk)  # the only one
+
+        second = Project.objects.create(name="Second", slug="second")
+        Membership.objects.create(project=second, user=staff_lead, role=Membership.Role.LEAD)
+        assert selected(client.get(launch_url()).content.decode()) == ""  # two: the lead chooses
+        by_slug = client.get(launch_url() + "?project=second").content.decode()
+        assert selected(by_slug) == str(second.pk)
+        Project.objects.create(name="Not theirs", slug="not-theirs")
+        assert selected(client.get(launch_url() + "?project=not-theirs").content.decode()) == ""
+
+    def test_the_form_groups_what_to_train_the_data_and_the_settings(self, client, staff_lead, project):
+        client.force_login(staff_lead)
+        page = client.get(launch_url(project)).content.decode()
+        order = ["What to train", 'id="id_project"', 'id="id_base"', "Which annotations", 'id="id_split"',
+                 'id="id_min_agreement"', 'id="id_ratings_as_pairs"', "Stage settings", 'id="id_settings"']  # fmt: skip
+        positions = [page.index(marker) for marker in order]
+        assert positions == sorted(positions)
+        # Each help text is tied to its field, for screen readers.
+        assert 'aria-describedby="id_base_helptext"' in page and 'id="id_base_helptext"' in page
+
     def test_cancel_action_cancels_a_queued_round(self, client, staff_lead, project, base):
         training_round = launch_round(project, method="dpo", base=base)
         client.force_login(staff_lead)
@@ -119,7 +145,8 @@ class TestRoundPage:
         client.force_login(lead)
 
         page = client.get(self.url(training_round)).content.decode()
-        assert 'hx-trigger="every 2s"' in page and 'value="50"' in page and "step 2 of 4" in page
+        assert 'hx-trigger="every 2s"' in page and 'value="50"' in page
+        assert "Training the policy (DPO): 2 of 4 steps" in page
         assert "dpo/loss" in page and "<polyline" in page and "dpo step 2/4: loss 0.6" in page
         assert "Cancel round" in page
 
@@ -136,14 +163,69 @@ class TestRoundPage:
         assert "Cancelled" in region and "hx-trigger" not in region and "Cancel round" not in region
         assert "· 10:03:04" in region
 
-    def test_cancel_button_asks_the_round_to_stop(self, client, lead, project, base):
+    def test_cancel_is_a_link_to_a_confirm_page_that_cancels_on_post(self, client, lead, project, base):
         training_round = launch_round(project, method="dpo", base=base)
         training_round.claim()
         client.force_login(lead)
         cancel = reverse("cancel_round", args=[project.slug, training_round.number])
+        page = client.get(self.url(training_round)).content.decode()
+        assert f'href="{cancel}"' in page and f'action="{cancel}"' not in page  # a slip does not cancel
+
+        confirm = client.get(cancel)
+        assert confirm.status_code == 200 and f'action="{cancel}"' in confirm.content.decode()
+        assert "Keep it running" in confirm.content.decode()
+        training_round.refresh_from_db()
+        assert not training_round.cancel_requested
+
         assert client.post(cancel).status_code == 302
         training_round.refresh_from_db()
         assert training_round.cancel_requested and training_round.status == "running"  # the worker stops it
+        assert 'id="cancel-round"' not in client.get(self.url(training_round)).content.decode()
+
+    def test_confirming_a_finished_round_goes_back_to_its_page(self, client, lead, project, base):
+        training_round = launch_round(project, method="dpo", base=base)
+        training_round.request_cancel()
+        client.force_login(lead)
+        cancel = reverse("cancel_round", args=[project.slug, training_round.number])
+        assert client.get(cancel)["Location"] == self.url(training_round)
+
+    def test_sampling_after_the_policy_eval_is_named_sampling_with_its_own_count(self, client, lead, project, base):
+        training_round = launch_round(project, method="dpo", base=base)
+        training_round.claim()
+        training_round.beat(stage="dpo", step=112, total_steps=112, progress=0.5)
+        training_round.beat(stage="eval", step=0, total_steps=0)
+        client.force_login(lead)
+        assert "Evaluating the new policy" in client.get(self.url(training_round), **HTMX).content.decode()
+
+        _progress_callback(training_round, "sample", 1, 2)(30, 120, {})  # what sampling reports after a batch
+
+        region = client.get(self.url(training_round), **HTMX).content.decode()
+        assert "Sampling new responses into the queue: 30 of 120 responses" in region
+        assert "eval" not in region.lower() and "112" not in region
+
+    def test_a_round_that_sampled_shows_its_new_samples_in_the_queue(self, client, lead, project, base):
+        training_round = launch_round(project, method="dpo", base=base)
+        assert "sample" in training_round.config
+        prompt = project.prompts.create(messages=[{"role": "user", "content": "Hi"}], external_id="p1")
+        other = launch_round(project, method="dpo", base=base)  # its samples are not this round's
+        for number, count in ((training_round.number, 3), (other.number, 2)):
+            sampled = [
+                Response.objects.create(
+                    prompt=prompt, content=f"{number}-{n}", source="model", generation_params={"round": number}
+                )
+                for n in range(count)
+            ]
+            task = Task.objects.create(project=project, prompt=prompt, kind="ranking", round_number=number)
+            for position, response in enumerate(sampled):
+                TaskResponse.objects.create(task=task, response=response, position=position)
+        Response.objects.create(prompt=prompt, content="imported", generation_params={"round": training_round.number})
+        client.force_login(lead)
+        assert "new-samples" not in client.get(self.url(training_round)).content.decode()  # still running
+
+        training_round.claim()
+        training_round.finish("succeeded")
+        page = client.get(self.url(training_round)).content.decode()
+        assert "3 new samples in the queue" in page and "in 1 task, 1 still open" in page
 
     def test_annotators_and_outsiders_get_404(self, client, annotator, outsider, project, base):
         training_round = launch_round(project, method="dpo", base=base)

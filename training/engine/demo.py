@@ -10,6 +10,7 @@ import json
 import random
 from pathlib import Path
 
+from training.engine.common import ProgressFn
 from training.engine.config import SFTConfig
 from training.engine.sft import train_sft
 from training.engine.tiny import build_tiny_models
@@ -51,8 +52,9 @@ def demo_prompts(count: int, *, seed: int = 1) -> list[list[dict[str, str]]]:
     return [chat["messages"][:1] for chat in demo_conversations(count, seed=seed)]
 
 
-def build_demo_policy(out_dir: Path, *, steps: int = 300, seed: int = 0) -> Path:
-    """The tiny policy, fully fine-tuned on the demo corpus; returns the directory to from_pretrained."""
+def build_demo_policy(out_dir: Path, *, steps: int = 300, seed: int = 0, progress: ProgressFn | None = None) -> Path:
+    """The tiny policy, fully fine-tuned on the demo corpus (progress: its steps, as for a stage); returns the
+    directory to from_pretrained."""
     out_dir = Path(out_dir)
     chats = demo_conversations(2000, seed=seed)
     tiny = build_tiny_models(out_dir / "tiny", corpus=[m["content"] for c in chats for m in c["messages"]], seed=seed)
@@ -70,5 +72,5 @@ def build_demo_policy(out_dir: Path, *, steps: int = 300, seed: int = 0) -> Path
         logging_steps=50,
         save_steps=steps,
     )
-    result = train_sft(config, str(data), str(out_dir / "policy"))
+    result = train_sft(config, str(data), str(out_dir / "policy"), progress)
     return Path(result.output_dir)

@@ -23,7 +23,6 @@ from models_registry.models import ModelVersion
 
 DEMO_FILE = Path(__file__).resolve().parents[2] / "demo" / "prompts.jsonl"
 DEFAULT_PASSWORD = "arbiter-demo"
-URL = "http://127.0.0.1:8000/"
 DEMO_MODEL_PROMPTS = 40
 
 GUIDELINES = """\
@@ -47,8 +46,9 @@ class Command(BaseCommand):
             "--force", action="store_true", help="Run even with DEBUG off (it creates users with a known password)."
         )
         parser.add_argument("--no-model", action="store_true", help="Skip the demo policy and its samples.")
+        parser.add_argument("--port", type=int, default=8000, help="The port the server will listen on (for the URLs).")
 
-    def handle(self, *args: Any, force: bool, no_model: bool = False, **options: Any) -> None:
+    def handle(self, *args: Any, force: bool, no_model: bool = False, port: int = 8000, **options: Any) -> None:
         if not settings.DEBUG and not force:
             raise CommandError("DEBUG is off: demo users with a known password do not belong here. Use --force.")
         password = os.environ.get("DEMO_PASSWORD", DEFAULT_PASSWORD)
@@ -67,10 +67,11 @@ class Command(BaseCommand):
         if not no_model:
             self._seed_policy(project)
 
-        self.stdout.write(self.style.SUCCESS(f"\nDemo ready. Open {URL} and log in as:\n"))
+        url = f"http://127.0.0.1:{port}/"
+        self.stdout.write(self.style.SUCCESS(f"\nDemo ready. Open {url} and log in as:\n"))
         for user, role in [(lead, "project lead, can open the admin"), *((a, "annotator") for a in annotators)]:
             self.stdout.write(f"  {user.username:<12} password: {password:<16} ({role})")
-        self.stdout.write(f"\nAdmin: {URL}admin/    Project page: {URL}p/{project.slug}/")
+        self.stdout.write(f"\nAdmin: {url}admin/    Project page: {url}p/{project.slug}/")
 
     def _seed_policy(self, project: Project) -> None:
         from training.engine.config import SampleConfig
@@ -81,8 +82,11 @@ class Command(BaseCommand):
             return
         path = Path(settings.ARBITER_ARTIFACTS_ROOT) / "demo-model" / "policy"
         if not (path / "config.json").is_file():
-            self.stdout.write("Building the demo policy (the tiny model, fine-tuned on a synthetic corpus)…")
-            build_demo_policy(path.parent)
+            self.stdout.write(
+                "Building the demo policy, once (about a minute on a CPU): the tiny model, fine-tuned on a synthetic "
+                "corpus…"
+            )
+            build_demo_policy(path.parent, progress=self._training_progress)
         with transaction.atomic():
             for number, messages in enumerate(demo_prompts(DEMO_MODEL_PROMPTS)):
                 Prompt.objects.get_or_create(
@@ -92,8 +96,25 @@ class Command(BaseCommand):
                 )
             policy = ModelVersion.register(project=project, kind=ModelVersion.Kind.POLICY, base_model=str(path))
             policy.promote()
-            made = sample_into_queue(project, policy, round_number=0, config=SampleConfig(max_new_tokens=48))
+            self.stdout.write(f"Sampling {policy}'s answers to {DEMO_MODEL_PROMPTS} prompts for the queue…")
+            made = sample_into_queue(
+                project,
+                policy,
+                round_number=0,
+                config=SampleConfig(max_new_tokens=48),
+                progress=self._sampling_progress,
+            )
         self.stdout.write(f"Registered {policy} ({path}); queued {made['tasks']} tasks over its samples")
+
+    def _training_progress(self, step: int, total: int, metrics: dict[str, float]) -> bool:
+        if metrics or step == total:  # a line per logging step (every 50), not per step
+            loss = f", loss {metrics['loss']:.3f}" if "loss" in metrics else ""
+            self.stdout.write(f"  fine-tuning: step {step} of {total}{loss}")
+        return False  # never stop
+
+    def _sampling_progress(self, done: int, total: int) -> bool:
+        self.stdout.write(f"  sampled {done} of {total} answers")
+        return False
 
 
 def _demo_user(username: str, password: str, **flags: bool) -> AbstractUser:
