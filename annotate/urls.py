@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotate import views
+from annotate import project_setup, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -18,6 +18,15 @@ urlpatterns = [
     path("p/<slug:project_slug>/quality/recompute/", views.quality_recompute, name="quality_recompute"),
     path("p/<slug:project_slug>/quality/thresholds/", views.quality_thresholds, name="quality_thresholds"),
     path("p/<slug:project_slug>/quality/members/<str:username>/", views.member_decision, name="member_decision"),
+    # Setting up a project (annotate/project_setup.py)
+    path("p/<slug:project_slug>/settings/", project_setup.project_settings, name="project_settings"),
+    path(
+        "p/<slug:project_slug>/settings/guidelines-preview/",
+        project_setup.guidelines_preview,
+        name="guidelines_preview",
+    ),
+    path("p/<slug:project_slug>/settings/scale-points/", project_setup.scale_points, name="scale_points"),
+    path("p/<slug:project_slug>/tasks/<int:task_id>/preview/", project_setup.task_preview, name="task_preview"),
     path("tokens/", views.api_tokens, name="api_tokens"),
     path("tokens/<int:token_id>/revoke/", views.revoke_api_token, name="revoke_api_token"),
 ]
