@@ -99,6 +99,9 @@ class ProjectSettingsForm(forms.ModelForm):
         }
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 14})}
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, label_suffix="", **kwargs)
+
     def scale(self) -> list[dict[str, Any]]:
         """The scale's points as the page lists them, each with its description: as typed, else as saved."""
         if (bounds := self._typed_scale()) is None:
