@@ -282,7 +282,9 @@ class Project(models.Model):
     def _refusals_against_work_done(self) -> dict[str, str]:
         """What the settings would leave answers given that they cannot hold: a scale that leaves out their scores,
         labels removed that answers carry (answers keep a label's name, so a rename is a removal too)."""
-        saved = Project.objects.get(pk=self.pk)
+        saved = Project.objects.filter(pk=self.pk).first()
+        if saved is None:
+            return {}
         errors = {}
         if (self.rating_min, self.rating_max) != (saved.rating_min, saved.rating_max):
             scores = Annotation.objects.filter(task__project=self, score__isnull=False).aggregate(
@@ -318,7 +320,9 @@ class Project(models.Model):
     def changes_to_confirm(self) -> list[str]:
         """What these (valid, unsaved) settings would change in work under way, for a lead to confirm before saving:
         task kinds switched off with open tasks, a scale moved under given ratings, an overlap that open tasks keep."""
-        saved = Project.objects.get(pk=self.pk)
+        saved = Project.objects.filter(pk=self.pk).first()
+        if saved is None:
+            return []
         changes = []
         if off := [kind for kind in saved.task_kinds if kind not in self.task_kinds]:
             open_tasks = dict(

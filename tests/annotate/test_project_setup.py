@@ -348,6 +348,12 @@ class TestTaskPreview:
         assert "/assignments/" not in page and "hx-post" not in page
         assert f'href="{preview_url(first)}">← Previous task' in page and "Next task" not in page
 
+    def test_says_when_annotators_are_not_given_the_task(self, lead_client, project):
+        task = make_task(project, "rating", ["Two."])
+        Task.objects.filter(pk=task.pk).update(status=Task.Status.COMPLETE)
+
+        assert "It is complete: annotators are given it no more." in lead_client.get(preview_url(task)).content.decode()
+
     def test_a_task_of_another_project_is_404(self, lead_client, project):
         other = Project.objects.create(name="Other", slug="other")
         task = make_task(other, "rating", ["Two."])
