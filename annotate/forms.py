@@ -99,6 +99,8 @@ class ProjectSettingsForm(forms.ModelForm):
         }
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 14})}
 
+    max_scale_points = MAX_SCALE_POINTS
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, label_suffix="", **kwargs)
 

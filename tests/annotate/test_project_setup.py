@@ -289,7 +289,7 @@ class TestLivePreviews:
 
         region = lead_client.post(url(project, "scale-points/"), data, **HTMX).content.decode()
 
-        assert "Set the bottom below the top" in region
+        assert "Set the bottom below the top, at most 101 points in all" in region
         assert '<input type="hidden" name="description-5" value="Ideal">' in region
 
 
