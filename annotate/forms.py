@@ -1,8 +1,12 @@
-"""The forms of the lead's pages that are not the admin's: the Quality page's thresholds and decisions."""
+"""The forms of the lead's pages that are not the admin's: the Quality page's thresholds and decisions, and the
+project's settings."""
+
+from datetime import timedelta
+from typing import Any
 
 from django import forms
 
-from annotate.models import MembershipEvent, Project
+from annotate.models import MAX_SCALE_POINTS, MembershipEvent, Project, TaskKind
 from annotate.quality_reports import THRESHOLDS
 
 
@@ -30,3 +34,123 @@ class DecisionForm(forms.Form):
 
     action = forms.ChoiceField(choices=MembershipEvent.Kind.choices)
     reason = forms.CharField(required=False, max_length=1000)
+
+
+class LinesField(forms.CharField):
+    """A list of names, one a line in a textarea; blank lines are dropped."""
+
+    widget = forms.Textarea(attrs={"rows": 4})
+
+    def to_python(self, value: Any) -> list[str]:
+        return [line.strip() for line in str(value or "").splitlines() if line.strip()]
+
+    def prepare_value(self, value: Any) -> Any:
+        return "\n".join(value) if isinstance(value, list) else value
+
+
+class MinutesField(forms.FloatField):
+    """A duration typed in minutes (1.5 is 90 seconds)."""
+
+    def to_python(self, value: Any) -> timedelta | None:
+        minutes = super().to_python(value)
+        try:
+            return None if minutes is None else timedelta(minutes=minutes)
+        except (OverflowError, ValueError):  # inf, nan, or more days than a timedelta holds
+            raise forms.ValidationError("Give a number of minutes.", code="invalid") from None
+
+    def validate(self, value: Any) -> None:
+        forms.Field.validate(self, value)  # the range is the model's rule (Project.lease_length)
+
+    def prepare_value(self, value: Any) -> Any:
+        return f"{value.total_seconds() / 60:g}" if isinstance(value, timedelta) else value
+
+
+class ProjectSettingsForm(forms.ModelForm):
+    """The settings page's form: the model's own validation (Project.clean, its fields' validators) names the field at
+    fault; the scale's descriptions come as one field a point (description-<point>), as the page shows them."""
+
+    task_kinds = forms.MultipleChoiceField(
+        choices=TaskKind.choices,
+        widget=forms.CheckboxSelectMultiple,
+        required=False,  # none ticked is the model's error ("Enable at least one task kind.")
+        help_text="Annotators are given tasks of the kinds ticked.",
+    )
+    labels = LinesField(required=False, help_text="One a line. Annotators may tick any that apply when rating.")
+    lease_length = MinutesField(
+        label="Lease length (minutes)", help_text=Project._meta.get_field("lease_length").help_text
+    )
+
+    class Meta:
+        model = Project
+        fields = [
+            *("task_kinds", "text_format", "overlap", "fill", "lease_length", "max_open_leases", "gold_rate"),
+            *("rating_min", "rating_max", "labels", "guidelines"),
+            *("samples_per_prompt", "sample_prompts", "pair_selection", "sample_rating_tasks"),
+        ]
+        labels = {
+            "overlap": "Overlap (annotations per task)",
+            "fill": "Queue fill order",
+            "max_open_leases": "Tasks held at once",
+            "gold_rate": "Gold task rate (one in …)",
+            "rating_min": "Bottom of the scale",
+            "rating_max": "Top of the scale",
+            "samples_per_prompt": "Samples per prompt",
+            "sample_rating_tasks": "Also make rating tasks of new samples",
+        }
+        widgets = {"guidelines": forms.Textarea(attrs={"rows": 14})}
+
+    max_scale_points = MAX_SCALE_POINTS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, label_suffix="", **kwargs)
+
+    def scale(self) -> list[dict[str, Any]]:
+        """The scale's points as the page lists them, each with its description: as typed, else as saved."""
+        if (bounds := self._typed_scale()) is None:
+            return []
+        low, high = bounds
+        saved = self.instance.rating_descriptions or {}
+        return [
+            {
+                "point": point,
+                "name": f"description-{point}",
+                "description": self.data.get(f"description-{point}", saved.get(str(point), ""))
+                if self.is_bound
+                else saved.get(str(point), ""),
+            }
+            for point in range(low, high + 1)
+        ]
+
+    def typed_scale_ok(self) -> bool:
+        return self._typed_scale() is not None
+
+    def kept_descriptions(self) -> list[tuple[str, str]]:
+        """While the bounds typed make no scale, the descriptions typed, to carry on hidden until they do."""
+        if self.typed_scale_ok():
+            return []
+        return [(name, value) for name, value in self.data.items() if name.startswith("description-")]
+
+    def _typed_scale(self) -> tuple[int, int] | None:
+        """The bounds as typed (the saved ones before a POST), if they make a scale the model accepts."""
+        if not self.is_bound:
+            return self.instance.rating_min, self.instance.rating_max
+        try:
+            low, high = int(self.data.get("rating_min", "")), int(self.data.get("rating_max", ""))
+        except ValueError:
+            return None
+        return (low, high) if low < high and high - low < MAX_SCALE_POINTS else None
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        low, high = cleaned.get("rating_min"), cleaned.get("rating_max")
+        if low is not None and high is not None:
+            # Only the scale's points: the descriptions of points a shrunk scale left out go with them.
+            self.instance.rating_descriptions = {
+                str(point): text
+                for point in range(low, min(high, low + MAX_SCALE_POINTS - 1) + 1)
+                if (text := self.data.get(f"description-{point}", "").strip())
+            }
+        return cleaned
+
+    def saved_fields(self) -> list[str]:
+        return [*self.Meta.fields, "rating_descriptions"]

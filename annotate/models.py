@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import IntegrityError, models, transaction
-from django.db.models import Count, Exists, F, Max, OuterRef, Q, Subquery
+from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce, Greatest, TruncHour
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
@@ -31,6 +32,17 @@ logger = logging.getLogger(__name__)
 REMAINING_CAP = 100
 AGREEMENT_TASKS = 2000  # the stats page measures agreement on this many of the latest multiply-annotated tasks
 _T = TypeVar("_T")
+
+
+MAX_SCALE_POINTS = 101  # a rating scale's points: each is a choice on the task page and a row on the settings page
+
+
+def _answers(n: int) -> str:
+    return f"{n} answer{'s' if n != 1 else ''}"
+
+
+def _open_tasks(n: int) -> str:
+    return "its 1 open task is" if n == 1 else f"its {n} open tasks are"
 
 
 class _NoRoom(Exception):
@@ -148,7 +160,9 @@ class Project(models.Model):
         default=dict, blank=True, help_text='What each point of the scale means, e.g. {"1": "Harmful", "5": "Ideal"}.'
     )
     labels = models.JSONField(default=list, blank=True, help_text="Labels an annotator may tick when rating.")
-    overlap = models.PositiveSmallIntegerField(default=1, help_text="Annotations wanted per task (k).")
+    overlap = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1)], help_text="Annotations wanted per task (k)."
+    )
     text_format = models.CharField(
         max_length=16,
         choices=TextFormat.choices,
@@ -157,10 +171,12 @@ class Project(models.Model):
         "written. Guidelines are always Markdown.",
     )
     lease_length = models.DurationField(
-        default=_default_lease_length, help_text="How long a task stays reserved for the annotator it was given to."
+        default=_default_lease_length,
+        validators=[MinValueValidator(timedelta(minutes=1), "A lease must last at least a minute.")],
+        help_text="How long a task stays reserved for the annotator it was given to.",
     )
     max_open_leases = models.PositiveSmallIntegerField(
-        default=3, help_text="Most tasks one annotator may hold unsubmitted at once."
+        default=3, validators=[MinValueValidator(1)], help_text="Most tasks one annotator may hold unsubmitted at once."
     )
     fill = models.CharField(
         max_length=8,
@@ -172,7 +188,9 @@ class Project(models.Model):
     )
     # After a policy round, its samples come back as tasks (training/sampling.py).
     samples_per_prompt = models.PositiveSmallIntegerField(
-        default=2, help_text="Responses the new policy writes per train prompt (K); 2 or more make pairs."
+        default=2,
+        validators=[MinValueValidator(1)],
+        help_text="Responses the new policy writes per train prompt (K); 2 or more make pairs.",
     )
     sample_prompts = models.PositiveIntegerField(
         default=50, help_text="Prompts sampled after each policy round, from each split (eval and train)."
@@ -249,6 +267,8 @@ class Project(models.Model):
             errors["task_kinds"] = f"Unknown task kinds: {', '.join(unknown)}."
         if self.rating_min is not None and self.rating_max is not None and self.rating_min >= self.rating_max:
             errors["rating_max"] = "The top of the scale must be above the bottom."
+        elif self.rating_min is not None and self.rating_max is not None and len(self.rating_points) > MAX_SCALE_POINTS:
+            errors["rating_max"] = f"A scale has at most {MAX_SCALE_POINTS} points (0–100, say)."
         if not isinstance(self.rating_descriptions, dict):
             errors["rating_descriptions"] = "Give an object mapping scale points to descriptions."
         elif self.rating_min is not None and self.rating_max is not None:
@@ -259,8 +279,92 @@ class Project(models.Model):
             errors["labels"] = "Give a list of non-empty label names."
         elif len(set(self.labels)) != len(self.labels):
             errors["labels"] = "Label names must be unique."
+        if self.pk and not errors:
+            errors.update(self._refusals_against_work_done())
         if errors:
             raise ValidationError(errors)
+
+    # Settings against the work already done (the settings page and the admin) -------------------------------
+
+    def _refusals_against_work_done(self) -> dict[str, str]:
+        """What the settings would leave answers given that they cannot hold: a scale that leaves out their scores,
+        labels removed that answers carry (answers keep a label's name, so a rename is a removal too)."""
+        saved = Project.objects.filter(pk=self.pk).first()
+        if saved is None:
+            return {}
+        errors = {}
+        if (self.rating_min, self.rating_max) != (saved.rating_min, saved.rating_max):
+            scores = Annotation.objects.filter(task__project=self, score__isnull=False).aggregate(
+                below=Count("pk", filter=Q(score__lt=self.rating_min)),
+                above=Count("pk", filter=Q(score__gt=self.rating_max)),
+                low=Min("score"),
+                high=Max("score"),
+            )
+            kept = "a scale cannot leave out answers already given; start a new project for another scale"
+            if scores["below"]:
+                errors["rating_min"] = (
+                    f"{_answers(scores['below'])} scored below {self.rating_min} (down to {scores['low']}): {kept}."
+                )
+            if scores["above"]:
+                errors["rating_max"] = (
+                    f"{_answers(scores['above'])} scored above {self.rating_max} (up to {scores['high']}): {kept}."
+                )
+        if removed := set(saved.labels) - set(self.labels):
+            used: dict[str, int] = {}
+            ticked = Annotation.objects.filter(task__project=self).exclude(labels=[]).order_by()
+            # Per distinct set of labels, in Python: SQLite has no JSON containment lookup.
+            for labels, n in ticked.values_list("labels").annotate(n=Count("pk")).iterator():
+                for label in removed.intersection(labels):
+                    used[label] = used.get(label, 0) + n
+            if used:
+                named = ", ".join(f"“{label}” ({_answers(n)})" for label, n in sorted(used.items()))
+                errors["labels"] = (
+                    f"Answers carry labels you removed: {named}. Keep them: answers store a label by its name, so "
+                    "removing or renaming one would leave them holding a label the project no longer has."
+                )
+        return errors
+
+    def changes_to_confirm(self) -> list[str]:
+        """What these (valid, unsaved) settings would change in work under way, for a lead to confirm before saving:
+        task kinds switched off with open tasks, a scale moved under given ratings, an overlap that open tasks keep."""
+        saved = Project.objects.filter(pk=self.pk).first()
+        if saved is None:
+            return []
+        changes = []
+        if off := [kind for kind in saved.task_kinds if kind not in self.task_kinds]:
+            open_tasks = dict(
+                self.tasks.filter(status=Task.Status.OPEN, kind__in=off)
+                .order_by()
+                .values_list("kind")
+                .annotate(n=Count("pk"))
+            )
+            for kind in off:
+                if n := open_tasks.get(kind, 0):
+                    changes.append(
+                        f"{TaskKind(kind).label} is switched off: {_open_tasks(n)} given to no one until you "
+                        "switch it on again. Answers already given stay in the data, and leases held now can still "
+                        "be submitted."
+                    )
+        scale, saved_scale = (self.rating_min, self.rating_max), (saved.rating_min, saved.rating_max)
+        if scale != saved_scale and (
+            rated := Annotation.objects.filter(task__project=self, score__isnull=False).count()
+        ):
+            midpoint, saved_midpoint = (
+                (self.rating_min + self.rating_max) / 2,
+                (saved.rating_min + saved.rating_max) / 2,
+            )
+            changes.append(
+                f"The scale goes from {saved.rating_min}–{saved.rating_max} to {self.rating_min}–{self.rating_max} "
+                f"while {_answers(rated)} {'was' if rated == 1 else 'were'} given on the old one. Exports read every "
+                f"rating against the scale in force: its midpoint ({midpoint:g} instead of {saved_midpoint:g}) splits "
+                "good from bad, so those answers will count differently."
+            )
+        if self.overlap != saved.overlap and (n := self.tasks.filter(status=Task.Status.OPEN).count()):
+            changes.append(
+                f"Overlap {saved.overlap} → {self.overlap} applies to tasks added from now on; the open tasks ({n}) "
+                "keep the overlap they were made with."
+            )
+        return changes
 
     @property
     def rating_points(self) -> range:

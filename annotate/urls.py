@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotate import my_work, people, views
+from annotate import my_work, people, project_setup, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -21,6 +21,15 @@ urlpatterns = [
     # The "my work" pages (annotate/my_work.py).
     path("p/<slug:project_slug>/my-work/", my_work.my_work, name="my_work"),
     path("p/<slug:project_slug>/my-work/<int:annotation_id>/", my_work.change_answer, name="change_answer"),
+    # Setting up a project (annotate/project_setup.py)
+    path("p/<slug:project_slug>/settings/", project_setup.project_settings, name="project_settings"),
+    path(
+        "p/<slug:project_slug>/settings/guidelines-preview/",
+        project_setup.guidelines_preview,
+        name="guidelines_preview",
+    ),
+    path("p/<slug:project_slug>/settings/scale-points/", project_setup.scale_points, name="scale_points"),
+    path("p/<slug:project_slug>/tasks/<int:task_id>/preview/", project_setup.task_preview, name="task_preview"),
     path("tokens/", views.api_tokens, name="api_tokens"),
     path("tokens/<int:token_id>/revoke/", views.revoke_api_token, name="revoke_api_token"),
     # People: invitations, joining by one, a lead's new project (annotate/people.py)
