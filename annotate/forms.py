@@ -84,6 +84,7 @@ class ProjectSettingsForm(forms.ModelForm):
         model = Project
         fields = [
             *("task_kinds", "text_format", "overlap", "fill", "lease_length", "max_open_leases", "gold_rate"),
+            "edit_window_minutes",
             *("rating_min", "rating_max", "labels", "guidelines"),
             *("samples_per_prompt", "sample_prompts", "pair_selection", "sample_rating_tasks"),
         ]
@@ -92,6 +93,7 @@ class ProjectSettingsForm(forms.ModelForm):
             "fill": "Queue fill order",
             "max_open_leases": "Tasks held at once",
             "gold_rate": "Gold task rate (one in …)",
+            "edit_window_minutes": "Answers can be changed for (minutes)",
             "rating_min": "Bottom of the scale",
             "rating_max": "Top of the scale",
             "samples_per_prompt": "Samples per prompt",

@@ -38,6 +38,7 @@ def settings_data(project, **changes):
         "lease_length": project.lease_length.total_seconds() / 60,
         "max_open_leases": project.max_open_leases,
         "gold_rate": project.gold_rate,
+        "edit_window_minutes": project.edit_window_minutes,
         "rating_min": project.rating_min,
         "rating_max": project.rating_max,
         "labels": "\n".join(project.labels),
@@ -86,7 +87,16 @@ class TestSaving:
 
         for kind in ("rating", "pairwise", "ranking"):
             assert re.search(rf'<input type="checkbox" name="task_kinds" value="{kind}"[^>]* checked>', page), kind
-        for name in ("overlap", "lease_length", "fill", "rating_min", "rating_max", "labels", "guidelines"):
+        for name in (
+            "overlap",
+            "lease_length",
+            "fill",
+            "rating_min",
+            "rating_max",
+            "labels",
+            "guidelines",
+            "edit_window_minutes",
+        ):
             assert f'<label for="id_{name}"' in page, name
         assert '<label for="description-1">Point 1</label>' in page and 'value="Useless"' in page
         assert 'name="description-5" value="Ideal"' in page
@@ -106,6 +116,7 @@ class TestSaving:
             labels="unsafe\n\n  rude  \n",
             guidelines="# Be kind",
             pair_selection="uncertainty",
+            edit_window_minutes=45,
             **{"description-0": " Harmful ", "description-3": "Ideal", "description-5": "Left out"},
         )
 
@@ -115,6 +126,7 @@ class TestSaving:
         project.refresh_from_db()
         assert project.task_kinds == ["rating", "pairwise"]
         assert (project.overlap, project.fill, project.pair_selection) == (3, "depth", "uncertainty")
+        assert project.edit_window_minutes == 45
         assert project.lease_length == timedelta(seconds=90)
         assert (project.rating_min, project.rating_max) == (0, 3)
         # Trimmed; blank points and points the scale left out (5) have none.
