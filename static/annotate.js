@@ -416,28 +416,13 @@
 
   // --- Guidelines and legend ------------------------------------------------------------------------------
 
-  // Where the focus was when the guidelines opened: closing them (Esc or the button) puts it back there.
-  let focusBeforeGuidelines = null;
-
+  // A modal <dialog> gives the focus back to where it was when it closes (test_task_page_layout.py checks).
   function openGuidelines() {
     const dialog = document.getElementById("guidelines");
     if (!dialog) return false;
-    focusBeforeGuidelines = document.activeElement;
     dialog.showModal();
     return true;
   }
-
-  document.addEventListener(
-    "close",
-    (event) => {
-      if (event.target.id !== "guidelines" || !focusBeforeGuidelines) return;
-      const back = focusBeforeGuidelines;
-      focusBeforeGuidelines = null;
-      if (back.isConnected) back.focus({ preventScroll: true });
-      else focusTask({ scroll: false });
-    },
-    true,
-  );
 
   document.addEventListener("click", (event) => {
     if (event.target.closest("[data-open-guidelines]") && openGuidelines()) event.preventDefault();
