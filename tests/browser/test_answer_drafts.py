@@ -1,9 +1,12 @@
 """A half-done answer survives a reload or leaving the page, and never follows its annotator to another task."""
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 from playwright.sync_api import expect
 
-from annotate.models import Annotation
+from annotate.models import Annotation, Assignment
 from tests.browser.test_keyboard_annotation import displayed_ids, log_in, make_task, showing
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -81,4 +84,23 @@ def test_a_draft_is_not_carried_to_the_next_task(page, annotator, project):
     showing(page, last)
     expect(page.locator('input[name="preference"]:checked')).to_have_count(0)
     expect(page.locator("#comment")).to_have_value("")
+    assert page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('arbiter:draft:'))") == []
+
+
+def test_a_draft_goes_with_its_lease(page, annotator, project):
+    task = make_task(project, "pairwise", 2, ["Canberra.", "Sydney."])
+    make_task(project, "pairwise", 1, ["Perth.", "Hobart."])
+    log_in(page, annotator, f"/p/{project.slug}/annotate/")
+    showing(page, task)
+    expires = timezone.now() + timedelta(seconds=3)
+    Assignment.objects.update(expires_at=expires)
+    page.reload()  # the page now knows the lease runs out in three seconds
+    showing(page, task)
+    page.keyboard.press("ArrowLeft")
+    assert page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('arbiter:draft:'))") != []
+    page.wait_for_timeout((expires - timezone.now()).total_seconds() * 1000 + 500)
+    page.reload()  # a new lease: it starts blank, and the run-out lease's draft is dropped
+    expect(page.locator("#answer")).to_be_visible()
+    assert Assignment.objects.count() == 2
+    expect(page.locator('input[name="preference"]:checked')).to_have_count(0)
     assert page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('arbiter:draft:'))") == []
