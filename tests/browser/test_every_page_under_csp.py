@@ -125,6 +125,7 @@ def test_annotator_pages_work_under_the_policy(page, refusals, screenshot, annot
 
     page.goto(f"/p/{project.slug}/")
     page.get_by_role("link", name="Start annotating").click()
+    page.wait_for_load_state()  # annotate.js (deferred) is listening: a key pressed before it would be lost
     page.evaluate("window.__marker = 1")  # survives only if every later task is swapped in, not loaded
     rating, pairwise, ranking, long_pair = tasks
     expect(page.locator(f'.response[data-response-id="{rating.response_ids()[0]}"] strong')).to_have_text("1913")
