@@ -40,6 +40,55 @@
 
   function answerChanged(form) {
     if (!problemWith(form)) showProblem(form, "");
+    saveDraft(form);
+  }
+
+  // --- Drafts: a half-done answer survives a reload, kept per assignment until it is submitted or skipped ---
+
+  // The assignment whose draft this page holds: when another task is swapped in, that one was answered or
+  // skipped, and its draft goes.
+  let draftShown = null;
+
+  function saveDraft(form) {
+    const values = {};
+    for (const [name, value] of new FormData(form)) {
+      if (name !== "csrfmiddlewaretoken") (values[name] ||= []).push(value);
+    }
+    try {
+      localStorage.setItem(form.dataset.draft, JSON.stringify({ expires: form.dataset.expires, values }));
+    } catch {
+      // Storage full or refused (private mode): the answer still works, it just does not outlive the page.
+    }
+  }
+
+  function restoreDraft(form) {
+    const draft = JSON.parse(localStorage.getItem(form.dataset.draft) || "null");
+    if (!draft) return;
+    for (const field of form.elements) {
+      if (!field.name || field.name === "csrfmiddlewaretoken") continue;
+      const values = draft.values[field.name] || [];
+      if (field.type === "radio" || field.type === "checkbox") field.checked = values.includes(field.value);
+      else if (field.matches("select, textarea")) field.value = values[0] || "";
+    }
+  }
+
+  // Drafts of leases that have run out are of no more use (the task may go to someone else).
+  function dropExpiredDrafts() {
+    const now = Date.now();
+    for (const key of Object.keys(localStorage)) {
+      if (!key.startsWith("arbiter:draft:")) continue;
+      const draft = JSON.parse(localStorage.getItem(key) || "null");
+      if (!draft || !(Date.parse(draft.expires) > now)) localStorage.removeItem(key);
+    }
+  }
+
+  function setUpDraft(form) {
+    const key = form ? form.dataset.draft : null;
+    if (draftShown && draftShown !== key) localStorage.removeItem(draftShown);
+    draftShown = key;
+    dropExpiredDrafts();
+    // A refused answer comes back with what was sent already filled in by the server.
+    if (form && $("#answer-problem", form).hidden) restoreDraft(form);
   }
 
   // Capture phase on the document runs before htmx's own submit listener on the form, so stopping the
@@ -58,6 +107,11 @@
     },
     true,
   );
+
+  document.addEventListener("input", (event) => {
+    const form = event.target.closest("#answer");
+    if (form && event.target.matches("textarea")) saveDraft(form);
+  });
 
   document.addEventListener("change", (event) => {
     const form = event.target.closest("#answer");
@@ -365,6 +419,7 @@
 
   // --- Guidelines and legend ------------------------------------------------------------------------------
 
+  // A modal <dialog> gives the focus back to where it was when it closes (test_task_page_layout.py checks).
   function openGuidelines() {
     const dialog = document.getElementById("guidelines");
     if (!dialog) return false;
@@ -402,6 +457,7 @@
     const legend = document.getElementById("legend");
     if (legend) legend.hidden = sessionStorage.getItem(LEGEND_KEY) === "1";
     const form = answerForm();
+    setUpDraft(form);
     if (form && form.dataset.kind === "ranking") {
       sortRanking(form);
       setUpDrag(form);
@@ -417,7 +473,13 @@
   }
 
   document.addEventListener("htmx:afterSwap", (event) => {
-    if (event.target.id === "task") setUpTask();
+    if (event.target.id !== "task") return;
+    setUpTask();
+    // Screen readers hear which task came in; the live region sits outside the swapped one, so it is there to
+    // notice the change.
+    const announcer = document.getElementById("task-announcer");
+    const task = document.getElementById("task");
+    if (announcer && task) announcer.textContent = task.dataset.announce || "";
   });
 
   // A response that is not a task region is a page: most likely the login page after the session ended.

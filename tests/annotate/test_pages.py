@@ -445,6 +445,6 @@ class TestHome:
 
         page = client.get(reverse("home")).content.decode()
 
-        assert '<td class="num my-done">1</td>' in page
-        assert '<td class="num my-remaining">2</td>' in page
+        assert '<td class="num my-done" data-label="Done by you">1</td>' in page
+        assert '<td class="num my-remaining" data-label="Left for you">2</td>' in page
         assert f'href="{task_url(project)}">Start annotating</a>' in page

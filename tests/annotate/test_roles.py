@@ -58,8 +58,8 @@ def test_home_shows_role_and_complete_and_total_task_counts(client, annotator, p
 
     [(shown, role, progress)] = response.context["rows"]
     assert (shown, role, progress["complete_tasks"], progress["total_tasks"]) == (project, "annotator", 1, 2)
-    assert '<td class="num">1</td>' in response.content.decode()
-    assert '<td class="num">2</td>' in response.content.decode()
+    assert '<td class="num" data-label="Complete tasks">1</td>' in response.content.decode()
+    assert '<td class="num" data-label="All tasks">2</td>' in response.content.decode()
 
 
 def test_superuser_sees_all_projects(client, project, other_project, django_user_model):

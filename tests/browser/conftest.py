@@ -109,16 +109,16 @@ def page(browser, live_server, page_log):
 
 @pytest.fixture
 def screenshot(request, page):
-    """screenshot("rating") saves the page as tests/output/<test name>/<n>-rating.png."""
+    """screenshot("rating") saves the page as tests/output/<test name>/<n>-rating.png (full_page=False: the view)."""
     folder = OUTPUT / request.node.name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     taken = []
 
-    def take(name: str) -> Path:
+    def take(name: str, *, full_page: bool = True) -> Path:
         taken.append(name)
         path = folder / f"{len(taken)}-{name}.png"
-        page.screenshot(path=path, full_page=True)
+        page.screenshot(path=path, full_page=full_page)
         return path
 
     return take
