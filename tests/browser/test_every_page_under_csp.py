@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 
 from annotate import tasks as celery_tasks
 from annotate.admin import project_leads_group
-from annotate.models import DatasetSnapshot, Membership, MembershipEvent, Project, QualityReport
+from annotate.models import DatasetSnapshot, Invitation, Membership, MembershipEvent, Project, QualityReport
 from annotate.quality_reports import request_quality, run_quality_report
 from models_registry.models import ModelVersion
 from tests.annotate.test_quality_reports import answered
@@ -219,9 +219,28 @@ def test_lead_pages_and_admin_work_under_the_policy(
     expect(page.locator("#live #round-log")).to_have_text("dpo step 2/4: loss 0.61")
     refusals.none_on("round page")
 
+    page.goto(f"/p/{project.slug}/rounds/1/cancel/")
+    refusals.none_on("cancel a round: confirm")
+
     page.goto(f"/p/{project.slug}/models/")
     expect(page.locator("h1")).to_have_text("Models")
     refusals.none_on("models page")
+    older = ModelVersion.register(project=project, kind="policy", base_model="tiny", training_round=training_round)
+    page.goto(f"/p/{project.slug}/models/{older.pk}/promote/")
+    refusals.none_on("promote a version: confirm")
+
+    page.goto(f"/p/{project.slug}/settings/")
+    expect(page.locator("#id_overlap")).to_be_visible()
+    refusals.none_on("project settings")
+    page.goto(f"/p/{project.slug}/tasks/{project.tasks.earliest('pk').pk}/preview/")
+    expect(page.get_by_text("Preview — answers are not recorded.")).to_be_visible()
+    refusals.none_on("task preview")
+    page.goto(f"/p/{project.slug}/invitations/")
+    page.get_by_role("button", name="Make link").click()
+    expect(page.locator(".invite-link")).to_be_visible()
+    refusals.none_on("invitations, a new link")
+    page.goto("/projects/new/")
+    refusals.none_on("new project")
 
     page.get_by_role("link", name="Admin").click()
     expect(page.locator("#site-name")).to_contain_text("Arbiter administration")
@@ -351,3 +370,15 @@ def test_api_docs_load_swagger_ui_under_the_policy(page, refusals, screenshot):
     # tool from drf-spectacular, not one of our pages, so axe is not run on it.
     refusals.none_on("API docs", axe=False)
     both_widths(page, screenshot, "api-docs")
+
+
+def test_pages_before_logging_in_work_under_the_policy(page, refusals, lead, project):
+    _, link = Invitation.issue(project, by=lead, role="annotator")
+    page.goto(f"/invite/{link}/")
+    expect(page.locator("#id_username")).to_be_visible()
+    refusals.none_on("join by invitation")
+    page.goto("/password-reset/")
+    refusals.none_on("password reset")
+    page.locator("input[type=email]").fill("nobody@example.com")
+    page.locator("form button[type=submit], form input[type=submit]").last.click()
+    refusals.none_on("password reset sent")
