@@ -137,6 +137,7 @@ _ERROR_TEXT = {
     403: "A member of the project without the role this needs (leads only).",
     404: "Not found, or in a project you are not a member of.",
     409: "The lease, export or quality report is not in a state that allows this.",
+    415: "The body is not of a media type this endpoint reads (a file upload: multipart/form-data).",
     429: "Too many requests: wait for the number of seconds in Retry-After.",
 }
 _FIELD_ERRORS = OpenApiResponse(OpenApiTypes.OBJECT, description='Invalid input, by field: {"score": ["…"]}.')
@@ -337,7 +338,7 @@ class ImportView(APIView):
             201: OpenApiResponse(ImportResultSerializer, "A small file, imported in the request."),
             202: OpenApiResponse(ImportJobSerializer, "A big file, saved as an import job: poll its Location."),
             400: OpenApiResponse(ImportErrorSerializer, "The file was refused, naming the line and field."),
-            **error_responses(401, 403, 404),
+            **error_responses(401, 403, 404, 415),
         },
     )
     def post(self, request: Request, slug: str) -> Response:
