@@ -60,7 +60,7 @@ def test_documented_status_codes(client, db):
     assert codes("/projects/{slug}/next/", "post") == {"200", "204", "400", "401", "404", "409"}
     assert codes("/projects/{slug}/assignments/{assignment_id}/submit/", "post") >= {"200", "400", "404", "409", "429"}
     assert codes("/projects/{slug}/assignments/{assignment_id}/skip/", "post") == {"204", "401", "404", "409"}
-    assert codes("/projects/{slug}/import/", "post") == {"201", "202", "400", "401", "403", "404"}
+    assert codes("/projects/{slug}/import/", "post") == {"201", "202", "400", "401", "403", "404", "415"}
     assert codes("/projects/{slug}/exports/", "post") == {"202", "400", "401", "403", "404", "409", "429"}
     launches = {"201", "400", "401", "403", "404", "409", "429"}
     assert codes("/projects/{slug}/rounds/", "post") == codes("/projects/{slug}/rounds/{number}/relaunch/", "post")
