@@ -431,7 +431,7 @@ class SubmitView(APIView):
     def post(self, request: Request, slug: str, assignment_id: int) -> Response:
         """Answer a lease (throttled: scope `submit`). Sending the same answer twice stores it once: both succeed."""
         assignment = _assignment_for(request, slug, assignment_id)
-        answer = assignment.answer_from_form(AnswerIn.form_data(validated(AnswerIn, request.data)))
+        answer = assignment.answer_from_shown(validated(AnswerIn, request.data))
         annotation = assignment.submit(answer, user=request.user)
         return Response(AnnotationSerializer(annotation).data)
 
@@ -504,7 +504,7 @@ class ChangeAnswerView(APIView):
         can no longer be changed (`locked_because` says why) or while a lead paused your work here."""
         annotation = get_or_404(_own_answers(request, slug), pk=annotation_id)
         assignment = annotation.assignment
-        answer = assignment.answer_from_form(AnswerIn.form_data(validated(AnswerIn, request.data)))
+        answer = assignment.answer_from_shown(validated(AnswerIn, request.data))
         annotation.change(answer, user=request.user)
         return Response(MyAnswerSerializer(annotation).data)
 

@@ -7,6 +7,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from annotate.answers import PREFERENCES
 from annotate.exports import EXPORT_OPTIONS, Aggregation
 from annotate.importing import FORMATS
 from annotate.models import (
@@ -25,7 +26,6 @@ from annotate.models import (
     TaskKind,
 )
 from annotate.quality_reports import FLAGS
-from annotate.views import PREFERENCES
 
 MAX_ID = 2**63 - 1  # ids are bigints: a larger filter value could only fail in the database
 
@@ -427,8 +427,8 @@ class LeaseSerializer(serializers.ModelSerializer):
                     "name": "preference",
                     "type": "string",
                     "required": True,
-                    "choices": [p["value"] for p in PREFERENCES],
-                    "description": ", ".join(f"{p['value']}: {p['text']}" for p in PREFERENCES)
+                    "choices": [p.value for p in PREFERENCES],
+                    "description": ", ".join(f"{p.value}: {p.text}" for p in PREFERENCES)
                     + " (A and B as lettered in responses).",
                 },
                 {
@@ -465,20 +465,12 @@ class AnswerIn(serializers.Serializer):
 
     score = serializers.IntegerField(required=False, help_text="rating")
     labels = serializers.ListField(child=serializers.CharField(), required=False, help_text="rating")
-    preference = serializers.ChoiceField([p["value"] for p in PREFERENCES], required=False, help_text="pairwise")
+    preference = serializers.ChoiceField([p.value for p in PREFERENCES], required=False, help_text="pairwise")
     both_bad = JsonBooleanField(required=False, help_text="pairwise")
     ranks = serializers.DictField(
         child=serializers.IntegerField(), required=False, help_text="ranking: response id → rank, 1 the best"
     )
     comment = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
-
-    @staticmethod
-    def form_data(answer: dict[str, Any]) -> dict[str, Any]:
-        """The answer under the task page's field names, which Assignment.answer_from_form reads."""
-        ranks = answer.get("ranks", {})
-        return {key: value for key, value in answer.items() if key != "ranks"} | {
-            f"rank-{response_id}": rank for response_id, rank in ranks.items()
-        }
 
 
 class AnnotationSerializer(serializers.ModelSerializer):
