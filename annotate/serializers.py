@@ -26,33 +26,7 @@ from annotate.models import (
     TaskKind,
 )
 from annotate.quality_reports import FLAGS
-
-MAX_ID = 2**63 - 1  # ids are bigints: a larger filter value could only fail in the database
-
-
-class JsonBooleanField(serializers.BooleanField):
-    """true or false, as JSON has them: not 0, 1, "true" or "no", which a client meaning something else sends."""
-
-    default_error_messages = {"invalid": "Must be true or false (a JSON boolean)."}
-
-    def to_internal_value(self, data: Any) -> bool:
-        if not isinstance(data, bool):
-            self.fail("invalid")
-        return data
-
-
-class QueryFilter(serializers.Serializer):
-    """A list's query parameters: an empty value is refused, not taken as no filter (leave the parameter out)."""
-
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        for name in self.fields:
-            if name in data and data[name] == "":
-                raise serializers.ValidationError({name: ["May not be empty: leave the parameter out instead."]})
-        return super().to_internal_value(data)
-
-
-class ErrorSerializer(serializers.Serializer):
-    detail = serializers.CharField()
+from arbiter.api import MAX_ID, ErrorSerializer, JsonBooleanField, QueryFilter
 
 
 class ImportErrorSerializer(ErrorSerializer):

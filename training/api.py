@@ -17,10 +17,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotate.api import Conflict, error_responses, get_or_404, project_led_by, validated
-from annotate.api_defaults import NewestFirstPagination
+from annotate.api import project_led_by
 from annotate.models import Project
-from annotate.serializers import ErrorSerializer
+from arbiter.api import Conflict, ErrorSerializer, error_responses, get_or_404, validated
+from arbiter.api_defaults import NewestFirstPagination
 from models_registry.models import ModelVersion
 from training.models import TrainingRound
 from training.rounds import launch_round, relaunch

@@ -7,7 +7,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from annotate.models import DatasetSnapshot
-from annotate.serializers import ExportFiltersSerializer, QueryFilter
+from annotate.serializers import ExportFiltersSerializer
+from arbiter.api import QueryFilter
 from models_registry.models import ModelVersion
 from training.models import TrainingRound
 from training.rounds import BASE_HELP
