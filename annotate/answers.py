@@ -1,14 +1,20 @@
-"""Validation of an annotator's answer against the project's configuration.
+"""An annotator's answer: from the terms it was shown in to the stored one, and its validation.
 
 The one place that decides what a valid rating, pairwise vote or ranking is: the task form, the API
 and the import all call `clean_answer`, and get back the Annotation fields to store or a
 ValidationError keyed by the offending field.
+
+An annotator answers in displayed terms (A is the first response shown, which may be the task's B).
+`answer_from_shown` turns such an answer, from the task page's form or the API's JSON, into the task's
+terms that `clean_answer` checks; `form_from_answer` is its inverse, for the page that changes an answer.
 """
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
+from django.http import QueryDict
 
 if TYPE_CHECKING:
     from annotate.models import Project
@@ -16,6 +22,88 @@ if TYPE_CHECKING:
 RATING_FIELDS = {"score", "labels", "comment"}
 PAIRWISE_FIELDS = {"choice", "strength", "both_bad", "comment"}
 RANKING_FIELDS = {"ranking", "comment"}
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A pairwise choice as the task page and the API offer it, in displayed terms."""
+
+    value: str  # what the form and the API send
+    text: str
+    digit: str  # the number key that picks it on the task page
+    arrow: str  # the arrow keys that pick it
+    side: str  # the displayed side it prefers: "a", "b" or "tie"
+    strength: int | None  # 1 better, 2 much better; None for a tie
+
+
+PREFERENCES = [
+    Preference("a2", "A much better", "1", "⇧←", "a", 2),
+    Preference("a1", "A better", "2", "←", "a", 1),
+    Preference("tie", "Tie", "3", "T", "tie", None),
+    Preference("b1", "B better", "4", "→", "b", 1),
+    Preference("b2", "B much better", "5", "⇧→", "b", 2),
+]
+_PREFERENCE_BY_VALUE = {preference.value: preference for preference in PREFERENCES}
+
+
+def answer_from_shown(data: Mapping[str, Any], *, kind: str, shown_order: list[int], swapped: bool) -> dict[str, Any]:
+    """Turn an answer in displayed terms (the task page's form or the API's JSON) into one for clean_answer.
+
+    `swapped`: the pair was shown the other way round (the task's B as A). The form gives ranks as rank-<id>
+    fields, the API as a `ranks` object; an error about one is keyed rank-<id> either way.
+    """
+    comment = data.get("comment", "")
+    if kind == "rating":
+        labels = data.getlist("labels") if hasattr(data, "getlist") else data.get("labels", [])
+        return {"score": data.get("score"), "labels": labels, "comment": comment}
+    if kind == "pairwise":
+        preference = _PREFERENCE_BY_VALUE.get(data.get("preference"))
+        if preference is None:
+            raise ValidationError({"preference": "Choose which response is better, or tie."})
+        both_bad = data.get("both_bad") in ("on", "true", "1", True)
+        side = _swap(preference.side) if swapped else preference.side
+        return {"choice": side, "strength": preference.strength, "both_bad": both_bad, "comment": comment}
+    json_ranks = data.get("ranks")
+    if isinstance(json_ranks, Mapping):
+        given = {response_id: json_ranks.get(str(response_id), "") for response_id in shown_order}
+    else:
+        given = {response_id: data.get(f"rank-{response_id}", "") for response_id in shown_order}
+    ranks: dict[int, int] = {}
+    for response_id in shown_order:
+        value = str(given[response_id]).strip()
+        # isdecimal, not isdigit: "²" is a digit that int() refuses.
+        if not value.isdecimal() or not 1 <= int(value) <= len(shown_order):
+            raise ValidationError({f"rank-{response_id}": f"Give every response a rank from 1 to {len(shown_order)}."})
+        ranks[response_id] = int(value)
+    groups: dict[int, list[int]] = {}
+    for response_id, rank in ranks.items():
+        groups.setdefault(rank, []).append(response_id)
+    return {"ranking": [groups[rank] for rank in sorted(groups)], "comment": comment}
+
+
+def form_from_answer(fields: Mapping[str, Any], *, kind: str, swapped: bool) -> QueryDict:
+    """The task page's form fields (in displayed terms) for a stored answer: answer_from_shown's inverse."""
+    data = QueryDict(mutable=True)
+    data["comment"] = fields.get("comment", "")
+    if kind == "rating":
+        data["score"] = str(fields["score"])
+        data.setlist("labels", fields.get("labels", []))
+    elif kind == "pairwise":
+        side, strength = fields["choice"], fields.get("strength")
+        side = _swap(side) if swapped else side
+        data["preference"] = next(p.value for p in PREFERENCES if (p.side, p.strength) == (side, strength))
+        if fields.get("both_bad"):
+            data["both_bad"] = "on"
+    else:
+        for rank, group in enumerate(fields["ranking"], start=1):
+            for response_id in group:
+                data[f"rank-{response_id}"] = str(rank)
+    return data
+
+
+def _swap(side: str) -> str:
+    """The other displayed side; a tie stays a tie."""
+    return {"a": "b", "b": "a"}.get(side, side)
 
 
 def clean_answer(project: "Project", kind: str, response_ids: list[int], data: Mapping[str, Any]) -> dict[str, Any]:

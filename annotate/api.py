@@ -11,17 +11,13 @@ Each view checks access with one helper, validates its input with an explicit se
 model method as the pages do (Project.next_assignment, Assignment.submit, import_upload, ApiToken.issue, …).
 """
 
-import logging
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import authenticate
-from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import InterfaceError, OperationalError
 from django.db.models import F, QuerySet, Value
 from django.http import FileResponse
 from django.urls import reverse
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import exceptions
@@ -32,15 +28,12 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
-from rest_framework.views import exception_handler as drf_exception_handler
 
-from annotate.api_defaults import BearerTokenAuthentication, NewestFirstPagination
 from annotate.exports import queue_export
 from annotate.import_jobs import import_upload
 from annotate.importing import ImportFailed
 from annotate.models import (
     Annotation,
-    AnswerLocked,
     ApiToken,
     Assignment,
     DatasetSnapshot,
@@ -51,7 +44,6 @@ from annotate.models import (
     Project,
     Prompt,
     QualityReport,
-    QuotaReached,
 )
 from annotate.models import Response as ModelResponse
 from annotate.quality_reports import quality_for, request_quality
@@ -60,7 +52,6 @@ from annotate.serializers import (
     AnnotationSerializer,
     AnswerIn,
     DecisionIn,
-    ErrorSerializer,
     ExportIn,
     ImportErrorSerializer,
     ImportIn,
@@ -88,66 +79,8 @@ from annotate.serializers import (
     TokenSerializer,
 )
 from annotate.views import lockout_message
-
-logger = logging.getLogger(__name__)
-
-
-class BearerTokenScheme(OpenApiAuthenticationExtension):
-    """The bearer token in the OpenAPI schema (drf-spectacular finds extensions by subclassing)."""
-
-    target_class = BearerTokenAuthentication
-    name = "bearerAuth"
-
-    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
-        return {
-            "type": "http",
-            "scheme": "bearer",
-            "bearerFormat": "arb_<prefix>_<secret>",
-            "description": "A token from /tokens/ or POST /api/v1/auth/token/.",
-        }
-
-
-def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, plus the domain's errors, so that views make one model call and no try/except."""
-    if isinstance(exc, ImportFailed):
-        return Response({"detail": str(exc), "line": exc.line, "field": exc.field}, status=400)
-    if isinstance(exc, LeaseError | QuotaReached | AnswerLocked):
-        return Response({"detail": str(exc)}, status=409)
-    if isinstance(exc, OperationalError | InterfaceError):
-        # The database is down or unreachable: the client may retry; what failed where is for the log alone.
-        logger.error("The database failed under %s", context["request"].path, exc_info=exc)
-        detail = "The database is unavailable: try again in a minute."
-        return Response({"detail": detail}, status=503, headers={"Retry-After": "60"})
-    if isinstance(exc, DjangoValidationError):
-        # By field, as the models raise it: {"score": ["Choose a score from 1 to 5."]}.
-        exc = exceptions.ValidationError(
-            exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
-        )
-    return drf_exception_handler(exc, context)
-
-
-class Conflict(exceptions.APIException):
-    """409: the thing asked for is not in a state that allows it (an export not ready, a round already finished)."""
-
-    status_code = 409
-
-
-_ERROR_TEXT = {
-    401: "No credentials, or a token that is wrong or revoked.",
-    403: "A member of the project without the role this needs (leads only).",
-    404: "Not found, or in a project you are not a member of.",
-    409: "The lease, export or quality report is not in a state that allows this.",
-    415: "The body is not of a media type this endpoint reads (a file upload: multipart/form-data).",
-    429: "Too many requests: wait for the number of seconds in Retry-After.",
-}
-_FIELD_ERRORS = OpenApiResponse(OpenApiTypes.OBJECT, description='Invalid input, by field: {"score": ["…"]}.')
-
-
-def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
-    return {
-        code: _FIELD_ERRORS if code == 400 else OpenApiResponse(ErrorSerializer, _ERROR_TEXT[code]) for code in codes
-    }
-
+from arbiter.api import Conflict, ErrorSerializer, error_responses, get_or_404, validated
+from arbiter.api_defaults import NewestFirstPagination
 
 # Access helpers: 404 for what the user may not see ------------------------------------------------------------
 
@@ -171,19 +104,6 @@ def project_led_by(request: Request, slug: str) -> Project:
     if project.role != Membership.Role.LEAD:
         raise exceptions.PermissionDenied("Only the project's leads may do this.")
     return project
-
-
-def get_or_404(queryset: QuerySet, **lookup: Any) -> Any:
-    found = queryset.filter(**lookup).first()
-    if found is None:
-        raise exceptions.NotFound()
-    return found
-
-
-def validated(serializer_class: type, data: Any) -> dict[str, Any]:
-    serializer = serializer_class(data=data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
 
 
 # Me and tokens ------------------------------------------------------------------------------------------------
@@ -432,7 +352,7 @@ class SubmitView(APIView):
     def post(self, request: Request, slug: str, assignment_id: int) -> Response:
         """Answer a lease (throttled: scope `submit`). Sending the same answer twice stores it once: both succeed."""
         assignment = _assignment_for(request, slug, assignment_id)
-        answer = assignment.answer_from_form(AnswerIn.form_data(validated(AnswerIn, request.data)))
+        answer = assignment.answer_from_shown(validated(AnswerIn, request.data))
         annotation = assignment.submit(answer, user=request.user)
         return Response(AnnotationSerializer(annotation).data)
 
@@ -505,7 +425,7 @@ class ChangeAnswerView(APIView):
         can no longer be changed (`locked_because` says why) or while a lead paused your work here."""
         annotation = get_or_404(_own_answers(request, slug), pk=annotation_id)
         assignment = annotation.assignment
-        answer = assignment.answer_from_form(AnswerIn.form_data(validated(AnswerIn, request.data)))
+        answer = assignment.answer_from_shown(validated(AnswerIn, request.data))
         annotation.change(answer, user=request.user)
         return Response(MyAnswerSerializer(annotation).data)
 

@@ -1,9 +1,11 @@
-"""The API's routes, mounted at /api/v1/ (see annotate/api.py for who may call what; training/api.py for rounds)."""
+"""The API's routes, mounted at /api/v1/ (see annotate/api.py for who may call what; training/api.py for rounds;
+models_registry/api.py for model versions)."""
 
 from django.urls import path
 
 from annotate import api
 from annotate.models import MembershipEvent
+from models_registry import api as registry_api
 from training import api as training_api
 
 app_name = "api"
@@ -66,15 +68,15 @@ urlpatterns = [
         training_api.RoundRelaunchView.as_view(),
         name="round_relaunch",
     ),
-    path("projects/<slug:slug>/models/", training_api.ModelVersionListView.as_view(), name="models"),
+    path("projects/<slug:slug>/models/", registry_api.ModelVersionListView.as_view(), name="models"),
     path(
         "projects/<slug:slug>/models/<int:version_id>/",
-        training_api.ModelVersionDetailView.as_view(),
+        registry_api.ModelVersionDetailView.as_view(),
         name="model_detail",
     ),
     path(
         "projects/<slug:slug>/models/<int:version_id>/promote/",
-        training_api.ModelVersionPromoteView.as_view(),
+        registry_api.ModelVersionPromoteView.as_view(),
         name="model_promote",
     ),
 ]

@@ -23,6 +23,7 @@ from django.dispatch import receiver
 from django.http import QueryDict
 from django.utils import timezone
 
+from annotate import answers
 from annotate.jobs import move
 
 logger = logging.getLogger(__name__)
@@ -937,9 +938,7 @@ class Task(models.Model):
         return list(self.task_responses.order_by("position").values_list("response_id", flat=True))
 
     def clean_answer(self, data: dict[str, Any]) -> dict[str, Any]:
-        from annotate.answers import clean_answer
-
-        return clean_answer(self.project, self.kind, self.response_ids(), data)
+        return answers.clean_answer(self.project, self.kind, self.response_ids(), data)
 
 
 @receiver(post_delete, sender=Task)
@@ -1034,61 +1033,21 @@ class Assignment(models.Model):
         by_id = Response.objects.in_bulk(self.shown_order)
         return [(_letter(index), by_id[response_id]) for index, response_id in enumerate(self.shown_order)]
 
-    def answer_from_form(self, data: Any) -> dict[str, Any]:
-        """Turn the task page's form fields (in displayed terms) into an answer for clean_answer."""
-        comment = data.get("comment", "")
+    def answer_from_shown(self, data: Any) -> dict[str, Any]:
+        """Turn an answer in the terms this lease showed (the task page's form or the API's JSON) into one for
+        clean_answer."""
         kind = self.task.kind
-        if kind == TaskKind.RATING:
-            labels = data.getlist("labels") if hasattr(data, "getlist") else data.get("labels", [])
-            return {"score": data.get("score"), "labels": labels, "comment": comment}
-        if kind == TaskKind.PAIRWISE:
-            preference = data.get("preference")
-            if preference not in _PREFERENCES:
-                raise ValidationError({"preference": "Choose which response is better, or tie."})
-            side, strength = _PREFERENCES[preference]
-            # The form speaks of the displayed A and B; the answer of the task's positions 0 and 1.
-            if side != "tie" and self.shows_swapped():
-                side = "b" if side == "a" else "a"
-            both_bad = data.get("both_bad") in ("on", "true", "1", True)
-            return {"choice": side, "strength": strength, "both_bad": both_bad, "comment": comment}
-        ranks: dict[int, int] = {}
-        for response_id in self.shown_order:
-            value = str(data.get(f"rank-{response_id}", "")).strip()
-            # isdecimal, not isdigit: "²" is a digit that int() refuses.
-            if not value.isdecimal() or not 1 <= int(value) <= len(self.shown_order):
-                raise ValidationError(
-                    {f"rank-{response_id}": f"Give every response a rank from 1 to {len(self.shown_order)}."}
-                )
-            ranks[response_id] = int(value)
-        groups: dict[int, list[int]] = {}
-        for response_id, rank in ranks.items():
-            groups.setdefault(rank, []).append(response_id)
-        return {"ranking": [groups[rank] for rank in sorted(groups)], "comment": comment}
+        swapped = kind == TaskKind.PAIRWISE and self.shows_swapped()
+        return answers.answer_from_shown(data, kind=kind, shown_order=self.shown_order, swapped=swapped)
 
     def shows_swapped(self) -> bool:
         """Whether this lease showed a pair the other way round: the task's position 1 as A."""
         return self.shown_order[0] != self.task.response_ids()[0]
 
     def form_from_answer(self, fields: dict[str, Any]) -> QueryDict:
-        """The task page's form fields (in displayed terms) for a stored answer: answer_from_form's inverse."""
-        data = QueryDict(mutable=True)
-        data["comment"] = fields.get("comment", "")
+        """The task page's form fields (in displayed terms) for a stored answer: answer_from_shown's inverse."""
         kind = self.task.kind
-        if kind == TaskKind.RATING:
-            data["score"] = str(fields["score"])
-            data.setlist("labels", fields.get("labels", []))
-        elif kind == TaskKind.PAIRWISE:
-            side, strength = fields["choice"], fields.get("strength")
-            if side != "tie" and self.shows_swapped():
-                side = "b" if side == "a" else "a"
-            data["preference"] = next(value for value, shown in _PREFERENCES.items() if shown == (side, strength))
-            if fields.get("both_bad"):
-                data["both_bad"] = "on"
-        else:
-            for rank, group in enumerate(fields["ranking"], start=1):
-                for response_id in group:
-                    data[f"rank-{response_id}"] = str(rank)
-        return data
+        return answers.form_from_answer(fields, kind=kind, swapped=kind == TaskKind.PAIRWISE and self.shows_swapped())
 
     def working_since(self) -> datetime:
         """When the annotator can have started on this task: the later of the lease and their last submit or skip in
@@ -1176,10 +1135,6 @@ class Assignment(models.Model):
                 lease.status, lease.skipped_at = Assignment.Status.SKIPPED, now
                 lease.save(update_fields=["status", "skipped_at"])
         self.status, self.skipped_at = Assignment.Status.SKIPPED, lease.skipped_at
-
-
-# Form value of the pairwise choice → (side in displayed terms, strength).
-_PREFERENCES = {"a2": ("a", 2), "a1": ("a", 1), "tie": ("tie", None), "b1": ("b", 1), "b2": ("b", 2)}
 
 
 class Annotation(models.Model):

@@ -72,7 +72,7 @@ def change_answer(request: HttpRequest, project_slug: str, annotation_id: int) -
             return redirect("my_work", project_slug=project.slug)
         return _render_change(request, annotation, assignment.form_from_answer(annotation.answer()))
     try:
-        changed = annotation.change(assignment.answer_from_form(request.POST), user=request.user)
+        changed = annotation.change(assignment.answer_from_shown(request.POST), user=request.user)
     except ValidationError as error:
         return _render_change(request, annotation, request.POST, errors=_messages(error), status=400)
     except (AnswerLocked, LeaseError) as error:

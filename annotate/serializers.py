@@ -7,6 +7,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from annotate.answers import PREFERENCES
 from annotate.exports import EXPORT_OPTIONS, Aggregation
 from annotate.importing import FORMATS
 from annotate.models import (
@@ -25,34 +26,7 @@ from annotate.models import (
     TaskKind,
 )
 from annotate.quality_reports import FLAGS
-from annotate.views import PREFERENCES
-
-MAX_ID = 2**63 - 1  # ids are bigints: a larger filter value could only fail in the database
-
-
-class JsonBooleanField(serializers.BooleanField):
-    """true or false, as JSON has them: not 0, 1, "true" or "no", which a client meaning something else sends."""
-
-    default_error_messages = {"invalid": "Must be true or false (a JSON boolean)."}
-
-    def to_internal_value(self, data: Any) -> bool:
-        if not isinstance(data, bool):
-            self.fail("invalid")
-        return data
-
-
-class QueryFilter(serializers.Serializer):
-    """A list's query parameters: an empty value is refused, not taken as no filter (leave the parameter out)."""
-
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        for name in self.fields:
-            if name in data and data[name] == "":
-                raise serializers.ValidationError({name: ["May not be empty: leave the parameter out instead."]})
-        return super().to_internal_value(data)
-
-
-class ErrorSerializer(serializers.Serializer):
-    detail = serializers.CharField()
+from arbiter.api import MAX_ID, ErrorSerializer, JsonBooleanField, QueryFilter
 
 
 class ImportErrorSerializer(ErrorSerializer):
@@ -427,8 +401,8 @@ class LeaseSerializer(serializers.ModelSerializer):
                     "name": "preference",
                     "type": "string",
                     "required": True,
-                    "choices": [p["value"] for p in PREFERENCES],
-                    "description": ", ".join(f"{p['value']}: {p['text']}" for p in PREFERENCES)
+                    "choices": [p.value for p in PREFERENCES],
+                    "description": ", ".join(f"{p.value}: {p.text}" for p in PREFERENCES)
                     + " (A and B as lettered in responses).",
                 },
                 {
@@ -465,20 +439,12 @@ class AnswerIn(serializers.Serializer):
 
     score = serializers.IntegerField(required=False, help_text="rating")
     labels = serializers.ListField(child=serializers.CharField(), required=False, help_text="rating")
-    preference = serializers.ChoiceField([p["value"] for p in PREFERENCES], required=False, help_text="pairwise")
+    preference = serializers.ChoiceField([p.value for p in PREFERENCES], required=False, help_text="pairwise")
     both_bad = JsonBooleanField(required=False, help_text="pairwise")
     ranks = serializers.DictField(
         child=serializers.IntegerField(), required=False, help_text="ranking: response id → rank, 1 the best"
     )
     comment = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
-
-    @staticmethod
-    def form_data(answer: dict[str, Any]) -> dict[str, Any]:
-        """The answer under the task page's field names, which Assignment.answer_from_form reads."""
-        ranks = answer.get("ranks", {})
-        return {key: value for key, value in answer.items() if key != "ranks"} | {
-            f"rank-{response_id}": rank for response_id, rank in ranks.items()
-        }
 
 
 class AnnotationSerializer(serializers.ModelSerializer):

@@ -1,6 +1,7 @@
 """Pages for annotators and leads: plain function views, one access helper, one model call each."""
 
 import time
+from dataclasses import asdict
 from typing import Any
 
 from django.conf import settings
@@ -14,6 +15,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from annotate.access import get_project_for_user, get_project_led_by_user
+from annotate.answers import PREFERENCES
 from annotate.forms import DecisionForm, ThresholdsForm
 from annotate.models import (
     REMAINING_CAP,
@@ -32,15 +34,6 @@ from annotate.quality_reports import quality_for, request_quality
 from annotate.templatetags.arbiter_markdown import formats
 
 REMAINING_RECOUNT_SECONDS = 60
-
-# Pairwise choices as the form sends them, in displayed terms (A is the first response shown), with their keys.
-PREFERENCES = [
-    {"value": "a2", "text": "A much better", "digit": "1", "arrow": "⇧←"},
-    {"value": "a1", "text": "A better", "digit": "2", "arrow": "←"},
-    {"value": "tie", "text": "Tie", "digit": "3", "arrow": "T"},
-    {"value": "b1", "text": "B better", "digit": "4", "arrow": "→"},
-    {"value": "b2", "text": "B much better", "digit": "5", "arrow": "⇧→"},
-]
 
 
 def _get_assignment_for_user(request: HttpRequest, project_slug: str, assignment_id: int) -> Assignment:
@@ -116,7 +109,7 @@ def submit_assignment(request: HttpRequest, project_slug: str, assignment_id: in
     # Submitting twice returns the first annotation; only the first counts towards the session.
     first_submission = assignment.status != Assignment.Status.SUBMITTED
     try:
-        assignment.submit(assignment.answer_from_form(request.POST), user=request.user)
+        assignment.submit(assignment.answer_from_shown(request.POST), user=request.user)
     except ValidationError as error:
         return _render_task(request, project, assignment, data=request.POST, errors=_messages(error), status=400)
     except LeaseError as error:
@@ -384,7 +377,7 @@ def _answer_form(project: Project, assignment: Assignment, data: QueryDict) -> d
         form["digit_keys"] = min(len(form["scale"]), 9)
         form["label_keys"] = min(len(form["labels"]), 9)
     elif task.kind == TaskKind.PAIRWISE:
-        form["preferences"] = [{**p, "checked": data.get("preference") == p["value"]} for p in PREFERENCES]
+        form["preferences"] = [{**asdict(p), "checked": data.get("preference") == p.value} for p in PREFERENCES]
         form["both_bad"] = data.get("both_bad") == "on"
     else:
         form["rank_choices"] = [str(n) for n in range(1, len(responses) + 1)]

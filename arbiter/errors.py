@@ -1,7 +1,7 @@
 """Error answers: JSON under /api/ (clients parse every body), Django's own pages everywhere else.
 
 Django calls these for errors no view handled (settings.DEBUG off): a failure in middleware, a 404 raised outside
-DRF. Inside the API's views DRF's exception handler answers (annotate/api.py); a path under /api/ that no route
+DRF. Inside the API's views DRF's exception handler answers (arbiter/api.py); a path under /api/ that no route
 matches reaches `api_not_found`, the API's last route, whatever DEBUG says.
 """
 

@@ -206,7 +206,7 @@ AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 # A success does not wipe the failures: it would wipe the address's count too, so an attacker holding one account
 # could log into it between guesses at another's password.
 AXES_RESET_ON_SUCCESS = False
-AXES_CLIENT_IP_CALLABLE = "annotate.api_defaults.client_address"  # the throttles' address: ARBITER_NUM_PROXIES
+AXES_CLIENT_IP_CALLABLE = "arbiter.api_defaults.client_address"  # the throttles' address: ARBITER_NUM_PROXIES
 AXES_LOCKOUT_CALLABLE = "annotate.views.locked_out"  # the page (or the API's JSON) that says so, with a 429
 AXES_DISABLE_ACCESS_LOG = True  # no row per successful login
 AXES_VERBOSE = False  # no banner on every manage.py command
@@ -264,7 +264,8 @@ ARBITER_JOB_HEARTBEAT_SECONDS, ARBITER_JOB_HEARTBEAT_TIMEOUT = _heartbeat("ARBIT
 
 ARBITER_DEFAULT_LEASE = timedelta(minutes=30)
 
-# The API (annotate/api.py): bearer tokens for scripts, the session for the browser; JSON only.
+# The API (views in each app's api.py, shared plumbing in arbiter/api.py): bearer tokens for scripts, the session for
+# the browser; JSON only.
 _THROTTLE_RATE = re.compile(r"^\d+/(s|sec|second|m|min|minute|h|hour|d|day)$")
 
 
@@ -279,16 +280,16 @@ def _env_rate(name: str, default: str) -> str:
 REST_FRAMEWORK = {
     # Bearer first: its WWW-Authenticate header is what turns an anonymous request into 401, not 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "annotate.api_defaults.BearerTokenAuthentication",
+        "arbiter.api_defaults.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_PAGINATION_CLASS": "annotate.api_defaults.IdCursorPagination",
+    "DEFAULT_PAGINATION_CLASS": "arbiter.api_defaults.IdCursorPagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # Only views that name a throttle_scope are throttled, and only their writes.
-    "DEFAULT_THROTTLE_CLASSES": ["annotate.api_defaults.WriteThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["arbiter.api_defaults.WriteThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "login": _env_rate("ARBITER_THROTTLE_LOGIN", "10/min"),
         "submit": _env_rate("ARBITER_THROTTLE_SUBMIT", "120/min"),
@@ -296,7 +297,7 @@ REST_FRAMEWORK = {
         "launch": _env_rate("ARBITER_THROTTLE_LAUNCH", "30/hour"),
         "export": _env_rate("ARBITER_THROTTLE_EXPORT", "60/hour"),
     },
-    "EXCEPTION_HANDLER": "annotate.api.exception_handler",
+    "EXCEPTION_HANDLER": "arbiter.api.exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",  # APIClient in tests speaks what scripts speak
     # Throttles key anonymous clients by address. 0 trusts no X-Forwarded-For (a client could make up a new
     # address per login attempt); behind proxies, their count, so the address the nearest one saw is used.

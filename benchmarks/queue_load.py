@@ -178,7 +178,7 @@ def child_direct(iterations: int, warmup: int) -> None:
         data = QueryDict(mutable=True)
         for name, values in _answer_fields(rng, assignment.task.kind, {}, assignment.shown_order).items():
             data.setlist(name, values)
-        assignment.submit(assignment.answer_from_form(data), user=user)
+        assignment.submit(assignment.answer_from_shown(data), user=user)
         submitted = time.perf_counter()
         if i >= warmup:
             timings["next_assignment"].append(leased - start)

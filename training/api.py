@@ -1,9 +1,9 @@
-"""Training rounds and the model registry in the API (/api/v1/projects/<slug>/rounds/ and …/models/): leads only.
+"""Training rounds in the API (/api/v1/projects/<slug>/rounds/): leads only.
 
 Access is annotate/api.py's: 401 without credentials, 404 for a project you are not a member of, 403 for its
 annotators (they know the project exists, but training is the leads' business). Rounds are named by their
-number in the project, as on the round pages; model versions by id (their name, policy-v3, is in the body).
-Each view makes the call the admin makes: launch_round, relaunch, TrainingRound.request_cancel, ModelVersion.promote.
+number in the project, as on the round pages (model versions are in models_registry/api.py).
+Each view makes the call the admin makes: launch_round, relaunch, TrainingRound.request_cancel.
 Launches and relaunches are throttled per user (scope `launch`: 429) and refused while the project has
 ARBITER_MAX_ACTIVE_ROUNDS rounds under way (409).
 """
@@ -17,19 +17,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotate.api import Conflict, error_responses, get_or_404, project_led_by, validated
-from annotate.api_defaults import NewestFirstPagination
+from annotate.api import project_led_by
 from annotate.models import Project
-from annotate.serializers import ErrorSerializer
-from models_registry.models import ModelVersion
+from arbiter.api import Conflict, ErrorSerializer, error_responses, get_or_404, validated
+from arbiter.api_defaults import NewestFirstPagination
 from training.models import TrainingRound
 from training.rounds import launch_round, relaunch
 from training.serializers import (
-    VERSION_RELATED,
     LaunchIn,
-    ModelVersionDetailSerializer,
-    ModelVersionFilter,
-    ModelVersionSerializer,
     RoundDetailSerializer,
     RoundSerializer,
 )
@@ -130,47 +125,3 @@ class RoundRelaunchView(APIView):
         """A new round with this one's method, base, settings and filters (after a failure or a cancel); its base is
         checked again, as a new launch's would be."""
         return _round_created(relaunch(_round_for(request, slug, number), user=request.user))
-
-
-# Model versions --------------------------------------------------------------------------------------------
-
-
-def _versions(project: Project) -> QuerySet[ModelVersion]:
-    return project.model_versions.select_related(*VERSION_RELATED)
-
-
-def _version_for(request: Request, slug: str, version_id: int) -> ModelVersion:
-    return get_or_404(_versions(project_led_by(request, slug)), pk=version_id)
-
-
-@extend_schema_view(
-    get=extend_schema(
-        parameters=[ModelVersionFilter],
-        responses={200: ModelVersionSerializer(many=True), **error_responses(400, 401, 403, 404)},
-    )
-)
-class ModelVersionListView(ListAPIView):
-    """The project's registered policies and reward models, newest first (leads)."""
-
-    serializer_class = ModelVersionSerializer
-    pagination_class = NewestFirstPagination
-
-    def get_queryset(self) -> QuerySet[ModelVersion]:
-        versions = _versions(project_led_by(self.request, self.kwargs["slug"]))
-        return versions.filter(**validated(ModelVersionFilter, self.request.query_params))
-
-
-class ModelVersionDetailView(APIView):
-    @extend_schema(responses={200: ModelVersionDetailSerializer, **error_responses(401, 403, 404)})
-    def get(self, request: Request, slug: str, version_id: int) -> Response:
-        """One version by id: where it came from (base, parent, round, snapshot, config, code) and its evaluation."""
-        return Response(ModelVersionDetailSerializer(_version_for(request, slug, version_id)).data)
-
-
-class ModelVersionPromoteView(APIView):
-    @extend_schema(request=None, responses={200: ModelVersionDetailSerializer, **error_responses(401, 403, 404)})
-    def post(self, request: Request, slug: str, version_id: int) -> Response:
-        """Make this the project's active version of its kind; the one active before is archived."""
-        version = _version_for(request, slug, version_id)
-        version.promote()
-        return Response(ModelVersionDetailSerializer(version).data)

@@ -228,7 +228,7 @@ class TestShownTerms:
         make_task(project)
         assignment = lease(project, annotator, swapped=swapped)
         # The annotator pressed "A much better": the response shown first.
-        annotation = assignment.submit(assignment.answer_from_form({"preference": "a2"}), user=annotator)
+        annotation = assignment.submit(assignment.answer_from_shown({"preference": "a2"}), user=annotator)
 
         assert annotation.choice == ("b" if swapped else "a")
         assert annotation.shown_summary() == "A much better"
@@ -242,7 +242,8 @@ class TestShownTerms:
 
         assert annotation.shown_summary() == "A > B = C"
         form = assignment.form_from_answer(annotation.answer())
-        assert assignment.task.clean_answer(assignment.answer_from_form(form))["ranking"] == [[third], [first, second_]]
+        answer = assignment.task.clean_answer(assignment.answer_from_shown(form))
+        assert answer["ranking"] == [[third], [first, second_]]
 
 
 class TestPages:

@@ -176,8 +176,8 @@ def test_random_answers_to_real_leases_are_accepted(project, annotator, make_tas
             body = answer(shown, "word:cat", 1, rng).body
             submitted = AnswerIn(data=body)
             assert submitted.is_valid(), submitted.errors
-            lease.task.clean_answer(lease.answer_from_form(AnswerIn.form_data(submitted.validated_data)))
-        lease.submit(lease.answer_from_form(AnswerIn.form_data(submitted.validated_data)), user=annotator)
+            lease.task.clean_answer(lease.answer_from_shown(submitted.validated_data))
+        lease.submit(lease.answer_from_shown(submitted.validated_data), user=annotator)
 
 
 # Bots through the real API -------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The classes settings.REST_FRAMEWORK names: bearer-token authentication, cursor pagination and the throttle.
 
-They live apart from annotate/api.py because DRF imports them while its own views module loads; a module
+They live apart from arbiter/api.py because DRF imports them while its own views module loads; a module
 that imports rest_framework.views (as api.py does) would be a circular import here.
 """
 
