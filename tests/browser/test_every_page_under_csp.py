@@ -61,6 +61,8 @@ class Refusals:
         self.page.wait_for_timeout(100)
         seen, self.seen = self.seen, []
         assert seen == [], f"{what} ({self.page.url}):\n" + "\n".join(seen)
+        shown = self.page.locator("body").inner_text()
+        assert "{#" not in shown and "{%" not in shown, f"{what}: template syntax shown as text"
         if axe:
             assert_no_serious_axe_violations(self.page, what, exclude=axe_exclude)
 
