@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from tests.training.conftest import marker_pairs, settings, write_jsonl
 from training.engine import common, dpo
 from training.engine.common import load_policy
-from training.engine.config import BaseConfig, DPOConfig
+from training.engine.config import LOSS_TYPES, BaseConfig, DPOConfig
 from training.engine.dpo import train_dpo
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -63,6 +63,28 @@ def test_trains_on_standard_strings_with_precomputed_reference_log_probs(tiny, t
     assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(seen["trainer"].train_dataset.column_names)
     assert (seen["trainer"].beta, seen["trainer"].loss_types) == (0.5, ["ipo"])
     assert result.steps == 3 and math.isfinite(result.eval_report["loss"])
+
+
+# The smoothing their papers suggest, for the losses that need some (robust at 0 would be sigmoid).
+SMOOTHING = {"robust": 0.1, "exo_pair": 1e-3}
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_every_loss_type_the_launch_offers_trains(tiny, tmp_path, spy, loss_type):
+    seen = spy(dpo)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", marker_pairs(8))
+    smoothing = SMOOTHING.get(loss_type, 0.0)
+    config = settings(DPOConfig, tiny.policy, max_steps=2, loss_type=loss_type, label_smoothing=smoothing)
+
+    result = train_dpo(config, pairs, str(tmp_path / "dpo"))
+
+    trainer = seen["trainer"]
+    assert (trainer.loss_types, trainer.label_smoothing) == ([loss_type], smoothing)
+    assert result.steps == 2
+    assert math.isfinite(result.metrics["train_loss"]) and math.isfinite(result.eval_report["loss"])
+    before = seen["before"]
+    changed = {name for name, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[name])}
+    assert changed and all("lora_" in name for name in changed)
 
 
 def test_continues_training_an_adapter_it_saved(tiny, tmp_path):

@@ -76,6 +76,28 @@ def test_stage_configs_check_their_own_fields():
         DPOConfig.from_dict({"use_margin": "true"})
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"loss_type": "exo_pair"}, "label_smoothing: must be > 0 for loss_type=exo_pair"),
+        ({"loss_type": "robust"}, "label_smoothing: must be > 0 for loss_type=robust (at 0 it is exactly sigmoid"),
+        ({"loss_type": "robust", "label_smoothing": "0.5"}, "label_smoothing: must be in [0, 0.5), got 0.5"),
+        ({"loss_type": "exo_pair", "label_smoothing": "-0.1"}, "label_smoothing: must be in [0, 0.5), got -0.1"),
+        ({"label_smoothing": "0.1"}, "label_smoothing: must be 0 for loss_type=sigmoid, which ignores it"),
+        ({"loss_type": "hinge", "label_smoothing": "0.1"}, "label_smoothing: must be 0 for loss_type=hinge"),
+    ],
+)
+def test_dpo_label_smoothing_is_checked_against_the_loss_type(data, message):
+    with pytest.raises(ValueError) as error:
+        DPOConfig.from_dict(data)
+    assert str(error.value).startswith(message), error.value
+
+
+def test_dpo_takes_label_smoothing_where_its_loss_reads_it():
+    assert DPOConfig.from_dict({"loss_type": "robust", "label_smoothing": "0.1"}).label_smoothing == 0.1
+    assert DPOConfig.from_dict({"loss_type": "exo_pair", "label_smoothing": "1e-3"}).label_smoothing == 0.001
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 def test_picks_the_cpu_and_float32_without_a_gpu():
     device = pick_device()

@@ -78,6 +78,11 @@ class TestLaunch:
             ("ppo", {"settings_": {"reward.adapter": "ia3", "ppo.adapter": "prompt_tuning"}}, "ppo.adapter"),
             ("dpo", {"settings_": {"load_in_4bit": "true"}}, "dpo.load_in_4bit"),  # no GPU worker has reported
             ("reward", {"settings_": {"load_in_4bit": "true", "use_lora": "false"}}, "reward.load_in_4bit"),
+            # TRL refuses exo_pair without label smoothing only in the worker; robust without it is sigmoid.
+            ("dpo", {"settings_": {"loss_type": "exo_pair"}}, "dpo.label_smoothing"),
+            ("dpo", {"settings_": {"loss_type": "robust"}}, "dpo.label_smoothing"),
+            ("dpo", {"settings_": {"loss_type": "robust", "label_smoothing": "0.5"}}, "dpo.label_smoothing"),
+            ("dpo", {"settings_": {"loss_type": "ipo", "label_smoothing": "0.1"}}, "dpo.label_smoothing"),
         ],
     )
     def test_refuses_bad_requests_naming_the_field_and_queues_nothing(

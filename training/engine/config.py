@@ -175,10 +175,12 @@ class RewardConfig(BaseConfig):
         ]
 
 
-# TRL's DPO losses that need nothing beyond beta (sigmoid is the paper's; ipo, hinge and robust are common variants).
+# TRL's DPO losses a round offers (sigmoid is the paper's; ipo, hinge and robust are common variants). All take
+# beta; robust and exo_pair also take label_smoothing, the others ignore it.
 LOSS_TYPES = (
     "sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down",
 )  # fmt: skip
+SMOOTHED_LOSS_TYPES = ("robust", "exo_pair")
 
 
 @dataclass
@@ -186,6 +188,8 @@ class DPOConfig(BaseConfig):
     learning_rate: float = 5e-5  # DPO drifts easily; lower than SFT's LoRA rate
     beta: float = 0.1  # the KL leash to the reference: smaller lets the policy move further
     loss_type: str = "sigmoid"  # one of LOSS_TYPES
+    # robust and exo_pair only: ε, the share of preference labels taken to be flipped (their papers: 0.1, 1e-3)
+    label_smoothing: float = 0.0
     precompute_ref_log_probs: bool = False  # score the reference once before training: faster steps, one more pass
 
     def rules(self) -> list[tuple[str, bool, str]]:
@@ -193,6 +197,24 @@ class DPOConfig(BaseConfig):
             *super().rules(),
             ("beta", self.beta > 0, "must be > 0"),
             ("loss_type", self.loss_type in LOSS_TYPES, f"must be one of {', '.join(LOSS_TYPES)}"),
+            # Past 0.5 the flipped labels would be the majority: the loss would prefer the rejected answers.
+            ("label_smoothing", 0 <= self.label_smoothing < 0.5, "must be in [0, 0.5)"),
+            # EXO's target distribution is (1 - ε, ε) and its loss takes log ε: TRL refuses ε = 0.
+            (
+                "label_smoothing",
+                self.loss_type != "exo_pair" or self.label_smoothing > 0,
+                "must be > 0 for loss_type=exo_pair (the EXO paper uses 1e-3)",
+            ),
+            (
+                "label_smoothing",
+                self.loss_type != "robust" or self.label_smoothing > 0,
+                "must be > 0 for loss_type=robust (at 0 it is exactly sigmoid; the robust DPO paper uses 0.1)",
+            ),
+            (
+                "label_smoothing",
+                self.loss_type in SMOOTHED_LOSS_TYPES or self.label_smoothing == 0,
+                f"must be 0 for loss_type={self.loss_type}, which ignores it (only robust and exo_pair read it)",
+            ),
         ]
 
 

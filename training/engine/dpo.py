@@ -39,6 +39,7 @@ def train_dpo(config: DPOConfig, data_file: str, output_dir: str, progress: Prog
         output_dir,
         beta=config.beta,
         loss_type=[config.loss_type],
+        label_smoothing=config.label_smoothing,
         precompute_ref_log_probs=config.precompute_ref_log_probs,
     )
     trainer = DPOTrainer(
