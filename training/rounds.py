@@ -14,9 +14,9 @@ anything else is refused with one message, so that a lead learns nothing of othe
 server's files (the operator's `manage.py launch_round` may name any path).
 
 Stages per method: reward = [reward]; ppo = [reward, ppo, sample] ([ppo, sample] with a given reward model);
-dpo = [dpo, sample]; sft = [sft, sample]; sample = [sample] (training/sampling.py). Settings: `key=value`
-applies to every stage of the method that has the key, `stage.key=value` to that stage only; anything else is
-refused, naming the key.
+dpo = [dpo, sample]; kto = [kto, sample]; sft = [sft, sample]; sample = [sample] (training/sampling.py). Settings:
+`key=value` applies to every stage of the method that has the key, `stage.key=value` to that stage only; anything
+else is refused, naming the key.
 """
 
 import collections
@@ -40,7 +40,15 @@ from annotate.exports import create_snapshot, run_snapshot
 from annotate.jobs import Heartbeat, fail_stale, hide_paths
 from annotate.models import DatasetSnapshot, Project, Prompt, QuotaReached
 from models_registry.models import ModelVersion
-from training.engine.config import BaseConfig, DPOConfig, PPOConfig, RewardConfig, SampleConfig, SFTConfig
+from training.engine.config import (
+    BaseConfig,
+    DPOConfig,
+    KTOConfig,
+    PPOConfig,
+    RewardConfig,
+    SampleConfig,
+    SFTConfig,
+)
 from training.engine.launcher import SHARDED, run_launched
 from training.engine.memory import MemoryEstimate, estimate_memory, read_architecture, size_text
 from training.engine.model_files import is_adapter, missing_files, models_inside
@@ -53,9 +61,12 @@ STAGES = {
     Method.REWARD: ["reward"],
     Method.PPO: ["reward", "ppo", "sample"],
     Method.DPO: ["dpo", "sample"],
+    Method.KTO: ["kto", "sample"],  # on the unpaired export: rated answers, desirable above the scale's midpoint
     Method.SFT: ["sft", "sample"],
     Method.SAMPLE: ["sample"],  # a registered policy's samples into the queue, on demand
 }
+# The export each method trains on; the others train on pairs.
+SNAPSHOT_KINDS = {Method.SFT: DatasetSnapshot.Kind.SFT, Method.KTO: DatasetSnapshot.Kind.UNPAIRED}
 LOG_TAIL_LINES = 200
 BASE_HELP = (
     "A policy version of this project (policy-v3), a hub id (org/name) or a folder under the server's allowed model "
@@ -71,7 +82,14 @@ EVAL_PROMPTS = 16  # prompts sampled for a policy's eval report (mean reward, KL
 
 def stage_configs() -> dict[str, type]:
     """Stage name → its config dataclass."""
-    return {"reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig, "sft": SFTConfig, "sample": SampleConfig}
+    return {
+        "reward": RewardConfig,
+        "ppo": PPOConfig,
+        "dpo": DPOConfig,
+        "kto": KTOConfig,
+        "sft": SFTConfig,
+        "sample": SampleConfig,
+    }
 
 
 # Launching -----------------------------------------------------------------------------------------------
@@ -163,7 +181,7 @@ def _queue(project: Project, *, method: str, filters: Mapping[str, Any], user: A
                 f"{project.slug} has {active} rounds queued or running, the most allowed "
                 "(ARBITER_MAX_ACTIVE_ROUNDS): wait for one to finish, or cancel one."
             )
-        kind = DatasetSnapshot.Kind.SFT if method == Method.SFT else DatasetSnapshot.Kind.PAIRS
+        kind = SNAPSHOT_KINDS.get(method, DatasetSnapshot.Kind.PAIRS)
         snapshot = None
         if method != Method.SAMPLE:
             snapshot = create_snapshot(project, kind=kind, filters=filters, user=user)
@@ -514,6 +532,7 @@ def run_round(round_id: int) -> TrainingRound:
 def _run_stages(training_round: TrainingRound) -> None:
     from training.engine.dpo import train_dpo
     from training.engine.generate import GenerationStopped
+    from training.engine.kto import train_kto
     from training.engine.ppo import train_ppo
     from training.engine.reward import train_reward
     from training.engine.sft import train_sft
@@ -552,6 +571,8 @@ def _run_stages(training_round: TrainingRound) -> None:
                 result = train_ppo(config, data_file, reward_path, output_dir, progress)
             elif stage == "dpo":
                 result = train_dpo(config, data_file, output_dir, progress)
+            elif stage == "kto":
+                result = train_kto(config, data_file, output_dir, progress)
             else:
                 result = train_sft(config, data_file, output_dir, progress)
             if stage == "reward":
@@ -635,7 +656,7 @@ def _register(
             eval_report={**result.eval_report, **_human_eval_accuracy(training_round, result.output_dir)},
             **common,
         )
-    policy_stage = next((stage for stage in ("ppo", "dpo", "sft") if stage in results), None)
+    policy_stage = next((stage for stage in ("ppo", "dpo", "kto", "sft") if stage in results), None)
     if policy_stage is None:
         return None
     config, result = results[policy_stage]

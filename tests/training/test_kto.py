@@ -1,18 +1,32 @@
 """The KTO stage and the kto round: the loss starts at 0.5 and falls on rated answers, only the adapter moves, the
 saved adapter reloads; a round trains on the unpaired export of rated tasks, registers a policy and samples."""
 
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from annotate.importing import import_file
+from annotate.models import DatasetSnapshot, Response
+from models_registry.models import ModelVersion
 from tests.training.conftest import marker_pairs, settings, write_jsonl
+from tests.training.test_rounds import launch
 from training.engine import kto
 from training.engine.common import load_policy
 from training.engine.config import BaseConfig, KTOConfig
 from training.engine.kto import train_kto
+from training.models import RoundMetric
+from training.rounds import run_round
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
+ROOT = Path(__file__).resolve().parents[2]
 IDS = torch.tensor([[1, 4, 30, 31, 32, 2, 5, 40, 41, 42]])  # <s><|user|>…</s><|assistant|>…
 
 
@@ -74,3 +88,69 @@ def test_weights_reach_the_trainer_and_an_unlabelled_file_is_refused(tiny, tmp_p
     pairs = write_jsonl(tmp_path / "pairs.jsonl", marker_pairs(4))
     with pytest.raises(ValueError, match="missing column.*completion, label"):
         train_kto(config, pairs, str(tmp_path / "again"))
+
+
+def test_the_command_line_runs_the_kto_stage(tiny, tmp_path):
+    rows = write_jsonl(tmp_path / "unpaired.jsonl", marker_unpaired(8))
+
+    run = subprocess.run(
+        [sys.executable, "-m", "training.engine", "kto", "--data", str(rows), "--out", str(tmp_path / "kto")]
+        + ["--set", f"model_name_or_path={tiny.policy}", "--set", "max_steps=2", "--set", "max_length=128"]
+        + ["--set", "desirable_weight=1.2", "--progress-json"],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert run.returncode == 0, run.stderr
+    steps = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [(line["step"], line["total"]) for line in steps[:-1]] == [(1, 2), (2, 2)]
+    result = steps[-1]["result"]
+    assert result["steps"] == 2 and math.isfinite(result["metrics"]["train_loss"])
+    assert (tmp_path / "kto" / "adapter_model.safetensors").is_file()
+
+
+@pytest.fixture
+def rated_project(project, annotator, tmp_path):
+    """Eight prompts with two answers each, rated through the queue: the one with the marker 5, the other 1."""
+    project.task_kinds = ["rating"]
+    project.save(update_fields=["task_kinds"])
+    pairs = marker_pairs(8, style="standard")
+    rows = [{"prompt": f"{row['prompt']} ({n})", "responses": [row["chosen"], row["rejected"]]} for n, row in
+            enumerate(pairs)]  # fmt: skip
+    import_file(project, write_jsonl(tmp_path / "responses.jsonl", rows), format="responses")
+    scores = {row["chosen"]: 5 for row in pairs} | {row["rejected"]: 1 for row in pairs}
+    while lease := project.next_assignment(annotator):
+        lease.submit({"score": scores[lease.task.responses.get().content]}, user=annotator)
+    return project
+
+
+@pytest.mark.django_db(transaction=True)
+class TestRound:
+    def test_a_kto_round_trains_on_the_rated_answers_registers_the_policy_and_samples(self, rated_project, policy):
+        training_round = launch(rated_project, policy, "kto", settings_={"kto.beta": "0.2"})
+        assert list(training_round.config) == ["kto", "sample"] and training_round.config["kto"]["beta"] == 0.2
+        assert training_round.snapshot.kind == DatasetSnapshot.Kind.UNPAIRED
+
+        training_round = run_round(training_round.pk)
+
+        assert training_round.status == "succeeded", training_round.error
+        rows = [json.loads(line) for line in Path(training_round.snapshot.file.path).read_text().splitlines()]
+        assert sorted(row["label"] for row in rows) == [False] * 8 + [True] * 8
+        version = ModelVersion.objects.get(kind="policy", training_round=training_round)
+        assert version.snapshot_sha256 == training_round.snapshot.sha256 and version.config["beta"] == 0.2
+        assert {"loss", "kl", "eval_rows"} <= set(version.eval_report), version.eval_report
+        assert RoundMetric.objects.filter(training_round=training_round, stage="kto").exists()
+        assert Response.objects.filter(model_version=version, source="model").exists()  # its samples reached the queue
+        assert "kto step 3/3" in training_round.log_tail
+
+    def test_a_project_without_ratings_fails_the_round_saying_so(self, project, policy, tmp_path):
+        pairs = [{key: row[key] for key in ("prompt", "chosen", "rejected")} for row in marker_pairs(4)]
+        import_file(project, write_jsonl(tmp_path / "pairs.jsonl", pairs))  # votes, no ratings: nothing for KTO
+
+        training_round = run_round(launch(project, policy, "kto").pk)
+
+        assert training_round.status == "failed" and "no rows" in training_round.error
+        assert not ModelVersion.objects.exists()
