@@ -38,7 +38,7 @@ from django.db import transaction
 
 from annotate.exports import create_snapshot, run_snapshot
 from annotate.jobs import Heartbeat, fail_stale, hide_paths
-from annotate.models import DatasetSnapshot, Project, Prompt, QuotaReached
+from annotate.models import Annotation, DatasetSnapshot, Project, Prompt, QuotaReached, TaskKind
 from models_registry.models import ModelVersion
 from training.engine.config import (
     BaseConfig,
@@ -130,6 +130,11 @@ def plan_round(
     (ValidationError names what is wrong) but not saved: the launch page's memory check reads it too."""
     if method not in Method.values:
         raise ValidationError({"method": f"Must be one of {', '.join(Method.values)}, not {method!r}."})
+    rated = Annotation.objects.filter(task__project=project, task__kind=TaskKind.RATING)
+    if method == Method.KTO and not rated.exists():
+        raise ValidationError(
+            {"method": "KTO trains on rated answers, and this project has none: rate some answers, or train with dpo."}
+        )
     base_version, base_model = resolve_base(project, base, trusted=trusted)
     if method == Method.SAMPLE and base_version is None:
         raise ValidationError({"base": "New samples come from a registered policy version (e.g. policy-v2)."})

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from django.core.exceptions import ValidationError
 from transformers import AutoModelForCausalLM
 
 from annotate.importing import import_file
@@ -21,7 +22,7 @@ from training.engine import kto
 from training.engine.common import load_policy
 from training.engine.config import BaseConfig, KTOConfig
 from training.engine.kto import train_kto
-from training.models import RoundMetric
+from training.models import RoundMetric, TrainingRound
 from training.rounds import run_round
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -146,11 +147,12 @@ class TestRound:
         assert Response.objects.filter(model_version=version, source="model").exists()  # its samples reached the queue
         assert "kto step 3/3" in training_round.log_tail
 
-    def test_a_project_without_ratings_fails_the_round_saying_so(self, project, policy, tmp_path):
+    def test_a_project_without_ratings_is_refused_at_launch_and_nothing_is_queued(self, project, policy, tmp_path):
         pairs = [{key: row[key] for key in ("prompt", "chosen", "rejected")} for row in marker_pairs(4)]
         import_file(project, write_jsonl(tmp_path / "pairs.jsonl", pairs))  # votes, no ratings: nothing for KTO
 
-        training_round = run_round(launch(project, policy, "kto").pk)
+        with pytest.raises(ValidationError) as refused:
+            launch(project, policy, "kto")
 
-        assert training_round.status == "failed" and "no rows" in training_round.error
-        assert not ModelVersion.objects.exists()
+        assert "KTO trains on rated answers" in refused.value.message_dict["method"][0]
+        assert not TrainingRound.objects.exists() and not DatasetSnapshot.objects.exists()
