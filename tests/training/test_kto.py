@@ -1,5 +1,7 @@
 """The KTO stage and the kto round: the loss starts at 0.5 and falls on rated answers, only the adapter moves, the
-saved adapter reloads; a round trains on the unpaired export of rated tasks, registers a policy and samples."""
+saved adapter reloads; the command line runs it; on every model family it sees the template's prompt and answers
+that end their turn; a round trains on the unpaired export of rated tasks, registers a policy and samples, and a
+project without ratings is refused at launch."""
 
 import json
 import math
@@ -17,10 +19,12 @@ from annotate.importing import import_file
 from annotate.models import DatasetSnapshot, Response
 from models_registry.models import ModelVersion
 from tests.training.conftest import marker_pairs, settings, write_jsonl
+from tests.training.test_families import PROMPT, STOPS, attends_to_every_real_token, quick
 from tests.training.test_rounds import launch
 from training.engine import kto
-from training.engine.common import load_policy
+from training.engine.common import load_policy, load_tokenizer
 from training.engine.config import BaseConfig, KTOConfig
+from training.engine.generate import encode_prompt
 from training.engine.kto import train_kto
 from training.models import RoundMetric, TrainingRound
 from training.rounds import run_round
@@ -156,3 +160,20 @@ class TestRound:
 
         assert "KTO trains on rated answers" in refused.value.message_dict["method"][0]
         assert not TrainingRound.objects.exists() and not DatasetSnapshot.objects.exists()
+
+
+def test_on_every_model_family_the_prompt_is_the_templates_and_answers_end_their_turn(family, tmp_path, spy):
+    tokenizer = load_tokenizer(family.policy)
+    rows = [{**row, "prompt": PROMPT} for row in marker_unpaired(2)]
+    seen = spy(kto)
+
+    train_kto(quick(KTOConfig, family.policy), write_jsonl(tmp_path / "unpaired.jsonl", rows), str(tmp_path / "kto"))
+
+    prepared = seen["trainer"].train_dataset
+    assert prepared[0]["prompt_ids"] == encode_prompt(PROMPT, tokenizer)
+    end_of_turn = tokenizer.convert_tokens_to_ids(STOPS[family.like.name][0])
+    assert all(end_of_turn in row["completion_ids"] for row in prepared)  # KTO learns to stop, as DPO does
+    # pad = eos must not hide the eos that ends a turn.
+    assert attends_to_every_real_token(
+        seen["trainer"], {len(r["prompt_ids"]) + len(r["completion_ids"]) for r in prepared}
+    )
