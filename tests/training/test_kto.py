@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 from annotate.importing import import_file
 from annotate.models import DatasetSnapshot, Response
 from models_registry.models import ModelVersion
-from tests.training.conftest import marker_pairs, settings, write_jsonl
+from tests.training.conftest import marker_pairs, marker_unpaired, settings, write_jsonl
 from tests.training.test_families import PROMPT, STOPS, attends_to_every_real_token, quick
 from tests.training.test_rounds import launch
 from training.engine import kto
@@ -33,16 +33,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is d
 
 ROOT = Path(__file__).resolve().parents[2]
 IDS = torch.tensor([[1, 4, 30, 31, 32, 2, 5, 40, 41, 42]])  # <s><|user|>…</s><|assistant|>…
-
-
-def marker_unpaired(n: int) -> list[dict]:
-    """An unpaired export's rows: each marker pair's answers rated apart, the one with the marker desirable."""
-    return [
-        {"prompt": pair["prompt"], "completion": pair[side], "label": side == "chosen", "score": score,
-         "prompt_id": pair["prompt_id"], "response_id": pair[f"{side}_id"], "model_version": None}
-        for pair in marker_pairs(n)
-        for side, score in (("chosen", 5.0), ("rejected", 1.0))
-    ]  # fmt: skip
 
 
 def test_loss_starts_at_one_half_and_falls_while_the_reference_stays_put(tiny, tmp_path, spy):
