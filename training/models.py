@@ -24,6 +24,7 @@ class TrainingRound(models.Model):
         REWARD = "reward", "Reward model only"
         PPO = "ppo", "Reward model, then PPO"
         DPO = "dpo", "DPO"
+        KTO = "kto", "KTO (on ratings)"
         SFT = "sft", "SFT"
         SAMPLE = "sample", "New samples only"
 
@@ -41,6 +42,7 @@ class TrainingRound(models.Model):
         "reward": "Training the reward model",
         "ppo": "Training the policy (PPO)",
         "dpo": "Training the policy (DPO)",
+        "kto": "Training the policy (KTO)",
         "sft": "Training the policy (SFT)",
         "eval_reward": "Evaluating the reward model on held-out votes",
         "eval": "Evaluating the new policy",

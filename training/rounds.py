@@ -14,9 +14,9 @@ anything else is refused with one message, so that a lead learns nothing of othe
 server's files (the operator's `manage.py launch_round` may name any path).
 
 Stages per method: reward = [reward]; ppo = [reward, ppo, sample] ([ppo, sample] with a given reward model);
-dpo = [dpo, sample]; sft = [sft, sample]; sample = [sample] (training/sampling.py). Settings: `key=value`
-applies to every stage of the method that has the key, `stage.key=value` to that stage only; anything else is
-refused, naming the key.
+dpo = [dpo, sample]; kto = [kto, sample]; sft = [sft, sample]; sample = [sample] (training/sampling.py). Settings:
+`key=value` applies to every stage of the method that has the key, `stage.key=value` to that stage only; anything
+else is refused, naming the key.
 """
 
 import collections
@@ -38,9 +38,17 @@ from django.db import transaction
 
 from annotate.exports import create_snapshot, run_snapshot
 from annotate.jobs import Heartbeat, fail_stale, hide_paths
-from annotate.models import DatasetSnapshot, Project, Prompt, QuotaReached
+from annotate.models import Annotation, DatasetSnapshot, Project, Prompt, QuotaReached, TaskKind
 from models_registry.models import ModelVersion
-from training.engine.config import BaseConfig, DPOConfig, PPOConfig, RewardConfig, SampleConfig, SFTConfig
+from training.engine.config import (
+    BaseConfig,
+    DPOConfig,
+    KTOConfig,
+    PPOConfig,
+    RewardConfig,
+    SampleConfig,
+    SFTConfig,
+)
 from training.engine.launcher import SHARDED, run_launched
 from training.engine.memory import MemoryEstimate, estimate_memory, read_architecture, size_text
 from training.engine.model_files import is_adapter, missing_files, models_inside
@@ -53,9 +61,12 @@ STAGES = {
     Method.REWARD: ["reward"],
     Method.PPO: ["reward", "ppo", "sample"],
     Method.DPO: ["dpo", "sample"],
+    Method.KTO: ["kto", "sample"],  # on the unpaired export: rated answers, desirable above the scale's midpoint
     Method.SFT: ["sft", "sample"],
     Method.SAMPLE: ["sample"],  # a registered policy's samples into the queue, on demand
 }
+# The export each method trains on; the others train on pairs.
+SNAPSHOT_KINDS = {Method.SFT: DatasetSnapshot.Kind.SFT, Method.KTO: DatasetSnapshot.Kind.UNPAIRED}
 LOG_TAIL_LINES = 200
 BASE_HELP = (
     "A policy version of this project (policy-v3), a hub id (org/name) or a folder under the server's allowed model "
@@ -71,7 +82,14 @@ EVAL_PROMPTS = 16  # prompts sampled for a policy's eval report (mean reward, KL
 
 def stage_configs() -> dict[str, type]:
     """Stage name → its config dataclass."""
-    return {"reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig, "sft": SFTConfig, "sample": SampleConfig}
+    return {
+        "reward": RewardConfig,
+        "ppo": PPOConfig,
+        "dpo": DPOConfig,
+        "kto": KTOConfig,
+        "sft": SFTConfig,
+        "sample": SampleConfig,
+    }
 
 
 # Launching -----------------------------------------------------------------------------------------------
@@ -112,6 +130,11 @@ def plan_round(
     (ValidationError names what is wrong) but not saved: the launch page's memory check reads it too."""
     if method not in Method.values:
         raise ValidationError({"method": f"Must be one of {', '.join(Method.values)}, not {method!r}."})
+    rated = Annotation.objects.filter(task__project=project, task__kind=TaskKind.RATING)
+    if method == Method.KTO and not rated.exists():
+        raise ValidationError(
+            {"method": "KTO trains on rated answers, and this project has none: rate some answers, or train with dpo."}
+        )
     base_version, base_model = resolve_base(project, base, trusted=trusted)
     if method == Method.SAMPLE and base_version is None:
         raise ValidationError({"base": "New samples come from a registered policy version (e.g. policy-v2)."})
@@ -163,7 +186,7 @@ def _queue(project: Project, *, method: str, filters: Mapping[str, Any], user: A
                 f"{project.slug} has {active} rounds queued or running, the most allowed "
                 "(ARBITER_MAX_ACTIVE_ROUNDS): wait for one to finish, or cancel one."
             )
-        kind = DatasetSnapshot.Kind.SFT if method == Method.SFT else DatasetSnapshot.Kind.PAIRS
+        kind = SNAPSHOT_KINDS.get(method, DatasetSnapshot.Kind.PAIRS)
         snapshot = None
         if method != Method.SAMPLE:
             snapshot = create_snapshot(project, kind=kind, filters=filters, user=user)
@@ -514,6 +537,7 @@ def run_round(round_id: int) -> TrainingRound:
 def _run_stages(training_round: TrainingRound) -> None:
     from training.engine.dpo import train_dpo
     from training.engine.generate import GenerationStopped
+    from training.engine.kto import train_kto
     from training.engine.ppo import train_ppo
     from training.engine.reward import train_reward
     from training.engine.sft import train_sft
@@ -552,6 +576,8 @@ def _run_stages(training_round: TrainingRound) -> None:
                 result = train_ppo(config, data_file, reward_path, output_dir, progress)
             elif stage == "dpo":
                 result = train_dpo(config, data_file, output_dir, progress)
+            elif stage == "kto":
+                result = train_kto(config, data_file, output_dir, progress)
             else:
                 result = train_sft(config, data_file, output_dir, progress)
             if stage == "reward":
@@ -635,7 +661,7 @@ def _register(
             eval_report={**result.eval_report, **_human_eval_accuracy(training_round, result.output_dir)},
             **common,
         )
-    policy_stage = next((stage for stage in ("ppo", "dpo", "sft") if stage in results), None)
+    policy_stage = next((stage for stage in ("ppo", "dpo", "kto", "sft") if stage in results), None)
     if policy_stage is None:
         return None
     config, result = results[policy_stage]

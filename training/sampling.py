@@ -1,6 +1,6 @@
 """A new policy's samples back into the annotation queue: tasks that measure the round, and data for the next.
 
-After a policy round (reward→PPO, DPO, SFT) succeeds, and for a "sample" round on demand, `sample_into_queue`:
+After a policy round (reward→PPO, DPO, KTO, SFT) succeeds, and for a "sample" round on demand, `sample_into_queue`:
 
 - eval prompts (split "eval"; the project's first `sample_prompts` of them, the same ones every round): one new
   sample each, and a pairwise task of it against the previous policy's response to that prompt (the base version's

@@ -10,6 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from annotate.importing import import_file
 from annotate.models import DatasetSnapshot, Project
 from models_registry.models import ModelVersion
 from tests.conftest import write_model_files
@@ -89,6 +90,20 @@ class TestLaunch:
         }
         assert body["config"]["dpo"]["model_name_or_path"] == "/artifacts/policy-1"
 
+    def test_a_kto_round_trains_on_the_projects_ratings(
+        self, lead_client, project, annotator, base, tmp_path, enqueued, django_capture_on_commit_callbacks
+    ):
+        (tmp_path / "responses.jsonl").write_text(json.dumps({"prompt": "Hi?", "responses": ["Hello."]}) + "\n")
+        import_file(project, tmp_path / "responses.jsonl", format="responses")
+        project.next_assignment(annotator).submit({"score": 5}, user=annotator)
+
+        response = launch(lead_client, django_capture_on_commit_callbacks, method="kto", base=base,
+                          settings={"beta": 0.2})  # fmt: skip
+
+        assert response.status_code == 201, response.json()
+        assert list(response.json()["config"]) == ["kto", "sample"] and response.json()["config"]["kto"]["beta"] == 0.2
+        assert TrainingRound.objects.get().snapshot.kind == DatasetSnapshot.Kind.UNPAIRED
+
     @pytest.mark.parametrize(
         ("body", "field"),
         [
@@ -105,6 +120,7 @@ class TestLaunch:
             ({"method": "dpo", "filters": {"split": "nope"}}, "filters"),
             ({"method": "dpo", "filters": {"annotator": "nobody"}}, "annotator"),
             ({"method": "sft", "filters": {"include_ties": True}}, "include_ties"),  # pairs only
+            ({"method": "kto"}, "method"),  # the project has no rated answers
         ],
     )
     def test_a_bad_request_is_400_naming_the_field_and_queues_nothing(

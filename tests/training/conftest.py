@@ -93,6 +93,16 @@ def marker_pairs(n: int, *, seed: int = 0, style: str = "conversational") -> lis
     return rows
 
 
+def marker_unpaired(n: int, *, seed: int = 0) -> list[dict]:
+    """An unpaired export's rows: each marker pair's answers rated apart, the one with the marker desirable."""
+    return [
+        {"prompt": pair["prompt"], "completion": pair[side], "label": side == "chosen", "score": score,
+         "prompt_id": pair["prompt_id"], "response_id": pair[f"{side}_id"], "model_version": None}
+        for pair in marker_pairs(n, seed=seed)
+        for side, score in (("chosen", 5.0), ("rejected", 1.0))
+    ]  # fmt: skip
+
+
 def sft_rows(n: int, *, seed: int = 0) -> list[dict]:
     """An sft export (conversational): a question, sometimes a system message, and one preferred answer."""
     rng = random.Random(seed)

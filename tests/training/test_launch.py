@@ -13,7 +13,7 @@ from accelerate.commands.config.config_args import load_config_from_file
 from django.core.exceptions import ValidationError
 from safetensors.torch import load_file
 
-from tests.training.conftest import marker_pairs, sft_rows, write_jsonl
+from tests.training.conftest import marker_pairs, marker_unpaired, sft_rows, write_jsonl
 from tests.training.conftest import settings as stage_settings
 from tests.training.test_rounds import launch, pairs_project  # noqa: F401 (a fixture)
 from training.engine.__main__ import STAGES
@@ -38,7 +38,7 @@ def stage_run(stage, tiny, tmp_path, **overrides):
     model = tiny.reward if stage == "reward" else tiny.policy
     extra = {"max_new_tokens": 8} if stage == "ppo" else {}
     config = stage_settings(STAGES[stage][0], model, **{**TWO, **extra, **overrides})
-    rows = sft_rows(32) if stage == "sft" else marker_pairs(32)
+    rows = {"sft": sft_rows, "kto": marker_unpaired}.get(stage, marker_pairs)(32)
     data = write_jsonl(tmp_path / f"{stage}.jsonl", rows)
     return config, str(data), str(tiny.reward) if stage == "ppo" else ""
 
@@ -48,7 +48,7 @@ def weights(folder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["reward", "dpo", "sft", "ppo"])
+@pytest.mark.parametrize("stage", ["reward", "dpo", "kto", "sft", "ppo"])
 def test_two_processes_train_and_save_what_one_process_does(stage, tiny, tmp_path):
     config, data, reward_model = stage_run(stage, tiny, tmp_path)
     seen = []

@@ -10,7 +10,7 @@ from peft import IA3Config, LoraConfig, PromptTuningConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from tests.training.conftest import TOKENIZERS
-from training.engine.config import DPOConfig, PPOConfig, RewardConfig, SFTConfig
+from training.engine.config import DPOConfig, KTOConfig, PPOConfig, RewardConfig, SFTConfig
 from training.engine.memory import GIB, Architecture, estimate_memory, read_architecture
 
 # Published configs of two families whose config.json is not among the shared tokenizers.
@@ -156,3 +156,11 @@ def test_activations_are_near_what_torch_saves_for_backward(sizes):
     stage = SFTConfig(dtype="float32", per_device_batch_size=batch, max_length=length)
     estimate = estimate_memory(stage, Architecture.from_config(config)).activations
     assert 0.75 < estimate / saved < 1.25, (estimate, saved)
+
+
+def test_kto_counts_each_answer_with_its_mismatched_one_and_a_whole_models_reference_as_dpo_does():
+    settings = {"per_device_batch_size": 4, "max_length": 1024, "dtype": "bfloat16"}
+    for use_lora in (True, False):
+        kto = estimate_memory(KTOConfig(use_lora=use_lora, **settings), QWEN)
+        assert kto == estimate_memory(DPOConfig(use_lora=use_lora, **settings), QWEN)
+    assert kto.extra_models == QWEN.parameters() * 2  # full fine-tuning: the frozen reference copy

@@ -2,6 +2,7 @@
 
     python -m training.engine reward --data pairs.jsonl --out out/rm --set model_name_or_path=out/tiny/reward
     python -m training.engine dpo --data pairs.jsonl --out out/dpo --config dpo.json --set beta=0.2
+    python -m training.engine kto --data unpaired.jsonl --out out/kto --set desirable_weight=1.2
     python -m training.engine ppo --prompts pairs.jsonl --reward-model out/rm --out out/ppo --set model_name_or_path=…
 
 Settings come from the stage's config defaults, then --config (a JSON object), then each --set key=value.
@@ -22,8 +23,9 @@ import torch
 import transformers
 
 from training.engine.common import ProgressFn, StageResult
-from training.engine.config import BaseConfig, DPOConfig, PPOConfig, RewardConfig, SFTConfig
+from training.engine.config import BaseConfig, DPOConfig, KTOConfig, PPOConfig, RewardConfig, SFTConfig
 from training.engine.dpo import train_dpo
+from training.engine.kto import train_kto
 from training.engine.launcher import exit_with_runner
 from training.engine.ppo import train_ppo
 from training.engine.reward import train_reward
@@ -33,6 +35,7 @@ from training.engine.sft import train_sft
 STAGES: dict[str, tuple[type[BaseConfig], Callable[..., StageResult]]] = {
     "reward": (RewardConfig, train_reward),
     "dpo": (DPOConfig, train_dpo),
+    "kto": (KTOConfig, train_kto),
     "sft": (SFTConfig, train_sft),
     "ppo": (PPOConfig, train_ppo),  # takes the reward model too: (config, prompts, reward_model, output_dir, progress)
 }

@@ -1,8 +1,8 @@
 """The stages' config dataclasses: what a round, the admin's launch form and the API read and check.
 
 Imports nothing heavy (no torch, transformers, peft or TRL), so the web process checks a round's settings without
-the training stack; each stage module (`reward.py`, `dpo.py`, `sft.py`, `ppo.py`, `generate.py`) takes its config
-from here. `from_dict` turns JSON, `--set key=value` or a form into a config and names the field it refuses.
+the training stack; each stage module (`reward.py`, `dpo.py`, `kto.py`, `sft.py`, `ppo.py`, `generate.py`) takes its
+config from here. `from_dict` turns JSON, `--set key=value` or a form into a config and names the field it refuses.
 """
 
 import dataclasses
@@ -215,6 +215,23 @@ class DPOConfig(BaseConfig):
                 self.loss_type in SMOOTHED_LOSS_TYPES or self.label_smoothing == 0,
                 f"must be 0 for loss_type={self.loss_type}, which ignores it (only robust and exo_pair read it)",
             ),
+        ]
+
+
+@dataclass
+class KTOConfig(BaseConfig):
+    learning_rate: float = 5e-5  # as DPO's: the same implicit reward, the same drift
+    beta: float = 0.1  # the KL leash to the reference: smaller lets the policy move further
+    # λ_D and λ_U: with unequal counts, weigh so that λ_D·desirable / (λ_U·undesirable) lies in [1, 4/3] (the paper's).
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        return [
+            *super().rules(),
+            ("beta", self.beta > 0, "must be > 0"),
+            ("desirable_weight", self.desirable_weight > 0, "must be > 0"),
+            ("undesirable_weight", self.undesirable_weight > 0, "must be > 0"),
         ]
 
 

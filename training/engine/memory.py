@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from training.engine.config import BaseConfig, DPOConfig, PPOConfig, RewardConfig, SFTConfig
+from training.engine.config import BaseConfig, DPOConfig, KTOConfig, PPOConfig, RewardConfig, SFTConfig
 from training.engine.model_files import adapter_base, is_adapter
 
 GIB = 1024**3
@@ -179,7 +179,8 @@ def estimate_memory(
         weights = params * 4  # float32 master weights: AdamW's updates would vanish in bfloat16
         trainable_bytes = params * ADAM_BYTES
 
-    # Sequences through the trained model per step: pairs for the reward model and DPO.
+    # Sequences through the trained model per step: pairs for the reward model and DPO; KTO scores each answer
+    # and a mismatched one (for its KL estimate).
     sequences = config.per_device_batch_size * (1 if isinstance(config, SFTConfig | PPOConfig) else 2)
     tokens = sequences * config.max_length
     per_token = HIDDEN_PER_LAYER * arch.hidden + INTERMEDIATE_PER_LAYER * arch.intermediate
@@ -191,7 +192,7 @@ def estimate_memory(
     logits = tokens * vocab * (compute_bytes + 4 + 4)  # the head's output, its float32 upcast, and their gradient
 
     extra = 0
-    if isinstance(config, DPOConfig) and not config.use_lora:
+    if isinstance(config, DPOConfig | KTOConfig) and not config.use_lora:
         extra = arch.parameters() * compute_bytes  # the reference: a frozen second copy in the compute dtype
     if isinstance(config, PPOConfig):
         reward = reward_arch or arch
