@@ -18,7 +18,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from annotate.access import get_project_for_user
 from annotate.models import Annotation, AnswerLocked, LeaseError, MemberPaused, Project
-from annotate.views import _answer_form, _messages
+from annotate.views import answer_form, error_messages
 
 PAGE_SIZE = 25
 
@@ -74,7 +74,7 @@ def change_answer(request: HttpRequest, project_slug: str, annotation_id: int) -
     try:
         changed = annotation.change(assignment.answer_from_shown(request.POST), user=request.user)
     except ValidationError as error:
-        return _render_change(request, annotation, request.POST, errors=_messages(error), status=400)
+        return _render_change(request, annotation, request.POST, errors=error_messages(error), status=400)
     except (AnswerLocked, LeaseError) as error:
         return _render_change(request, annotation, request.POST, problem=str(error), status=409)
     summary = annotation.shown_summary()
@@ -104,7 +104,7 @@ def _render_change(
         "editing": annotation,
         "problem": problem,
         "errors": [message for messages in (errors or {}).values() for message in messages],
-        **_answer_form(project, assignment, data),
+        **answer_form(project, assignment, data),
         "submit_url": reverse("change_answer", args=[project.slug, annotation.pk]),
         "skip_url": "",
     }

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 from annotate.access import get_project_led_by_user
 from annotate.forms import ProjectSettingsForm
 from annotate.models import Assignment, Project, TaskKind
-from annotate.views import _answer_form
+from annotate.views import answer_form
 
 
 @login_required
@@ -76,7 +76,7 @@ def task_preview(request: HttpRequest, project_slug: str, task_id: int) -> HttpR
         "errors": [],
         "session_done": 0,
         "session_total": 1,
-        **_answer_form(project, assignment, QueryDict()),
+        **answer_form(project, assignment, QueryDict()),
     }
     return render(request, "annotate/task.html", context)
 

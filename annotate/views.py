@@ -111,7 +111,7 @@ def submit_assignment(request: HttpRequest, project_slug: str, assignment_id: in
     try:
         assignment.submit(assignment.answer_from_shown(request.POST), user=request.user)
     except ValidationError as error:
-        return _render_task(request, project, assignment, data=request.POST, errors=_messages(error), status=400)
+        return _render_task(request, project, assignment, data=request.POST, errors=error_messages(error), status=400)
     except LeaseError as error:
         return _render_next(request, project, problem=str(error), status=409)
     if first_submission:
@@ -334,13 +334,13 @@ def _render_task(
         "session_done": session_done,
         # What this session could still reach: what it did, this task, and what remains for the user.
         "session_total": session_done + remaining + (1 if assignment else 0),
-        **(_answer_form(project, assignment, data or QueryDict()) if assignment else {}),
+        **(answer_form(project, assignment, data or QueryDict()) if assignment else {}),
     }
     template = "annotate/task.html#task" if request.htmx else "annotate/task.html"
     return render(request, template, context, status=status)
 
 
-def _answer_form(project: Project, assignment: Assignment, data: QueryDict) -> dict[str, Any]:
+def answer_form(project: Project, assignment: Assignment, data: QueryDict) -> dict[str, Any]:
     """The task's responses in shown order and its form's choices, checked as `data` had them."""
     task = assignment.task
     responses = assignment.shown_responses()
@@ -405,7 +405,7 @@ def _tasks_by_kind(tasks_by_status: dict[tuple[str, str], int]) -> list[dict[str
     return rows
 
 
-def _messages(error: ValidationError) -> dict[str, list[str]]:
+def error_messages(error: ValidationError) -> dict[str, list[str]]:
     return error.message_dict if hasattr(error, "error_dict") else {"answer": error.messages}
 
 
