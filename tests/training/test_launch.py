@@ -169,8 +169,7 @@ def test_every_preset_loads_as_its_mode():
 
 @pytest.mark.slow
 @pytest.mark.django_db
-def test_a_round_with_a_launched_stage_reports_each_step_and_registers_it(pairs_project, policy, settings):  # noqa: F811
-    settings.ARBITER_GPU_WORKERS = False
+def test_a_round_with_a_launched_stage_reports_each_step_and_registers_it(pairs_project, policy):  # noqa: F811
     queued = launch(pairs_project, policy, "reward", settings_={"launch": "ddp", "num_processes": "2"})
 
     training_round = run_round(queued.pk)
