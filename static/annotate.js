@@ -475,8 +475,11 @@
   document.addEventListener("htmx:afterSwap", (event) => {
     if (event.target.id !== "task") return;
     setUpTask();
-    // Screen readers hear which task came in; the live region sits outside the swapped one, so it is there to
-    // notice the change.
+  });
+
+  // Screen readers hear which task came in; the live region sits outside the swapped one, so it is there to notice
+  // the change. After the settle, not the swap: until then htmx keeps the old region's attributes on the new one.
+  document.addEventListener("htmx:afterSettle", () => {
     const announcer = document.getElementById("task-announcer");
     const task = document.getElementById("task");
     if (announcer && task) announcer.textContent = task.dataset.announce || "";
