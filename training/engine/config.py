@@ -172,6 +172,18 @@ def parse_weights(text: str) -> dict[str, float]:
     return weights
 
 
+def output_weights(label_weights: str, labels: list[str]) -> list[float]:
+    """The weight of each output of a rating reward model, [score, *labels]: 1 for the score and 0 for a label
+    unless label_weights names it; ValueError names a weight for an output the model does not have."""
+    given = parse_weights(label_weights)
+    outputs = [SCORE_OUTPUT, *labels]
+    if unknown := [name for name in given if name not in outputs]:
+        raise ValueError(
+            f"label_weights: {unknown[0]!r} is not a label of this project (its outputs: {', '.join(outputs)})"
+        )
+    return [given.get(SCORE_OUTPUT, 1.0), *(given.get(label, 0.0) for label in labels)]
+
+
 def _parses(text: str) -> bool:
     try:
         parse_weights(text)
