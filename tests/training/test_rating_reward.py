@@ -10,8 +10,9 @@ import torch
 from tests.training.conftest import MARKER, marker_pairs, settings, write_jsonl
 from training.engine import reward
 from training.engine.common import REWARD_HEAD_FILE, load_reward_model, load_tokenizer
-from training.engine.config import RewardConfig
+from training.engine.config import PPOConfig, RewardConfig
 from training.engine.generate import reward_model_scores, score
+from training.engine.ppo import train_ppo
 from training.engine.reward import spearman, train_reward
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -171,3 +172,20 @@ def test_spearman_is_the_correlation_of_ranks():
     # ties share their mean rank: ranks (0.5, 0.5, 2) against (0, 1, 2)
     assert spearman(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([1.0, 2.0, 3.0])) == pytest.approx(0.8660254)
     assert spearman(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 2.0])) is None
+
+
+def test_ppo_trains_against_a_rating_reward_model(tiny, trained, tmp_path):
+    out, _ = trained
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", rated_rows(8))  # an unpaired export's prompts
+    config = settings(
+        PPOConfig, tiny.policy, max_steps=2, per_device_batch_size=4, max_new_tokens=6, ppo_epochs=1,
+        missing_eos_penalty=None,
+    )  # fmt: skip
+    steps = []
+
+    result = train_ppo(config, str(prompts), str(out), tmp_path / "ppo", lambda *call: steps.append(call) or False)
+
+    assert result.steps == 2 and not result.stopped
+    # The reward PPO saw is the weighted sum σ(score) - 2 σ(unsafe): within (-2, 1), however long the answers.
+    rewards = [metrics["reward"] for _, _, metrics in steps] + [result.eval_report["mean_reward"]]
+    assert all(-2 < reward < 1 for reward in rewards), rewards
