@@ -6,12 +6,14 @@ import random
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.training.conftest import MARKER, marker_pairs, settings, write_jsonl
 from training.engine import reward
 from training.engine.common import REWARD_HEAD_FILE, load_reward_model, load_tokenizer
 from training.engine.config import PPOConfig, RewardConfig
 from training.engine.generate import reward_model_scores, score
+from training.engine.launcher import run_launched
 from training.engine.ppo import train_ppo
 from training.engine.reward import spearman, train_reward
 
@@ -189,3 +191,28 @@ def test_ppo_trains_against_a_rating_reward_model(tiny, trained, tmp_path):
     # The reward PPO saw is the weighted sum σ(score) - 2 σ(unsafe): within (-2, 1), however long the answers.
     rewards = [metrics["reward"] for _, _, metrics in steps] + [result.eval_report["mean_reward"]]
     assert all(-2 < reward < 1 for reward in rewards), rewards
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_ratings_as_one_does_and_both_reaches_the_ranks(tiny, rated, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    two = {"launch": "ddp", "num_processes": 2, "per_device_batch_size": 4, "lora_dropout": 0.0, "max_steps": 3}
+    config = settings(RewardConfig, tiny.reward, objective="ratings", label_weights="unsafe:-2", **two)
+
+    launched = run_launched("reward", config, str(rated), str(tmp_path / "two"))
+
+    single = settings(RewardConfig, tiny.reward, objective="ratings", label_weights="unsafe:-2", lora_dropout=0.0,
+                      max_steps=3)  # fmt: skip
+    alone = train_reward(single, str(rated), str(tmp_path / "one"))
+    assert launched.eval_report.keys() == alone.eval_report.keys() and launched.eval_report["eval_ratings"] == 24
+    assert (tmp_path / "two" / REWARD_HEAD_FILE).read_text() == (tmp_path / "one" / REWARD_HEAD_FILE).read_text()
+    # Each process's 4 rated answers average to the one process's 8: the same gradients, the same weights.
+    trained, expected = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("two", "one"))
+    for name, tensor in trained.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-3, atol=1e-4, msg=name)
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", marker_pairs(16))
+    both = settings(RewardConfig, tiny.reward, objective="both", **two)
+    result = run_launched("reward", both, str(pairs), str(tmp_path / "both"), ratings=str(rated))
+    assert result.steps == 3 and {"accuracy", "eval_pairs", "rating_spearman"} <= set(result.eval_report)
