@@ -14,6 +14,7 @@ from training.engine.common import REWARD_HEAD_FILE, load_reward_model, load_tok
 from training.engine.config import PPOConfig, RewardConfig
 from training.engine.generate import reward_model_scores, score
 from training.engine.launcher import run_launched
+from training.engine.memory import estimate_memory, read_architecture
 from training.engine.ppo import train_ppo
 from training.engine.reward import spearman, train_reward
 
@@ -216,3 +217,13 @@ def test_two_processes_train_on_ratings_as_one_does_and_both_reaches_the_ranks(t
     both = settings(RewardConfig, tiny.reward, objective="both", **two)
     result = run_launched("reward", both, str(pairs), str(tmp_path / "both"), ratings=str(rated))
     assert result.steps == 3 and {"accuracy", "eval_pairs", "rating_spearman"} <= set(result.eval_report)
+
+
+def test_the_memory_estimate_counts_one_sequence_per_rated_answer(tiny):
+    arch = read_architecture(tiny.reward)
+    pairs, ratings, both = (
+        estimate_memory(RewardConfig(model_name_or_path="m", objective=objective), arch)
+        for objective in ("pairs", "ratings", "both")
+    )
+    assert ratings.activations * 2 == pairs.activations and ratings.logits * 2 == pairs.logits
+    assert both == pairs  # a batch of both may be all pairs
