@@ -134,6 +134,35 @@ def test_pairs_and_ratings_train_one_model(tiny, rated, tmp_path):
         train_reward(config, str(pairs), str(tmp_path / "again"))
 
 
+def test_stops_when_asked_and_resumes_from_its_checkpoint(tiny, rated, tmp_path):
+    out = str(tmp_path / "rm")
+    config = settings(RewardConfig, tiny.reward, objective="ratings", max_steps=6, save_steps=2)
+    first = train_reward(config, str(rated), out, lambda step, total, metrics: step == 3)
+    assert (first.steps, first.stopped) == (3, True)
+    assert (tmp_path / "rm" / "checkpoint-3").is_dir() and (tmp_path / "rm" / REWARD_HEAD_FILE).is_file()
+
+    steps = []
+    resumed = settings(RewardConfig, tiny.reward, objective="ratings", max_steps=6, save_steps=2, resume=True)
+    second = train_reward(resumed, str(rated), out, lambda step, total, metrics: steps.append(step) or False)
+    assert steps == [4, 5, 6] and (second.steps, second.stopped) == (6, False)
+
+
+def test_full_fine_tuning_saves_a_whole_model_that_loads_with_its_outputs(tiny, rated, tmp_path, spy):
+    seen = spy(reward)
+    out = tmp_path / "rm"
+    config = settings(RewardConfig, tiny.reward, objective="ratings", use_lora=False, max_steps=2, learning_rate=1e-4)
+
+    train_reward(config, str(rated), str(out))
+
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "score", "1": "unsafe", "2": "off-topic"}
+    ids = torch.tensor([[1, 10, 20, 30, 40, 2]])
+    with torch.no_grad():
+        logits = seen["trainer"].model.eval()(ids).logits  # (1, 3)
+        expected = torch.sigmoid(logits) @ torch.tensor([1.0, 0.0, 0.0])  # the default weights: the score alone
+        torch.testing.assert_close(load_reward_model(out, torch.device("cpu"))(ids).logits[:, 0], expected)
+
+
 def test_a_weight_for_a_label_the_data_lacks_is_refused(tiny, rated, tmp_path):
     config = settings(RewardConfig, tiny.reward, objective="ratings", label_weights="toxic:-1", max_steps=1)
     with pytest.raises(ValueError, match="label_weights: 'toxic' is not a label"):
