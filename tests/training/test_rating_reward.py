@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.training.conftest import MARKER, marker_pairs, settings, write_jsonl
+from tests.training.conftest import FAMILIES, MARKER, TOKENIZERS, marker_pairs, settings, write_jsonl
 from training.engine import reward
 from training.engine.common import REWARD_HEAD_FILE, load_reward_model, load_tokenizer
 from training.engine.config import PPOConfig, RewardConfig
@@ -16,7 +16,7 @@ from training.engine.generate import reward_model_scores, score
 from training.engine.launcher import run_launched
 from training.engine.memory import estimate_memory, read_architecture
 from training.engine.ppo import train_ppo
-from training.engine.reward import spearman, train_reward
+from training.engine.reward import _tokenize, spearman, train_reward
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 RUDE = "rude"  # raters tick "unsafe" on answers that have it, whatever their score
@@ -256,3 +256,16 @@ def test_the_memory_estimate_counts_one_sequence_per_rated_answer(tiny):
     )
     assert ratings.activations * 2 == pairs.activations and ratings.logits * 2 == pairs.logits
     assert both == pairs  # a batch of both may be all pairs
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_an_answer_is_read_as_scoring_renders_it_on_every_model_family(name):
+    folder = TOKENIZERS / name
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent: the real tokenizers live in ../shared/data/tokenizers/ beside the checkout")
+    tokenizer = load_tokenizer(folder)
+    prompt = [{"role": "user", "content": "How many legs does a spider have?"}]
+    completion = [{"role": "assistant", "content": "Eight."}]
+    # generate.score (and so PPO's and the registry's rewards) renders the conversation, then tokenizes it.
+    rendered = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    assert _tokenize(tokenizer, prompt, completion) == tokenizer(rendered, add_special_tokens=False)["input_ids"]

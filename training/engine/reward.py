@@ -134,6 +134,8 @@ def train_rating_reward(
     if config.objective == "both" and not ratings_file:
         raise ValueError("ratings_file: objective=both trains on an unpaired export beside the pairs; none given")
     rated = load_rows(ratings_file or data_file, ["prompt", "completion", "scaled_score", "label_shares"])
+    if not len(rated):
+        raise ValueError(f"{ratings_file or data_file}: no rows")
     labels = [share["label"] for share in rated[0]["label_shares"]]
     weights = output_weights(config.label_weights, labels)
     train_rated, eval_rated = split_dataset(rated, config.eval_fraction, config.seed)
