@@ -14,6 +14,8 @@ Kinds:
 - unpaired: TRL's KTO form prompt / completion / label: one row per rated response, `score` its mean rating
             over `ratings` ratings, label = score above the scale's midpoint (a mean exactly at the midpoint is
             labelled false: only better than middling counts as desirable; filter on `score` to drop those).
+            For a rating reward model: `scaled_score`, the mean on [0, 1] (rating_min → 0, rating_max → 1), and
+            `label_shares`, per project label in the project's order, the share of those ratings that ticked it.
 - votes:    one row per annotation with every field. Annotators are pseudonymised (the first 16 hex digits of
             HMAC-SHA256 of their user id, keyed with SECRET_KEY: stable while the key is) unless
             reveal_annotators asks for usernames.
@@ -80,7 +82,7 @@ import hmac
 import logging
 import os
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -458,6 +460,8 @@ class _Sql:
             self.annotations += f" AND (a.annotator_id IS NULL OR a.annotator_id NOT IN ({listed}))"
             self.annotation_params += excluded
         self.annotation_columns, self.annotation_joins = _ANSWER_COLUMNS, ""
+        if snapshot.kind == Kind.UNPAIRED:  # the ticked labels, which only this kind reads
+            self.annotation_columns += ", a.labels"
         if snapshot.kind == Kind.VOTES:
             self.annotation_columns = _VOTE_COLUMNS
             self.annotation_joins = (
@@ -606,24 +610,29 @@ class _Rated(NamedTuple):
     response: _Response
     total: int  # sum of its scores
     ratings: int
+    ticks: Counter  # label → how many of those ratings ticked it (read by the unpaired kind only)
 
 
 def _rated(chunk: _Chunk) -> list[_Rated]:
-    """The chunk's rated responses, by prompt and response id, with their score totals."""
-    sums: dict[tuple[int, int], list[int]] = {}
+    """The chunk's rated responses, by prompt and response id, with their score totals (and label ticks, where
+    the chunk read the annotations' labels)."""
+    sums: dict[tuple[int, int], list] = {}
     for task_id, task in chunk.tasks.items():
         if task.kind != TaskKind.RATING:
             continue
-        scores = [row[1] for row in chunk.annotations.get(task_id, ()) if row[1] is not None]
-        if not scores:
+        rows = [row for row in chunk.annotations.get(task_id, ()) if row[1] is not None]
+        if not rows:
             continue
+        # labels (JSON text) come last where the chunk read them: see _Sql
+        ticks = Counter(label for row in rows if len(row) > 7 for label in orjson.loads(row[7]))
         for response in chunk.task_responses[task_id]:
-            total = sums.setdefault((task.prompt_id, response.id), [0, 0])
-            total[0] += sum(scores)
-            total[1] += len(scores)
+            total = sums.setdefault((task.prompt_id, response.id), [0, 0, Counter()])
+            total[0] += sum(row[1] for row in rows)
+            total[1] += len(rows)
+            total[2] += ticks
     return [
-        _Rated(prompt_id, chunk.responses[response_id], total, n)
-        for (prompt_id, response_id), (total, n) in sorted(sums.items())
+        _Rated(prompt_id, chunk.responses[response_id], total, n, ticks)
+        for (prompt_id, response_id), (total, n, ticks) in sorted(sums.items())
     ]
 
 
@@ -791,6 +800,7 @@ def _pair_rows(
 
 def _unpaired_rows(snapshot: DatasetSnapshot, chunk: _Chunk, rendered: dict[int, Any]) -> Iterator[dict[str, Any]]:
     project = snapshot.project
+    width, labels = project.rating_max - project.rating_min, project.labels
     for rated in _rated(chunk):
         yield {
             "prompt": rendered[rated.prompt_id],
@@ -802,6 +812,8 @@ def _unpaired_rows(snapshot: DatasetSnapshot, chunk: _Chunk, rendered: dict[int,
             "prompt_id": chunk.prompts[rated.prompt_id].external_id,
             "response_id": rated.response.id,
             "model_version": rated.response.model_version,
+            "scaled_score": (rated.total / rated.ratings - project.rating_min) / width,
+            "label_shares": [{"label": label, "share": rated.ticks[label] / rated.ratings} for label in labels],
         }
 
 
@@ -907,7 +919,8 @@ def _schema(kind: str, style: str) -> "pa.Schema":
     elif kind == Kind.UNPAIRED:
         fields = [
             ("prompt", text), ("completion", text), ("label", boolean), ("score", f64), ("ratings", i64),
-            ("prompt_id", string), ("response_id", i64), ("model_version", i64),
+            ("prompt_id", string), ("response_id", i64), ("model_version", i64), ("scaled_score", f64),
+            ("label_shares", pa.list_(pa.struct([("label", string), ("share", f64)]))),
         ]  # fmt: skip
     elif kind == Kind.VOTES:
         fields = [

@@ -99,6 +99,7 @@ class RewardAccuracy:
     accuracy: float | None  # on the round's held-out pairs
     human_eval_accuracy: float | None  # on held-out human votes, when the round measured it
     eval_pairs: int | None
+    rating_spearman: float | None = None  # a model trained on ratings: rank correlation with held-out mean ratings
 
 
 def entry_name(version: ModelVersion | None) -> str:
@@ -306,6 +307,7 @@ def reward_accuracies(project: Project) -> list[RewardAccuracy]:
             accuracy=version.eval_report.get("accuracy"),
             human_eval_accuracy=version.eval_report.get("human_eval_accuracy"),
             eval_pairs=version.eval_report.get("eval_pairs"),
+            rating_spearman=version.eval_report.get("rating_spearman"),
         )
         for version in versions.order_by("-version")
     ]

@@ -36,7 +36,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from annotate.exports import create_snapshot, run_snapshot
+from annotate.exports import EXPORT_OPTIONS, create_snapshot, run_snapshot
 from annotate.jobs import Heartbeat, fail_stale, hide_paths
 from annotate.models import Annotation, DatasetSnapshot, Project, Prompt, QuotaReached, TaskKind
 from models_registry.models import ModelVersion
@@ -48,6 +48,7 @@ from training.engine.config import (
     RewardConfig,
     SampleConfig,
     SFTConfig,
+    output_weights,
 )
 from training.engine.launcher import SHARDED, run_launched
 from training.engine.memory import MemoryEstimate, estimate_memory, read_architecture, size_text
@@ -65,7 +66,7 @@ STAGES = {
     Method.SFT: ["sft", "sample"],
     Method.SAMPLE: ["sample"],  # a registered policy's samples into the queue, on demand
 }
-# The export each method trains on; the others train on pairs.
+# The export each method trains on; the others train on pairs (see snapshot_kind for a reward model on ratings).
 SNAPSHOT_KINDS = {Method.SFT: DatasetSnapshot.Kind.SFT, Method.KTO: DatasetSnapshot.Kind.UNPAIRED}
 LOG_TAIL_LINES = 200
 BASE_HELP = (
@@ -142,6 +143,8 @@ def plan_round(
     stages = [s for s in STAGES[method] if not (s == "reward" and reward_version is not None)]
     config = build_config(stages, base_model=base_model, policy_path=base_version.path if base_version else base_model,
                           settings_=settings_ or {})  # fmt: skip
+    if "reward" in config:
+        _check_rating_objective(project, config["reward"], rated)
     return {
         "method": method,
         "base_model": base_model,
@@ -149,6 +152,29 @@ def plan_round(
         "reward_version": reward_version,
         "config": config,
     }
+
+
+def _check_rating_objective(project: Project, reward: Mapping[str, Any], rated: Any) -> None:
+    """A reward model on ratings needs rated answers, and weights only for the project's labels."""
+    if reward["objective"] != "pairs" and not rated.exists():
+        raise ValidationError(
+            {
+                "reward.objective": f"objective={reward['objective']} trains on rated answers, and this project has "
+                "none: rate some answers, or train on pairs (objective=pairs)."
+            }
+        )
+    try:
+        output_weights(reward["label_weights"], project.labels)
+    except ValueError as error:
+        raise ValidationError({"reward.label_weights": str(error)}) from None
+
+
+def snapshot_kind(method: str, config: Mapping[str, Mapping[str, Any]]) -> str:
+    """The export a round trains on: its method's, or the unpaired one for a reward model on ratings alone (a
+    reward model on both reads the pairs, and an unpaired snapshot written as its stage starts: `_ratings_file`)."""
+    if config.get("reward", {}).get("objective") == "ratings":
+        return DatasetSnapshot.Kind.UNPAIRED
+    return SNAPSHOT_KINDS.get(method, DatasetSnapshot.Kind.PAIRS)
 
 
 def relaunch(training_round: TrainingRound, *, user: Any = None) -> TrainingRound:
@@ -186,7 +212,7 @@ def _queue(project: Project, *, method: str, filters: Mapping[str, Any], user: A
                 f"{project.slug} has {active} rounds queued or running, the most allowed "
                 "(ARBITER_MAX_ACTIVE_ROUNDS): wait for one to finish, or cancel one."
             )
-        kind = SNAPSHOT_KINDS.get(method, DatasetSnapshot.Kind.PAIRS)
+        kind = snapshot_kind(method, fields["config"])
         snapshot = None
         if method != Method.SAMPLE:
             snapshot = create_snapshot(project, kind=kind, filters=filters, user=user)
@@ -566,12 +592,14 @@ def _run_stages(training_round: TrainingRound) -> None:
             progress = _progress_callback(training_round, stage, index, len(stages))
             training_round.beat(stage=stage, step=0, total_steps=0)
             logger.info("Stage %s: training from %s into %s", stage, config.model_name_or_path, output_dir)
+            ratings = _ratings_file(training_round) if stage == "reward" and config.objective == "both" else None
             if config.launch != "single":  # every GPU of the worker (or more machines) under accelerate launch
                 reward_model = reward_path if stage == "ppo" else ""
                 result = run_launched(stage, config, data_file, output_dir, progress, reward_model=reward_model,
+                                      ratings=ratings.file.path if ratings else "",
                                       machines=_launch_machines(config.launch))  # fmt: skip
             elif stage == "reward":
-                result = train_reward(config, data_file, output_dir, progress)
+                result = train_reward(config, data_file, output_dir, progress, ratings.file.path if ratings else None)
             elif stage == "ppo":
                 result = train_ppo(config, data_file, reward_path, output_dir, progress)
             elif stage == "dpo":
@@ -582,6 +610,8 @@ def _run_stages(training_round: TrainingRound) -> None:
                 result = train_sft(config, data_file, output_dir, progress)
             if stage == "reward":
                 reward_path = result.output_dir
+                if ratings:
+                    result.eval_report["ratings_snapshot_sha256"] = ratings.sha256
             if result.stopped:
                 raise _Cancelled
             logger.info("Stage %s done: %s steps, eval %s", stage, result.steps, result.eval_report)
@@ -610,6 +640,20 @@ def _run_stages(training_round: TrainingRound) -> None:
             "New samples in the queue: %s responses, %s tasks; %s eval pairs of the same text recorded as ties",
             made["responses"], made["tasks"], made["automatic_ties"],
         )  # fmt: skip
+
+
+def _ratings_file(training_round: TrainingRound) -> DatasetSnapshot:
+    """The rated answers a reward model on both pairs and ratings reads beside the round's pairs snapshot: an
+    unpaired snapshot of the same filters (those that apply to it), written now."""
+    unpaired = DatasetSnapshot.Kind.UNPAIRED
+    options = {name: value for name, value in training_round.filters.items() if unpaired in EXPORT_OPTIONS[name].kinds}
+    snapshot = run_snapshot(create_snapshot(training_round.project, kind=unpaired, filters=options))
+    if snapshot.status != DatasetSnapshot.Status.READY:
+        raise RoundFailed(f"The ratings snapshot (export {snapshot.pk}) failed: {hide_paths(snapshot.error)}")
+    if not snapshot.row_count:
+        raise RoundFailed("The ratings snapshot has no rows: rate some answers, or train on pairs (objective=pairs).")
+    logger.info("Ratings snapshot %s: %s rows, sha256 %s", snapshot.pk, snapshot.row_count, snapshot.sha256)
+    return snapshot
 
 
 def _launch_machines(launch: str) -> list[str]:

@@ -300,7 +300,7 @@ class TestUnpaired:
     def test_one_row_per_rated_response_with_the_mean_score(self, project, data):
         d = data
 
-        def row(response, score, ratings, label):
+        def row(response, score, ratings, label, unsafe=0.0):
             return {
                 "prompt": response.prompt.messages,
                 "completion": [assistant(response.content)],
@@ -310,18 +310,34 @@ class TestUnpaired:
                 "prompt_id": response.prompt.external_id,
                 "response_id": response.id,
                 "model_version": response.model_version_id,
+                "scaled_score": (score - 1) / 4,  # the 1-5 scale on [0, 1]
+                # the project's labels in its order, each with the share of the ratings that ticked it
+                "label_shares": [
+                    {"label": "factual error", "share": 0.0},
+                    {"label": "unsafe", "share": unsafe},
+                    {"label": "off-topic", "share": 0.0},
+                ],
             }
 
         # The scale is 1-5: above 3 is desirable; exactly 3 (r7, r8) is not.
         assert rows_of(export(project, kind="unpaired")) == [
             row(d.r1, 4.5, 2, True),
-            row(d.r2, 2.0, 1, False),
+            row(d.r2, 2.0, 1, False, unsafe=1.0),
             row(d.r7, 3.0, 1, False),
             row(d.r8, 3.0, 1, False),
         ]
         standard = rows_of(export(project, kind="unpaired", style="standard", annotator="bob"))
         prompt = "user: What is 2+2?\n\nassistant:\n"
         assert standard == [{**row(d.r1, 4.0, 1, True), "prompt": prompt, "completion": "4"}]
+
+    def test_label_shares_count_the_raters_who_ticked_each_label(self, project, data):
+        Annotation.objects.filter(pk=data.ratings["4", "bob"].pk).update(labels=["unsafe", "off-topic"])
+        (r1,) = [row for row in rows_of(export(project, kind="unpaired")) if row["response_id"] == data.r1.id]
+        assert r1["label_shares"] == [
+            {"label": "factual error", "share": 0.0},
+            {"label": "unsafe", "share": 0.5},  # one of r1's two ratings
+            {"label": "off-topic", "share": 0.5},
+        ]
 
     def test_midpoint_of_an_even_scale_is_between_points(self, project, data):
         Project.objects.filter(pk=project.pk).update(rating_min=1, rating_max=4)  # midpoint 2.5

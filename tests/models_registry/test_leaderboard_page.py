@@ -50,6 +50,7 @@ def test_a_lead_sees_the_leaderboard_round_win_rates_reward_accuracy_and_registr
     rewards = page.split('id="reward-accuracy"')[1].split("</table>")[0]
     assert "reward v1" in rewards and "88 %" in rewards and "80 %" in rewards
     assert reverse("round_page", args=[project.slug, 1]) in rewards
+    assert "not trained on ratings" in rewards
 
     registry = page.split('id="registry"')[1].split("</table>")[0]
     assert "Active" in registry and "policy v1</td>" in registry and "<code>tiny</code>" in registry
@@ -118,3 +119,11 @@ class TestPromote:
         assert client.post(reverse("promote_version", args=[project.slug, other.pk])).status_code == 404
         assert client.post(reverse("promote_version", args=["other", other.pk])).status_code == 404
         assert not ModelVersion.objects.filter(status="active").exists()
+
+
+def test_a_reward_model_trained_on_ratings_shows_its_rank_correlation(client, lead, project):
+    report = {"rating_spearman": 0.714, "rating_pair_accuracy": 0.9, "eval_ratings": 24}
+    ModelVersion.register(project=project, kind="reward", base_model="tiny", eval_report=report)
+    client.force_login(lead)
+    rewards = client.get(url(project)).content.decode().split('id="reward-accuracy"')[1].split("</table>")[0]
+    assert "ρ 0.71" in rewards

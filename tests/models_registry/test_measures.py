@@ -228,3 +228,10 @@ class TestRewardAccuracy:
             (second, 0.9, 0.85, 50),
             (first, 0.8, None, 40),
         ]
+        assert [row.rating_spearman for row in rows] == [None, None]
+
+    def test_a_model_trained_on_ratings_brings_its_rank_correlation(self, project):
+        report = {"rating_spearman": 0.71, "rating_pair_accuracy": 0.9, "eval_ratings": 24}
+        ModelVersion.register(project=project, kind="reward", base_model="tiny", eval_report=report)
+        (row,) = reward_accuracies(project)
+        assert (row.rating_spearman, row.accuracy, row.eval_pairs) == (0.71, None, None)

@@ -1,6 +1,8 @@
 """Run one stage from the command line, single process or under `accelerate launch -m training.engine …`.
 
     python -m training.engine reward --data pairs.jsonl --out out/rm --set model_name_or_path=out/tiny/reward
+    python -m training.engine reward --data unpaired.jsonl --out out/rm --set objective=ratings
+    python -m training.engine reward --data pairs.jsonl --ratings unpaired.jsonl --out out/rm --set objective=both
     python -m training.engine dpo --data pairs.jsonl --out out/dpo --config dpo.json --set beta=0.2
     python -m training.engine kto --data unpaired.jsonl --out out/kto --set desirable_weight=1.2
     python -m training.engine ppo --prompts pairs.jsonl --reward-model out/rm --out out/ppo --set model_name_or_path=…
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         "--data", "--prompts", required=True, help="the export to train on (JSONL or Parquet); ppo: prompts"
     )
     parser.add_argument("--reward-model", help="ppo: the reward model to train against (its directory)")
+    parser.add_argument("--ratings", help="reward with objective=both: the unpaired export beside the pairs")
     parser.add_argument("--out", required=True, help="output directory: checkpoints and the final model")
     parser.add_argument("--config", help="a JSON file with settings")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one setting; repeatable")
@@ -82,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     progress = _printer(as_json=args.progress_json, stop_file=args.stop_file)
     if args.stage == "ppo":
         result = train_ppo(config, args.data, args.reward_model, args.out, progress)
+    elif args.stage == "reward":
+        result = train(config, args.data, args.out, progress, args.ratings)
     else:
         result = train(config, args.data, args.out, progress)
     if _is_main_process():

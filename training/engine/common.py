@@ -148,12 +148,51 @@ def load_policy(
     return load_model(AutoModelForCausalLM, config, device=device, is_trainable=is_trainable)
 
 
+# Beside a reward model trained on ratings (reward.py): its outputs ([score, *labels]) and the weight of each in the
+# reward. A model without it (trained on pairs) has one output, which is the reward.
+REWARD_HEAD_FILE = "reward_head.json"
+
+
+def save_reward_head(output_dir: str | Path, outputs: list[str], weights: list[float], objective: str) -> None:
+    head = {"objective": objective, "outputs": outputs, "weights": weights}
+    (Path(output_dir) / REWARD_HEAD_FILE).write_text(json.dumps(head, indent=2) + "\n", encoding="utf-8")
+
+
+def read_reward_head(path: str | Path) -> dict[str, Any] | None:
+    """The head layout saved beside a rating reward model; None for a one-output (pairwise) model."""
+    file = Path(path) / REWARD_HEAD_FILE
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+
+
 def load_reward_model(path: str | Path, device: torch.device | None = None) -> PreTrainedModel:
-    """A one-logit sequence classifier for scoring, read at each sequence's last real token (see
-    `score_at_last_real_token`), frozen and in eval mode; an adapter is merged into its base."""
+    """A sequence classifier whose logit is the reward, read at each sequence's last real token (see
+    `score_at_last_real_token`), frozen and in eval mode; an adapter is merged into its base. A model trained on
+    ratings has an output per aspect (REWARD_HEAD_FILE): its head then returns their weighted sum (`WeightedOutputs`),
+    so every consumer of `.logits[:, 0]` gets the one reward."""
     config = BaseConfig(model_name_or_path=str(path))
-    model = load_model(AutoModelForSequenceClassification, config, device=device or pick_device(), num_labels=1)
+    head = read_reward_head(path)
+    # With a head file, the base of an adapter may have a head of another size: the adapter carries the trained one.
+    shape = {"num_labels": 1}
+    if head is not None:
+        shape = {"id2label": dict(enumerate(head["outputs"])), "ignore_mismatched_sizes": True}
+    model = load_model(AutoModelForSequenceClassification, config, device=device or pick_device(), **shape)
+    if head is not None:
+        model.score = WeightedOutputs(model.score, head["weights"])
     return score_at_last_real_token(model).eval().requires_grad_(False)
+
+
+class WeightedOutputs(torch.nn.Module):
+    """A rating reward model's outputs as one reward: Σ_k w_k σ(z_k), σ(z_k) being the predicted score on [0, 1] or a
+    label's predicted share of raters ticking it (the scale they were trained on, so that a weight reads as "a whole
+    scale's worth"). (B, K) logits -> (B, 1)."""
+
+    def __init__(self, head: torch.nn.Module, weights: list[float]) -> None:
+        super().__init__()
+        self.head = head
+        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32, device=head.weight.device))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return (torch.sigmoid(self.head(hidden).float()) @ self.weights).unsqueeze(-1)
 
 
 def score_at_last_real_token(model: PreTrainedModel | PeftModel) -> PreTrainedModel | PeftModel:

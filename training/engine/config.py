@@ -155,16 +155,70 @@ _CONVERT = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 _EXPECTED = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
 
 
+# What a reward model learns from: preference pairs (Bradley-Terry), rated answers (a regression head per output:
+# the score and each label), or both in one model.
+OBJECTIVES = ("pairs", "ratings", "both")
+SCORE_OUTPUT = "score"  # the name label_weights gives the rating output, beside the project's labels
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """label_weights as {output: weight}: "unsafe:-2, helpful:1" (score names the rating; others, labels)."""
+    weights = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.rpartition(":")
+        if not sep or not name.strip() or name.strip() in weights:
+            raise ValueError(f"{item!r}")
+        weights[name.strip()] = _to_float(value)
+    return weights
+
+
+def output_weights(label_weights: str, labels: list[str]) -> list[float]:
+    """The weight of each output of a rating reward model, [score, *labels]: 1 for the score and 0 for a label
+    unless label_weights names it; ValueError names a weight for an output the model does not have."""
+    given = parse_weights(label_weights)
+    outputs = [SCORE_OUTPUT, *labels]
+    if unknown := [name for name in given if name not in outputs]:
+        raise ValueError(
+            f"label_weights: {unknown[0]!r} is not a label of this project (its outputs: {', '.join(outputs)})"
+        )
+    return [given.get(SCORE_OUTPUT, 1.0), *(given.get(label, 0.0) for label in labels)]
+
+
+def _parses(text: str) -> bool:
+    try:
+        parse_weights(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 @dataclass
 class RewardConfig(BaseConfig):
     learning_rate: float = 5e-5  # reward models overfit a preference set within an epoch at LoRA's usual 1e-4
     use_margin: bool = True  # pairs that annotators agreed on strongly should be separated by more
     center_rewards_coefficient: float = 0.0  # > 0 pulls rewards towards 0 mean (Eisenstein et al.); PPO likes that
+    objective: str = "pairs"  # one of OBJECTIVES: pairs (the pairs export), ratings (the unpaired one) or both
+    # ratings/both: the reward is Σ weight × predicted output, the outputs being the score on [0, 1] and each label's
+    # share of raters ticking it, e.g. "score:1, unsafe:-2"; the score weighs 1 and a label 0 unless named here
+    label_weights: str = ""
+    pairs_weight: float = 1.0  # both: the Bradley-Terry loss on pairs counts this much beside the rating losses
 
     def rules(self) -> list[tuple[str, bool, str]]:
         return [
             *super().rules(),
             ("center_rewards_coefficient", self.center_rewards_coefficient >= 0, "must be >= 0"),
+            ("objective", self.objective in OBJECTIVES, f"must be one of {', '.join(OBJECTIVES)}"),
+            (
+                "label_weights",
+                _parses(self.label_weights),
+                "must be name:weight pairs separated by commas, each name once (score:1, unsafe:-2)",
+            ),
+            (
+                "label_weights",
+                self.objective != "pairs" or not self.label_weights,
+                "needs objective=ratings or both (a model trained on pairs alone has no label outputs)",
+            ),
+            ("pairs_weight", self.pairs_weight > 0, "must be > 0"),
             # PEFT feeds a prompt-tuned model embeddings, not token ids, so the classifier cannot find the last real
             # token and scores the last position, padding included.
             (

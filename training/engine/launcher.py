@@ -92,6 +92,7 @@ def launch_command(
     output_dir: str,
     *,
     reward_model: str = "",
+    ratings: str = "",
     num_processes: int,
     machines: Sequence[str] = (),
     stop_file: str = "",
@@ -107,6 +108,8 @@ def launch_command(
     command += ["--progress-json", "--exit-with-runner"]
     if reward_model:
         command += ["--reward-model", reward_model]
+    if ratings:
+        command += ["--ratings", ratings]
     if stop_file:
         command += ["--stop-file", stop_file]
     return command
@@ -132,6 +135,7 @@ def run_launched(
     progress: Callable[[int, int, dict[str, float]], bool] | None = None,
     *,
     reward_model: str = "",
+    ratings: str = "",
     machines: Sequence[str] = (),
     grace_seconds: float = GRACE_SECONDS,
 ) -> Any:
@@ -150,7 +154,7 @@ def run_launched(
         config_file, stop_file = Path(scratch) / "config.json", Path(scratch) / "stop"
         config_file.write_text(json.dumps(config.to_dict()), encoding="utf-8")
         command = launch_command(
-            stage, config, str(config_file), data_file, output_dir, reward_model=reward_model,
+            stage, config, str(config_file), data_file, output_dir, reward_model=reward_model, ratings=ratings,
             num_processes=num_processes, machines=machines, stop_file=str(stop_file),
         )  # fmt: skip
         logger.info("Stage %s: %s process(es) under accelerate launch (%s)", stage, num_processes, config.launch)

@@ -180,8 +180,9 @@ def estimate_memory(
         trainable_bytes = params * ADAM_BYTES
 
     # Sequences through the trained model per step: pairs for the reward model and DPO; KTO scores each answer
-    # and a mismatched one (for its KL estimate).
-    sequences = config.per_device_batch_size * (1 if isinstance(config, SFTConfig | PPOConfig) else 2)
+    # and a mismatched one (for its KL estimate); a reward model on ratings alone, one answer per row.
+    single = isinstance(config, SFTConfig | PPOConfig) or getattr(config, "objective", "") == "ratings"
+    sequences = config.per_device_batch_size * (1 if single else 2)
     tokens = sequences * config.max_length
     per_token = HIDDEN_PER_LAYER * arch.hidden + INTERMEDIATE_PER_LAYER * arch.intermediate
     if config.activation_checkpointing:  # each layer's input, and one layer's tensors while it is recomputed
