@@ -108,6 +108,7 @@ class ImportForm(forms.Form):
             ("prompts", "Prompts"),
             ("responses", "Prompts with responses"),
             ("preferences", "Preference pairs (TRL standard or conversational, HH-RLHF)"),
+            ("demonstrations", "Demonstrations (TRL SFT: messages ending in the reply, or prompt + completion)"),
         ],
     )
 
