@@ -76,20 +76,23 @@ class TestImport:
         assert str(failed.value).startswith(error)
         assert not Prompt.objects.exists() and not Response.objects.exists()
 
-    def test_prompts_make_write_tasks_where_writing_is_enabled_once(self, writing):
-        for _ in range(2):  # again: nothing new
-            import_file(writing, jsonl({"id": "a", "prompt": "Name a prime."}))
-            import_file(writing, jsonl({"id": "b", "prompt": "Name a square.", "response": "Nine."}))
+    def test_prompts_make_write_tasks_once_writing_is_enabled(self, project):
+        def import_both():
+            import_file(project, jsonl({"id": "a", "prompt": "Name a prime."}))
+            import_file(project, jsonl({"id": "b", "prompt": "Name a square.", "response": "Nine."}))
+
+        import_both()
+        assert not Task.objects.filter(kind=TaskKind.WRITE).exists()  # not enabled: none
+        project.task_kinds = [*project.task_kinds, TaskKind.WRITE]
+        project.save(update_fields=["task_kinds"])
+        for _ in range(2):  # the same prompts get their write tasks, once
+            import_both()
         write = Task.objects.filter(kind=TaskKind.WRITE).order_by("prompt__external_id")
         assert [(t.prompt.external_id, t.response_ids()) for t in write] == [
             ("a", []),
             ("b", [Response.objects.get(content="Nine.").pk]),  # the draft
         ]
         assert Task.objects.filter(kind=TaskKind.RATING).count() == 1
-
-    def test_no_write_tasks_where_writing_is_not_enabled(self, project):
-        import_file(project, jsonl({"id": "a", "prompt": "Name a prime."}))
-        assert not Task.objects.exists()
 
 
 class TestExport:
