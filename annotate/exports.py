@@ -16,9 +16,9 @@ Kinds:
 - unpaired: TRL's KTO form prompt / completion / label: one row per rated response, `score` its mean rating
             over `ratings` ratings, label = score above the scale's midpoint (a mean exactly at the midpoint is
             labelled false: only better than middling counts as desirable; filter on `score` to drop those).
-- votes:    one row per annotation with every field. Annotators are pseudonymised (the first 16 hex digits of
-            HMAC-SHA256 of their user id, keyed with SECRET_KEY: stable while the key is) unless
-            reveal_annotators asks for usernames.
+- votes:    one row per annotation with every field (`written`: a write task's answer, a rating's better
+            answer). Annotators are pseudonymised (the first 16 hex digits of HMAC-SHA256 of their user id, keyed
+            with SECRET_KEY: stable while the key is) unless reveal_annotators asks for usernames.
 - sft:      `messages` ending in a preferred response (the chosen side of every pair a pairs export with the
             same filters would hold; ties and both-bad pairs never) or a human-written one (a write task's answer,
             a correction, an imported demonstration), once per (prompt, response). TRL's SFTTrainer takes it as it
@@ -413,7 +413,7 @@ _ANSWER_COLUMNS = (
 )
 _VOTE_COLUMNS = (
     "a.task_id, a.id, a.source, a.annotator_id, u.username, a.score, a.labels, a.choice, a.strength, a.both_bad,"
-    " a.ranking, a.comment, a.time_spent, s.shown_order, a.created_at"
+    " a.ranking, w.content, a.comment, a.time_spent, s.shown_order, a.created_at"
 )
 
 
@@ -471,6 +471,7 @@ class _Sql:
             self.annotation_joins = (
                 f" LEFT JOIN {self.user} u ON u.id = a.annotator_id"
                 f" LEFT JOIN {Assignment._meta.db_table} s ON s.id = a.assignment_id"
+                f" LEFT JOIN {self.response} w ON w.id = a.written_response_id"
             )
 
 
@@ -844,7 +845,7 @@ def _vote_rows(snapshot: DatasetSnapshot, chunk: _Chunk, rendered: dict[int, Any
         rating, pairwise = task.kind == TaskKind.RATING, task.kind == TaskKind.PAIRWISE
         for (
             _, annotation_id, source, annotator_id, username, score, labels, choice, strength, both_bad, ranking,
-            comment, time_spent, shown_order, created_at,
+            written, comment, time_spent, shown_order, created_at,
         ) in chunk.annotations.get(task_id, ()):  # fmt: skip
             yield {
                 "annotation_id": annotation_id,
@@ -864,6 +865,7 @@ def _vote_rows(snapshot: DatasetSnapshot, chunk: _Chunk, rendered: dict[int, Any
                 "strength": strength if pairwise else None,
                 "both_bad": bool(both_bad) if pairwise else None,
                 "ranking": orjson.loads(ranking) if task.kind == TaskKind.RANKING else None,
+                "written": written,
                 "comment": comment,
                 "time_spent": _seconds(time_spent),
                 "shown_order": orjson.loads(shown_order) if shown_order is not None else None,
@@ -953,7 +955,7 @@ def _schema(kind: str, style: str) -> "pa.Schema":
             ("prompt_id", string), ("prompt", text), ("response_ids", pa.list_(i64)),
             ("responses", pa.list_(string)), ("source", string), ("annotator", string), ("score", i64),
             ("labels", pa.list_(string)), ("choice", string), ("strength", i64), ("both_bad", boolean),
-            ("ranking", pa.list_(pa.list_(i64))), ("comment", string), ("time_spent", f64),
+            ("ranking", pa.list_(pa.list_(i64))), ("written", string), ("comment", string), ("time_spent", f64),
             ("shown_order", pa.list_(i64)), ("created_at", string),
         ]  # fmt: skip
     else:

@@ -154,3 +154,5 @@ class TestExport:
         assert {row["rejected_id"] for row in rows} == {nine.pk}
         assert {row["task_id"] for row in rows} == {nine.tasks.get().pk}
         assert [row["prompt_id"] for row in export(project, "pairs", format=format, annotator="other")] == ["r"]
+        votes = export(project, "votes", format=format)
+        assert [row["written"] for row in votes] == ["Two.", "Three.", None]

@@ -358,6 +358,7 @@ class TestVotes:
             "strength": 2,
             "both_bad": False,
             "ranking": None,
+            "written": None,
             "comment": "ok",
             "time_spent": 42.0,
             "shown_order": [d.r2.id, d.r1.id],
