@@ -169,7 +169,10 @@
     const box = document.getElementById("show-preview");
     if (!box) return false;
     box.checked = !box.checked;
-    if (!box.checked) focusText($("#written", form));
+    const editor = $("#written", form);
+    // A draft restored from the browser was never typed: render what the editor holds now.
+    if (box.checked && window.htmx) window.htmx.trigger(editor, "refresh");
+    if (!box.checked) focusText(editor);
     return true;
   }
 
