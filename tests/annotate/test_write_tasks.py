@@ -174,3 +174,10 @@ def test_only_human_responses_have_an_author(project, annotator):
     Response.objects.create(prompt=prompt, content="mine", source=Response.Source.HUMAN, author=annotator)
     with pytest.raises(IntegrityError), transaction.atomic():
         Response.objects.create(prompt=prompt, content="model's", source=Response.Source.IMPORTED, author=annotator)
+
+
+def test_deleting_a_prompt_takes_its_written_answers_with_it(writing, annotator):
+    task = write_task(writing)
+    writing.next_assignment(annotator).submit({"text": "Two."}, user=annotator)
+    task.prompt.delete()
+    assert not Annotation.objects.exists() and not Response.objects.exists()
