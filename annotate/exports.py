@@ -900,6 +900,8 @@ def _sft_rows(
     # Human-written responses: imported demonstrations (no author) and annotators' written answers and corrections.
     human = Response.objects.filter(id__in=[r.id for r in responses.values() if r.source == Response.Source.HUMAN])
     human = human.exclude(author__in=snapshot.project.excluded_voters().values("user_id"))
+    # A better answer given on a gold task is no data, as no answer to one is (they measure annotators).
+    human = human.exclude(written_in__task__status=Task.Status.GOLD)
     if options["annotator"]:  # only what that annotator wrote
         human = human.filter(author__username=options["annotator"])
     if options["round"] is not None:

@@ -6,6 +6,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+from django.utils import timezone
 
 from annotate.exports import create_snapshot, run_snapshot
 from annotate.importing import ImportFailed, import_file
@@ -133,6 +134,14 @@ class TestExport:
         writing.next_assignment(annotator).submit({"text": "Two."}, user=annotator)
         Membership.objects.get(user=annotator).decide("excluded", by=lead, reason="Copied answers.")
         assert export(writing, "sft") == []
+
+    def test_a_better_answer_to_a_gold_task_is_no_data(self, project, annotator):
+        import_file(project, jsonl({"id": "g", "prompt": "Name a prime.", "response": "Nine.", "gold_score": 1}))
+        gold = Task.objects.get(status=Task.Status.GOLD)
+        lease = project._lease(gold, annotator, timezone.now())  # as the queue serves it, among real work
+        lease.submit({"score": 1, "correction": "Two."}, user=annotator)
+        assert Response.objects.filter(content="Two.", source="human").exists()
+        assert export(project, "sft") == [] and export(project, "pairs") == []
 
     @pytest.mark.parametrize("format", ["jsonl", "parquet"])
     def test_each_correction_is_a_pair_marked_as_such(self, project, annotator, make_user, format):
