@@ -431,13 +431,17 @@ class _Sql:
         self.task, self.task_response = Task._meta.db_table, TaskResponse._meta.db_table
         self.annotation, self.user = Annotation._meta.db_table, get_user_model()._meta.db_table
         kinds = {
-            # Rating tasks for their corrections (a better answer over the rated one) and ratings_as_pairs.
-            Kind.PAIRS: [TaskKind.PAIRWISE, TaskKind.RANKING, TaskKind.RATING],
+            Kind.PAIRS: [TaskKind.PAIRWISE, TaskKind.RANKING],
             Kind.UNPAIRED: [TaskKind.RATING],
             Kind.VOTES: list(TaskKind.values),
             Kind.SFT: [TaskKind.PAIRWISE, TaskKind.RANKING],
         }[snapshot.kind]
-        if options["ratings_as_pairs"]:
+        # Rating tasks for ratings_as_pairs, and in pairs for their corrections (a better answer over the rated
+        # response): read only where there are some, so that a project without them reads what it always did.
+        corrections = Annotation.objects.filter(
+            task__project_id=snapshot.project_id, task__kind=TaskKind.RATING, written_response__isnull=False
+        )
+        if options["ratings_as_pairs"] or (snapshot.kind == Kind.PAIRS and corrections.exists()):
             kinds.append(TaskKind.RATING)
         self.prompts, self.prompt_params = "p.project_id = %s", [snapshot.project_id]
         if options["split"]:
