@@ -161,7 +161,9 @@
     const text = $("#correction", form);
     const original = $("#correction-original", form);
     if (!text.value && original) text.value = original.value;
-    return focusText(text);
+    focusText(text);
+    text.scrollIntoView({ block: "nearest" });
+    return true;
   }
 
   // The preview is a checkbox that CSS reads (#task:has(#show-preview:checked)); htmx keeps it up to date.
