@@ -119,6 +119,7 @@
   document.addEventListener("change", (event) => {
     const form = event.target.closest("#answer");
     if (!form) return;
+    if (event.target.id === "show-preview" && event.target.checked) renderPreview(form);
     if (event.target.matches('select[name^="rank-"]')) {
       sortRanking(form);
       event.target.focus();
@@ -171,11 +172,15 @@
     const box = document.getElementById("show-preview");
     if (!box) return false;
     box.checked = !box.checked;
-    const editor = $("#written", form);
-    // A draft restored from the browser was never typed: render what the editor holds now.
-    if (box.checked && window.htmx) window.htmx.trigger(editor, "refresh");
-    if (!box.checked) focusText(editor);
+    if (box.checked) renderPreview(form);
+    else focusText($("#written", form));
     return true;
+  }
+
+  // The preview is the server's rendering of the editor's text (htmx, on the editor's "refresh"), asked for only
+  // as it is shown: the editor and the preview take turns, so nothing typed meanwhile goes unrendered.
+  function renderPreview(form) {
+    if (window.htmx) window.htmx.trigger($("#written", form), "refresh");
   }
 
   const kindKeys = {
