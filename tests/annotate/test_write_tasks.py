@@ -18,7 +18,7 @@ from annotate.models import (
     TaskKind,
     TaskResponse,
 )
-from annotate.quality import read_answers
+from annotate.quality import annotator_quality, read_answers
 
 PROMPT = [{"role": "user", "content": "Name a prime."}]
 
@@ -164,6 +164,8 @@ class TestNoAgreementOnWriting:
         assert [row.kind for row in stats["by_kind"]] == ["rating", "pairwise", "ranking"]
         assert all(row.units == 0 for row in stats["by_kind"])
         assert len(read_answers(writing).kind) == 0
+        quality = annotator_quality(writing, fast_seconds=5)  # members with only written answers: nothing to measure
+        assert {row.username for row in quality.annotators} >= {"annotator", "other"}
         task.refresh_from_db()
         with pytest.raises(GoldRefused, match="is a written answer"):
             task.make_gold()
