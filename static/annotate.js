@@ -73,6 +73,9 @@
       if (field.type === "radio" || field.type === "checkbox") field.checked = values.includes(field.value);
       else if (field.matches("select, textarea")) field.value = values[0] || "";
     }
+    // A better answer restored is one that will be sent: it is shown, not left in a closed box.
+    const correction = $("#correction", form);
+    if (correction && correction.value) $("#correction-box", form).open = true;
   }
 
   // Drafts of leases that have run out are of no more use (the task may go to someone else).
