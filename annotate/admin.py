@@ -108,6 +108,7 @@ class ImportForm(forms.Form):
             ("prompts", "Prompts"),
             ("responses", "Prompts with responses"),
             ("preferences", "Preference pairs (TRL standard or conversational, HH-RLHF)"),
+            ("demonstrations", "Demonstrations (TRL SFT: messages ending in the reply, or prompt + completion)"),
         ],
     )
 
@@ -334,11 +335,12 @@ class PromptAdmin(ProjectScopedAdmin):
 @admin.register(Response)
 class ResponseAdmin(ProjectScopedAdmin):
     project_path = "prompt__project"
-    list_display = ["__str__", "prompt", "project", "source", "model_version", "text", "created_at"]
+    list_display = ["__str__", "prompt", "project", "source", "author", "model_version", "text", "created_at"]
     list_filter = ["source", _related_only("prompt__project")]
     search_fields = ["content", "prompt__external_id"]
-    list_select_related = ["prompt__project", "model_version__project"]
+    list_select_related = ["prompt__project", "model_version__project", "author"]
     autocomplete_fields = ["prompt"]
+    raw_id_fields = ["author"]
     readonly_fields = ["created_at"]
 
     @admin.display(description="Project", ordering="prompt__project__name")
@@ -494,9 +496,9 @@ class AnnotationAdmin(ProjectScopedAdmin):
     list_display = ["__str__", "task", "annotator", "source", "answer", "created_at"]
     list_filter = ["source", "task__kind", _related_only("task__project"), _related_only("annotator")]
     search_fields = ["=task__id", "task__prompt__external_id", "annotator__username", "comment"]
-    list_select_related = ["task", "annotator"]
+    list_select_related = ["task", "annotator", "written_response"]
     autocomplete_fields = ["task"]
-    raw_id_fields = ["assignment"]
+    raw_id_fields = ["assignment", "written_response"]
     readonly_fields = ["created_at"]
 
     @admin.display(description="Answer")

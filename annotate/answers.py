@@ -1,8 +1,9 @@
 """An annotator's answer: from the terms it was shown in to the stored one, and its validation.
 
-The one place that decides what a valid rating, pairwise vote or ranking is: the task form, the API
-and the import all call `clean_answer`, and get back the Annotation fields to store or a
-ValidationError keyed by the offending field.
+The one place that decides what a valid rating, pairwise vote, ranking or written answer is: the task form, the
+API and the import all call `clean_answer`, and get back the Annotation fields to store or a ValidationError keyed
+by the offending field. A written answer (a write task's `text`, a rating's optional `correction`, "a better
+answer") comes back under WRITTEN: Annotation.submit and Annotation.change store it as a human Response.
 
 An annotator answers in displayed terms (A is the first response shown, which may be the task's B).
 `answer_from_shown` turns such an answer, from the task page's form or the API's JSON, into the task's
@@ -13,15 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.http import QueryDict
 
 if TYPE_CHECKING:
     from annotate.models import Project
 
-RATING_FIELDS = {"score", "labels", "comment"}
+RATING_FIELDS = {"score", "labels", "correction", "comment"}
 PAIRWISE_FIELDS = {"choice", "strength", "both_bad", "comment"}
 RANKING_FIELDS = {"ranking", "comment"}
+WRITE_FIELDS = {"text", "comment"}
+# clean_answer's key for the text the annotator wrote: not an Annotation column but the Response it points at.
+WRITTEN = "written"
 
 
 @dataclass(frozen=True)
@@ -53,9 +58,11 @@ def answer_from_shown(data: Mapping[str, Any], *, kind: str, shown_order: list[i
     fields, the API as a `ranks` object; an error about one is keyed rank-<id> either way.
     """
     comment = data.get("comment", "")
+    if kind == "write":
+        return {"text": data.get("text"), "comment": comment}
     if kind == "rating":
         labels = data.getlist("labels") if hasattr(data, "getlist") else data.get("labels", [])
-        return {"score": data.get("score"), "labels": labels, "comment": comment}
+        return {"score": data.get("score"), "labels": labels, "correction": data.get("correction"), "comment": comment}
     if kind == "pairwise":
         preference = _PREFERENCE_BY_VALUE.get(data.get("preference"))
         if preference is None:
@@ -85,9 +92,12 @@ def form_from_answer(fields: Mapping[str, Any], *, kind: str, swapped: bool) -> 
     """The task page's form fields (in displayed terms) for a stored answer: answer_from_shown's inverse."""
     data = QueryDict(mutable=True)
     data["comment"] = fields.get("comment", "")
-    if kind == "rating":
+    if kind == "write":
+        data["text"] = fields["text"]
+    elif kind == "rating":
         data["score"] = str(fields["score"])
         data.setlist("labels", fields.get("labels", []))
+        data["correction"] = fields.get("correction") or ""
     elif kind == "pairwise":
         side, strength = fields["choice"], fields.get("strength")
         side = _swap(side) if swapped else side
@@ -110,7 +120,8 @@ def clean_answer(project: "Project", kind: str, response_ids: list[int], data: M
     """Check `data` for a task of `kind` over `response_ids`; return the Annotation fields it sets."""
     if not isinstance(data, Mapping):
         raise ValidationError({"answer": "Give the answer as an object."})
-    allowed = {"rating": RATING_FIELDS, "pairwise": PAIRWISE_FIELDS, "ranking": RANKING_FIELDS}.get(kind)
+    allowed = {"rating": RATING_FIELDS, "pairwise": PAIRWISE_FIELDS, "ranking": RANKING_FIELDS, "write": WRITE_FIELDS}
+    allowed = allowed.get(kind)
     if allowed is None:
         raise ValidationError({"kind": f"Unknown task kind {kind!r}."})
     if unknown := sorted(set(data) - allowed):
@@ -120,11 +131,50 @@ def clean_answer(project: "Project", kind: str, response_ids: list[int], data: M
         raise ValidationError({"comment": "Must be text."})
     if "\x00" in comment:  # PostgreSQL cannot store it
         raise ValidationError({"comment": "Must not contain a NUL character."})
+    if kind == "write":
+        return {"comment": comment, WRITTEN: _clean_text(data.get("text"), "text")}
     if kind == "rating":
-        return {"comment": comment, **_clean_rating(project, data)}
+        fields = {"comment": comment, **_clean_rating(project, data)}
+        if correction := _clean_correction(response_ids, data.get("correction")):
+            fields[WRITTEN] = correction
+        return fields
     if kind == "pairwise":
         return {"comment": comment, **_clean_pairwise(data)}
     return {"comment": comment, "ranking": _clean_ranking(response_ids, data.get("ranking"))}
+
+
+def _clean_text(text: Any, name: str) -> str:
+    """A written answer: text that is not blank, within the import's limit on one text; line ends as "\n"."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        raise ValidationError({name: "Write the answer: it is empty."})
+    if not isinstance(text, str):
+        raise ValidationError({name: "Must be text."})
+    if "\x00" in text:  # PostgreSQL cannot store it
+        raise ValidationError({name: "Must not contain a NUL character."})
+    # A browser sends a textarea's line breaks as CRLF; the same answer from the API has LF.
+    text = text.replace("\r\n", "\n")
+    limit = settings.ARBITER_IMPORT_MAX_FIELD_BYTES
+    if (size := len(text.encode())) > limit:
+        raise ValidationError(
+            {name: f"Is {size:,} bytes, over the limit of {limit:,} (ARBITER_IMPORT_MAX_FIELD_BYTES)."}
+        )
+    return text
+
+
+def _clean_correction(response_ids: list[int], correction: Any) -> str | None:
+    """A rating's "better answer": None when none is given (blank counts as none), else its text, which must differ
+    from the rated response's (text_key: a correction that changes only whitespace corrects nothing)."""
+    if correction is None or (isinstance(correction, str) and not correction.strip()):
+        return None
+    text = _clean_text(correction, "correction")
+    from annotate.models import Response, text_key
+
+    rated = Response.objects.filter(pk__in=response_ids).values_list("content", flat=True).first()
+    if rated is not None and text_key(rated) == text_key(text):
+        raise ValidationError(
+            {"correction": "The better answer is the response as it is: change it, or leave it empty."}
+        )
+    return text
 
 
 def _clean_rating(project: "Project", data: Mapping[str, Any]) -> dict[str, Any]:

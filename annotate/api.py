@@ -235,7 +235,7 @@ class ResponseListView(ListAPIView):
 
     def get_queryset(self) -> QuerySet[ModelResponse]:
         project = project_led_by(self.request, self.kwargs["slug"])
-        responses = ModelResponse.objects.filter(prompt__project=project)
+        responses = ModelResponse.objects.filter(prompt__project=project).select_related("author")
         if prompt := validated(ResponseFilter, self.request.query_params).get("prompt"):
             responses = responses.filter(prompt_id=prompt)
         return responses
@@ -380,7 +380,7 @@ class AnnotationListView(ListAPIView):
         project = _project_for(self.request, self.kwargs["slug"])
         annotations = (
             Annotation.objects.filter(task__project=project)
-            .select_related("task", "annotator", "assignment")
+            .select_related("task", "annotator", "assignment", "written_response")
             .prefetch_related("task__task_responses")
         )
         if project.role != Membership.Role.LEAD:
@@ -400,7 +400,7 @@ def _own_answers(request: Request, slug: str) -> QuerySet[Annotation]:
         annotator=request.user,
         source=Annotation.Source.HUMAN,
         assignment__isnull=False,
-    ).select_related("task__project", "annotator", "assignment")
+    ).select_related("task__project", "annotator", "assignment", "written_response")
 
 
 @extend_schema_view(get=extend_schema(responses={200: MyAnswerSerializer(many=True), **error_responses(400, 401, 404)}))

@@ -10,18 +10,21 @@ Kinds:
 
 - pairs:    TRL's prompt / chosen / rejected (reward models, DPO): one row per pair of responses a task's votes
             decide, with margin, vote counts, agreement, the task, the responses and the model versions that
-            wrote them (null for imported or human responses).
+            wrote them (null for imported or human responses). `pair_source` says what decided it: "votes" (pairwise
+            and ranking tasks), "ratings" (ratings_as_pairs) or "correction" (an annotator's better answer to a rated
+            response, over that response: one pair per correction, margin 1, one vote, no agreement).
 - unpaired: TRL's KTO form prompt / completion / label: one row per rated response, `score` its mean rating
             over `ratings` ratings, label = score above the scale's midpoint (a mean exactly at the midpoint is
             labelled false: only better than middling counts as desirable; filter on `score` to drop those).
             For a rating reward model: `scaled_score`, the mean on [0, 1] (rating_min → 0, rating_max → 1), and
             `label_shares`, per project label in the project's order, the share of those ratings that ticked it.
-- votes:    one row per annotation with every field. Annotators are pseudonymised (the first 16 hex digits of
-            HMAC-SHA256 of their user id, keyed with SECRET_KEY: stable while the key is) unless
-            reveal_annotators asks for usernames.
+- votes:    one row per annotation with every field (`written`: a write task's answer, a rating's better
+            answer). Annotators are pseudonymised (the first 16 hex digits of HMAC-SHA256 of their user id, keyed
+            with SECRET_KEY: stable while the key is) unless reveal_annotators asks for usernames.
 - sft:      `messages` ending in a preferred response (the chosen side of every pair a pairs export with the
-            same filters would hold; ties and both-bad pairs never) or a human-written one, once per
-            (prompt, response).
+            same filters would hold; ties and both-bad pairs never) or a human-written one (a write task's answer,
+            a correction, an imported demonstration), once per (prompt, response). TRL's SFTTrainer takes it as it
+            is, and annotate/importing.py reads it back as demonstrations.
 
 Votes on a pair are read, added up and decided by the vote model, annotate/votes.py: a pair is two responses of one
 task, a first in the task's positions; a pairwise answer votes +strength for a, -strength for b, 0 for a tie
@@ -54,8 +57,9 @@ prompt + completion, which DPOTrainer relies on to find where the completion sta
 Filters narrow what counts: split (the prompt's), round (the task's round_number), since / until (the
 annotation's created_at, since <= created_at < until; a date means midnight UTC, a time without zone is UTC),
 annotator (username: only that person's annotations), min_agreement (pairs and sft). For sft's human-written
-responses, split and round (a task of that round holds the response) apply, since / until to when the response
-was written, and an annotator filter leaves them out (a response does not record who wrote it).
+responses, split and round (a task of that round holds the response, or it answers one) apply, since / until to
+when the response was written, annotator to its author (an imported demonstration has none), and an excluded
+member's are left out.
 
 Rows are ordered by prompt, then task, then pair (by task positions) or annotation, and hold nothing that
 depends on when or where the export ran, so the same data and options give the same bytes and sha256 (JSON
@@ -99,6 +103,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.db import connection, models, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -405,10 +410,13 @@ class _Chunk:
 
 
 # The answers the pairs, unpaired and sft kinds read; the votes kind reads every field (_VOTE_COLUMNS).
-_ANSWER_COLUMNS = "a.task_id, a.score, a.choice, a.strength, a.both_bad, a.ranking, a.annotator_id"
+_ANSWER_COLUMNS = (
+    "a.task_id, a.score, a.choice, a.strength, a.both_bad, a.ranking, a.annotator_id, a.written_response_id"
+)
+_LABELS = _ANSWER_COLUMNS.count(",") + 1  # where the unpaired kind's a.labels sits in a row, after them
 _VOTE_COLUMNS = (
     "a.task_id, a.id, a.source, a.annotator_id, u.username, a.score, a.labels, a.choice, a.strength, a.both_bad,"
-    " a.ranking, a.comment, a.time_spent, s.shown_order, a.created_at"
+    " a.ranking, w.content, a.comment, a.time_spent, s.shown_order, a.created_at"
 )
 
 
@@ -431,7 +439,12 @@ class _Sql:
             Kind.VOTES: list(TaskKind.values),
             Kind.SFT: [TaskKind.PAIRWISE, TaskKind.RANKING],
         }[snapshot.kind]
-        if options["ratings_as_pairs"]:
+        # Rating tasks for ratings_as_pairs, and in pairs for their corrections (a better answer over the rated
+        # response): read only where there are some, so that a project without them reads what it always did.
+        corrections = Annotation.objects.filter(
+            task__project_id=snapshot.project_id, task__kind=TaskKind.RATING, written_response__isnull=False
+        )
+        if options["ratings_as_pairs"] or (snapshot.kind == Kind.PAIRS and corrections.exists()):
             kinds.append(TaskKind.RATING)
         self.prompts, self.prompt_params = "p.project_id = %s", [snapshot.project_id]
         if options["split"]:
@@ -467,6 +480,7 @@ class _Sql:
             self.annotation_joins = (
                 f" LEFT JOIN {self.user} u ON u.id = a.annotator_id"
                 f" LEFT JOIN {Assignment._meta.db_table} s ON s.id = a.assignment_id"
+                f" LEFT JOIN {self.response} w ON w.id = a.written_response_id"
             )
 
 
@@ -623,8 +637,8 @@ def _rated(chunk: _Chunk) -> list[_Rated]:
         rows = [row for row in chunk.annotations.get(task_id, ()) if row[1] is not None]
         if not rows:
             continue
-        # labels (JSON text) come last where the chunk read them: see _Sql
-        ticks = Counter(label for row in rows if len(row) > 7 for label in orjson.loads(row[7]))
+        # labels (JSON text) come last, after _ANSWER_COLUMNS, where the chunk read them: see _Sql
+        ticks = Counter(label for row in rows if len(row) > _LABELS for label in orjson.loads(row[_LABELS]))
         for response in chunk.task_responses[task_id]:
             total = sums.setdefault((task.prompt_id, response.id), [0, 0, Counter()])
             total[0] += sum(row[1] for row in rows)
@@ -653,6 +667,7 @@ class _Pair:
     agreement: float | None
     tie: bool = False
     both_bad: bool = False
+    source: str = "votes"  # what decided it (the pair_source column): "votes", "ratings" or "correction"
 
 
 def _decide(
@@ -682,13 +697,16 @@ def _chunk_pairs(snapshot: DatasetSnapshot, chunk: _Chunk, sides: "SideModel | N
         return _chunk_pairs_by(sides, snapshot, chunk)
     pairs, options = [], snapshot.filters
     for task_id, task in chunk.tasks.items():
-        if task.kind == TaskKind.RATING or (rows := chunk.annotations.get(task_id)) is None:
+        if (rows := chunk.annotations.get(task_id)) is None:
+            continue
+        if task.kind == TaskKind.RATING:
+            pairs += _correction_pairs(chunk, task_id, rows)
             continue
         # The votes of the task's annotations (rows of _ANSWER_COLUMNS) on each pair of its responses, by the vote
         # model (annotate/votes.py).
         if task.kind == TaskKind.PAIRWISE:
             tally = Tally()
-            for _, _, choice, strength, both_bad, _, _ in rows:
+            for _, _, choice, strength, both_bad, *_ in rows:
                 tally.add(pairwise_vote(choice, strength, both_bad))
             a, b = chunk.task_responses[task_id]
             if pair := _decide(task.prompt_id, task_id, a, b, tally, decide(tally), options):
@@ -705,7 +723,10 @@ def _chunk_pairs_by(sides: "SideModel", snapshot: DatasetSnapshot, chunk: _Chunk
     """The pairs of these prompts as _chunk_pairs makes them, each decided by its Dawid–Skene posterior."""
     pairs, options = [], snapshot.filters
     for task_id, task in chunk.tasks.items():
-        if task.kind == TaskKind.RATING or (rows := chunk.annotations.get(task_id)) is None:
+        if (rows := chunk.annotations.get(task_id)) is None:
+            continue
+        if task.kind == TaskKind.RATING:
+            pairs += _correction_pairs(chunk, task_id, rows)
             continue
         responses = chunk.task_responses[task_id]
         votes: dict[tuple[_Response, _Response], list[tuple[int | None, Any]]] = {}  # pair → (voter, Vote)
@@ -724,6 +745,18 @@ def _chunk_pairs_by(sides: "SideModel", snapshot: DatasetSnapshot, chunk: _Chunk
     return _with_rating_pairs(snapshot, chunk, pairs)
 
 
+def _correction_pairs(chunk: _Chunk, task_id: int, rows: list[tuple]) -> list[_Pair]:
+    """A rating task's corrections: each annotator's better answer over the rated response, one pair each, as one
+    "better" vote (margin 1) with no agreement (min_agreement leaves them be, as the pairs from ratings)."""
+    task, (rated,) = chunk.tasks[task_id], chunk.task_responses[task_id]
+    return [
+        _Pair(task.prompt_id, task_id, chunk.responses[row[7]], rated, 1.0, 1, 1, 0, 0, None, source="correction")
+        for row in rows
+        # Read after the annotations: a correction removed meanwhile (My work) is gone from them.
+        if row[7] in chunk.responses
+    ]
+
+
 def _with_rating_pairs(snapshot: DatasetSnapshot, chunk: _Chunk, pairs: list[_Pair]) -> list[_Pair]:
     """The task pairs, and after each prompt's those that ratings make (ratings_as_pairs)."""
     if snapshot.filters["ratings_as_pairs"]:
@@ -736,7 +769,11 @@ def _with_rating_pairs(snapshot: DatasetSnapshot, chunk: _Chunk, pairs: list[_Pa
                 # The difference of the means on the votes' scale: the whole rating scale is 2, "much better".
                 margin = 2 * (better.total / better.ratings - worse.total / worse.ratings) / scale
                 ratings = x.ratings + y.ratings
-                pairs.append(_Pair(prompt_id, None, better.response, worse.response, margin, ratings, *[None] * 4))
+                pairs.append(
+                    _Pair(
+                        prompt_id, None, better.response, worse.response, margin, ratings, *[None] * 4, source="ratings"
+                    )
+                )
         pairs.sort(key=lambda pair: pair.prompt_id)  # stable: each prompt's task pairs stay first, in order
     return pairs
 
@@ -789,6 +826,7 @@ def _pair_rows(
             "agreement": pair.agreement,
             "tie": pair.tie,
             "both_bad": pair.both_bad,
+            "pair_source": pair.source,
             "prompt_id": chunk.prompts[pair.prompt_id].external_id,
             "task_id": pair.task_id,
             "chosen_id": pair.chosen.id,
@@ -824,7 +862,7 @@ def _vote_rows(snapshot: DatasetSnapshot, chunk: _Chunk, rendered: dict[int, Any
         rating, pairwise = task.kind == TaskKind.RATING, task.kind == TaskKind.PAIRWISE
         for (
             _, annotation_id, source, annotator_id, username, score, labels, choice, strength, both_bad, ranking,
-            comment, time_spent, shown_order, created_at,
+            written, comment, time_spent, shown_order, created_at,
         ) in chunk.annotations.get(task_id, ()):  # fmt: skip
             yield {
                 "annotation_id": annotation_id,
@@ -844,6 +882,7 @@ def _vote_rows(snapshot: DatasetSnapshot, chunk: _Chunk, rendered: dict[int, Any
                 "strength": strength if pairwise else None,
                 "both_bad": bool(both_bad) if pairwise else None,
                 "ranking": orjson.loads(ranking) if task.kind == TaskKind.RANKING else None,
+                "written": written,
                 "comment": comment,
                 "time_spent": _seconds(time_spent),
                 "shown_order": orjson.loads(shown_order) if shown_order is not None else None,
@@ -875,16 +914,23 @@ def _sft_rows(
 ) -> Iterator[dict[str, Any]]:
     options, responses = snapshot.filters, chunk.responses
     best = {(pair.prompt_id, pair.chosen.id): pair.chosen for pair in _chunk_pairs(snapshot, chunk, sides)}
-    if not options["annotator"]:  # a response does not record who wrote it
-        human = Response.objects.filter(id__in=[r.id for r in responses.values() if r.source == Response.Source.HUMAN])
-        if options["round"] is not None:
-            human = human.filter(task_responses__task__round_number=options["round"]).distinct()
-        if options["since"]:
-            human = human.filter(created_at__gte=options["since"])
-        if options["until"]:
-            human = human.filter(created_at__lt=options["until"])
-        for prompt_id, response_id in human.values_list("prompt_id", "id"):
-            best[prompt_id, response_id] = responses[response_id]
+    # Human-written responses: imported demonstrations (no author) and annotators' written answers and corrections.
+    human = Response.objects.filter(id__in=[r.id for r in responses.values() if r.source == Response.Source.HUMAN])
+    human = human.exclude(author__in=snapshot.project.excluded_voters().values("user_id"))
+    # A better answer given on a gold task is no data, as no answer to one is (they measure annotators).
+    human = human.exclude(written_in__task__status=Task.Status.GOLD)
+    if options["annotator"]:  # only what that annotator wrote
+        human = human.filter(author__username=options["annotator"])
+    if options["round"] is not None:
+        # In a task of that round, or written as an answer to one.
+        in_round = Q(task_responses__task__round_number=options["round"])
+        human = human.filter(in_round | Q(written_in__task__round_number=options["round"])).distinct()
+    if options["since"]:
+        human = human.filter(created_at__gte=options["since"])
+    if options["until"]:
+        human = human.filter(created_at__lt=options["until"])
+    for prompt_id, response_id in human.values_list("prompt_id", "id"):
+        best[prompt_id, response_id] = responses[response_id]
     for (prompt_id, _), response in sorted(best.items(), key=itemgetter(0)):
         if snapshot.style == Style.CONVERSATIONAL:
             text = {"messages": [*rendered[prompt_id], *_completion(response.content, Style.CONVERSATIONAL)]}
@@ -913,7 +959,8 @@ def _schema(kind: str, style: str) -> "pa.Schema":
         fields = [
             ("prompt", text), ("chosen", text), ("rejected", text), ("margin", f64), ("votes", i64),
             ("votes_chosen", i64), ("votes_rejected", i64), ("votes_tie", i64), ("agreement", f64),
-            ("tie", boolean), ("both_bad", boolean), ("prompt_id", string), ("task_id", i64), ("chosen_id", i64),
+            ("tie", boolean), ("both_bad", boolean), ("pair_source", string), ("prompt_id", string), ("task_id", i64),
+            ("chosen_id", i64),
             ("rejected_id", i64), ("chosen_model_version", i64), ("rejected_model_version", i64),
         ]  # fmt: skip
     elif kind == Kind.UNPAIRED:
@@ -928,7 +975,7 @@ def _schema(kind: str, style: str) -> "pa.Schema":
             ("prompt_id", string), ("prompt", text), ("response_ids", pa.list_(i64)),
             ("responses", pa.list_(string)), ("source", string), ("annotator", string), ("score", i64),
             ("labels", pa.list_(string)), ("choice", string), ("strength", i64), ("both_bad", boolean),
-            ("ranking", pa.list_(pa.list_(i64))), ("comment", string), ("time_spent", f64),
+            ("ranking", pa.list_(pa.list_(i64))), ("written", string), ("comment", string), ("time_spent", f64),
             ("shown_order", pa.list_(i64)), ("created_at", string),
         ]  # fmt: skip
     else:

@@ -15,6 +15,15 @@ Formats, detected from the first row's fields unless forced:
 - responses:   the prompt fields + responses (list) | response | response_1…response_N (CSV)
 - preferences: chosen + rejected, [prompt] — TRL standard (strings), TRL conversational (message
                lists, explicit or implicit prompt) and HH-RLHF transcripts ("\n\nHuman: …").
+- demonstrations: TRL's SFT formats — messages ending in an assistant message (the reply), or prompt (text or
+               messages) + completion (text or a list of one assistant message); the sft export's own columns
+               (prompt_id, used as the id, response_id, source, model_version) are accepted, so an export reads
+               back. Each makes a human Response (source human, no author: it is a person's answer, which is what
+               SFT trains on) and no task.
+
+Write tasks (TaskKind.WRITE, where the project enables it): a prompts row makes one, the annotator writing the reply
+from nothing; a responses row with exactly one response makes one with that response as the draft the annotator
+starts from and edits (beside the rating task the row makes where ratings are enabled).
 
 Gold tasks (a known answer, mixed into annotators' queues to measure them; see Task.Status.GOLD): a preference row
 with `"gold": true` makes a gold pairwise task whose gold answer is `chosen` (instead of an imported vote); a
@@ -55,7 +64,7 @@ from django.utils import timezone
 from annotate.answers import clean_answer
 from annotate.models import Annotation, Project, Prompt, Response, Task, TaskKind, TaskResponse, text_key, unique_texts
 
-FORMATS = ("prompts", "responses", "preferences")
+FORMATS = ("prompts", "responses", "preferences", "demonstrations")
 BATCH_SIZE = 2000
 # A batch also ends once it holds this much of the file, so a batch of long rows takes no more memory than one
 # of short rows (2,000 rows of a typical 2.5 KB are 5 MB).
@@ -74,6 +83,9 @@ ROLES = ("system", "user", "assistant")
 PROMPT_FIELDS = {"id", "prompt", "messages", "split", "metadata"}
 RESPONSE_FIELDS = PROMPT_FIELDS | {"responses", "response", "gold_score"}
 PREFERENCE_FIELDS = {"id", "prompt", "chosen", "rejected", "split", "metadata", "gold"}
+# The sft export's columns besides the text: read back, prompt_id is the row's id and the rest says nothing new.
+SFT_EXPORT_FIELDS = {"prompt_id", "response_id", "source", "model_version"}
+DEMONSTRATION_FIELDS = {"id", "prompt", "messages", "completion", "split", "metadata"} | SFT_EXPORT_FIELDS
 _RESPONSE_COLUMN = re.compile(r"^response_(\d+)$")
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -127,6 +139,7 @@ class Row:
     chosen: str | None = None  # preferences: the text of the preferred response
     gold: str | None = None  # the field that makes the row gold ("gold" or "gold_score"); None: not gold
     gold_score: Any = None  # responses: the one response's known score, as given
+    demonstration: bool = False  # its one response is a person's answer (source human), and it asks for no task
     # Filled in while writing:
     response_ids: list[int] = field(default_factory=list)
 
@@ -363,6 +376,8 @@ def _detect_format(line: int, record: dict[str, Any]) -> str:
     keys = set(record)
     if {"chosen", "rejected"} & keys:
         return "preferences"
+    if "completion" in keys or _ends_with_reply(record.get("messages"), line):
+        return "demonstrations"
     if {"responses", "response"} & keys or any(_RESPONSE_COLUMN.match(key) for key in keys):
         return "responses"
     if {"prompt", "messages"} & keys:
@@ -371,6 +386,22 @@ def _detect_format(line: int, record: dict[str, Any]) -> str:
         "cannot tell the format: expected prompt or messages (prompts), responses (prompt + responses) "
         f"or chosen and rejected (preference pairs); found {', '.join(sorted(keys)) or 'no fields'}",
         line=line,
+    )
+
+
+def _ends_with_reply(messages: Any, line: int) -> bool:
+    """Whether a messages field (a list, or JSON text in a CSV cell) ends with an assistant message: TRL's SFT form."""
+    if isinstance(messages, str):
+        _check_nesting(messages, line, "messages")
+        try:
+            messages = json.loads(messages)
+        except ValueError:
+            return False  # the prompts format's own parsing says what is wrong with it
+    return (
+        isinstance(messages, list)
+        and bool(messages)
+        and isinstance(messages[-1], dict)
+        and (messages[-1].get("role") == "assistant")
     )
 
 
@@ -384,7 +415,12 @@ _GOLD_MISPLACED = {
 
 
 def _check_fields(format: str, line: int, fields: Iterable[str]) -> None:
-    allowed = {"prompts": PROMPT_FIELDS, "responses": RESPONSE_FIELDS, "preferences": PREFERENCE_FIELDS}[format]
+    allowed = {
+        "prompts": PROMPT_FIELDS,
+        "responses": RESPONSE_FIELDS,
+        "preferences": PREFERENCE_FIELDS,
+        "demonstrations": DEMONSTRATION_FIELDS,
+    }[format]
     for key in fields:
         if key in _GOLD_MISPLACED and key not in allowed:
             raise ImportFailed(_GOLD_MISPLACED[key].format(format=format), line=line, field=key)
@@ -410,6 +446,11 @@ def _parse_row(format: str, line: int, record: dict[str, Any]) -> Row:
         _check_length(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")), line, "metadata", max_text)
 
     chosen, gold = None, None
+    if format == "demonstrations":
+        messages, reply = _parse_demonstration(record, line)
+        if record.get("id") is None and record.get("prompt_id") is not None:
+            record = {**record, "id": record["prompt_id"]}
+        return Row(line, _external_id(record, messages, line), messages, split, metadata, [reply], demonstration=True)
     if format == "preferences":
         messages, responses, chosen = _parse_preference(record, line)
         gold = "gold" if _parse_gold(record, line) else None
@@ -597,6 +638,25 @@ def _parse_responses(record: dict[str, Any], line: int) -> list[str]:
     return unique_texts(values)
 
 
+def _parse_demonstration(record: dict[str, Any], line: int) -> tuple[list[dict[str, str]], str]:
+    """A TRL SFT row: (the prompt's messages, the reply), from messages ending in the reply or prompt + completion."""
+    if "completion" in record:
+        if "messages" in record:
+            raise ImportFailed("give messages (ending in the reply) or prompt and completion, not both", line=line)
+        messages = _prompt_messages(record, line)
+        name, reply = "completion", _completion(_json_field(record, "completion", line), line, "completion")
+    else:
+        if "messages" not in record:
+            raise ImportFailed("missing: give messages ending in the reply, or prompt and completion", line=line)
+        conversation = _messages(_json_field(record, "messages", line), line, "messages", ends_with="assistant")
+        messages, name, reply = conversation[:-1], "messages", conversation[-1]["content"]
+        if not messages or messages[-1]["role"] != "user":
+            raise ImportFailed("the messages before the reply must end with a user message", line=line, field=name)
+    if not reply.strip():
+        raise ImportFailed("the reply is empty", line=line, field=name)
+    return messages, reply
+
+
 def _parse_preference(record: dict[str, Any], line: int) -> tuple[list[dict[str, str]], list[str], str]:
     for name in ("chosen", "rejected"):
         if name not in record:
@@ -703,26 +763,32 @@ def _write_batch(project: Project, rows: list[Row], result: ImportResult, last_p
         for content in row.responses:
             key = (prompt_id, content)
             if key not in response_ids and key not in new_responses:
-                new_responses[key] = (prompt_id, content, Response.Source.IMPORTED, {}, now)
+                source = Response.Source.HUMAN if row.demonstration else Response.Source.IMPORTED
+                new_responses[key] = (prompt_id, content, source, {}, now)
     fields = ["prompt", "content", "source", "generation_params", "created_at"]
     response_ids.update(zip(new_responses, _insert(Response, fields, list(new_responses.values())), strict=True))
     result.responses_created += len(new_responses)
     for row in rows:
         row.response_ids = [response_ids[(prompt_ids[row.external_id], content)] for content in row.responses]
 
-    by_task: dict[int, tuple[str, bool, list[int]]] = {}
-    for task_id, kind, status, response_id in TaskResponse.objects.filter(task__prompt_id__in=known).values_list(
-        "task_id", "task__kind", "task__status", "response_id"
+    by_task: dict[int, tuple[int, str, bool, list[int]]] = {}
+    for task_id, prompt_id, kind, status, response_id in TaskResponse.objects.filter(
+        task__prompt_id__in=known
+    ).values_list("task_id", "task__prompt_id", "task__kind", "task__status", "response_id"):
+        by_task.setdefault(task_id, (prompt_id, kind, status == Task.Status.GOLD, []))[3].append(response_id)
+    # A write task with no draft has no responses: known by its prompt alone.
+    for task_id, prompt_id, kind in Task.objects.filter(prompt_id__in=known, task_responses__isnull=True).values_list(
+        "id", "prompt_id", "kind"
     ):
-        by_task.setdefault(task_id, (kind, status == Task.Status.GOLD, []))[2].append(response_id)
-    # (kind, response ids) → whether that task is gold
-    existing_tasks = {(kind, tuple(sorted(ids))): gold for kind, gold, ids in by_task.values()}
+        by_task[task_id] = (prompt_id, kind, False, [])
+    # (prompt, kind, response ids) → whether that task is gold
+    existing_tasks = {(prompt, kind, tuple(sorted(ids))): gold for prompt, kind, gold, ids in by_task.values()}
 
     tasks, task_response_ids, answers = [], [], []
     for row in rows:
         imported = row.chosen is not None
         for kind, ids in _task_specs(project, row):
-            key = (kind, tuple(sorted(ids)))
+            key = (prompt_ids[row.external_id], kind, tuple(sorted(ids)))
             if key in existing_tasks:
                 if row.gold and not existing_tasks[key]:
                     raise ImportFailed(
@@ -857,8 +923,12 @@ def _task_specs(project: Project, row: Row) -> list[tuple[str, list[int]]]:
         return [(TaskKind.PAIRWISE, [response_id for _, response_id in by_hash])]
     if row.gold:  # a gold score: one rating task (whose kind _imported_answer checks)
         return [(TaskKind.RATING, ids)]
+    if row.demonstration:  # an answer already written: nothing to ask
+        return []
     kinds = set(project.task_kinds)
     specs = [(TaskKind.RATING, [response_id]) for response_id in ids] if TaskKind.RATING in kinds else []
+    if len(ids) <= 1 and TaskKind.WRITE in kinds:  # the one response, if any, is the draft
+        specs.append((TaskKind.WRITE, ids))
     if len(ids) == 2 and TaskKind.PAIRWISE in kinds:
         specs.append((TaskKind.PAIRWISE, ids))
     elif len(ids) >= 3 and TaskKind.RANKING in kinds:

@@ -77,6 +77,12 @@ class TaskKind(models.TextChoices):
     RATING = "rating", "Single-sided rating"
     PAIRWISE = "pairwise", "Side-by-side pairwise"
     RANKING = "ranking", "N-way ranking"
+    # The annotator writes the assistant's reply (from the task's one response as a draft, if it has one).
+    WRITE = "write", "Written answer"
+
+
+# The kinds whose answers compare responses: agreement, quality, aggregation and gold read only these.
+JUDGED_KINDS = (TaskKind.RATING, TaskKind.PAIRWISE, TaskKind.RANKING)
 
 
 class TextFormat(models.TextChoices):
@@ -85,7 +91,8 @@ class TextFormat(models.TextChoices):
 
 
 def _all_task_kinds() -> list[str]:
-    return list(TaskKind.values)
+    # Writing is asked for, not assumed: a project that enables it turns every imported prompt into a task.
+    return list(JUDGED_KINDS)
 
 
 def _default_lease_length() -> timedelta:
@@ -575,8 +582,10 @@ class Project(models.Model):
                 "task_id", "task__kind", "annotator__username", "choice", "strength", "both_bad", "score", "ranking"
             )
         )
-        units: dict[str, dict[Any, list[tuple[str, Any]]]] = {kind: {} for kind in TaskKind.values}
+        units: dict[str, dict[Any, list[tuple[str, Any]]]] = {kind: {} for kind in JUDGED_KINDS}
         for task_id, kind, username, choice, strength, both_bad, score, ranking in rows:
+            if kind not in units:  # a written answer has nothing to agree on
+                continue
             if kind == TaskKind.RANKING:
                 for pair, value in agreement.ranking_values(ranking).items():
                     units[kind].setdefault((task_id, pair), []).append((username, value))
@@ -585,7 +594,8 @@ class Project(models.Model):
             else:
                 units[kind].setdefault(task_id, []).append((username, score))
         by_kind, compared = [], []
-        for kind, label in TaskKind.choices:
+        for kind in JUDGED_KINDS:
+            label = kind.label
             answers = [unit for unit in units[kind].values() if len(unit) >= 2]
             values = [[value for _, value in unit] for unit in answers]
             metric = "interval" if kind == TaskKind.RATING else "nominal"
@@ -756,6 +766,10 @@ class Response(models.Model):
         "models_registry.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="responses"
     )
     generation_params = models.JSONField(default=dict, blank=True)
+    # Who wrote a human response on a write task or as a correction; null for imported demonstrations.
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="written_responses"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -764,6 +778,9 @@ class Response(models.Model):
             models.CheckConstraint(
                 condition=Q(source="model") | Q(model_version__isnull=True),
                 name="response_model_version_only_for_model_source",
+            ),
+            models.CheckConstraint(
+                condition=Q(source="human") | Q(author__isnull=True), name="response_author_only_for_human_source"
             ),
         ]
 
@@ -908,8 +925,9 @@ class Task(models.Model):
         median between two points) and for rankings."""
         from annotate.votes import agreed_score, decide, pairwise_vote, tally
 
-        if self.kind == TaskKind.RANKING:
-            raise GoldRefused(f"Task {self.pk} is a ranking: only pairwise and rating tasks can be gold.")
+        if self.kind in (TaskKind.RANKING, TaskKind.WRITE):
+            kind = "ranking" if self.kind == TaskKind.RANKING else "written answer"
+            raise GoldRefused(f"Task {self.pk} is a {kind}: only pairwise and rating tasks can be gold.")
         votes = (
             self.annotations.filter(source__in=[Annotation.Source.HUMAN, Annotation.Source.IMPORTED])
             .exclude(annotator__in=self.project.excluded_voters())
@@ -1085,7 +1103,7 @@ class Assignment(models.Model):
             existing = Annotation.objects.filter(task=task, annotator=user).first()
             if existing is not None:
                 # The same answer again (a double click, a retry) succeeds; a different one must not look stored.
-                if any(getattr(existing, name) != value for name, value in task.clean_answer(answer).items()):
+                if existing.differs_from(task.clean_answer(answer)):
                     raise LeaseError(
                         "You already answered this task differently: your answer stands (change it on My work)."
                     )
@@ -1102,7 +1120,8 @@ class Assignment(models.Model):
                 if task.status != Task.Status.OPEN or task.annotation_count + others >= task.required_annotations:
                     raise LeaseError("Your time on this task ran out and it went to someone else.")
             fields = task.clean_answer(answer)
-            annotation = Annotation.objects.create(
+            written = fields.pop(answers.WRITTEN, None)
+            annotation = Annotation(
                 task=task,
                 annotator=user,
                 assignment=lease,
@@ -1110,6 +1129,8 @@ class Assignment(models.Model):
                 time_spent=min(now - self.working_since(), task.project.lease_length),
                 **fields,
             )
+            annotation._keep_written(written, user=user)
+            annotation.save(force_insert=True)
             Assignment.objects.filter(pk=lease.pk).update(status=Assignment.Status.SUBMITTED, submitted_at=now)
             task.annotation_count += 1
             completed = task.status == Task.Status.OPEN and task.annotation_count >= task.required_annotations
@@ -1171,6 +1192,11 @@ class Annotation(models.Model):
     # ranking: groups of response ids, best first; responses in one group are tied.
     ranking = models.JSONField(null=True, blank=True)
     comment = models.TextField(blank=True)
+    # What the annotator wrote (a human Response with them as author): a write task's answer, or a rating's
+    # correction, "a better answer" than the rated response. RESTRICT: the response goes only with its annotation.
+    written_response = models.OneToOneField(
+        Response, null=True, blank=True, on_delete=models.RESTRICT, related_name="written_in"
+    )
     time_spent = models.DurationField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -1191,10 +1217,43 @@ class Annotation(models.Model):
     def __str__(self) -> str:
         return f"Annotation {self.pk} on {self.task_id}"
 
+    def written_text(self) -> str | None:
+        """The text the annotator wrote (a write task's answer, a rating's correction); None without one."""
+        return self.written_response.content if self.written_response_id else None
+
+    def differs_from(self, fields: dict[str, Any]) -> bool:
+        """Whether clean_answer's `fields` are another answer than this one."""
+        if fields.get(answers.WRITTEN) != self.written_text():
+            return True
+        return any(getattr(self, name) != value for name, value in fields.items() if name != answers.WRITTEN)
+
+    def _keep_written(self, text: str | None, *, user: Any) -> None:
+        """Make written_response hold `text`: a new human Response by `user`, the same one rewritten, or none."""
+        current = self.written_response_id
+        if text is None:
+            if current is not None:
+                Annotation.objects.filter(pk=self.pk).update(written_response=None)
+                Response.objects.filter(pk=current).delete()
+            self.written_response = None
+        elif current is not None:
+            Response.objects.filter(pk=current).update(content=text)
+            self.written_response.content = text
+        else:
+            self.written_response = Response.objects.create(
+                prompt_id=self.task.prompt_id, content=text, source=Response.Source.HUMAN, author=user
+            )
+            if self.pk is not None:
+                Annotation.objects.filter(pk=self.pk).update(written_response=self.written_response)
+
     def answer(self) -> dict[str, Any]:
         """The kind-specific answer, in the shape clean_answer accepts."""
+        if self.task.kind == TaskKind.WRITE:
+            return {"text": self.written_text(), "comment": self.comment}
         if self.task.kind == TaskKind.RATING:
-            return {"score": self.score, "labels": self.labels, "comment": self.comment}
+            answer = {"score": self.score, "labels": self.labels, "comment": self.comment}
+            if (correction := self.written_text()) is not None:
+                answer["correction"] = correction
+            return answer
         if self.task.kind == TaskKind.PAIRWISE:
             answer = {"choice": self.choice, "both_bad": self.both_bad, "comment": self.comment}
             if self.strength is not None:
@@ -1203,9 +1262,13 @@ class Annotation(models.Model):
         return {"ranking": self.ranking, "comment": self.comment}
 
     def summary(self) -> str:
-        """A short reading of the answer: "4 (unsafe)", "A much better, both bad", "3 > 1 = 2"."""
+        """A short reading of the answer: "4 (unsafe)", "A much better, both bad", "3 > 1 = 2", "Wrote 120
+        characters"."""
+        if self.task.kind == TaskKind.WRITE:
+            return f"Wrote {len(self.written_text() or ''):,} characters"
         if self.task.kind == TaskKind.RATING:
-            return f"{self.score} ({', '.join(self.labels)})" if self.labels else str(self.score)
+            text = f"{self.score} ({', '.join(self.labels)})" if self.labels else str(self.score)
+            return f"{text}, and a better answer" if self.written_response_id else text
         if self.task.kind == TaskKind.PAIRWISE:
             if self.choice == self.Choice.TIE:
                 text = "Tie"
@@ -1221,7 +1284,7 @@ class Annotation(models.Model):
     def shown_summary(self) -> str:
         """The answer as its annotator saw it: a pair's side and a ranking's responses by the letters they were shown
         under (the shown A may be the task's B), "4 (unsafe)", "B much better", "C > A = B"."""
-        if self.assignment is None or self.task.kind == TaskKind.RATING:
+        if self.assignment is None or self.task.kind in (TaskKind.RATING, TaskKind.WRITE):
             return self.summary()
         letters = {response_id: _letter(i) for i, response_id in enumerate(self.assignment.shown_order)}
         if self.task.kind == TaskKind.RANKING:
@@ -1267,19 +1330,22 @@ class Annotation(models.Model):
         with transaction.atomic():
             # The task's lock, as submit takes it: a change and the submit that completes the task go one at a time.
             task = Task.objects.select_for_update().select_related("project").get(pk=self.task_id)
-            current = Annotation.objects.select_related("assignment").get(pk=self.pk)
+            current = Annotation.objects.select_related("assignment", "written_response").get(pk=self.pk)
             current.task = task
             if Membership.objects.filter(project_id=task.project_id, user=user, paused=True).exists():
                 raise MemberPaused(task.project)
             if reason := current.locked_because():
                 raise AnswerLocked(reason)
             fields = task.clean_answer(answer)
-            changed = any(getattr(current, name) != value for name, value in fields.items())
+            changed = current.differs_from(fields)
+            written = fields.pop(answers.WRITTEN, None)
             if changed:
                 AnnotationRevision.objects.create(annotation=current, answer=current.answer(), by=user)
                 Annotation.objects.filter(pk=self.pk).update(**fields)
+                current._keep_written(written, user=user)
         for name, value in fields.items():
             setattr(self, name, value)
+        self.written_response = current.written_response
         return changed
 
 

@@ -45,7 +45,7 @@ def my_work(request: HttpRequest, project_slug: str) -> HttpResponse:
     project = get_project_for_user(request, project_slug)
     answers = (
         Annotation.objects.filter(task__project=project, annotator=request.user, source=Annotation.Source.HUMAN)
-        .select_related("task__prompt", "task__project", "assignment")
+        .select_related("task__prompt", "task__project", "assignment", "written_response")
         .prefetch_related("task__task_responses")
         .annotate(changes=Count("revisions"), changed_at=Max("revisions__created_at"))
         .order_by("-id")

@@ -49,7 +49,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import TextField
 from django.db.models.functions import Cast, Length
 
-from annotate.models import Annotation, Assignment, Membership, Project, Task, TaskKind, TaskResponse
+from annotate.models import JUDGED_KINDS, Annotation, Assignment, Membership, Project, Task, TaskKind, TaskResponse
 from annotate.votes import pairwise_vote, ranking_votes
 from models_registry.measures import wilson_interval
 
@@ -171,7 +171,10 @@ def read_answers(project: Project) -> Answers:
         columns.annotators[user_id] = len(columns.annotators)
     after = 0
     while tasks := dict(
-        Task.objects.filter(project=project, pk__gt=after).order_by("pk").values_list("pk", "kind")[:CHUNK_TASKS]
+        # A written answer (a write task) compares nothing: no bias, competence or agreement comes of it.
+        Task.objects.filter(project=project, kind__in=JUDGED_KINDS, pk__gt=after)
+        .order_by("pk")
+        .values_list("pk", "kind")[:CHUNK_TASKS]
     ):
         # Each query reads a range of task ids (an index range scan) and leaves other projects' rows out here: joined
         # to the task table for its project, PostgreSQL hashed the whole table for every chunk (BENCHMARKS.md).

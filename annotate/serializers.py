@@ -229,10 +229,13 @@ class PromptSerializer(serializers.ModelSerializer):
 
 class ResponseSerializer(serializers.ModelSerializer):
     generation_params = serializers.DictField()
+    author = serializers.CharField(
+        source="author.username", allow_null=True, help_text="Who wrote a human response on a task; else null."
+    )
 
     class Meta:
         model = Response
-        fields = ["id", "prompt", "content", "source", "model_version", "generation_params", "created_at"]
+        fields = ["id", "prompt", "content", "source", "author", "model_version", "generation_params", "created_at"]
 
 
 class PromptFilter(QueryFilter):
@@ -375,6 +378,18 @@ class LeaseSerializer(serializers.ModelSerializer):
         """What a submit for this lease must send: the task page's fields, with the values each allows."""
         task, project = assignment.task, assignment.task.project
         comment = {"name": "comment", "type": "string", "required": False, "choices": [], "description": "Optional."}
+        if task.kind == TaskKind.WRITE:
+            draft = " The task's one response is a model draft to start from." if assignment.shown_order else ""
+            return [
+                {
+                    "name": "text",
+                    "type": "string",
+                    "required": True,
+                    "choices": [],
+                    "description": "The assistant's reply to the prompt, written by you (not blank)." + draft,
+                },
+                comment,
+            ]
         if task.kind == TaskKind.RATING:
             meanings = project.rating_descriptions or {}
             scale = "; ".join(f"{p}: {meanings[str(p)]}" for p in project.rating_points if str(p) in meanings)
@@ -392,6 +407,14 @@ class LeaseSerializer(serializers.ModelSerializer):
                     "required": False,
                     "choices": project.labels,
                     "description": "The project's labels that apply.",
+                },
+                {
+                    "name": "correction",
+                    "type": "string",
+                    "required": False,
+                    "choices": [],
+                    "description": "A better answer than the response, written by you: it is kept as a human "
+                    "response, and preferred over the rated one in the pairs export.",
                 },
                 comment,
             ]
@@ -444,6 +467,12 @@ class AnswerIn(serializers.Serializer):
     ranks = serializers.DictField(
         child=serializers.IntegerField(), required=False, help_text="ranking: response id → rank, 1 the best"
     )
+    text = serializers.CharField(
+        required=False, allow_blank=True, trim_whitespace=False, help_text="write: the reply you wrote"
+    )
+    correction = serializers.CharField(
+        required=False, allow_blank=True, trim_whitespace=False, help_text="rating, optional: a better answer"
+    )
     comment = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
 
 
@@ -461,6 +490,11 @@ class AnnotationSerializer(serializers.ModelSerializer):
         help_text="Groups of response ids, best first; a group is a tie.",
     )
     time_spent_seconds = serializers.SerializerMethodField()
+    written = serializers.CharField(
+        source="written_text",
+        allow_null=True,
+        help_text="What the annotator wrote: a write task's answer, or a rating's better answer; else null.",
+    )
 
     class Meta:
         model = Annotation
@@ -478,6 +512,8 @@ class AnnotationSerializer(serializers.ModelSerializer):
             "strength",
             "both_bad",
             "ranking",
+            "written",
+            "written_response",
             "comment",
             "time_spent_seconds",
             "created_at",

@@ -213,6 +213,9 @@ class Answer(NamedTuple):
 def answer(payload: dict[str, Any], rule: str, noise: float, rng: random.Random, profile: Profile = CAREFUL) -> Answer:
     """A bot's answer to a lease, as its profile has it: at random, by its bias, or by the rule (with probability
     `noise` at random instead)."""
+    if payload["kind"] == "write":  # nothing to judge: a bot keeps the draft, or writes the rule's word
+        draft = payload["responses"][0]["content"] if payload["responses"] else ""
+        return Answer({"text": draft or f"An answer with {rule.partition(':')[2] or 'words'}."}, "rule")
     if profile.kind == "spammer" or rng.random() < noise:
         return Answer(random_answer(payload, rng), "random")
     biased = None

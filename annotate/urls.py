@@ -12,6 +12,7 @@ urlpatterns = [
         name="submit_assignment",
     ),
     path("p/<slug:project_slug>/assignments/<int:assignment_id>/skip/", views.skip_assignment, name="skip_assignment"),
+    path("p/<slug:project_slug>/write-preview/", views.write_preview, name="write_preview"),
     path("p/<slug:project_slug>/guidelines/", views.guidelines, name="guidelines"),
     path("p/<slug:project_slug>/stats/", views.project_stats, name="project_stats"),
     path("p/<slug:project_slug>/quality/", views.quality_page, name="quality_page"),

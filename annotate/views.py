@@ -132,6 +132,16 @@ def skip_assignment(request: HttpRequest, project_slug: str, assignment_id: int)
     return _next_task_response(request, project)
 
 
+@require_POST
+@login_required
+def write_preview(request: HttpRequest, project_slug: str) -> HttpResponse:
+    """A written answer as it will read, for htmx: the task page's own rendering of a response (nh3-sanitised)."""
+    project = get_project_for_user(request, project_slug)
+    text = request.POST.get("text", "")
+    formatted = formats(text, text_format=project.text_format)
+    return render(request, "annotate/task.html#written-preview", {"text": text, "formatted": formatted})
+
+
 @login_required
 def project_stats(request: HttpRequest, project_slug: str) -> HttpResponse:
     project = get_project_led_by_user(request, project_slug)
@@ -357,7 +367,16 @@ def answer_form(project: Project, assignment: Assignment, data: QueryDict) -> di
         "submit_url": reverse("submit_assignment", args=[project.slug, assignment.pk]),
         "skip_url": reverse("skip_assignment", args=[project.slug, assignment.pk]),
     }
-    if task.kind == TaskKind.RATING:
+    if task.kind == TaskKind.WRITE:
+        # The model draft, when the task has one, is where the answer starts; a refused or changed answer comes back.
+        draft = responses[0][1] if responses else None
+        form["draft"] = draft
+        form["text"] = data.get("text", draft.content if draft else "")
+        form["write_preview_url"] = reverse("write_preview", args=[project.slug])
+        form["preview_formatted"] = formats(form["text"], text_format=project.text_format)
+    elif task.kind == TaskKind.RATING:
+        form["correction"] = data.get("correction", "")
+        form["write_preview_url"] = reverse("write_preview", args=[project.slug])
         descriptions = project.rating_descriptions or {}
         chosen_labels = data.getlist("labels")
         form["scale"] = [

@@ -26,6 +26,9 @@
     if (kind === "pairwise" && !$('input[name="preference"]:checked', form)) {
       return "Choose which response is better, or a tie, first (← → T or 1–5).";
     }
+    if (kind === "write" && !$("#written", form).value.trim()) {
+      return "Write the answer first (W goes to the editor).";
+    }
     if (kind === "ranking" && $$('select[name^="rank-"]', form).some((select) => !select.value)) {
       return `Give every response a rank first (keys ${keys}, or move them with ⇧↑ ⇧↓).`;
     }
@@ -70,6 +73,9 @@
       if (field.type === "radio" || field.type === "checkbox") field.checked = values.includes(field.value);
       else if (field.matches("select, textarea")) field.value = values[0] || "";
     }
+    // A better answer restored is one that will be sent: it is shown, not left in a closed box.
+    const correction = $("#correction", form);
+    if (correction && correction.value) $("#correction-box", form).open = true;
   }
 
   // Drafts of leases that have run out are of no more use (the task may go to someone else).
@@ -116,6 +122,7 @@
   document.addEventListener("change", (event) => {
     const form = event.target.closest("#answer");
     if (!form) return;
+    if (event.target.id === "show-preview" && event.target.checked) renderPreview(form);
     if (event.target.matches('select[name^="rank-"]')) {
       sortRanking(form);
       event.target.focus();
@@ -143,8 +150,53 @@
     return true;
   }
 
+  // Focus a text box with the caret at its end, where writing goes on.
+  function focusText(box) {
+    box.focus();
+    box.setSelectionRange(box.value.length, box.value.length);
+    return true;
+  }
+
+  // The better answer starts as the rated response, so that correcting it is editing it.
+  function openCorrection(form) {
+    const box = $("#correction-box", form);
+    if (!box) return false;
+    box.open = true;
+    const text = $("#correction", form);
+    const original = $("#correction-original", form);
+    if (!text.value && original) text.value = original.value;
+    focusText(text);
+    text.scrollIntoView({ block: "nearest" });
+    return true;
+  }
+
+  // The preview is a checkbox that CSS reads (#task:has(#show-preview:checked)); htmx keeps it up to date.
+  function togglePreview(form) {
+    const box = document.getElementById("show-preview");
+    if (!box) return false;
+    box.checked = !box.checked;
+    if (box.checked) renderPreview(form);
+    else focusText($("#written", form));
+    return true;
+  }
+
+  // The preview is the server's rendering of the editor's text (htmx, on the editor's "refresh"), asked for only
+  // as it is shown: the editor and the preview take turns, so nothing typed meanwhile goes unrendered.
+  function renderPreview(form) {
+    if (window.htmx) window.htmx.trigger($("#written", form), "refresh");
+  }
+
   const kindKeys = {
+    write(event, form) {
+      const key = event.key.toLowerCase();
+      if (event.shiftKey) return false;
+      if (key === "w") return focusText($("#written", form));
+      if (key === "p") return togglePreview(form);
+      return false;
+    },
+
     rating(event, form) {
+      if (event.key.toLowerCase() === "w" && !event.shiftKey) return openCorrection(form);
       const digit = digitOf(event);
       if (digit === null) return false;
       return event.shiftKey ? pick(form, "labels", digit - 1) : pick(form, "score", digit - 1);
@@ -431,6 +483,20 @@
     if (event.target.closest("[data-open-guidelines]") && openGuidelines()) event.preventDefault();
   });
 
+  // Opened by mouse as by key: the better answer starts as the response.
+  document.addEventListener(
+    "toggle",
+    (event) => {
+      if (event.target.id === "correction-box" && event.target.open) {
+        const form = answerForm();
+        const text = form && $("#correction", form);
+        const original = form && $("#correction-original", form);
+        if (text && !text.value && original) text.value = original.value;
+      }
+    },
+    true,
+  );
+
   function toggleLegend() {
     const legend = document.getElementById("legend");
     if (!legend) return false;
@@ -445,6 +511,14 @@
     const task = document.getElementById("task");
     if (!task) return;
     const form = answerForm();
+    // A write task starts in its editor: writing is the task (Esc leaves it, and comes back to the task).
+    const editor = !from && form && $("#written", form);
+    if (editor) {
+      focusText(editor);
+      editor.scrollIntoView({ block: "nearest" });
+      if (scroll) task.scrollIntoView({ block: "start" });
+      return;
+    }
     const target = (from && from.closest(".ranking > .response")) || (form && $(".ranking > .response", form)) || task;
     target.focus({ preventScroll: true });
     // A new task starts at its top: the prompt is what to read first.

@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import io
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -168,6 +169,7 @@ def pair(d, task, chosen, rejected, margin, votes, votes_chosen, votes_rejected,
         "agreement": agreement,
         "tie": flags.get("tie", False),
         "both_bad": flags.get("both_bad", False),
+        "pair_source": flags.get("pair_source", "votes" if task else "ratings"),
         "prompt_id": chosen.prompt.external_id,
         "task_id": task.id if task else None,
         "chosen_id": chosen.id,
@@ -373,6 +375,7 @@ class TestVotes:
             "strength": 2,
             "both_bad": False,
             "ranking": None,
+            "written": None,
             "comment": "ok",
             "time_spent": 42.0,
             "shown_order": [d.r2.id, d.r1.id],
@@ -637,6 +640,10 @@ class TestReadingAhead:
             assert read_ahead
             assert (ahead.sha256, ahead.row_count) == (alone.sha256, alone.row_count) and alone.row_count > 0
             read_ahead.clear()
+        # A closed connection's server process exits a moment after the client let go: wait for it (up to 5 s).
+        deadline = time.monotonic() + 5
+        while backends() != before and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert backends() == before
 
 

@@ -21,6 +21,7 @@ def payload(kind: str, *texts: str, scale: list[int] = SCALE, labels: tuple[str,
         "rating": [{"name": "score", "choices": scale}, {"name": "labels", "choices": list(labels)}],
         "pairwise": [{"name": "preference", "choices": ["a2", "a1", "tie", "b1", "b2"]}],
         "ranking": [{"name": "ranks", "choices": list(range(1, len(texts) + 1))}],
+        "write": [{"name": "text", "choices": []}],
     }[kind]
     responses = [{"letter": chr(65 + i), "id": 100 + i, "content": text} for i, text in enumerate(texts)]
     return {"kind": kind, "responses": responses, "answer_fields": fields, "submit_url": "/unused/"}
@@ -67,6 +68,14 @@ def test_ranking_orders_by_the_feature_and_ties_equal_features():
     assert rule_answer(lease, "word:cat") == {"ranks": {"100": 2, "101": 1, "102": 3, "103": 1}}
     assert rule_answer(payload("ranking", "ccc", "a", "bb"), "shorter") == {"ranks": {"100": 3, "101": 1, "102": 2}}
     assert rule_answer(payload("ranking", "ccc", "a", "bb"), "longer") == {"ranks": {"100": 1, "101": 3, "102": 2}}
+
+
+def test_a_write_task_gets_the_draft_or_a_sentence_with_the_rules_word_even_from_a_spammer():
+    spammer = check_profile("spammer")
+    assert answer(payload("write", "The draft."), "word:cat", 0.0, random.Random(0), spammer).body == {
+        "text": "The draft."
+    }
+    assert answer(payload("write"), "word:cat", 1.0, random.Random(0)).body == {"text": "An answer with cat."}
 
 
 def test_word_rating_goes_one_point_up_per_occurrence_capped_at_the_top():

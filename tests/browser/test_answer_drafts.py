@@ -12,6 +12,36 @@ from tests.browser.test_keyboard_annotation import displayed_ids, log_in, make_t
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def test_a_reload_keeps_a_half_written_answer_and_a_better_answer(page, annotator, project):
+    project.task_kinds = ["rating", "write"]
+    project.save(update_fields=["task_kinds"])
+    write = make_task(project, "write", 2, ["A draft."])
+    rating = make_task(project, "rating", 1, ["Sydney."])
+    log_in(page, annotator, f"/p/{project.slug}/annotate/")
+
+    expect(page.locator("#written")).to_be_focused()
+    page.keyboard.type(" Canberra is the **capital**.")
+    page.reload()
+    expect(page.locator("#written")).to_have_value("A draft. Canberra is the **capital**.")
+    page.keyboard.press("Escape")
+    page.keyboard.press("p")  # the preview renders what was restored, not the draft the page came with
+    expect(page.locator("#written-preview strong")).to_have_text("capital")
+    page.keyboard.press("Enter")
+
+    expect(page.locator("#task")).to_have_attribute("data-announce", f"Task {rating.pk}: rate a response")
+    for key in ["2", "w"]:
+        page.keyboard.press(key)
+    page.keyboard.type(" No: Canberra.")
+    page.reload()
+    expect(page.locator("#correction")).to_be_visible()  # restored, so shown: it will be sent
+    expect(page.locator("#correction")).to_have_value("Sydney. No: Canberra.")
+    page.keyboard.press("Enter")
+
+    expect(page.locator("#task-heading")).to_have_text("All done")
+    written = {a.task_id: a.written_response.content for a in Annotation.objects.select_related("written_response")}
+    assert written == {write.pk: "A draft. Canberra is the **capital**.", rating.pk: "Sydney. No: Canberra."}
+
+
 def test_a_reload_keeps_the_half_done_answer_of_every_kind(page, annotator, project):
     rating = make_task(project, "rating", 3, ["Canberra, since 1913."])
     pairwise = make_task(project, "pairwise", 2, ["Canberra.", "Sydney."])

@@ -384,3 +384,29 @@ def test_pages_before_logging_in_work_under_the_policy(page, refusals, lead, pro
     page.locator("input[type=email]").fill("nobody@example.com")
     page.locator("form button[type=submit], form input[type=submit]").last.click()
     refusals.none_on("password reset sent")
+
+
+def test_write_task_and_better_answer_work_under_the_policy(page, refusals, screenshot, annotator, project):
+    """The write task's editor and its preview (an htmx request whose answer is swapped in), and a rating's better
+    answer opened: nothing refused, nothing serious for axe, at both widths."""
+    Project.objects.filter(pk=project.pk).update(task_kinds=["rating", "write"])
+    write = make_task(project, "write", 2, ["A *draft* to edit."])
+    make_task(project, "rating", 1, ["Sydney."])
+    log_in(page, annotator, f"/p/{project.slug}/annotate/")
+    expect(page.locator("#written")).to_be_focused()
+    refusals.none_on("write task")
+    page.keyboard.type(" Canberra is the **capital**.")
+    page.keyboard.press("Escape")
+    page.keyboard.press("p")
+    expect(page.locator("#written-preview strong")).to_have_text("capital")
+    refusals.none_on("write task, preview")
+    both_widths(page, screenshot, "write-preview")
+    page.keyboard.press("p")
+    page.keyboard.press("Control+Enter")
+
+    expect(page.locator("#task")).not_to_have_attribute("data-announce", f"Task {write.pk}: write the answer")
+    page.keyboard.press("3")
+    page.keyboard.press("w")
+    expect(page.locator("#correction")).to_be_focused()
+    refusals.none_on("rating with a better answer")
+    both_widths(page, screenshot, "rating-correction")
