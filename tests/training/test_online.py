@@ -24,6 +24,7 @@ from training.engine.__main__ import main
 from training.engine.common import load_policy, load_reward_model, load_tokenizer
 from training.engine.config import BaseConfig, GRPOConfig, RLOOConfig
 from training.engine.generate import encode_prompt, reward_model_scores, score, stop_token_ids
+from training.engine.memory import Architecture, estimate_memory
 from training.engine.online import reward_function, reward_scorer, train_grpo, train_rloo
 from training.models import RoundMetric, TrainingRound
 from training.rounds import run_round
@@ -195,6 +196,21 @@ def test_configs_refuse_bad_values_by_name(config_class, values, field):
         config_class(**values)
 
 
+def test_the_memory_estimate_holds_the_reward_model_and_the_cache_of_every_response_of_a_step():
+    qwen = Architecture("qwen2", 151936, 896, 4864, 24, 14, 2, 64, tied=True, qkv_bias=True, mlp_bias=False)
+    bigger_reward = Architecture("qwen2", 151936, 1536, 8960, 28, 12, 2, 128, tied=True, qkv_bias=True, mlp_bias=False)
+    kv_per_token = 2 * 24 * 2 * 64 * 2  # keys and values of every layer, bfloat16
+    one = estimate_memory(RLOOConfig(dtype="bfloat16", gradient_accumulation_steps=1), qwen, reward_arch=qwen)
+    four = estimate_memory(GRPOConfig(dtype="bfloat16", gradient_accumulation_steps=4), qwen, reward_arch=qwen)
+
+    # No value head and no second policy: the reward model, and the KV cache of the step's 4 or 16 responses.
+    assert one.extra_models == qwen.parameters(head=1) * 2 + 4 * 1024 * kv_per_token
+    assert four.extra_models - one.extra_models == 12 * 1024 * kv_per_token
+    assert four.activations == one.activations and four.weights == one.weights  # a micro-batch at a time
+    bigger = estimate_memory(RLOOConfig(dtype="bfloat16"), qwen, reward_arch=bigger_reward)
+    assert bigger.extra_models > estimate_memory(RLOOConfig(dtype="bfloat16"), qwen, reward_arch=qwen).extra_models
+
+
 def test_the_command_line_wants_a_reward_model_for_the_online_stages(tmp_path, capsys):
     for stage in ("rloo", "grpo"):
         with pytest.raises(SystemExit) as exit:
@@ -269,3 +285,22 @@ def test_an_rloo_round_with_a_reward_model_registers_the_policy_and_queues_its_s
     assert "rloo/kl" in training_round.metric_series() and RoundMetric.objects.filter(stage="rloo").count() == 3
     assert Response.objects.filter(model_version=version, source="model").exists()  # its samples reached the queue
     assert "rloo step 3/3" in training_round.log_tail
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_grpo_round_without_a_reward_model_trains_one_first_and_registers_both(
+    pairs_project,  # noqa: F811 (the fixture)
+    policy,
+):
+    settings_ = {"grpo.num_generations": "2", "grpo.max_new_tokens": "8", "grpo.loss_type": "dr_grpo"}
+
+    training_round = launch(pairs_project, policy, "grpo", settings_=settings_)
+    assert list(training_round.config) == ["reward", "grpo", "sample"]
+    training_round = run_round(training_round.pk)
+
+    assert training_round.status == "succeeded", training_round.error
+    reward = ModelVersion.objects.get(kind="reward", training_round=training_round)
+    version = ModelVersion.objects.get(kind="policy", training_round=training_round)
+    assert version.config["loss_type"] == "dr_grpo" and "kl" in version.eval_report
+    assert "grpo/kl" in training_round.metric_series() and "grpo step 3/3" in training_round.log_tail
+    assert reward.version == 1 and "mean_reward" in version.eval_report  # scored by the round's own reward model
