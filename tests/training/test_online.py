@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from annotate.models import DatasetSnapshot, Response
 from models_registry.models import ModelVersion
-from tests.training.conftest import QUESTIONS, settings, write_jsonl
+from tests.training.conftest import QUESTIONS, save_adapter, settings, write_jsonl
 from tests.training.test_rounds import launch, pairs_project  # noqa: F401 (a fixture)
 from training.engine import common, online
 from training.engine.__main__ import main
@@ -86,6 +86,23 @@ def test_trains_only_the_adapter_reports_kl_from_the_start_and_ppos_eval_report(
         assert not torch.allclose(model(IDS).logits, base(IDS).logits)
         reloaded = load_policy(BaseConfig(model_name_or_path=str(out))).eval()
         torch.testing.assert_close(reloaded(IDS).logits, model(IDS).logits)
+
+
+def test_continuing_a_policy_adapter_the_reference_is_where_it_started_and_samples_keep_the_stages_length(
+    tiny, prompts, tmp_path
+):
+    # A round's base is usually a registered policy: an adapter, which TRL keeps training against a frozen copy.
+    adapter = save_adapter(tiny.policy, tmp_path / "policy-v1")
+    calls = []
+
+    result = train_grpo(
+        quick("grpo", adapter), prompts, tiny.reward, tmp_path / "grpo", lambda *c: calls.append(c) or False
+    )
+
+    assert calls[0][2]["kl"] == 0 and calls[0][2]["completions/max_length"] <= 6
+    # Its own generation settings, not the base checkpoint's defaults (20 tokens), in the eval report too.
+    assert result.eval_report["mean_response_tokens"] <= 6
+    assert load_policy(BaseConfig(model_name_or_path=str(tmp_path / "grpo"))) is not None  # saved, loadable
 
 
 def test_the_reward_function_scores_as_the_reward_model_scores_the_same_conversations(tiny):

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
+from peft import PeftModel
 from transformers import PreTrainedTokenizerBase, set_seed
 from trl import GRPOConfig as TRLGRPOConfig
 from trl import GRPOTrainer, RLOOTrainer
@@ -100,8 +101,9 @@ def _train(
     model = load_policy(config, is_trainable=True)
     # PPO's sampling settings replace the checkpoint's generation defaults (a repetition penalty, suppressed tokens…),
     # which the log-probs would not describe; TRL ends a response at each of their EOS ids, every token ending a turn.
-    model.generation_config = generation_config(as_ppo(config), tokenizer, model)
-    eos_ids = model.generation_config.eos_token_id
+    generation = generation_config(as_ppo(config), tokenizer, model)
+    (model.get_base_model() if isinstance(model, PeftModel) else model).generation_config = generation
+    eos_ids = generation.eos_token_id
     device = pick_device()
     score = reward_scorer(_load_reward_model(reward_model_path, tokenizer, device), tokenizer, eos_ids)
     args = trainer_arguments(
@@ -132,7 +134,6 @@ def _train(
     report = {}
     if eval_prompts and not stopped:
         policy = trainer.accelerator.unwrap_model(trainer.model).eval()
-        generation = policy.get_base_model().generation_config
         report = ppo_evaluate(
             PolicyWithValueHead(policy),  # its value head is untrained and unused: the report reads none of it
             eval_prompts,
