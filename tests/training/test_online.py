@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 from annotate.models import DatasetSnapshot, Response
 from models_registry.models import ModelVersion
 from tests.training.conftest import QUESTIONS, save_adapter, settings, write_jsonl
+from tests.training.test_round_pages import launch_url, staff_lead  # noqa: F401 (a fixture)
 from tests.training.test_rounds import launch, pairs_project  # noqa: F401 (a fixture)
 from training.engine import common, online
 from training.engine.__main__ import main
@@ -321,3 +322,22 @@ def test_a_grpo_round_without_a_reward_model_trains_one_first_and_registers_both
     assert version.config["loss_type"] == "dr_grpo" and "kl" in version.eval_report
     assert "grpo/kl" in training_round.metric_series() and "grpo step 3/3" in training_round.log_tail
     assert reward.version == 1 and "mean_reward" in version.eval_report  # scored by the round's own reward model
+
+
+@pytest.mark.django_db
+def test_the_admin_launch_page_offers_both_methods_with_their_settings_and_refuses_a_bad_one(
+    client,
+    staff_lead,  # noqa: F811 (the fixture)
+    pairs_project,  # noqa: F811 (the fixture)
+    policy,
+):
+    client.force_login(staff_lead)
+    page = client.get(launch_url(pairs_project)).content.decode()
+    assert '<option value="rloo">' in page and '<option value="grpo">' in page
+    assert "<strong>rloo</strong> (methods: rloo)" in page and "<strong>grpo</strong> (methods: grpo)" in page
+    for setting in ("num_generations", "normalize_advantages", "scale_rewards", "missing_eos_penalty"):
+        assert f"<code>{setting}</code>" in page
+
+    form = {"project": pairs_project.pk, "method": "grpo", "base": policy, "settings": "num_generations=1"}
+    refused = client.post(launch_url(), form).content.decode()
+    assert "grpo.num_generations" in refused and not TrainingRound.objects.exists()
