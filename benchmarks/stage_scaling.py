@@ -114,11 +114,13 @@ def child_stage(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     reports: list[float] = []
+    cpu: list[float] = []  # this process's CPU time: on a busy machine, closer than wall time to a quiet step's
 
     def progress(step: int, total: int, metrics: dict[str, float]) -> bool:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         reports.append(time.perf_counter())
+        cpu.append(time.process_time())
         return False
 
     config, out, data = stage_config(spec), spec["out"], spec["data"]
@@ -141,6 +143,7 @@ def child_stage(spec: dict) -> dict:
     return {
         "step_s": step_s,
         "mean_step_s": statistics.mean(step_s) if step_s else None,
+        "mean_cpu_step_s": (cpu[-1] - cpu[0]) / (len(cpu) - 1) if len(cpu) > 1 else None,
         "first_step_s": reports[0] - started if reports else None,  # loading, data preparation and step 1
         "total_s": total,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
@@ -184,7 +187,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         mean = "–" if r["mean_step_s"] is None else f"{r['mean_step_s']:.2f}"
         lines.append(
-            f"| {r['layers']} | {r['parameters'] / 1e6:.0f} M | {r['stage']} | {len(r['step_s'])} | {mean}"
+            f"| {r['layers']} | {r['parameters'] / 1e6:.3g} M | {r['stage']} | {len(r['step_s'])} | {mean}"
             f" | {r['peak_rss_mib']:,.0f} | {r['load_1min']:.2f} | {r['other_pct']:.0f} |"
         )
     return "\n".join(lines)
@@ -245,7 +248,8 @@ def main() -> None:
                 result = {**run_stage(spec, env), "layers": layers, "stage": stage, **built}
                 rows.append(result)
                 print(
-                    f"  {layers} layers, {stage}: {result['mean_step_s'] or 0:.2f} s/step,"
+                    f"  {layers} layers, {stage}: {result['mean_step_s'] or 0:.2f} s/step"
+                    f" ({result['mean_cpu_step_s'] or 0:.2f} s of CPU),"
                     f" peak RSS {result['peak_rss_mib']:,.0f} MiB, load {result['load_1min']:.2f}",
                     file=sys.stderr,
                 )
