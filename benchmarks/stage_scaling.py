@@ -5,7 +5,7 @@ template, from a few layers up to the full 24 (the real 0.5B), on the CPU.
     .venv/bin/python benchmarks/stage_scaling.py                  # 2, 6, 12 and 24 layers, every stage (~15 minutes)
     .venv/bin/python benchmarks/stage_scaling.py --quick          # 2 and 6 layers, fewer steps (~3 minutes)
     .venv/bin/python benchmarks/stage_scaling.py --layers 24 --stages dpo --steps 5
-    .venv/bin/python benchmarks/stage_scaling.py --tiny --stages ppo,rloo,grpo   # tiny.py's 3.1 M Llama instead
+    .venv/bin/python benchmarks/stage_scaling.py --tiny --stages ppo,rloo,grpo   # the tests' 0.1 M Llama instead
 
 The models are built with training/engine/tiny.py's build_tiny_models_like from ../shared/data/tokenizers/
 qwen2.5-instruct (its config.json with the layer count changed), saved, and loaded by the stages with
@@ -49,7 +49,7 @@ def child_build(spec: dict) -> dict:
 
     from training.engine.tiny import TinyConfig, build_tiny_models, build_tiny_models_like
 
-    if spec.get("tiny"):  # the tests' model: a 3.1 M Llama on a 681-token BPE
+    if spec.get("tiny"):  # the tests' model (training/engine/tiny.py), 0.1 M parameters
         paths = build_tiny_models(Path(spec["out"]))
         return {"parameters": sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(paths.policy).parameters())}
     real = AutoConfig.from_pretrained(spec["like"])
