@@ -195,6 +195,18 @@ def test_stops_within_one_step_with_a_checkpoint(tiny, prompts, tmp_path):
     assert result.eval_report == {}
 
 
+def test_resumes_from_the_checkpoint_it_stopped_at(tiny, prompts, tmp_path):
+    out, resumed = tmp_path / "rloo", []
+    config = quick("rloo", tiny.policy, max_steps=3)
+    assert train_rloo(config, prompts, tiny.reward, out, lambda step, *_: step == 1).stopped
+
+    config.resume = True
+    result = train_rloo(config, prompts, tiny.reward, out, lambda *call: resumed.append(call) or False)
+
+    assert [step for step, _, _ in resumed] == [2, 3] and (result.steps, result.stopped) == (3, False)
+    assert resumed[0][2]["kl"] != 0  # the adapter came back trained from checkpoint-1
+
+
 @pytest.mark.parametrize(
     ("config_class", "values", "field"),
     [
