@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 from annotate.models import DatasetSnapshot, Response
 from models_registry.models import ModelVersion
 from tests.training.conftest import QUESTIONS, save_adapter, settings, write_jsonl
+from tests.training.test_families import ANSWER, PROMPT, STOPS
 from tests.training.test_round_pages import launch_url, staff_lead  # noqa: F401 (a fixture)
 from tests.training.test_rounds import launch, pairs_project  # noqa: F401 (a fixture)
 from training.engine import common, online
@@ -133,6 +134,25 @@ def test_the_reward_function_scores_as_the_reward_model_scores_the_same_conversa
     raw = dict(logged)
     assert raw["eos_fraction"] == pytest.approx(2 / 3)
     assert raw["raw_reward"] == pytest.approx(sum(rewards) / 3 + 1 / 3, abs=1e-6)  # before the penalty
+
+
+def test_on_every_model_family_a_finished_answer_is_scored_as_the_template_writes_the_conversation(family):
+    tokenizer = load_tokenizer(family.policy, padding_side="left")
+    reward_model = load_reward_model(family.reward, torch.device("cpu"))
+    eos_ids = stop_token_ids(AutoModelForCausalLM.from_pretrained(family.policy), tokenizer)
+    reward = reward_function(reward_scorer(reward_model, tokenizer, eos_ids), tokenizer, eos_ids, -1.0, "cpu")
+    end_of_turn = tokenizer.convert_tokens_to_ids(STOPS[family.like.name][0])
+    # As a policy that learnt the template samples it: the answer's tokens as the template writes them, up to and
+    # including its end-of-turn token (ChatML's <|im_end|>, Phi-3's <|end|>), and no further.
+    written = tokenizer.apply_chat_template([*PROMPT, ANSWER])["input_ids"]
+    prompt_length = len(encode_prompt(PROMPT, tokenizer))
+    answer_ids = written[prompt_length : written.index(end_of_turn, prompt_length) + 1]
+
+    [given] = reward(prompts=[PROMPT], completions=[ANSWER["content"]], completion_ids=[answer_ids])
+
+    # What reward training and the registry read: the conversation closed as the template closes it (ChatML's newline
+    # after <|im_end|>, Phi-3's <|endoftext|> after <|end|>).
+    assert given == pytest.approx(score(str(family.reward), [[*PROMPT, ANSWER]]).item(), abs=1e-5)
 
 
 def test_trl_renders_a_string_prompt_as_encode_prompt_does(tiny, tmp_path, spy):
