@@ -31,7 +31,12 @@ from training.engine.online import reward_function, reward_scorer, train_grpo, t
 from training.models import RoundMetric, TrainingRound
 from training.rounds import run_round
 
-pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+# TRL's trainers still call transformers' deprecated names for activation checkpointing.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:`gradient_checkpointing_disable` is deprecated:FutureWarning"),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = {"rloo": (RLOOConfig, train_rloo), "grpo": (GRPOConfig, train_grpo)}
@@ -105,6 +110,21 @@ def test_continuing_a_policy_adapter_the_reference_is_where_it_started_and_sampl
     # Its own generation settings, not the base checkpoint's defaults (20 tokens), in the eval report too.
     assert result.eval_report["mean_response_tokens"] <= 6
     assert load_policy(BaseConfig(model_name_or_path=str(tmp_path / "grpo"))) is not None  # saved, loadable
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_half_precision_base_with_activation_checkpointing_trains_a_float32_adapter(
+    dtype, tiny, prompts, tmp_path, spy
+):
+    seen, calls = spy(online), []
+    config = quick("rloo", tiny.policy, dtype=dtype, activation_checkpointing=True, eval_fraction=0.0)
+
+    train_rloo(config, prompts, tiny.reward, tmp_path / "rloo", lambda *c: calls.append(c) or False)
+
+    assert len(calls) == 2 and all(math.isfinite(v) for _, _, metrics in calls for v in metrics.values())
+    weights = dict(seen["trainer"].model.named_parameters())
+    assert {p.dtype for name, p in weights.items() if "lora_" in name} == {torch.float32}
+    assert weights["base_model.model.model.layers.0.mlp.up_proj.base_layer.weight"].dtype == getattr(torch, dtype)
 
 
 def test_the_reward_function_scores_as_the_reward_model_scores_the_same_conversations(tiny):
