@@ -73,6 +73,7 @@ def test_trains_only_the_adapter_reports_kl_from_the_start_and_ppos_eval_report(
     for _, _, metrics in calls:
         assert {"kl", "reward", "raw_reward", "eos_fraction", "entropy", "loss"} <= metrics.keys(), metrics.keys()
         assert all(math.isfinite(value) for value in metrics.values()), metrics
+        assert not any(name.startswith("rewards/") for name in metrics)  # TRL's copies of reward and reward_std
     assert calls[0][2]["kl"] == 0  # nothing has moved before the first update, and no dropout blurs it
     # TRL's reward is the reward model's score with the missing-EOS penalty (-1) on the responses cut off.
     first = calls[0][2]

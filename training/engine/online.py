@@ -130,7 +130,13 @@ def _train(
         processing_class=tokenizer,
         peft_config=new_adapter(config, model, "CAUSAL_LM"),
     )
-    metrics, stopped = run_training(trainer, output_dir, resume=config.resume, progress=progress)
+
+    def report(step: int, total: int, metrics: dict[str, float]) -> bool:
+        # TRL repeats reward and reward_std under rewards/<function>/ for each reward function: there is one.
+        kept = {name: value for name, value in metrics.items() if not name.startswith("rewards/")}
+        return bool(progress and progress(step, total, kept))
+
+    metrics, stopped = run_training(trainer, output_dir, resume=config.resume, progress=report)
     report = {}
     if eval_prompts and not stopped:
         policy = trainer.accelerator.unwrap_model(trainer.model).eval()
