@@ -5,6 +5,7 @@ template, from a few layers up to the full 24 (the real 0.5B), on the CPU.
     .venv/bin/python benchmarks/stage_scaling.py                  # 2, 6, 12 and 24 layers, every stage (~15 minutes)
     .venv/bin/python benchmarks/stage_scaling.py --quick          # 2 and 6 layers, fewer steps (~3 minutes)
     .venv/bin/python benchmarks/stage_scaling.py --layers 24 --stages dpo --steps 5
+    .venv/bin/python benchmarks/stage_scaling.py --tiny --stages ppo,rloo,grpo   # the tests' 0.1 M Llama instead
 
 The models are built with training/engine/tiny.py's build_tiny_models_like from ../shared/data/tokenizers/
 qwen2.5-instruct (its config.json with the layer count changed), saved, and loaded by the stages with
@@ -33,7 +34,7 @@ from _machine import Meter, code_version  # noqa: E402
 from training_bench import OUTPUT, REPO_ROOT, child_env, generate_pairs, run_child  # noqa: E402
 
 QWEN = REPO_ROOT.parent / "shared" / "data" / "tokenizers" / "qwen2.5-instruct"
-STAGES = ("reward", "dpo", "sft", "ppo")
+STAGES = ("reward", "dpo", "sft", "ppo", "rloo", "grpo")
 SEED = 20261204
 
 
@@ -44,10 +45,13 @@ def child_build(spec: dict) -> dict:
     """The policy and reward model like spec["like"], its config.json's sizes unless spec["sizes"] shrinks them,
     with spec["layers"] layers; their parameter count (read from the saved files)."""
     from safetensors import safe_open
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from training.engine.tiny import TinyConfig, build_tiny_models_like
+    from training.engine.tiny import TinyConfig, build_tiny_models, build_tiny_models_like
 
+    if spec.get("tiny"):  # the tests' model (training/engine/tiny.py), 0.1 M parameters
+        paths = build_tiny_models(Path(spec["out"]))
+        return {"parameters": sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(paths.policy).parameters())}
     real = AutoConfig.from_pretrained(spec["like"])
     sizes = {
         "hidden_size": real.hidden_size,
@@ -69,7 +73,7 @@ def child_build(spec: dict) -> dict:
 
 def stage_config(spec: dict) -> Any:
     """The stage's config as a round makes it, with the benchmark's model, steps, batch and length."""
-    from training.engine.config import DPOConfig, PPOConfig, RewardConfig, SFTConfig
+    from training.engine.config import DPOConfig, GRPOConfig, PPOConfig, RewardConfig, RLOOConfig, SFTConfig
 
     models = Path(spec["models"])
     common = dict(
@@ -87,6 +91,14 @@ def stage_config(spec: dict) -> Any:
         return RewardConfig(model_name_or_path=str(models / "reward"), **common)
     if stage == "ppo":
         return PPOConfig(model_name_or_path=str(models / "policy"), max_new_tokens=spec["new_tokens"], **common)
+    if stage in (
+        "rloo",
+        "grpo",
+    ):  # the same prompts a step as PPO, 4 responses each: 2 micro-batches of 2 prompts' worth
+        online = {**common, "per_device_batch_size": 2 * spec["batch"], "gradient_accumulation_steps": 2}
+        config_class = RLOOConfig if stage == "rloo" else GRPOConfig
+        return config_class(model_name_or_path=str(models / "policy"), max_new_tokens=spec["new_tokens"],
+                            num_generations=4, **online)  # fmt: skip
     return {"dpo": DPOConfig, "sft": SFTConfig}[stage](model_name_or_path=str(models / "policy"), **common)
 
 
@@ -95,17 +107,20 @@ def child_stage(spec: dict) -> dict:
     import torch
 
     from training.engine.dpo import train_dpo
+    from training.engine.online import train_grpo, train_rloo
     from training.engine.ppo import train_ppo
     from training.engine.reward import train_reward
     from training.engine.sft import train_sft
 
     torch.set_num_threads(spec["threads"])
     reports: list[float] = []
+    cpu: list[float] = []  # this process's CPU time: on a busy machine, closer than wall time to a quiet step's
 
     def progress(step: int, total: int, metrics: dict[str, float]) -> bool:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         reports.append(time.perf_counter())
+        cpu.append(time.process_time())
         return False
 
     config, out, data = stage_config(spec), spec["out"], spec["data"]
@@ -121,12 +136,14 @@ def child_stage(spec: dict) -> dict:
     elif spec["stage"] == "sft":
         train_sft(config, spec["sft_data"], out, progress)
     else:
-        train_ppo(config, data, str(Path(spec["models"]) / "reward"), out, progress)
+        train = {"ppo": train_ppo, "rloo": train_rloo, "grpo": train_grpo}[spec["stage"]]
+        train(config, data, str(Path(spec["models"]) / "reward"), out, progress)
     total = time.perf_counter() - started
     step_s = [after - before for before, after in zip(reports, reports[1:], strict=False)]
     return {
         "step_s": step_s,
         "mean_step_s": statistics.mean(step_s) if step_s else None,
+        "mean_cpu_step_s": (cpu[-1] - cpu[0]) / (len(cpu) - 1) if len(cpu) > 1 else None,
         "first_step_s": reports[0] - started if reports else None,  # loading, data preparation and step 1
         "total_s": total,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
@@ -150,10 +167,9 @@ def write_data(folder: Path, rows: int) -> dict[str, str]:
     return {"data": str(pairs), "sft_data": str(sft)}
 
 
-def build(out: Path, layers: int, env: dict[str, str], sizes: dict | None = None) -> dict:
-    return run_child(
-        {"kind": "build", "like": str(QWEN), "out": str(out), "layers": layers, "sizes": sizes or {}}, env, __file__
-    )
+def build(out: Path, layers: int | str, env: dict[str, str], sizes: dict | None = None) -> dict:
+    spec = {"kind": "build", "like": str(QWEN), "out": str(out), "layers": layers, "sizes": sizes or {}}
+    return run_child({**spec, "tiny": layers == "tiny"}, env, __file__)
 
 
 def run_stage(spec: dict, env: dict[str, str]) -> dict:
@@ -171,7 +187,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         mean = "–" if r["mean_step_s"] is None else f"{r['mean_step_s']:.2f}"
         lines.append(
-            f"| {r['layers']} | {r['parameters'] / 1e6:.0f} M | {r['stage']} | {len(r['step_s'])} | {mean}"
+            f"| {r['layers']} | {r['parameters'] / 1e6:.3g} M | {r['stage']} | {len(r['step_s'])} | {mean}"
             f" | {r['peak_rss_mib']:,.0f} | {r['load_1min']:.2f} | {r['other_pct']:.0f} |"
         )
     return "\n".join(lines)
@@ -184,10 +200,13 @@ def main() -> None:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"stages (default {','.join(STAGES)})")
     parser.add_argument("--steps", type=int, default=4, help="steps per stage below 12 layers, first untimed (4)")
     parser.add_argument("--big-steps", type=int, default=3, help="steps per stage from 12 layers on (default 3)")
-    parser.add_argument("--batch", type=int, default=2, help="pairs (reward, DPO), rows (SFT), prompts (PPO): 2")
+    parser.add_argument(
+        "--batch", type=int, default=2, help="pairs (reward, DPO), rows (SFT), prompts (PPO; RLOO, GRPO ×4 answers): 2"
+    )
     parser.add_argument("--max-length", type=int, default=192, help="tokens per sequence (default 192)")
     parser.add_argument("--new-tokens", type=int, default=32, help="PPO's max_new_tokens (default 32)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all CPUs)")
+    parser.add_argument("--tiny", action="store_true", help="training/engine/tiny.py's model instead of Qwen's shapes")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -195,9 +214,10 @@ def main() -> None:
         result = {"build": child_build, "stage": child_stage}[spec["kind"]](spec)
         print("\n" + json.dumps(result))
         return
-    if not (QWEN / "config.json").is_file():
+    if not args.tiny and not (QWEN / "config.json").is_file():
         sys.exit(f"{QWEN}: no config.json; the real Qwen2.5 files live in ../shared/data/tokenizers/")
     layer_counts = [2, 6] if args.quick else [int(n) for n in args.layers.split(",")]
+    layer_counts = ["tiny"] if args.tiny else layer_counts
     stages = [s for s in args.stages.split(",") if s]
     if unknown := set(stages) - set(STAGES):
         sys.exit(f"--stages: unknown {', '.join(sorted(unknown))} (known: {', '.join(STAGES)})")
@@ -212,7 +232,7 @@ def main() -> None:
         for layers in layer_counts:
             models = tmp / f"qwen-{layers}"
             built = build(models, layers, env)
-            steps = 3 if args.quick else (args.steps if layers < 12 else args.big_steps)
+            steps = 3 if args.quick else (args.steps if layers == "tiny" or layers < 12 else args.big_steps)
             for stage in stages:
                 spec = {
                     **data,
@@ -228,7 +248,8 @@ def main() -> None:
                 result = {**run_stage(spec, env), "layers": layers, "stage": stage, **built}
                 rows.append(result)
                 print(
-                    f"  {layers} layers, {stage}: {result['mean_step_s'] or 0:.2f} s/step,"
+                    f"  {layers} layers, {stage}: {result['mean_step_s'] or 0:.2f} s/step"
+                    f" ({result['mean_cpu_step_s'] or 0:.2f} s of CPU),"
                     f" peak RSS {result['peak_rss_mib']:,.0f} MiB, load {result['load_1min']:.2f}",
                     file=sys.stderr,
                 )

@@ -27,6 +27,8 @@ class TrainingRound(models.Model):
         KTO = "kto", "KTO (on ratings)"
         SFT = "sft", "SFT"
         SAMPLE = "sample", "New samples only"
+        RLOO = "rloo", "RLOO (online, against a reward model)"
+        GRPO = "grpo", "GRPO (online, against a reward model)"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -47,6 +49,8 @@ class TrainingRound(models.Model):
         "eval_reward": "Evaluating the reward model on held-out votes",
         "eval": "Evaluating the new policy",
         "sample": "Sampling new responses into the queue",
+        "rloo": "Training the policy (RLOO)",
+        "grpo": "Training the policy (GRPO)",
     }
 
     project = models.ForeignKey("annotate.Project", on_delete=models.CASCADE, related_name="training_rounds")
@@ -67,7 +71,7 @@ class TrainingRound(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="+",
-        help_text="PPO only: a reward model to use instead of training one in this round.",
+        help_text="PPO, RLOO and GRPO only: a reward model to use instead of training one in this round.",
     )
     config = models.JSONField(default=dict, blank=True, help_text="Per stage: asdict of its config dataclass.")
     filters = models.JSONField(default=dict, blank=True, help_text="Dataset filters of the snapshot it trains on.")

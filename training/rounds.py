@@ -14,7 +14,8 @@ anything else is refused with one message, so that a lead learns nothing of othe
 server's files (the operator's `manage.py launch_round` may name any path).
 
 Stages per method: reward = [reward]; ppo = [reward, ppo, sample] ([ppo, sample] with a given reward model);
-dpo = [dpo, sample]; kto = [kto, sample]; sft = [sft, sample]; sample = [sample] (training/sampling.py). Settings:
+dpo = [dpo, sample]; kto = [kto, sample]; sft = [sft, sample]; sample = [sample] (training/sampling.py); rloo and
+grpo as ppo (online RL on TRL's trainers, training/engine/online.py). Settings:
 `key=value` applies to every stage of the method that has the key, `stage.key=value` to that stage only; anything
 else is refused, naming the key.
 """
@@ -43,9 +44,11 @@ from models_registry.models import ModelVersion
 from training.engine.config import (
     BaseConfig,
     DPOConfig,
+    GRPOConfig,
     KTOConfig,
     PPOConfig,
     RewardConfig,
+    RLOOConfig,
     SampleConfig,
     SFTConfig,
     output_weights,
@@ -65,7 +68,11 @@ STAGES = {
     Method.KTO: ["kto", "sample"],  # on the unpaired export: rated answers, desirable above the scale's midpoint
     Method.SFT: ["sft", "sample"],
     Method.SAMPLE: ["sample"],  # a registered policy's samples into the queue, on demand
+    Method.RLOO: ["reward", "rloo", "sample"],  # as PPO: [rloo, sample] with a given reward model
+    Method.GRPO: ["reward", "grpo", "sample"],
 }
+# The stages that train against a reward model: the round's own, or the one given at launch.
+ONLINE_STAGES = ("ppo", "rloo", "grpo")
 # The export each method trains on; the others train on pairs (see snapshot_kind for a reward model on ratings).
 SNAPSHOT_KINDS = {Method.SFT: DatasetSnapshot.Kind.SFT, Method.KTO: DatasetSnapshot.Kind.UNPAIRED}
 LOG_TAIL_LINES = 200
@@ -90,6 +97,8 @@ def stage_configs() -> dict[str, type]:
         "kto": KTOConfig,
         "sft": SFTConfig,
         "sample": SampleConfig,
+        "rloo": RLOOConfig,
+        "grpo": GRPOConfig,
     }
 
 
@@ -289,7 +298,7 @@ def check_memory(config: Mapping[str, Mapping[str, Any]], reward_version: ModelV
             if stage == "sample":
                 continue
             stage_config = classes[stage].from_dict(values)
-            reward_arch = read_architecture(reward_path) if stage == "ppo" and reward_path else None
+            reward_arch = read_architecture(reward_path) if stage in ONLINE_STAGES and reward_path else None
             arch = read_architecture(stage_config.model_name_or_path)
             estimate = estimate_memory(stage_config, arch, reward_arch=reward_arch, shards=_shards(stage_config, gpu))
             estimates.append(MemoryCheck(stage, stage_config, estimate, gpu=gpu))
@@ -425,8 +434,8 @@ def _resolve_reward(project: Project, method: str, reward_model: str) -> ModelVe
     reward_model = (reward_model or "").strip()
     if not reward_model:
         return None
-    if method != Method.PPO:
-        raise ValidationError({"reward_model": "Only a PPO round scores with a reward model."})
+    if method not in ONLINE_STAGES:
+        raise ValidationError({"reward_model": "Only a PPO, RLOO or GRPO round scores with a reward model."})
     if version := _version_named(project, ModelVersion.Kind.REWARD, reward_model):
         return version
     raise ValidationError({"reward_model": f"No reward model {reward_model!r} in this project (e.g. reward-v2)."})
@@ -564,6 +573,7 @@ def _run_stages(training_round: TrainingRound) -> None:
     from training.engine.dpo import train_dpo
     from training.engine.generate import GenerationStopped
     from training.engine.kto import train_kto
+    from training.engine.online import train_grpo, train_rloo
     from training.engine.ppo import train_ppo
     from training.engine.reward import train_reward
     from training.engine.sft import train_sft
@@ -594,7 +604,7 @@ def _run_stages(training_round: TrainingRound) -> None:
             logger.info("Stage %s: training from %s into %s", stage, config.model_name_or_path, output_dir)
             ratings = _ratings_file(training_round) if stage == "reward" and config.objective == "both" else None
             if config.launch != "single":  # every GPU of the worker (or more machines) under accelerate launch
-                reward_model = reward_path if stage == "ppo" else ""
+                reward_model = reward_path if stage in ONLINE_STAGES else ""
                 result = run_launched(stage, config, data_file, output_dir, progress, reward_model=reward_model,
                                       ratings=ratings.file.path if ratings else "",
                                       machines=_launch_machines(config.launch))  # fmt: skip
@@ -606,6 +616,10 @@ def _run_stages(training_round: TrainingRound) -> None:
                 result = train_dpo(config, data_file, output_dir, progress)
             elif stage == "kto":
                 result = train_kto(config, data_file, output_dir, progress)
+            elif stage == "rloo":
+                result = train_rloo(config, data_file, reward_path, output_dir, progress)
+            elif stage == "grpo":
+                result = train_grpo(config, data_file, reward_path, output_dir, progress)
             else:
                 result = train_sft(config, data_file, output_dir, progress)
             if stage == "reward":
@@ -705,7 +719,7 @@ def _register(
             eval_report={**result.eval_report, **_human_eval_accuracy(training_round, result.output_dir)},
             **common,
         )
-    policy_stage = next((stage for stage in ("ppo", "dpo", "kto", "sft") if stage in results), None)
+    policy_stage = next((stage for stage in ("ppo", "dpo", "kto", "sft", "rloo", "grpo") if stage in results), None)
     if policy_stage is None:
         return None
     config, result = results[policy_stage]

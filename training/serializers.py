@@ -48,7 +48,7 @@ class LaunchIn(serializers.Serializer):
         max_length=100,
         required=False,
         allow_blank=True,
-        help_text="PPO only: score with this reward version (reward-v2) instead of training one.",
+        help_text="PPO, RLOO and GRPO only: score with this reward version (reward-v2) instead of training one.",
     )
     settings = serializers.DictField(
         child=SettingValue(),

@@ -17,13 +17,15 @@ from tests.training.conftest import marker_pairs, marker_unpaired, sft_rows, wri
 from tests.training.conftest import settings as stage_settings
 from tests.training.test_rounds import launch, pairs_project  # noqa: F401 (a fixture)
 from training.engine.__main__ import STAGES
-from training.engine.config import LAUNCH_MODES, DPOConfig, PPOConfig, SFTConfig
+from training.engine.config import LAUNCH_MODES, DPOConfig, OnlineConfig, PPOConfig, SFTConfig
 from training.engine.launcher import ROOT, launch_command, preset, run_launched
 from training.models import RoundMetric, Worker
 from training.rounds import _launch_machines, build_config, check_memory, run_round, stage_configs
 
 # Two processes of 4 make the global batch of one process of 8; no dropout, so both see the same arithmetic.
 TWO = {"launch": "ddp", "num_processes": 2, "per_device_batch_size": 4, "lora_dropout": 0.0, "max_steps": 3}
+# The stages that train against a reward model; RLOO and GRPO: one group of 4 responses per process.
+ONLINE = {"ppo": {}, "rloo": {"gradient_accumulation_steps": 1}, "grpo": {"gradient_accumulation_steps": 1}}
 
 
 @pytest.fixture(autouse=True)
@@ -36,11 +38,11 @@ def _child_env(monkeypatch):
 def stage_run(stage, tiny, tmp_path, **overrides):
     """(config, data file, reward model) of a 3-step run of the stage on the tiny models."""
     model = tiny.reward if stage == "reward" else tiny.policy
-    extra = {"max_new_tokens": 8} if stage == "ppo" else {}
+    extra = {"max_new_tokens": 8, **ONLINE[stage]} if stage in ONLINE else {}
     config = stage_settings(STAGES[stage][0], model, **{**TWO, **extra, **overrides})
     rows = {"sft": sft_rows, "kto": marker_unpaired}.get(stage, marker_pairs)(32)
     data = write_jsonl(tmp_path / f"{stage}.jsonl", rows)
-    return config, str(data), str(tiny.reward) if stage == "ppo" else ""
+    return config, str(data), str(tiny.reward) if stage in ONLINE else ""
 
 
 def weights(folder):
@@ -48,7 +50,7 @@ def weights(folder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["reward", "dpo", "kto", "sft", "ppo"])
+@pytest.mark.parametrize("stage", ["reward", "dpo", "kto", "sft", "ppo", "rloo", "grpo"])
 def test_two_processes_train_and_save_what_one_process_does(stage, tiny, tmp_path):
     config, data, reward_model = stage_run(stage, tiny, tmp_path)
     seen = []
@@ -58,7 +60,7 @@ def test_two_processes_train_and_save_what_one_process_does(stage, tiny, tmp_pat
 
     one_config = stage_settings(type(config), config.model_name_or_path, **{**TWO, **_stage_extra(config)})
     one_config.launch, one_config.num_processes, one_config.per_device_batch_size = "single", 0, 8
-    args = (one_config, data, reward_model) if stage == "ppo" else (one_config, data)
+    args = (one_config, data, reward_model) if stage in ONLINE else (one_config, data)
     one = STAGES[stage][1](*args, str(tmp_path / "one"))
     assert (two.steps, two.stopped, one.steps) == (3, False, 3)
     assert [(step, total) for step, total, _ in seen] == [(1, 3), (2, 3), (3, 3)]
@@ -67,12 +69,14 @@ def test_two_processes_train_and_save_what_one_process_does(stage, tiny, tmp_pat
     assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))
     trained, alone = weights(tmp_path / "two"), weights(tmp_path / "one")
     assert any(name.endswith("lora_B.weight") and tensor.abs().sum() > 0 for name, tensor in trained.items())
-    if stage != "ppo":  # PPO samples its own batch in each process: the same global batch, other samples
+    if stage not in ONLINE:  # the online stages sample in each process: the same global batch, other samples
         for name, tensor in trained.items():
             torch.testing.assert_close(tensor, alone[name], rtol=1e-3, atol=1e-4, msg=name)
 
 
 def _stage_extra(config):
+    if isinstance(config, OnlineConfig):
+        return {"max_new_tokens": config.max_new_tokens, "gradient_accumulation_steps": 1}
     return {"max_new_tokens": config.max_new_tokens} if isinstance(config, PPOConfig) else {}
 
 

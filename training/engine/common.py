@@ -372,7 +372,6 @@ def trainer_arguments(args_class: type[TrainingArguments], config: BaseConfig, o
         per_device_train_batch_size=config.per_device_batch_size,
         per_device_eval_batch_size=config.per_device_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        max_length=config.max_length,
         seed=config.seed,
         logging_steps=config.logging_steps,
         save_strategy="steps",
@@ -386,6 +385,8 @@ def trainer_arguments(args_class: type[TrainingArguments], config: BaseConfig, o
         fp16=device.type == "cuda" and dtype == torch.float16,
         use_cpu=device.type == "cpu",
         activation_checkpointing=config.activation_checkpointing,
+        # The online trainers have no max_length: their prompts are cut to fit it beforehand (online.py).
+        **({"max_length": config.max_length} if "max_length" in args_class.__dataclass_fields__ else {}),
         **stage,
     )
 
@@ -448,7 +449,8 @@ def use_plain_lm_head(trainer: Trainer) -> None:
     gather, the metrics' fields computed from the same logits without gradient; the outputs are TRL's
     (tests/training/test_dpo.py compares them and their gradients). Memory is labelled tokens ×
     vocabulary floats, which is what a CPU-sized model can afford. Models whose logits are scaled or capped after the
-    head, or that add a router loss, keep TRL's head.
+    head, or that add a router loss, keep TRL's head. RLOO and GRPO divide the logits by their sampling temperature,
+    as TRL's head does for them (tests/training/test_online.py compares the two).
     """
     if is_triton_available() and trainer.args.device.type in ("cuda", "xpu"):
         return
@@ -457,6 +459,8 @@ def use_plain_lm_head(trainer: Trainer) -> None:
     fields = ("entropy", "mean_logits", "is_top1") + (
         ("log_sum_sq_probs",) if getattr(trainer, "use_weighting", False) else ()
     )
+    # RLOO and GRPO score their samples at the sampling temperature, which TRL's head divides the logits by.
+    temperature = getattr(trainer, "temperature", 1.0)
     for model, wanted in ((policy, fields), (getattr(trainer, "ref_model", None), ())):
         text = model.config.get_text_config() if model is not None else None
         if (
@@ -466,10 +470,12 @@ def use_plain_lm_head(trainer: Trainer) -> None:
             or getattr(text, "output_router_logits", False)
         ):
             continue
-        model.forward = types.MethodType(_plain_head_forward(model.forward, wanted), model)
+        model.forward = types.MethodType(_plain_head_forward(model.forward, wanted, temperature), model)
 
 
-def _plain_head_forward(fused_forward: Callable[..., Any], fields: tuple[str, ...]) -> Callable[..., Any]:
+def _plain_head_forward(
+    fused_forward: Callable[..., Any], fields: tuple[str, ...], temperature: float = 1.0
+) -> Callable[..., Any]:
     def forward(
         self: PreTrainedModel,
         *args: Any,
@@ -492,7 +498,7 @@ def _plain_head_forward(fused_forward: Callable[..., Any], fields: tuple[str, ..
         labels = labels.to(head.weight.device)
         mask = labels != -100
         targets = labels[mask]
-        logits = head(hidden.to(head.weight.device)[mask]).float()  # (labelled tokens, vocabulary)
+        logits = head(hidden.to(head.weight.device)[mask]).float() / temperature  # (labelled tokens, vocabulary)
         log_softmax = logits.log_softmax(-1)
         log_probs = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         extra = {}

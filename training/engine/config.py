@@ -379,3 +379,76 @@ class SampleConfig(Settings):
             ("server_concurrency", self.server_concurrency > 0, "must be > 0"),
             ("server_timeout", self.server_timeout > 0, "must be > 0"),
         ]
+
+
+# Online RL on TRL's trainers (online.py) -------------------------------------------------------------------------
+# GRPO's losses a round offers: how token losses are averaged (dapo: over the tokens of the whole accumulated batch,
+# no length bias; grpo: per sequence first, the paper's; dr_grpo: by a constant; bnpo: over the local batch's tokens).
+GRPO_LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo")
+SCALE_REWARDS = ("group", "batch", "none")  # GRPO divides advantages by the std of the group, the batch, or nothing
+
+
+@dataclass
+class OnlineConfig(BaseConfig):
+    """What RLOO and GRPO share: each step samples num_generations responses to every prompt of the batch from the
+    policy, scores them with the reward model, and compares each with its siblings (the group is the baseline: no
+    value head). per_device_batch_size × gradient_accumulation_steps counts responses, not prompts."""
+
+    num_generations: int = 4  # G: responses per prompt; the group each response's advantage is measured against
+    gradient_accumulation_steps: int = 4  # with the batch of 4: 16 responses, 4 prompts per step (PPO's 4 prompts)
+    max_new_tokens: int = 64  # response length cap; a response cut off here has no EOS and is penalised
+    temperature: float = 1.0  # sampling temperature; the log-probs use the same one
+    top_p: float = 1.0  # < 1 samples from the nucleus only: keep 1 unless text derails
+    beta: float = 0.05  # the KL leash to the reference (the policy with its adapter off); 0 drops the reference
+    num_iterations: int = 1  # μ: optimisation passes over each batch of samples; more reuses them, off-policy
+    cliprange: float = 0.2  # ε: how far π/π_old may move per batch of samples before the clip stops rewarding it
+    missing_eos_penalty: float | None = -1.0  # added to the score of a response cut off without EOS; None: none
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        responses = self.per_device_batch_size * self.gradient_accumulation_steps
+        return [
+            *super().rules(),
+            # A full fine-tune would need a second copy of the model as its reference, and the eval report's KL
+            # compares with the adapter off, as PPO's does.
+            ("use_lora", self.use_lora, "must be true: the reference model is the policy with its adapter disabled"),
+            # The virtual tokens lengthen the logits past the sampled tokens they score (as for PPO).
+            ("adapter", self.adapter != "prompt_tuning", "cannot be prompt_tuning for online RL (use lora or ia3)"),
+            ("num_generations", self.num_generations >= 2, "must be >= 2 (the other responses are the baseline)"),
+            (
+                "num_generations",
+                responses % self.num_generations == 0,
+                f"must divide per_device_batch_size × gradient_accumulation_steps = {responses} (whole groups per "
+                "batch)",
+            ),
+            ("max_new_tokens", 0 < self.max_new_tokens < self.max_length, "must be > 0 and < max_length"),
+            ("temperature", self.temperature > 0, "must be > 0"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("beta", self.beta >= 0, "must be >= 0 (0: no KL term, no reference passes)"),
+            ("num_iterations", self.num_iterations > 0, "must be > 0"),
+            ("cliprange", self.cliprange > 0, "must be > 0"),
+        ]
+
+
+@dataclass
+class RLOOConfig(OnlineConfig):
+    """REINFORCE Leave-One-Out (Ahmadian et al., 2024): a response's advantage is its reward minus the mean of its
+    G − 1 siblings'; the KL to the reference is taken out of the reward, per sequence."""
+
+    normalize_advantages: bool = False  # scale the batch's advantages to unit variance: for badly scaled rewards
+
+
+@dataclass
+class GRPOConfig(OnlineConfig):
+    """Group Relative Policy Optimization (Shao et al., 2024): a response's advantage is its reward minus its group's
+    mean, scaled by scale_rewards; the KL to the reference is a term of the per-token loss."""
+
+    beta: float = 0.04  # DeepSeekMath's; TRL's own default is 0 (no reference), which leaves a reward model free rein
+    loss_type: str = "dapo"  # one of GRPO_LOSS_TYPES
+    scale_rewards: str = "group"  # one of SCALE_REWARDS; none (Dr. GRPO) avoids favouring easy or hopeless prompts
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        return [
+            *super().rules(),
+            ("loss_type", self.loss_type in GRPO_LOSS_TYPES, f"must be one of {', '.join(GRPO_LOSS_TYPES)}"),
+            ("scale_rewards", self.scale_rewards in SCALE_REWARDS, f"must be one of {', '.join(SCALE_REWARDS)}"),
+        ]

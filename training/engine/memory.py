@@ -13,7 +13,8 @@ needs and to refuse one that cannot fit the GPUs the workers have reported. It i
 - the logits, batch × length × vocab in float32 with their gradient, which dominate at Qwen's 152k vocabulary;
 - per stage: the reward model's pairs (2 × batch, one score each); DPO's pairs and its reference pass (LoRA: the
   same weights with the adapter off; full fine-tune: a second copy of the model); PPO's frozen reward model (its
-  own config), value head and rollout KV cache.
+  own config), value head and rollout KV cache; RLOO's and GRPO's the same without the value head, their reference
+  being the adapter off (LoRA is required), the KV cache of a generation batch of every response of the step.
 
 `shards` divides weights, gradients and optimiser state (ZeRO-3 / FSDP over that many GPUs); activations and logits
 stay per device.
@@ -23,7 +24,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from training.engine.config import BaseConfig, DPOConfig, KTOConfig, PPOConfig, RewardConfig, SFTConfig
+from training.engine.config import BaseConfig, DPOConfig, KTOConfig, OnlineConfig, PPOConfig, RewardConfig, SFTConfig
 from training.engine.model_files import adapter_base, is_adapter
 
 GIB = 1024**3
@@ -181,7 +182,7 @@ def estimate_memory(
 
     # Sequences through the trained model per step: pairs for the reward model and DPO; KTO scores each answer
     # and a mismatched one (for its KL estimate); a reward model on ratings alone, one answer per row.
-    single = isinstance(config, SFTConfig | PPOConfig) or getattr(config, "objective", "") == "ratings"
+    single = isinstance(config, SFTConfig | PPOConfig | OnlineConfig) or getattr(config, "objective", "") == "ratings"
     sequences = config.per_device_batch_size * (1 if single else 2)
     tokens = sequences * config.max_length
     per_token = HIDDEN_PER_LAYER * arch.hidden + INTERMEDIATE_PER_LAYER * arch.intermediate
@@ -201,6 +202,13 @@ def estimate_memory(
         # The rollout samples rollout_batch_size prompts at once: keys and values of every layer, whole length.
         kv_cache = 2 * arch.layers * arch.kv_heads * arch.head_dim * compute_bytes
         extra += config.rollout_batch_size * config.max_length * kv_cache
+    if isinstance(config, OnlineConfig):
+        reward = reward_arch or arch
+        kv_cache = 2 * arch.layers * arch.kv_heads * arch.head_dim * compute_bytes
+        # TRL samples every response of the step at once (per_device_batch_size × gradient_accumulation_steps, whole
+        # groups of num_generations), keys and values of every layer, whole length.
+        responses = config.per_device_batch_size * config.gradient_accumulation_steps
+        extra = reward.parameters(head=1) * compute_bytes + responses * config.max_length * kv_cache
     return MemoryEstimate(
         weights=int(weights / shards),
         trainable=int(trainable_bytes / shards),

@@ -23,7 +23,9 @@ class Command(BaseCommand):
             help="policy version, hub id or any local path (default: the active policy); unlike a lead's base, a "
             "path need not be under ARBITER_MODEL_ROOTS",
         )
-        parser.add_argument("--reward-model", default="", help="ppo: score with this reward version (reward-v2)")
+        parser.add_argument(
+            "--reward-model", default="", help="ppo, rloo, grpo: score with this reward version (reward-v2)"
+        )
         parser.add_argument(
             "--set",
             action="append",
