@@ -37,8 +37,8 @@ the same measure for every method, and the eval report's KL (eval_report["kl"], 
 time from launch_round to the new samples being in the queue, split by stage; the rows the round trained on (pairs
 or rated answers); how much of the machine other work took meanwhile (/proc/stat less this process).
 
-Everything lands in benchmarks/output/loop-<time>/ (SQLite database, media, artifacts, the rounds' log, a JSON
-of the results); the last lines printed are a Markdown table for BENCHMARKS.md.
+Everything lands in benchmarks/output/loop-<time>/ (or `--output`/loop-<time>/): the SQLite database, media,
+artifacts, the rounds' log, a JSON of the results; the last lines printed are a Markdown table for BENCHMARKS.md.
 """
 
 import argparse
@@ -499,7 +499,8 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", metavar="CAMPAIGN:KEY=VALUE", help="a campaign's round setting, e.g. kto:beta=0.2"
     )
-    parser.add_argument("--demo-policy", type=Path, help="a demo policy built before (default: build one, ~1 min)")
+    parser.add_argument("--demo-policy", type=Path, help="<run>/demo/policy of an earlier run (default: build it)")
+    parser.add_argument("--output", type=Path, default=OUTPUT, help="where the run's folder goes (benchmarks/output)")
     parser.add_argument("--database-url", help="a database to migrate and use (default: a new SQLite file)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--quiet-below", type=float, help="before each round, wait until the machine is less busy (%%)")
@@ -513,10 +514,10 @@ def main() -> None:
         if name not in names or "=" not in setting:
             parser.error(f"--set {item}: use CAMPAIGN:KEY=VALUE for a campaign in --methods ({args.methods})")
 
-    run_dir = OUTPUT / f"loop-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = args.output / f"loop-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True)
     busy, code = busy_percent(), code_version()  # the code as it was when the run started
-    print(f"output in {run_dir.relative_to(REPO_ROOT)}; machine {busy:.0f} % busy at the start", file=sys.stderr)
+    print(f"output in {run_dir}; machine {busy:.0f} % busy at the start", file=sys.stderr)
     clock = set_up(args, run_dir)
     from training.engine.demo import build_demo_policy
 
