@@ -102,9 +102,9 @@ CAMPAIGNS: dict[str, dict[str, Any]] = {
     "kto": {"method": "kto", "signal": "ratings", "settings": KTO_SETTINGS},
     "ppo": {"method": "ppo", "signal": "pairwise", "settings": PPO_SETTINGS},
 }
-# What the campaign's project asks its annotators for (Project fields); None: the command line's value.
+# What the campaign's project asks its annotators for (Project fields), over the command line's kinds and K.
 SIGNALS: dict[str, dict[str, Any]] = {
-    "pairwise": {"task_kinds": None, "samples_per_prompt": None},
+    "pairwise": {},
     "ratings": {
         "task_kinds": ["rating"],
         "sample_rating_tasks": True,
@@ -305,7 +305,7 @@ def campaign(name: str, args: argparse.Namespace, demo: Path, clock: StageClock)
     method, signal = CAMPAIGNS[name]["method"], CAMPAIGNS[name]["signal"]
     settings_ = campaign_settings(name, args)
     asked = {"task_kinds": args.kinds.split(","), "samples_per_prompt": args.samples_per_prompt}
-    asked |= {field: value for field, value in SIGNALS[signal].items() if value is not None}
+    asked |= SIGNALS[signal]
     project = Project.objects.create(
         name=f"Loop {name.upper()}",
         slug=f"loop-{name}",
