@@ -1,31 +1,44 @@
-"""Closing the loop: training rounds on simulated annotators' votes, each round's samples back into the queue.
+"""Closing the loop: training rounds on simulated annotators' votes or ratings, each round's samples back in the queue.
 
-    .venv/bin/python benchmarks/loop_bench.py                          # two DPO rounds and two PPO rounds
-    .venv/bin/python benchmarks/loop_bench.py --campaigns dpo --rounds 1   # a quick look
+    .venv/bin/python benchmarks/loop_bench.py                          # two rounds of every campaign below
+    .venv/bin/python benchmarks/loop_bench.py --methods kto --rounds 1     # a quick look
+    .venv/bin/python benchmarks/loop_bench.py --set ppo:ppo.kl_coef=0.05   # a campaign's round setting (repeat)
     .venv/bin/python benchmarks/loop_bench.py --database-url postgres://…  # a database you run (migrated here)
 
-Per campaign: a project of demo prompts (a held-out eval split and a train split), the demo policy (the tiny model
-SFT'd on the demo corpus, training/engine/demo.py) registered as policy v1 and sampled into the queue (round 0),
-and simulated annotators (annotate/simulation.py: token-authenticated bots on the real HTTP API, served in-process)
-following a hidden rule with some noise. Then, `--rounds` times: launch_round (from the previous round's policy)
-and run_round in-process, which snapshots the votes, trains, registers, evaluates, and samples the new policy
-back into the queue; the bots annotate what the round queued (eval pairs new-vs-parent and train pairs), and the
-next round trains on everything voted so far. One campaign each, fixed seeds: no medians.
+A campaign is a round method with its settings and the signal its annotators give (CAMPAIGNS): pairwise votes
+(DPO, PPO) or ratings alone (KTO). Per campaign: a project of demo prompts (a held-out eval split and a train
+split), the demo policy (the tiny model SFT'd on the demo corpus, training/engine/demo.py) registered as policy v1
+and sampled into the queue (round 0), and simulated annotators (annotate/simulation.py: token-authenticated bots on
+the real HTTP API, served in-process) following a hidden rule with some noise. Then, `--rounds` times: launch_round
+(from the previous round's policy) and run_round in-process, which snapshots the votes or ratings, trains,
+registers, evaluates, and samples the new policy back into the queue; the bots answer what the round queued (eval
+pairs new-vs-parent, and the train tasks of the campaign's signal), and the next round trains on everything
+answered so far. One campaign each, fixed seeds: no medians.
 
-Defaults: 100 eval and 1,000 train prompts, all sampled every round (sample_prompts 1000, K = 4), pairwise tasks,
-3 bots' votes per task and rounds that keep pairs with at least 60 % agreement. With one vote per task, a random
-answer (noise) to a pair the rule calls equal still makes a pair, and about one held-out vote in ten is then a coin
-toss that no reward model can beat; three votes and the agreement filter drop those (see benchmarks/README.md).
+Signals (SIGNALS). Pairwise: the project's task kinds are `--kinds` (default pairwise), K = `--samples-per-prompt`
+samples per train prompt and one pair of them to vote on. Ratings: the project enables rating only, on a 0-1 scale
+(thumbs down or up: the bots rate 1 an answer that satisfies the rule, and the unpaired export calls an answer
+desirable when its mean rating is above 0.5), one sample per train prompt and a rating task of it (so as many train
+tasks as a pairwise campaign has, and no pairs anywhere in its data). The eval pairs are the same yardstick for every
+campaign: the bots vote on them with pairwise enabled for that pass only (they are on the eval split, which no round
+trains on, and KTO reads ratings alone), so a ratings campaign has a win rate over its parent too.
+
+Defaults: 100 eval and 1,000 train prompts, all sampled every round (sample_prompts 1000), 3 bots' answers per task
+and rounds that keep pairs with at least 60 % agreement (the filter has no say on ratings). With one vote per task, a
+random answer (noise) to a pair the rule calls equal still makes a pair, and about one held-out vote in ten is then a
+coin toss that no reward model can beat; three votes and the agreement filter drop those (see benchmarks/README.md).
 
 Measured per round: the share of the policy's samples on the held-out eval prompts that satisfy the rule (with a
 95 % Wilson interval; round 0 is the demo policy); the win rate over the parent from the bots' votes on the eval
-pairs (models_registry.measures.win_rate); the reward model's held-out accuracy (eval_report["accuracy"]), and
-beside it how far the held-out votes themselves agree with the rule; KL to the reference (eval_report["kl"]) and
-to the demo policy; the wall time from launch_round to the new samples being in the queue, split by stage; the
-pairs the round trained on; how much of the machine other work took meanwhile (/proc/stat less this process).
+pairs (models_registry.measures.win_rate); for campaigns that train a reward model, its held-out accuracy
+(eval_report["accuracy"]) and beside it how far the held-out votes themselves agree with the rule, and a rating
+reward model's held-out rank correlation (RM_CORRELATION, "—" where the report has none); KL to the demo policy,
+the same measure for every method, and the eval report's KL (eval_report["kl"], to the round's reference); the wall
+time from launch_round to the new samples being in the queue, split by stage; the rows the round trained on (pairs
+or rated answers); how much of the machine other work took meanwhile (/proc/stat less this process).
 
-Everything lands in benchmarks/output/loop-<time>/ (SQLite database, media, artifacts, the rounds' log, a JSON
-of the results); the last lines printed are a Markdown table for BENCHMARKS.md.
+Everything lands in benchmarks/output/loop-<time>/ (or `--output`/loop-<time>/): the SQLite database, media,
+artifacts, the rounds' log, a JSON of the results; the last lines printed are a Markdown table for BENCHMARKS.md.
 """
 
 import argparse
@@ -36,6 +49,8 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -77,7 +92,29 @@ PPO_SETTINGS = {
     "sample.max_new_tokens": "40",
     "sample.batch_size": "64",
 }
-DEFAULTS = {"dpo": DPO_SETTINGS, "ppo": PPO_SETTINGS}
+# KTO: DPO's settings; λ_D 3 because about one demo sample in five says "thanks", and KTO wants
+# λ_D·desirable ≳ λ_U·undesirable (tests/training/test_efficacy.py).
+KTO_SETTINGS = {**DPO_SETTINGS, "desirable_weight": "3"}
+# A campaign: the round method, its settings, and the signal the bots give (a key of SIGNALS). Adding a method is one
+# line here, e.g. "rloo": {"method": "rloo", "signal": "pairwise", "settings": {...}}; `--methods` picks them by key.
+CAMPAIGNS: dict[str, dict[str, Any]] = {
+    "dpo": {"method": "dpo", "signal": "pairwise", "settings": DPO_SETTINGS},
+    "kto": {"method": "kto", "signal": "ratings", "settings": KTO_SETTINGS},
+    "ppo": {"method": "ppo", "signal": "pairwise", "settings": PPO_SETTINGS},
+}
+# What the campaign's project asks its annotators for (Project fields), over the command line's kinds and K.
+SIGNALS: dict[str, dict[str, Any]] = {
+    "pairwise": {},
+    "ratings": {
+        "task_kinds": ["rating"],
+        "sample_rating_tasks": True,
+        "rating_min": 0,  # thumbs down or up: desirable is a mean rating above 0.5
+        "rating_max": 1,
+        "samples_per_prompt": 1,  # a rating needs one answer: as many train tasks as a pairwise campaign
+    },
+}
+# The key of a rating reward model's held-out rank correlation in its eval report (objective=ratings).
+RM_CORRELATION = "spearman"
 MEASURE_SEED = 11  # the same sampling for every policy measured
 
 
@@ -204,13 +241,31 @@ def rule_accuracy(reward_path: str, prompts: list, samples: list[list[list[str]]
 # A campaign -------------------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def eval_pairs_served(project: Any) -> Iterator[None]:
+    """Pairwise enabled for a while, so that the bots vote on a ratings-only project's eval pairs (its rounds make
+    no train pairs: training/sampling.py asks the project's kinds at sampling time)."""
+    kinds = list(project.task_kinds)
+    if "pairwise" in kinds:
+        yield
+        return
+    project.task_kinds = [*kinds, "pairwise"]
+    project.save(update_fields=["task_kinds"])
+    try:
+        yield
+    finally:
+        project.task_kinds = kinds
+        project.save(update_fields=["task_kinds"])
+
+
 def annotate(project: Any, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from annotate.simulation import simulate_annotators
 
-    result = simulate_annotators(project=project, users=args.users, rule=args.rule, noise=args.noise, seed=seed)
+    with eval_pairs_served(project):
+        result = simulate_annotators(project=project, users=args.users, rule=args.rule, noise=args.noise, seed=seed)
     if result.tally.errors:
         sys.exit("the bots failed:\n" + "\n".join(result.summary()))
-    return {"answered": sum(result.tally.answered.values()), "seconds": result.elapsed}
+    return {"answered": dict(result.tally.answered), "seconds": result.elapsed}
 
 
 def stage_times(marks: list[tuple[float, str]], start: float, end: float) -> dict[str, float]:
@@ -232,7 +287,13 @@ def stage_times(marks: list[tuple[float, str]], start: float, end: float) -> dic
     return spans
 
 
-def campaign(method: str, args: argparse.Namespace, demo: Path, clock: StageClock) -> list[dict[str, Any]]:
+def campaign_settings(name: str, args: argparse.Namespace) -> dict[str, str]:
+    """The campaign's round settings with the command line's `--set NAME:KEY=VALUE` for it on top."""
+    given = [item.split(":", 1)[1] for item in args.set or [] if item.split(":", 1)[0] == name]
+    return {**CAMPAIGNS[name]["settings"], **dict(item.split("=", 1) for item in given)}
+
+
+def campaign(name: str, args: argparse.Namespace, demo: Path, clock: StageClock) -> list[dict[str, Any]]:
     from annotate.models import Project, Prompt, Task
     from models_registry.measures import win_rate
     from models_registry.models import ModelVersion
@@ -241,15 +302,16 @@ def campaign(method: str, args: argparse.Namespace, demo: Path, clock: StageCloc
     from training.rounds import launch_round, run_round
     from training.sampling import sample_into_queue
 
-    settings_ = {**DEFAULTS[method], **dict(item.split("=", 1) for item in getattr(args, f"{method}_set") or [])}
-    kinds = args.kinds.split(",")
+    method, signal = CAMPAIGNS[name]["method"], CAMPAIGNS[name]["signal"]
+    settings_ = campaign_settings(name, args)
+    asked = {"task_kinds": args.kinds.split(","), "samples_per_prompt": args.samples_per_prompt}
+    asked |= SIGNALS[signal]
     project = Project.objects.create(
-        name=f"Loop {method.upper()}",
-        slug=f"loop-{method}",
-        task_kinds=kinds,
+        name=f"Loop {name.upper()}",
+        slug=f"loop-{name}",
         overlap=args.overlap,
-        samples_per_prompt=args.samples_per_prompt,
         sample_prompts=args.sample_prompts,
+        **asked,
     )
     for number, messages in enumerate(demo_prompts(args.eval_prompts + args.train_prompts, seed=7)):
         split = Prompt.Split.EVAL if number < args.eval_prompts else Prompt.Split.TRAIN
@@ -267,7 +329,9 @@ def campaign(method: str, args: argparse.Namespace, demo: Path, clock: StageCloc
     measured = satisfaction(base.path, eval_prompts, args)
     rows = [
         {
-            "campaign": method,
+            "campaign": name,
+            "method": method,
+            "signal": signal,
             "round": 0,
             "policy": f"policy v{base.version}",
             "satisfaction": {k: v for k, v in measured.items() if k != "texts"},
@@ -276,10 +340,11 @@ def campaign(method: str, args: argparse.Namespace, demo: Path, clock: StageCloc
             "bots": bots,
         }
     ]
-    print(f"{method} round 0: {_describe(rows[-1])}", file=sys.stderr)
+    print(f"{name} round 0: {_describe(rows[-1])}", file=sys.stderr)
     samples = [measured["texts"]]
     parent = base
-    filters = {"min_agreement": args.min_agreement} if args.min_agreement else None
+    # The agreement filter is on pairs; a rated answer's label is already its ratings' mean (annotate/exports.py).
+    filters = {"min_agreement": args.min_agreement} if args.min_agreement and signal == "pairwise" else None
     for number in range(1, args.rounds + 1):
         busy_before = wait_until_quiet(args.quiet_below, args.quiet_wait) if args.quiet_below else busy_percent()
         meter = Meter()
@@ -293,12 +358,15 @@ def campaign(method: str, args: argparse.Namespace, demo: Path, clock: StageCloc
         end = time.monotonic()
         load = meter.stop()
         if training_round.status != "succeeded":
-            sys.exit(f"{method} round {number} {training_round.status}: {training_round.error}")
+            sys.exit(f"{name} round {number} {training_round.status}: {training_round.error}")
         new = ModelVersion.objects.get(training_round=training_round, kind=ModelVersion.Kind.POLICY)
         reward = ModelVersion.objects.filter(training_round=training_round, kind=ModelVersion.Kind.REWARD).first()
         tasks = Task.objects.filter(project=project, round_number=training_round.number).count()
+        snapshot = training_round.snapshot
         row = {
-            "campaign": method,
+            "campaign": name,
+            "method": method,
+            "signal": signal,
             "round": number,
             "policy": f"policy v{new.version}",
             "parent": f"policy v{parent.version}",
@@ -306,19 +374,22 @@ def campaign(method: str, args: argparse.Namespace, demo: Path, clock: StageCloc
             "stages": stage_times(list(clock.marks), start, end),
             "busy_before": busy_before,
             **load,
-            "pairs": training_round.snapshot.row_count,
+            "trained_rows": snapshot.row_count if snapshot else None,
+            "snapshot_kind": snapshot.kind if snapshot else None,
             "tasks": tasks,
             "kl": new.eval_report.get("kl"),
-            "kl_reference": "parent" if training_round.config[method].get("use_lora") is False else "demo",
+            # A full fine-tune's reference is the model it started from; an adapter's, the demo (adapter off).
+            "kl_reference": "parent" if new.config.get("use_lora") is False else "demo",
             "mean_reward": new.eval_report.get("mean_reward"),
         }
         if reward is not None:
             row["rm_accuracy"] = reward.eval_report.get("accuracy")
+            row["rm_correlation"] = reward.eval_report.get(RM_CORRELATION)
             row["rm_human_eval"] = reward.eval_report.get("human_eval_accuracy")
             row["rm_human_eval_pairs"] = reward.eval_report.get("human_eval_pairs")
             row["rm_eval_pairs"] = reward.eval_report.get("eval_pairs")
-            row["rm_labels"] = held_out_labels(training_round.snapshot.file.path, training_round.config["reward"],
-                                               args.rule)  # fmt: skip
+            if snapshot.kind == snapshot.Kind.PAIRS:
+                row["rm_labels"] = held_out_labels(snapshot.file.path, training_round.config["reward"], args.rule)
         row["bots"] = annotate(project, args, seed=100 + number)
         rate = win_rate(project, new, parent)
         row["win_rate"] = {"rate": rate.rate, "low": rate.low, "high": rate.high, "n": rate.n,
@@ -330,7 +401,7 @@ def campaign(method: str, args: argparse.Namespace, demo: Path, clock: StageCloc
         if reward is not None:
             row["rm_rule"] = rule_accuracy(reward.path, eval_prompts, [samples[0], samples[-1]], args.rule)
         rows.append(row)
-        print(f"{method} round {number}: {_describe(row)}", file=sys.stderr)
+        print(f"{name} round {number}: {_describe(row)}", file=sys.stderr)
         parent = new
     return rows
 
@@ -356,54 +427,62 @@ def _describe(row: dict[str, Any]) -> str:
         stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in row["stages"].items())
         parts += [
             f"launch → queued {row['wall_s']:.0f} s ({stages})",
-            f"{row['pairs']} pairs, {row['tasks']} tasks queued",
+            f"trained on {_number(row['trained_rows'], '{}')} {row['snapshot_kind']} rows, {row['tasks']} tasks queued",
             f"win rate {_share(row['win_rate'])} of {row['win_rate']['n']}",
             f"KL {_number(row['kl'])} (to {row['kl_reference']}), to demo {_number(row['kl_demo'])}",
             f"machine {row['busy_before']:.0f} % busy before, others {row['other_pct']:.0f} % during",
         ]
         if "rm_accuracy" in row:
-            labels = row["rm_labels"]
+            labels = row.get("rm_labels", {})
             parts.append(
                 f"RM held-out {_number(row['rm_accuracy'], '{:.1%}')} of {row['rm_eval_pairs']} pairs"
                 f" (labels: {labels.get('agree')} agree, {labels.get('flipped')} flipped, {labels.get('undecided')}"
                 f" undecided by the rule; ceiling {_number(labels.get('ceiling'), '{:.1%}')}),"
                 f" on eval-split votes {_number(row['rm_human_eval'], '{:.1%}')} of {row['rm_human_eval_pairs']},"
                 f" against the rule on eval prompts {_number(row['rm_rule']['accuracy'], '{:.1%}')}"
-                f" of {row['rm_rule']['pairs']} pairs"
+                f" of {row['rm_rule']['pairs']} pairs; rank correlation {_number(row['rm_correlation'])}"
             )
-    parts.append(f"bots answered {row['bots']['answered']} in {row['bots']['seconds']:.0f} s")
+    answered = ", ".join(f"{n} {kind}" for kind, n in sorted(row["bots"]["answered"].items())) or "nothing"
+    parts.append(f"bots answered {answered} in {row['bots']['seconds']:.0f} s")
     return "; ".join(parts)
 
 
 def markdown(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| Campaign | Round | Policy | Rule satisfied, eval prompts (95 % CI) | Win rate over parent (votes) "
-        "| RM held-out accuracy (pairs; label ceiling) | KL to reference | KL to demo | Launch → samples queued "
-        "| Pairs | Other work |",
-        "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| Campaign | Signal | Round | Policy | Rule satisfied, eval prompts (95 % CI) | Win rate over parent (votes) "
+        "| RM held-out accuracy (pairs; label ceiling) | Rating RM held-out rank correlation | KL to demo "
+        "| KL in eval report (to) | Launch → samples queued | Trained on | Other work |",
+        "|---|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         sat = row["satisfaction"]
-        first = f"| {row['campaign'].upper()} | {row['round']} | {row['policy']}"
+        first = f"| {row['campaign'].upper()} | {row['signal']} | {row['round']} | {row['policy']}"
         first += f" | {_share(sat)} ({sat['k']}/{sat['n']})"
         if row["round"] == 0:
-            lines.append(first + " | — | — | — | — | — | — | — |")
+            lines.append(first + " | — | — | — | — | — | — | — | — |")
             continue
         rate = row["win_rate"]
         rm = "—"
         if "rm_accuracy" in row:
-            ceiling = row["rm_labels"].get("ceiling")
+            ceiling = row.get("rm_labels", {}).get("ceiling")
             rm = f"{_number(row['rm_accuracy'], '{:.1%}')} ({row['rm_eval_pairs']}; {_number(ceiling, '{:.0%}')})"
+        trained = f"{_number(row['trained_rows'], '{}')} {'rated' if row['snapshot_kind'] == 'unpaired' else 'pairs'}"
         lines.append(
-            f"{first} | {_share(rate)} ({rate['n']}) | {rm} | {_number(row['kl'])} ({row['kl_reference']})"
-            f" | {_number(row['kl_demo'])} | {row['wall_s']:.0f} s | {row['pairs']} | {row['other_pct']:.0f} % |"
+            f"{first} | {_share(rate)} ({rate['n']}) | {rm} | {_number(row.get('rm_correlation'))}"
+            f" | {_number(row['kl_demo'])} | {_number(row['kl'])} ({row['kl_reference']}) | {row['wall_s']:.0f} s"
+            f" | {trained} | {row['other_pct']:.0f} % |"
         )
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--campaigns", default="dpo,ppo", help="methods, one campaign each (default dpo,ppo)")
+    parser.add_argument(
+        "--methods",
+        "--campaigns",
+        default=",".join(CAMPAIGNS),
+        help=f"campaigns, one each, of {', '.join(CAMPAIGNS)} (default all)",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="rounds per campaign (default 2)")
     parser.add_argument("--rule", default="word:thanks", help="the bots' hidden rule (default word:thanks)")
     parser.add_argument("--noise", type=float, default=0.1, help="share of random answers (default 0.1)")
@@ -417,19 +496,28 @@ def main() -> None:
     parser.add_argument("--min-agreement", type=float, default=0.6, help="the rounds' filter; 0: none (0.6)")
     parser.add_argument("--measure-samples", type=int, default=16, help="samples per eval prompt measured (16)")
     parser.add_argument("--max-new-tokens", type=int, default=40, help="sampling cap, round 0 and measures (40)")
-    parser.add_argument("--dpo-set", action="append", metavar="KEY=VALUE", help="a DPO round setting (repeat)")
-    parser.add_argument("--ppo-set", action="append", metavar="KEY=VALUE", help="a PPO round setting (repeat)")
-    parser.add_argument("--demo-policy", type=Path, help="a demo policy built before (default: build one, ~1 min)")
+    parser.add_argument(
+        "--set", action="append", metavar="CAMPAIGN:KEY=VALUE", help="a campaign's round setting, e.g. kto:beta=0.2"
+    )
+    parser.add_argument("--demo-policy", type=Path, help="<run>/demo/policy of an earlier run (default: build it)")
+    parser.add_argument("--output", type=Path, default=OUTPUT, help="where the run's folder goes (benchmarks/output)")
     parser.add_argument("--database-url", help="a database to migrate and use (default: a new SQLite file)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--quiet-below", type=float, help="before each round, wait until the machine is less busy (%%)")
     parser.add_argument("--quiet-wait", type=float, default=300, help="how long to wait for that, seconds (300)")
     args = parser.parse_args()
+    names = args.methods.split(",")
+    if unknown := [name for name in names if name not in CAMPAIGNS]:
+        parser.error(f"unknown campaign(s) {', '.join(unknown)}: use {', '.join(CAMPAIGNS)}")
+    for item in args.set or []:
+        name, _, setting = item.partition(":")
+        if name not in names or "=" not in setting:
+            parser.error(f"--set {item}: use CAMPAIGN:KEY=VALUE for a campaign in --methods ({args.methods})")
 
-    run_dir = OUTPUT / f"loop-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = args.output / f"loop-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True)
     busy, code = busy_percent(), code_version()  # the code as it was when the run started
-    print(f"output in {run_dir.relative_to(REPO_ROOT)}; machine {busy:.0f} % busy at the start", file=sys.stderr)
+    print(f"output in {run_dir}; machine {busy:.0f} % busy at the start", file=sys.stderr)
     clock = set_up(args, run_dir)
     from training.engine.demo import build_demo_policy
 
@@ -441,8 +529,8 @@ def main() -> None:
         print(f"demo policy built in {demo_s:.0f} s", file=sys.stderr)
 
     rows = []
-    for method in args.campaigns.split(","):
-        rows += campaign(method, args, Path(demo), clock)
+    for name in names:
+        rows += campaign(name, args, Path(demo).resolve(), clock)
 
     import platform
 
@@ -454,12 +542,21 @@ def main() -> None:
         f"{platform.platform()}, CPython {platform.python_version()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
         f" ({args.threads} thread(s)), transformers {transformers.__version__}, trl {trl.__version__};"
         f" code {code}; rule {args.rule}, noise {args.noise}, {args.users} bots; {args.eval_prompts} eval"
-        f" and {args.train_prompts} train prompts, sample_prompts {args.sample_prompts}, K {args.samples_per_prompt},"
-        f" kinds {args.kinds}, overlap {args.overlap}, min_agreement {args.min_agreement};"
+        f" and {args.train_prompts} train prompts, sample_prompts {args.sample_prompts}; pairwise campaigns: kinds"
+        f" {args.kinds}, K {args.samples_per_prompt}; ratings campaigns: rating 0-1, K 1; overlap {args.overlap},"
+        f" min_agreement {args.min_agreement};"
         f" machine {busy:.0f} % busy at the start"
     )
     (run_dir / "results.json").write_text(
-        json.dumps({"header": header, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1)
+        json.dumps(
+            {
+                "header": header,
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "campaigns": {name: {**CAMPAIGNS[name], "settings": campaign_settings(name, args)} for name in names},
+                "rows": rows,
+            },
+            indent=1,
+        )
     )
     print(f"\n{header}")
     print("\n".join(markdown(rows)))

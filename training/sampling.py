@@ -4,9 +4,11 @@ After a policy round (reward→PPO, DPO, KTO, SFT) succeeds, and for a "sample" 
 
 - eval prompts (split "eval"; the project's first `sample_prompts` of them, the same ones every round): one new
   sample each, and a pairwise task of it against the previous policy's response to that prompt (the base version's
-  sample, else a response already there, else one sampled from the base model now), to measure the round;
+  sample, else a response already there, else one sampled from the base model now), to measure the round (made
+  whatever kinds the project enables; the queue serves them once it enables pairwise);
 - train prompts (`sample_prompts` of them, drawn at random with the round's number as seed): `samples_per_prompt`
-  samples each (K), and among them one pairwise task per prompt: a random pair, or with pair_selection
+  samples each (K), and among them one pairwise task per prompt when the project enables pairwise (a ratings-only
+  project, as for KTO, gets none it could not serve): a random pair, or with pair_selection
   "uncertainty" the pair the reward model separates least (smallest |r(a) − r(b)|), created most uncertain
   first, so the queue (which serves equal priorities oldest first) gives them in that order; a ranking task of
   all K when K >= 3 and the project enables ranking; a rating task of each sample when the project asks.
@@ -90,8 +92,9 @@ def sample_into_queue(
                 else:
                     tasks.append((prompt, TaskKind.PAIRWISE, pair, EVAL_PRIORITY))
         distinct = {prompt.pk: unique_texts(by_prompt[prompt.pk], attrgetter("content")) for prompt in train_prompts}
-        for prompt, pair in _train_pairs(project, train_prompts, distinct, reward_path):
-            tasks.append((prompt, TaskKind.PAIRWISE, pair, 0))
+        if TaskKind.PAIRWISE in project.task_kinds:
+            for prompt, pair in _train_pairs(project, train_prompts, distinct, reward_path):
+                tasks.append((prompt, TaskKind.PAIRWISE, pair, 0))
         for prompt in train_prompts:
             answers = distinct[prompt.pk]
             if len(answers) >= 3 and TaskKind.RANKING in project.task_kinds:
