@@ -95,12 +95,33 @@ PPO_SETTINGS = {
 # KTO: DPO's settings; λ_D 3 because about one demo sample in five says "thanks", and KTO wants
 # λ_D·desirable ≳ λ_U·undesirable (tests/training/test_efficacy.py).
 KTO_SETTINGS = {**DPO_SETTINGS, "desirable_weight": "3"}
+# RLOO and GRPO: PPO's reward model; LoRA on every linear layer (TRL refuses one on lm_head, whose weight its
+# log-probabilities read directly), 100 steps of 4 prompts × 4 responses (each step samples
+# twice PPO's responses, one pass over them instead of PPO's 4 epochs), β at TRL's scale (KL in the loss or reward).
+ONLINE_SETTINGS = {
+    **{key: value for key, value in PPO_SETTINGS.items() if key.startswith(("reward.", "sample."))},
+    "learning_rate": "3e-4",
+    "max_steps": "100",
+    "per_device_batch_size": "8",
+    "gradient_accumulation_steps": "2",
+    "num_generations": "4",
+    "max_new_tokens": "40",
+    "max_length": "96",
+}
+RLOO_SETTINGS = {f"rloo.{k}" if "." not in k else k: v for k, v in ONLINE_SETTINGS.items()}
+GRPO_SETTINGS = {f"grpo.{k}" if "." not in k else k: v for k, v in ONLINE_SETTINGS.items()}
+# PPO on ratings alone: the reward model regresses the bots' ratings (objective=ratings, 20 % of prompts held out
+# for its rank correlation), then PPO as above.
+PPO_RATINGS_SETTINGS = {**PPO_SETTINGS, "reward.objective": "ratings"}
 # A campaign: the round method, its settings, and the signal the bots give (a key of SIGNALS). Adding a method is one
 # line here, e.g. "rloo": {"method": "rloo", "signal": "pairwise", "settings": {...}}; `--methods` picks them by key.
 CAMPAIGNS: dict[str, dict[str, Any]] = {
     "dpo": {"method": "dpo", "signal": "pairwise", "settings": DPO_SETTINGS},
     "kto": {"method": "kto", "signal": "ratings", "settings": KTO_SETTINGS},
     "ppo": {"method": "ppo", "signal": "pairwise", "settings": PPO_SETTINGS},
+    "ppo-ratings": {"method": "ppo", "signal": "ratings", "settings": PPO_RATINGS_SETTINGS},
+    "rloo": {"method": "rloo", "signal": "pairwise", "settings": RLOO_SETTINGS},
+    "grpo": {"method": "grpo", "signal": "pairwise", "settings": GRPO_SETTINGS},
 }
 # What the campaign's project asks its annotators for (Project fields), over the command line's kinds and K.
 SIGNALS: dict[str, dict[str, Any]] = {
@@ -114,7 +135,7 @@ SIGNALS: dict[str, dict[str, Any]] = {
     },
 }
 # The key of a rating reward model's held-out rank correlation in its eval report (objective=ratings).
-RM_CORRELATION = "spearman"
+RM_CORRELATION = "rating_spearman"
 MEASURE_SEED = 11  # the same sampling for every policy measured
 
 
