@@ -35,7 +35,8 @@ class LaunchForm(DatasetFiltersForm):
     method = forms.ChoiceField(choices=TrainingRound.Method.choices)
     base = forms.CharField(required=False, help_text=BASE_HELP, widget=forms.TextInput(attrs={"class": "vTextField"}))
     reward_model = forms.CharField(
-        required=False, help_text="PPO only: score with this reward version (reward-v2) instead of training one."
+        required=False,
+        help_text="PPO and best_of_n only: score with this reward version (reward-v2) instead of training one.",
     )
     settings = forms.CharField(
         required=False,

@@ -14,6 +14,7 @@ anything else is refused with one message, so that a lead learns nothing of othe
 server's files (the operator's `manage.py launch_round` may name any path).
 
 Stages per method: reward = [reward]; ppo = [reward, ppo, sample] ([ppo, sample] with a given reward model);
+best_of_n = [reward, best_of_n, sample] (likewise);
 dpo = [dpo, sample]; kto = [kto, sample]; sft = [sft, sample]; sample = [sample] (training/sampling.py). Settings:
 `key=value` applies to every stage of the method that has the key, `stage.key=value` to that stage only; anything
 else is refused, naming the key.
@@ -42,6 +43,7 @@ from annotate.models import Annotation, DatasetSnapshot, Project, Prompt, QuotaR
 from models_registry.models import ModelVersion
 from training.engine.config import (
     BaseConfig,
+    BestOfNConfig,
     DPOConfig,
     KTOConfig,
     PPOConfig,
@@ -64,7 +66,10 @@ STAGES = {
     Method.KTO: ["kto", "sample"],  # on the unpaired export: rated answers, desirable above the scale's midpoint
     Method.SFT: ["sft", "sample"],
     Method.SAMPLE: ["sample"],  # a registered policy's samples into the queue, on demand
+    # K samples per prompt of the pairs snapshot, SFT on the reward model's best (training/engine/best_of_n.py)
+    Method.BEST_OF_N: ["reward", "best_of_n", "sample"],
 }
+SCORED_METHODS = (Method.PPO, Method.BEST_OF_N)  # they score with a reward model: trained in the round, or given
 # The export each method trains on; the others train on pairs.
 SNAPSHOT_KINDS = {Method.SFT: DatasetSnapshot.Kind.SFT, Method.KTO: DatasetSnapshot.Kind.UNPAIRED}
 LOG_TAIL_LINES = 200
@@ -89,6 +94,7 @@ def stage_configs() -> dict[str, type]:
         "kto": KTOConfig,
         "sft": SFTConfig,
         "sample": SampleConfig,
+        "best_of_n": BestOfNConfig,
     }
 
 
@@ -263,7 +269,7 @@ def check_memory(config: Mapping[str, Mapping[str, Any]], reward_version: ModelV
             if stage == "sample":
                 continue
             stage_config = classes[stage].from_dict(values)
-            reward_arch = read_architecture(reward_path) if stage == "ppo" and reward_path else None
+            reward_arch = read_architecture(reward_path) if stage in ("ppo", "best_of_n") and reward_path else None
             arch = read_architecture(stage_config.model_name_or_path)
             estimate = estimate_memory(stage_config, arch, reward_arch=reward_arch, shards=_shards(stage_config, gpu))
             estimates.append(MemoryCheck(stage, stage_config, estimate, gpu=gpu))
@@ -399,8 +405,8 @@ def _resolve_reward(project: Project, method: str, reward_model: str) -> ModelVe
     reward_model = (reward_model or "").strip()
     if not reward_model:
         return None
-    if method != Method.PPO:
-        raise ValidationError({"reward_model": "Only a PPO round scores with a reward model."})
+    if method not in SCORED_METHODS:
+        raise ValidationError({"reward_model": "Only a PPO or best_of_n round scores with a reward model."})
     if version := _version_named(project, ModelVersion.Kind.REWARD, reward_model):
         return version
     raise ValidationError({"reward_model": f"No reward model {reward_model!r} in this project (e.g. reward-v2)."})
@@ -535,6 +541,7 @@ def run_round(round_id: int) -> TrainingRound:
 
 
 def _run_stages(training_round: TrainingRound) -> None:
+    from training.engine.best_of_n import train_best_of_n
     from training.engine.dpo import train_dpo
     from training.engine.generate import GenerationStopped
     from training.engine.kto import train_kto
@@ -574,6 +581,8 @@ def _run_stages(training_round: TrainingRound) -> None:
                 result = train_reward(config, data_file, output_dir, progress)
             elif stage == "ppo":
                 result = train_ppo(config, data_file, reward_path, output_dir, progress)
+            elif stage == "best_of_n":
+                result = train_best_of_n(config, data_file, reward_path, output_dir, progress)
             elif stage == "dpo":
                 result = train_dpo(config, data_file, output_dir, progress)
             elif stage == "kto":
@@ -584,6 +593,9 @@ def _run_stages(training_round: TrainingRound) -> None:
                 reward_path = result.output_dir
             if result.stopped:
                 raise _Cancelled
+            if result.warning:  # the stage ended on its own terms (PPO's KL run-away stop): the round goes on
+                logger.warning("Stage %s: %s", stage, result.warning)
+                training_round.warn(result.warning)
             logger.info("Stage %s done: %s steps, eval %s", stage, result.steps, result.eval_report)
             results[stage] = (config, result)
     if not reward_path and (latest := ModelVersion.objects.latest_reward(training_round.project)):
@@ -661,7 +673,7 @@ def _register(
             eval_report={**result.eval_report, **_human_eval_accuracy(training_round, result.output_dir)},
             **common,
         )
-    policy_stage = next((stage for stage in ("ppo", "dpo", "kto", "sft") if stage in results), None)
+    policy_stage = next((stage for stage in ("ppo", "dpo", "kto", "sft", "best_of_n") if stage in results), None)
     if policy_stage is None:
         return None
     config, result = results[policy_stage]

@@ -4,6 +4,7 @@
     python -m training.engine dpo --data pairs.jsonl --out out/dpo --config dpo.json --set beta=0.2
     python -m training.engine kto --data unpaired.jsonl --out out/kto --set desirable_weight=1.2
     python -m training.engine ppo --prompts pairs.jsonl --reward-model out/rm --out out/ppo --set model_name_or_path=…
+    python -m training.engine best_of_n --prompts pairs.jsonl --reward-model out/rm --out out/bon --set k=8
 
 Settings come from the stage's config defaults, then --config (a JSON object), then each --set key=value.
 Progress is printed one line per step; the first Ctrl-C (or SIGTERM) stops the stage cleanly after the current
@@ -22,8 +23,9 @@ import datasets
 import torch
 import transformers
 
+from training.engine.best_of_n import train_best_of_n
 from training.engine.common import ProgressFn, StageResult
-from training.engine.config import BaseConfig, DPOConfig, KTOConfig, PPOConfig, RewardConfig, SFTConfig
+from training.engine.config import BaseConfig, BestOfNConfig, DPOConfig, KTOConfig, PPOConfig, RewardConfig, SFTConfig
 from training.engine.dpo import train_dpo
 from training.engine.kto import train_kto
 from training.engine.launcher import exit_with_runner
@@ -38,16 +40,18 @@ STAGES: dict[str, tuple[type[BaseConfig], Callable[..., StageResult]]] = {
     "kto": (KTOConfig, train_kto),
     "sft": (SFTConfig, train_sft),
     "ppo": (PPOConfig, train_ppo),  # takes the reward model too: (config, prompts, reward_model, output_dir, progress)
+    "best_of_n": (BestOfNConfig, train_best_of_n),  # as ppo: prompts and a reward model
 }
+SCORED = ("ppo", "best_of_n")  # the stages that take --reward-model
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.engine", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=sorted(STAGES))
     parser.add_argument(
-        "--data", "--prompts", required=True, help="the export to train on (JSONL or Parquet); ppo: prompts"
+        "--data", "--prompts", required=True, help="the export to train on (JSONL or Parquet); ppo, best_of_n: prompts"
     )
-    parser.add_argument("--reward-model", help="ppo: the reward model to train against (its directory)")
+    parser.add_argument("--reward-model", help="ppo, best_of_n: the reward model that scores (its directory)")
     parser.add_argument("--out", required=True, help="output directory: checkpoints and the final model")
     parser.add_argument("--config", help="a JSON file with settings")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one setting; repeatable")
@@ -56,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-file", help="stop after the current step once this file exists")
     parser.add_argument("--exit-with-runner", action="store_true", help="exit when stdin closes (the runner is gone)")
     args = parser.parse_args(argv)
-    if (args.stage == "ppo") != (args.reward_model is not None):
-        parser.error("--reward-model: required by ppo, and by ppo only")
+    if (args.stage in SCORED) != (args.reward_model is not None):
+        parser.error(f"--reward-model: required by {' and '.join(SCORED)}, and by them only")
 
     if args.exit_with_runner:
         exit_with_runner()
@@ -80,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     progress = _printer(as_json=args.progress_json, stop_file=args.stop_file)
-    if args.stage == "ppo":
-        result = train_ppo(config, args.data, args.reward_model, args.out, progress)
+    if args.stage in SCORED:
+        result = train(config, args.data, args.reward_model, args.out, progress)
     else:
         result = train(config, args.data, args.out, progress)
     if _is_main_process():

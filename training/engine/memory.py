@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from training.engine.config import BaseConfig, DPOConfig, KTOConfig, PPOConfig, RewardConfig, SFTConfig
+from training.engine.config import BaseConfig, BestOfNConfig, DPOConfig, KTOConfig, PPOConfig, RewardConfig, SFTConfig
 from training.engine.model_files import adapter_base, is_adapter
 
 GIB = 1024**3
@@ -200,6 +200,12 @@ def estimate_memory(
         # The rollout samples rollout_batch_size prompts at once: keys and values of every layer, whole length.
         kv_cache = 2 * arch.layers * arch.kv_heads * arch.head_dim * compute_bytes
         extra += config.rollout_batch_size * config.max_length * kv_cache
+    if isinstance(config, BestOfNConfig):
+        # Sampling holds the policy, the reward model and the KV cache of sample_batch_size sequences before SFT
+        # loads its own copy; counted on top of SFT's peak, an upper bound.
+        kv_cache = 2 * arch.layers * arch.kv_heads * arch.head_dim * compute_bytes
+        reward = reward_arch or arch
+        extra = reward.parameters(head=1) * compute_bytes + config.sample_batch_size * config.max_length * kv_cache
     return MemoryEstimate(
         weights=int(weights / shards),
         trainable=int(trainable_bytes / shards),
