@@ -84,7 +84,6 @@ class TestLaunch:
             ("best_of_n", {"settings_": {"best_of_n.temperature": "0"}}, "best_of_n.temperature"),
             ("best_of_n", {"settings_": {"best_of_n.launch": "ddp"}}, "best_of_n.launch"),
             ("best_of_n", {"reward_model": "reward-v9"}, "reward_model"),
-            ("ppo", {"settings_": {"kl_horizon": "0"}}, "ppo.kl_horizon"),
             ("dpo", {"settings_": {"load_in_4bit": "true"}}, "dpo.load_in_4bit"),  # no GPU worker has reported
             ("reward", {"settings_": {"load_in_4bit": "true", "use_lora": "false"}}, "reward.load_in_4bit"),
             # TRL refuses exo_pair without label smoothing only in the worker; robust without it is sigmoid.
