@@ -126,6 +126,10 @@ def test_ppo_adds_the_reward_model_and_rollout_cache_and_reward_scores_pairs():
     assert ppo.extra_models > QWEN.parameters(head=1) * 2
     bigger_reward = replace(QWEN, layers=48)
     assert estimate_memory(PPOConfig(dtype="bfloat16"), QWEN, reward_arch=bigger_reward).extra_models > ppo.extra_models
+    # The KL run-away watch keeps two copies of the adapter: none without a stop.
+    unwatched = estimate_memory(PPOConfig(dtype="bfloat16", kl_stop=None), QWEN)
+    adapter = QWEN.adapter_parameters(PPOConfig()) + QWEN.hidden + 1
+    assert ppo.extra_models - unwatched.extra_models == 2 * adapter * 4
     reward = estimate_memory(RewardConfig(dtype="bfloat16"), QWEN)
     assert reward.logits < GIB / 1000  # one score per sequence, no vocabulary
     assert reward.parts()[0][1] == max(size for _, size in reward.parts())

@@ -200,6 +200,8 @@ def estimate_memory(
         # The rollout samples rollout_batch_size prompts at once: keys and values of every layer, whole length.
         kv_cache = 2 * arch.layers * arch.kv_heads * arch.head_dim * compute_bytes
         extra += config.rollout_batch_size * config.max_length * kv_cache
+        if config.kl_limit is not None:  # the run-away watch's two float32 copies of the adapter (and value head)
+            extra += 2 * (arch.adapter_parameters(config) + arch.hidden + 1) * 4
     if isinstance(config, BestOfNConfig):
         # Sampling holds the policy, the reward model and the KV cache of sample_batch_size sequences before SFT
         # loads its own copy; counted on top of SFT's peak, an upper bound.
