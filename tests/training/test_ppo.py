@@ -380,10 +380,12 @@ def test_the_kl_rules_refuse_bad_values_by_name():
         ({"kl_horizon": "0"}, "kl_horizon"),
         ({"kl_stop": "1"}, "kl_stop"),
         ({"kl_stop_steps": "0"}, "kl_stop_steps"),
+        ({"launch": "zero3"}, "kl_stop"),
     ]:
         with pytest.raises(ValueError, match=f"^{name}: "):
             PPOConfig.from_dict(values)
     assert PPOConfig.from_dict({"kl_target": "none"}).kl_limit is None  # a fixed β has no target to multiply
+    assert PPOConfig.from_dict({"launch": "zero3", "kl_stop": "none"}).kl_limit is None
     assert PPOConfig().kl_limit == PPOConfig().kl_stop * PPOConfig().kl_target
 
 

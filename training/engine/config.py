@@ -300,6 +300,13 @@ class PPOConfig(BaseConfig):
             ("kl_horizon", self.kl_horizon > 0, "must be > 0"),
             ("kl_stop", self.kl_stop is None or self.kl_stop > 1, "must be > 1 (a multiple of kl_target), or none"),
             ("kl_stop_steps", self.kl_stop_steps > 0, "must be > 0"),
+            # ZeRO-3 keeps each parameter partitioned outside forward: a process's copy of its weights is empty, and
+            # putting back the policy from before a run-away would silently keep the current one.
+            (
+                "kl_stop",
+                self.kl_stop is None or self.launch != "zero3",
+                "must be none with launch=zero3 (it cannot put back the policy from before a run-away)",
+            ),
             ("reward_clip", self.reward_clip is None or self.reward_clip > 0, "must be > 0, or none"),
             ("max_grad_norm", self.max_grad_norm > 0, "must be > 0"),
         ]
