@@ -36,7 +36,7 @@ class LaunchForm(DatasetFiltersForm):
     base = forms.CharField(required=False, help_text=BASE_HELP, widget=forms.TextInput(attrs={"class": "vTextField"}))
     reward_model = forms.CharField(
         required=False,
-        help_text="PPO, RLOO and GRPO only: score with this reward version (reward-v2) instead of training one.",
+        help_text="PPO, RLOO, GRPO, best_of_n: score with this reward version (reward-v2) instead of training one.",
     )
     settings = forms.CharField(
         required=False,

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from annotate.jobs import move
 from annotate.models import DatasetSnapshot, Response, Task
+from training.engine.config import PPOConfig
 
 
 class TrainingRound(models.Model):
@@ -29,6 +30,7 @@ class TrainingRound(models.Model):
         SAMPLE = "sample", "New samples only"
         RLOO = "rloo", "RLOO (online, against a reward model)"
         GRPO = "grpo", "GRPO (online, against a reward model)"
+        BEST_OF_N = "best_of_n", "Best-of-N (SFT on the reward model's best of K samples)"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -51,6 +53,7 @@ class TrainingRound(models.Model):
         "sample": "Sampling new responses into the queue",
         "rloo": "Training the policy (RLOO)",
         "grpo": "Training the policy (GRPO)",
+        "best_of_n": "Best-of-N: sampling K answers per prompt, scoring them, SFT on the best",
     }
 
     project = models.ForeignKey("annotate.Project", on_delete=models.CASCADE, related_name="training_rounds")
@@ -86,6 +89,7 @@ class TrainingRound(models.Model):
     progress = models.FloatField(default=0, help_text="0 to 1, over all of the round's stages.")
     log_tail = models.TextField(blank=True)
     error = models.TextField(blank=True)
+    warning = models.TextField(blank=True, help_text="What the lead should know of a round that went on regardless.")
     celery_task_id = models.CharField(max_length=64, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="training_rounds"
@@ -145,6 +149,19 @@ class TrainingRound(models.Model):
         cancelled = move(self, [self.Status.QUEUED], status=self.Status.CANCELLED, finished_at=timezone.now())
         if cancelled and self.snapshot_id:
             end_unwritten_snapshots(DatasetSnapshot.objects.filter(pk=self.snapshot_id))
+
+    def warn(self, message: str) -> None:
+        """Keep a warning for the lead while the round goes on (shown on the round page and in the API)."""
+        self.warning = "\n".join(filter(None, [self.warning, message]))
+        TrainingRound.objects.filter(pk=self.pk).update(warning=self.warning)
+
+    def chart_lines(self) -> dict[str, list[tuple[str, float]]]:
+        """Reference lines for the round page's charts: PPO's KL target and its run-away limit."""
+        if "ppo" not in self.config:
+            return {}
+        config = PPOConfig.from_dict({"kl_stop": None, **self.config["ppo"]})  # rounds from before kl_stop had none
+        lines = [(name, value) for name, value in (("target", config.kl_target), ("stop", config.kl_limit)) if value]
+        return {"ppo/kl": lines} if lines else {}
 
     def cancel_is_requested(self) -> bool:
         return TrainingRound.objects.filter(pk=self.pk, cancel_requested=True).exists()

@@ -14,8 +14,8 @@ anything else is refused with one message, so that a lead learns nothing of othe
 server's files (the operator's `manage.py launch_round` may name any path).
 
 Stages per method: reward = [reward]; ppo = [reward, ppo, sample] ([ppo, sample] with a given reward model);
-dpo = [dpo, sample]; kto = [kto, sample]; sft = [sft, sample]; sample = [sample] (training/sampling.py); rloo and
-grpo as ppo (online RL on TRL's trainers, training/engine/online.py). Settings:
+dpo = [dpo, sample]; kto = [kto, sample]; sft = [sft, sample]; sample = [sample] (training/sampling.py); rloo,
+grpo (online RL on TRL's trainers, training/engine/online.py) and best_of_n as ppo. Settings:
 `key=value` applies to every stage of the method that has the key, `stage.key=value` to that stage only; anything
 else is refused, naming the key.
 """
@@ -43,6 +43,7 @@ from annotate.models import Annotation, DatasetSnapshot, Project, Prompt, QuotaR
 from models_registry.models import ModelVersion
 from training.engine.config import (
     BaseConfig,
+    BestOfNConfig,
     DPOConfig,
     GRPOConfig,
     KTOConfig,
@@ -70,9 +71,11 @@ STAGES = {
     Method.SAMPLE: ["sample"],  # a registered policy's samples into the queue, on demand
     Method.RLOO: ["reward", "rloo", "sample"],  # as PPO: [rloo, sample] with a given reward model
     Method.GRPO: ["reward", "grpo", "sample"],
+    # K samples per prompt of the pairs snapshot, SFT on the reward model's best (training/engine/best_of_n.py)
+    Method.BEST_OF_N: ["reward", "best_of_n", "sample"],
 }
-# The stages that train against a reward model: the round's own, or the one given at launch.
-ONLINE_STAGES = ("ppo", "rloo", "grpo")
+# The stages that score with a reward model: the round's own, or the one given at launch.
+SCORED_STAGES = ("ppo", "rloo", "grpo", "best_of_n")
 # The export each method trains on; the others train on pairs (see snapshot_kind for a reward model on ratings).
 SNAPSHOT_KINDS = {Method.SFT: DatasetSnapshot.Kind.SFT, Method.KTO: DatasetSnapshot.Kind.UNPAIRED}
 LOG_TAIL_LINES = 200
@@ -99,6 +102,7 @@ def stage_configs() -> dict[str, type]:
         "sample": SampleConfig,
         "rloo": RLOOConfig,
         "grpo": GRPOConfig,
+        "best_of_n": BestOfNConfig,
     }
 
 
@@ -298,7 +302,7 @@ def check_memory(config: Mapping[str, Mapping[str, Any]], reward_version: ModelV
             if stage == "sample":
                 continue
             stage_config = classes[stage].from_dict(values)
-            reward_arch = read_architecture(reward_path) if stage in ONLINE_STAGES and reward_path else None
+            reward_arch = read_architecture(reward_path) if stage in SCORED_STAGES and reward_path else None
             arch = read_architecture(stage_config.model_name_or_path)
             estimate = estimate_memory(stage_config, arch, reward_arch=reward_arch, shards=_shards(stage_config, gpu))
             estimates.append(MemoryCheck(stage, stage_config, estimate, gpu=gpu))
@@ -434,8 +438,8 @@ def _resolve_reward(project: Project, method: str, reward_model: str) -> ModelVe
     reward_model = (reward_model or "").strip()
     if not reward_model:
         return None
-    if method not in ONLINE_STAGES:
-        raise ValidationError({"reward_model": "Only a PPO, RLOO or GRPO round scores with a reward model."})
+    if method not in SCORED_STAGES:
+        raise ValidationError({"reward_model": "Only a PPO, RLOO, GRPO or best_of_n round scores with a reward model."})
     if version := _version_named(project, ModelVersion.Kind.REWARD, reward_model):
         return version
     raise ValidationError({"reward_model": f"No reward model {reward_model!r} in this project (e.g. reward-v2)."})
@@ -570,6 +574,7 @@ def run_round(round_id: int) -> TrainingRound:
 
 
 def _run_stages(training_round: TrainingRound) -> None:
+    from training.engine.best_of_n import train_best_of_n
     from training.engine.dpo import train_dpo
     from training.engine.generate import GenerationStopped
     from training.engine.kto import train_kto
@@ -604,7 +609,7 @@ def _run_stages(training_round: TrainingRound) -> None:
             logger.info("Stage %s: training from %s into %s", stage, config.model_name_or_path, output_dir)
             ratings = _ratings_file(training_round) if stage == "reward" and config.objective == "both" else None
             if config.launch != "single":  # every GPU of the worker (or more machines) under accelerate launch
-                reward_model = reward_path if stage in ONLINE_STAGES else ""
+                reward_model = reward_path if stage in SCORED_STAGES else ""
                 result = run_launched(stage, config, data_file, output_dir, progress, reward_model=reward_model,
                                       ratings=ratings.file.path if ratings else "",
                                       machines=_launch_machines(config.launch))  # fmt: skip
@@ -612,6 +617,8 @@ def _run_stages(training_round: TrainingRound) -> None:
                 result = train_reward(config, data_file, output_dir, progress, ratings.file.path if ratings else None)
             elif stage == "ppo":
                 result = train_ppo(config, data_file, reward_path, output_dir, progress)
+            elif stage == "best_of_n":
+                result = train_best_of_n(config, data_file, reward_path, output_dir, progress)
             elif stage == "dpo":
                 result = train_dpo(config, data_file, output_dir, progress)
             elif stage == "kto":
@@ -628,6 +635,9 @@ def _run_stages(training_round: TrainingRound) -> None:
                     result.eval_report["ratings_snapshot_sha256"] = ratings.sha256
             if result.stopped:
                 raise _Cancelled
+            if result.warning:  # the stage ended on its own terms (PPO's KL run-away stop): the round goes on
+                logger.warning("Stage %s: %s", stage, result.warning)
+                training_round.warn(result.warning)
             logger.info("Stage %s done: %s steps, eval %s", stage, result.steps, result.eval_report)
             results[stage] = (config, result)
     if not reward_path and (latest := ModelVersion.objects.latest_reward(training_round.project)):
@@ -719,7 +729,7 @@ def _register(
             eval_report={**result.eval_report, **_human_eval_accuracy(training_round, result.output_dir)},
             **common,
         )
-    policy_stage = next((stage for stage in ("ppo", "dpo", "kto", "sft", "rloo", "grpo") if stage in results), None)
+    policy_stage = next((s for s in ("ppo", "dpo", "kto", "sft", "rloo", "grpo", "best_of_n") if s in results), None)
     if policy_stage is None:
         return None
     config, result = results[policy_stage]

@@ -48,7 +48,7 @@ class LaunchIn(serializers.Serializer):
         max_length=100,
         required=False,
         allow_blank=True,
-        help_text="PPO, RLOO and GRPO only: score with this reward version (reward-v2) instead of training one.",
+        help_text="PPO, RLOO, GRPO, best_of_n: score with this reward version (reward-v2) instead of training one.",
     )
     settings = serializers.DictField(
         child=SettingValue(),
@@ -93,6 +93,7 @@ class RoundSerializer(serializers.ModelSerializer):
             "snapshot",
             "filters",
             "error",
+            "warning",
             "created_by",
             "created_at",
             "started_at",

@@ -40,7 +40,7 @@ def round_page(request: HttpRequest, project_slug: str, number: int) -> HttpResp
     context = {
         "project": training_round.project,
         "round": training_round,
-        "charts": charts_for(training_round.metric_series()),
+        "charts": charts_for(training_round.metric_series(), training_round.chart_lines()),
         "versions": training_round.model_versions.all(),
         "samples": _queued_samples(training_round),
         "poll_seconds": POLL_SECONDS,

@@ -137,3 +137,31 @@ def test_reloading_the_tokens_page_makes_no_second_token(page, page_log, refusal
     assert not [d for d in page_log.dialogs if "resubmi" in d.lower()]
     refusals.none_on("tokens page")
     screenshot("token-reloaded")
+
+
+def test_a_ppo_round_page_charts_kl_against_its_target_and_shows_a_runaway_warning(
+    page, refusals, screenshot, lead, project
+):
+    ppo = {"kl_target": 3.0, "kl_stop": 3.0, "kl_coef": 0.05}
+    training_round = TrainingRound.objects.create(
+        project=project, number=1, method="ppo", base_model="tiny", status="succeeded", progress=1,
+        config={"reward": {}, "ppo": ppo, "sample": {}}, stage="sample",
+        warning="PPO stopped at step 40: its KL to the reference (the round's base policy) stayed above 9 nats per "
+        "response for 3 steps in a row (last 12.4). The policy kept is the one from before the run-away, after step "
+        "37 (KL 8.1).",
+    )  # fmt: skip
+    for step in range(1, 41):
+        kl = 0.1 * step if step < 30 else 3 + (step - 30) ** 1.4
+        values = {"kl": kl, "beta": 0.05 * (1 + 0.008) ** max(0, step - 30), "reward": 0.02 * step}
+        training_round.metrics.create(stage="ppo", step=step, values=values)
+    log_in(page, lead, "/")
+
+    page.goto(reverse("round_page", args=[project.slug, training_round.number]))
+    expect(page.locator("#round-warning")).to_contain_text("PPO stopped at step 40")
+    kl_chart = page.locator("figure.chart", has_text="ppo/kl")
+    expect(kl_chart.locator("line.chart-line-target")).to_have_count(1)
+    expect(kl_chart).to_contain_text("dashed: target 3.0000")
+    assert kl_chart.locator("line.chart-line-stop").evaluate("e => getComputedStyle(e).color") == "rgb(179, 38, 30)"
+    expect(page.locator("figure.chart", has_text="ppo/beta")).to_have_count(1)
+    refusals.none_on("ppo round")
+    both_widths(page, screenshot, "ppo-round")

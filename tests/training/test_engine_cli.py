@@ -46,3 +46,17 @@ def test_refuses_a_bad_setting_naming_it(tmp_path, capsys):
 
     assert exit.value.code == 2
     assert "beta: must be > 0, got -1.0" in capsys.readouterr().err
+
+
+def test_best_of_n_runs_from_the_command_line_and_needs_a_reward_model(tiny, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "pairs.jsonl", marker_pairs(8))
+    out = tmp_path / "bon"
+    common = ["best_of_n", "--prompts", str(data), "--out", str(out), "--set", f"model_name_or_path={tiny.policy}"]
+    with pytest.raises(SystemExit):
+        main(common)
+    assert "--reward-model: required by ppo and best_of_n" in capsys.readouterr().err
+
+    settings = ["k=2", "max_new_tokens=4", "max_length=128", "max_steps=2", "lora_r=4", "eval_fraction=0"]
+    assert main([*common, "--reward-model", str(tiny.reward), *(arg for s in settings for arg in ("--set", s))]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["steps"] == 2 and result["eval_report"]["k"] == 2 and result["eval_report"]["reward_gain"] >= 0

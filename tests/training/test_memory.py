@@ -10,7 +10,7 @@ from peft import IA3Config, LoraConfig, PromptTuningConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from tests.training.conftest import TOKENIZERS
-from training.engine.config import DPOConfig, KTOConfig, PPOConfig, RewardConfig, SFTConfig
+from training.engine.config import BestOfNConfig, DPOConfig, KTOConfig, PPOConfig, RewardConfig, SFTConfig
 from training.engine.memory import GIB, Architecture, estimate_memory, read_architecture
 
 # Published configs of two families whose config.json is not among the shared tokenizers.
@@ -126,6 +126,10 @@ def test_ppo_adds_the_reward_model_and_rollout_cache_and_reward_scores_pairs():
     assert ppo.extra_models > QWEN.parameters(head=1) * 2
     bigger_reward = replace(QWEN, layers=48)
     assert estimate_memory(PPOConfig(dtype="bfloat16"), QWEN, reward_arch=bigger_reward).extra_models > ppo.extra_models
+    # The KL run-away watch keeps two copies of the adapter: none without a stop.
+    unwatched = estimate_memory(PPOConfig(dtype="bfloat16", kl_stop=None), QWEN)
+    adapter = QWEN.adapter_parameters(PPOConfig()) + QWEN.hidden + 1
+    assert ppo.extra_models - unwatched.extra_models == 2 * adapter * 4
     reward = estimate_memory(RewardConfig(dtype="bfloat16"), QWEN)
     assert reward.logits < GIB / 1000  # one score per sequence, no vocabulary
     assert reward.parts()[0][1] == max(size for _, size in reward.parts())
@@ -164,3 +168,12 @@ def test_kto_counts_each_answer_with_its_mismatched_one_and_a_whole_models_refer
         kto = estimate_memory(KTOConfig(use_lora=use_lora, **settings), QWEN)
         assert kto == estimate_memory(DPOConfig(use_lora=use_lora, **settings), QWEN)
     assert kto.extra_models == QWEN.parameters() * 2  # full fine-tuning: the frozen reference copy
+
+
+def test_best_of_n_counts_sfts_training_and_the_reward_model_and_cache_of_its_sampling():
+    best_of_n = estimate_memory(BestOfNConfig(dtype="bfloat16"), QWEN)
+    sft = estimate_memory(SFTConfig(dtype="bfloat16"), QWEN)
+    assert (best_of_n.weights, best_of_n.activations, best_of_n.logits) == (sft.weights, sft.activations, sft.logits)
+    assert best_of_n.extra_models > QWEN.parameters(head=1) * 2 and sft.extra_models == 0
+    more = estimate_memory(BestOfNConfig(dtype="bfloat16", sample_batch_size=64), QWEN)
+    assert more.extra_models > best_of_n.extra_models

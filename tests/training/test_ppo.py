@@ -293,6 +293,7 @@ def test_mean_reward_rises_on_an_easy_reward_while_kl_stays_finite(tiny, prompts
         ppo_epochs=4,
         learning_rate=1e-2,
         kl_coef=0.01,
+        kl_target=None,  # a fixed small β, and so no run-away stop: this run is about the reward, not the leash
         missing_eos_penalty=None,
         lora_target_modules="q_proj,v_proj,lm_head",
         seed=0,
@@ -339,6 +340,54 @@ def test_stops_within_one_step_when_asked(tiny, prompts, tmp_path):
     assert (out / "checkpoint-2" / "adapter_model.safetensors").is_file()  # resumable from where it stopped
     assert (out / "adapter_model.safetensors").is_file() and (out / "value_head.safetensors").is_file()
     assert result.eval_report == {}
+
+
+def test_the_default_config_adapts_beta_toward_its_kl_target(tiny, prompts, tmp_path):
+    calls = []
+    config = quick(tiny, max_steps=3)  # kl_target, kl_horizon and kl_coef as a round gets them
+    train_ppo(config, prompts, None, tmp_path / "ppo", lambda *call: calls.append(call) or False,
+              reward_fn=share_of_low_ids)  # fmt: skip
+
+    betas = [metrics["beta"] for _, _, metrics in calls]
+    assert config.kl_target is not None and betas[0] == config.kl_coef
+    # The first rollouts' KL is ~0, under the target: β falls by up to 0.2 · batch / horizon per step.
+    assert betas[2] < betas[1] < betas[0], betas
+    assert betas[1] == pytest.approx(betas[0] * (1 - 0.2 * 4 / config.kl_horizon), rel=0.01)
+
+
+def test_a_kl_runaway_stops_early_and_keeps_the_policy_from_before_it(tiny, prompts, tmp_path):
+    calls = []
+    # A tiny target and a large step: the first update alone takes the KL past kl_stop × kl_target.
+    config = quick(tiny, max_steps=10, learning_rate=5e-2, kl_target=1e-4, kl_stop=2.0, kl_stop_steps=2)
+    out = tmp_path / "ppo"
+    result = train_ppo(config, prompts, None, out, lambda *call: calls.append(call) or False,
+                       reward_fn=share_of_low_ids)  # fmt: skip
+
+    kls = [metrics["kl"] for _, _, metrics in calls]
+    assert kls[0] == pytest.approx(0.0, abs=1e-5) and all(kl > 2e-4 for kl in kls[1:]), kls
+    assert (result.steps, result.stopped) == (3, False)  # two steps over the limit in a row, then no more
+    assert "PPO stopped at step 3" in result.warning and "after step 0" in result.warning, result.warning
+    assert result.eval_report["kept_step"] == 0 and result.eval_report["kl_stop_limit"] == pytest.approx(2e-4)
+    # What is saved is the policy the first (good) rollout came from: the adapter as initialised, B = 0.
+    saved = load_file(out / "adapter_model.safetensors")
+    assert all(torch.count_nonzero(t) == 0 for name, t in saved.items() if "lora_B" in name)
+    assert result.eval_report["kl"] == pytest.approx(0.0, abs=1e-5)  # evaluated as kept, not as it ran away
+    assert not list(out.glob("checkpoint-*"))
+
+
+def test_the_kl_rules_refuse_bad_values_by_name():
+    for values, name in [
+        ({"kl_target": "0"}, "kl_target"),
+        ({"kl_horizon": "0"}, "kl_horizon"),
+        ({"kl_stop": "1"}, "kl_stop"),
+        ({"kl_stop_steps": "0"}, "kl_stop_steps"),
+        ({"launch": "zero3"}, "kl_stop"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{name}: "):
+            PPOConfig.from_dict(values)
+    assert PPOConfig.from_dict({"kl_target": "none"}).kl_limit is None  # a fixed β has no target to multiply
+    assert PPOConfig.from_dict({"launch": "zero3", "kl_stop": "none"}).kl_limit is None
+    assert PPOConfig().kl_limit == PPOConfig().kl_stop * PPOConfig().kl_target
 
 
 def test_resumes_from_the_latest_checkpoint_as_if_never_stopped(tiny, prompts, tmp_path):

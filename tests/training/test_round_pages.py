@@ -153,6 +153,33 @@ class TestRoundPage:
         region = client.get(self.url(training_round), **HTMX).content.decode()
         assert region.lstrip().startswith('<section id="live"') and "<html" not in region
 
+    def test_the_ppo_kl_chart_draws_its_target_and_stop_limit_and_beta_has_a_chart(self, client, lead, project, base):
+        training_round = launch_round(project, method="ppo", base=base, settings_={"ppo.kl_target": "2"})
+        training_round.claim()
+        for step, kl in ((1, 0.0), (2, 1.5)):
+            RoundMetric.objects.create(
+                training_round=training_round, stage="ppo", step=step, values={"kl": kl, "beta": 0.05}
+            )
+        client.force_login(lead)
+
+        response = client.get(self.url(training_round))
+        charts = {chart["name"]: chart for chart in response.context["charts"]}
+        kl = charts["ppo/kl"]
+        assert [(line["label"], line["value"]) for line in kl["lines"]] == [("target", 2.0), ("stop", 6.0)]
+        assert kl["high"] == 6.0  # the lines are inside the chart even while the KL is below them
+        assert "ppo/beta" in charts
+        page = response.content.decode()
+        assert 'class="chart-line chart-line-target"' in page and "dashed: target 2" in page
+
+    def test_a_round_that_stopped_on_kl_shows_its_warning(self, client, lead, project, base):
+        training_round = launch_round(project, method="ppo", base=base)
+        training_round.claim()
+        training_round.warn("PPO stopped at step 7: its KL to the reference stayed above 9 nats per response.")
+        training_round.finish(TrainingRound.Status.SUCCEEDED)
+        client.force_login(lead)
+        page = client.get(self.url(training_round)).content.decode()
+        assert 'id="round-warning"' in page and "PPO stopped at step 7" in page and "Succeeded" in page
+
     def test_a_finished_round_stops_polling_and_shows_how_long_it_ran(self, client, lead, project, base):
         training_round = launch_round(project, method="dpo", base=base)
         training_round.request_cancel()

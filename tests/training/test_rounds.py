@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.urls import reverse
 from django.utils import timezone
 
 from annotate.exports import run_snapshot
@@ -21,7 +22,7 @@ from models_registry.models import ModelVersion
 from tests.conftest import write_model_files
 from tests.training.conftest import marker_pairs
 from training.models import RoundMetric, TrainingRound, Worker
-from training.rounds import fail_stale_rounds, failure_message, launch_round, relaunch, run_round
+from training.rounds import fail_stale_rounds, failure_message, launch_round, plan_round, relaunch, run_round
 
 FAST = {"max_steps": "3", "per_device_batch_size": "2", "lora_r": "4", "max_length": "128", "eval_fraction": "0.25"}
 
@@ -44,6 +45,8 @@ def launch(project, policy, method, **extra):
     settings_ = {**FAST, **extra.pop("settings_", {})}
     if method != "reward":
         settings_.setdefault("sample.max_new_tokens", "8")
+    if method == "best_of_n":
+        settings_.setdefault("best_of_n.max_new_tokens", "8")  # its default, 128, leaves FAST's max_length no room
     return launch_round(project, method=method, base=policy, settings_=settings_, **extra)
 
 
@@ -76,6 +79,11 @@ class TestLaunch:
             ("dpo", {"settings_": {"adapter": "adapters"}}, "dpo.adapter"),
             ("ppo", {"settings_": {"adapter": "prompt_tuning"}}, "reward.adapter"),
             ("ppo", {"settings_": {"reward.adapter": "ia3", "ppo.adapter": "prompt_tuning"}}, "ppo.adapter"),
+            ("ppo", {"settings_": {"kl_stop": "0.5"}}, "ppo.kl_stop"),
+            ("best_of_n", {"settings_": {"k": "1"}}, "best_of_n.k"),
+            ("best_of_n", {"settings_": {"best_of_n.temperature": "0"}}, "best_of_n.temperature"),
+            ("best_of_n", {"settings_": {"best_of_n.launch": "ddp"}}, "best_of_n.launch"),
+            ("best_of_n", {"reward_model": "reward-v9"}, "reward_model"),
             ("dpo", {"settings_": {"load_in_4bit": "true"}}, "dpo.load_in_4bit"),  # no GPU worker has reported
             ("reward", {"settings_": {"load_in_4bit": "true", "use_lora": "false"}}, "reward.load_in_4bit"),
             # TRL refuses exo_pair without label smoothing only in the worker; robust without it is sigmoid.
@@ -112,6 +120,17 @@ class TestLaunch:
         # A whole model trained (use_lora off) is servable, and so is any adapter through vLLM.
         assert launch(pairs_project, policy, "dpo", settings_={**server, "use_lora": "false"})
         assert launch(pairs_project, policy, "dpo", settings_={**server, "sample.server_kind": "vllm"})
+
+    def test_best_of_n_trains_a_reward_model_or_scores_with_the_one_given(self, pairs_project, policy):
+        planned = plan_round(pairs_project, method="best_of_n", base=policy, settings_={"k": "8", "max_steps": "3"})
+        assert list(planned["config"]) == ["reward", "best_of_n", "sample"]
+        assert planned["config"]["best_of_n"]["k"] == 8 and planned["config"]["best_of_n"]["max_steps"] == 3
+        # max_new_tokens is a setting of both best_of_n and sample: unprefixed, it goes to both.
+        both = plan_round(pairs_project, method="best_of_n", base=policy, settings_={"max_new_tokens": "16"})
+        assert both["config"]["best_of_n"]["max_new_tokens"] == both["config"]["sample"]["max_new_tokens"] == 16
+        reward = ModelVersion.register(project=pairs_project, kind="reward", base_model=policy, adapter_path="/r")
+        given = plan_round(pairs_project, method="best_of_n", base=policy, reward_model="reward-v1")
+        assert list(given["config"]) == ["best_of_n", "sample"] and given["reward_version"] == reward
 
     def test_without_a_base_it_takes_the_active_policy_or_says_there_is_none(self, pairs_project, policy, settings):
         settings.ARBITER_DEFAULT_BASE_MODEL = ""
@@ -279,6 +298,37 @@ class TestRun:
         series = training_round.metric_series()
         assert any(name.startswith("reward/") for name in series) and "ppo/kl" in series, sorted(series)
         assert "ppo step 3/3" in training_round.log_tail
+
+    def test_a_ppo_round_whose_kl_runs_away_succeeds_with_a_warning_and_the_policy_from_before(
+        self, pairs_project, policy, client, lead
+    ):
+        runaway = {"ppo.kl_target": "1e-4", "ppo.kl_stop": "2", "ppo.kl_stop_steps": "2", "ppo.learning_rate": "5e-2",
+                   "ppo.max_steps": "10", "ppo.max_new_tokens": "8"}  # fmt: skip
+        training_round = run_round(launch(pairs_project, policy, "ppo", settings_=runaway).pk)
+
+        assert training_round.status == "succeeded", training_round.error
+        version = ModelVersion.objects.get(kind="policy", training_round=training_round)
+        stopped_at, kept = version.eval_report["kl_stop_step"], version.eval_report["kept_step"]
+        assert kept + 2 <= stopped_at < 10, version.eval_report  # stopped early, keeping a policy from before
+        said = f"PPO stopped at step {stopped_at}"
+        assert said in training_round.warning and f"after step {kept} " in training_round.warning
+        assert max(step for step, _ in training_round.metric_series()["ppo/kl"]) == stopped_at
+        client.force_login(lead)
+        page = client.get(reverse("round_page", args=[pairs_project.slug, training_round.number])).content.decode()
+        assert 'id="round-warning"' in page and said in page
+
+    def test_a_best_of_n_round_trains_a_reward_model_then_sfts_on_its_best_samples(self, pairs_project, policy):
+        training_round = run_round(launch(pairs_project, policy, "best_of_n", settings_={"k": "3"}).pk)
+
+        assert training_round.status == "succeeded", training_round.error
+        version = ModelVersion.objects.get(kind="policy", training_round=training_round)
+        report = version.eval_report
+        assert report["k"] == 3 and report["prompts"] == 9  # 12 train prompts, a quarter held out
+        assert report["reward_gain"] == pytest.approx(report["mean_best_reward"] - report["mean_sample_reward"])
+        assert report["reward_gain"] >= 0 and {"mean_reward", "kl"} <= set(report), report
+        assert ModelVersion.objects.filter(kind="reward", training_round=training_round).exists()
+        assert "best_of_n/loss" in training_round.metric_series()
+        assert Response.objects.filter(model_version=version).exists()  # its samples reached the queue
 
     @pytest.mark.parametrize("method", ["dpo", "sft", "reward"])
     def test_each_method_succeeds_and_registers_what_it_trained(self, pairs_project, policy, method):

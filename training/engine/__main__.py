@@ -7,6 +7,7 @@
     python -m training.engine kto --data unpaired.jsonl --out out/kto --set desirable_weight=1.2
     python -m training.engine ppo --prompts pairs.jsonl --reward-model out/rm --out out/ppo --set model_name_or_path=…
     python -m training.engine rloo --prompts pairs.jsonl --reward-model out/rm --out out/rloo --set num_generations=4
+    python -m training.engine best_of_n --prompts pairs.jsonl --reward-model out/rm --out out/bon --set k=8
 
 Settings come from the stage's config defaults, then --config (a JSON object), then each --set key=value.
 Progress is printed one line per step; the first Ctrl-C (or SIGTERM) stops the stage cleanly after the current
@@ -25,9 +26,11 @@ import datasets
 import torch
 import transformers
 
+from training.engine.best_of_n import train_best_of_n
 from training.engine.common import ProgressFn, StageResult
 from training.engine.config import (
     BaseConfig,
+    BestOfNConfig,
     DPOConfig,
     GRPOConfig,
     KTOConfig,
@@ -53,18 +56,19 @@ STAGES: dict[str, tuple[type[BaseConfig], Callable[..., StageResult]]] = {
     "ppo": (PPOConfig, train_ppo),  # takes the reward model too: (config, prompts, reward_model, output_dir, progress)
     "rloo": (RLOOConfig, train_rloo),  # as ppo
     "grpo": (GRPOConfig, train_grpo),  # as ppo
+    "best_of_n": (BestOfNConfig, train_best_of_n),  # as ppo: prompts and a reward model
 }
-# The stages that train against a reward model, given with --reward-model.
-ONLINE = ("ppo", "rloo", "grpo")
+# The stages that take the reward model that scores them, given with --reward-model.
+SCORED = ("ppo", "rloo", "grpo", "best_of_n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.engine", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=sorted(STAGES))
     parser.add_argument(
-        "--data", "--prompts", required=True, help="the export to train on (JSONL or Parquet); ppo, rloo, grpo: prompts"
+        "--data", "--prompts", required=True, help="the export to train on (JSONL or Parquet); scored stages: prompts"
     )
-    parser.add_argument("--reward-model", help="ppo, rloo, grpo: the reward model to train against (its directory)")
+    parser.add_argument("--reward-model", help=f"{', '.join(SCORED)}: the reward model that scores (its directory)")
     parser.add_argument("--ratings", help="reward with objective=both: the unpaired export beside the pairs")
     parser.add_argument("--out", required=True, help="output directory: checkpoints and the final model")
     parser.add_argument("--config", help="a JSON file with settings")
@@ -74,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-file", help="stop after the current step once this file exists")
     parser.add_argument("--exit-with-runner", action="store_true", help="exit when stdin closes (the runner is gone)")
     args = parser.parse_args(argv)
-    if (args.stage in ONLINE) != (args.reward_model is not None):
-        parser.error(f"--reward-model: required by {', '.join(ONLINE)}, and by them only")
+    if (args.stage in SCORED) != (args.reward_model is not None):
+        parser.error(f"--reward-model: required by {', '.join(SCORED)}, and by them only")
 
     if args.exit_with_runner:
         exit_with_runner()
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     progress = _printer(as_json=args.progress_json, stop_file=args.stop_file)
-    if args.stage in ONLINE:
+    if args.stage in SCORED:
         result = train(config, args.data, args.reward_model, args.out, progress)
     elif args.stage == "reward":
         result = train(config, args.data, args.out, progress, args.ratings)

@@ -59,6 +59,7 @@ class StageResult:
     stopped: bool  # the progress callback asked to stop before the planned end
     metrics: dict[str, float]  # the final training metrics (train_loss, train_runtime, …)
     eval_report: dict[str, Any]  # what the held-out data says about the result; stage-specific keys
+    warning: str = ""  # what the lead should know of a stage that ended on its own terms (PPO's KL run-away stop)
 
 
 # Device and dtype -------------------------------------------------------------------------------------------------

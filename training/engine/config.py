@@ -310,12 +310,28 @@ class PPOConfig(BaseConfig):
     lam: float = 0.95  # GAE λ: lower trusts the value head more (less variance, more bias)
     whiten_advantages: bool = True  # zero mean, unit variance per batch: the step size stops tracking reward scale
     kl_coef: float = 0.05  # β of the per-token KL penalty (the starting β when adaptive)
-    kl_target: float | None = None  # set (e.g. 6 nats per sequence) to adapt β toward it; None keeps β fixed
-    kl_horizon: int = 10_000  # samples over which the adaptive β moves by at most 20%
+    # The KL to the reference (this policy with its adapter off: the model under the adapter) that β is steered
+    # toward, in nats per response (Σ_t log π(y_t) − log π_ref(y_t), the `kl` metric). 1 nat kept the loop
+    # benchmark's ~13-token answers at 0.25 per token and varied (3 nats let them collapse onto one short answer:
+    # BENCHMARKS.md); on longer answers it is a tight leash, loosen it there. None keeps β fixed at kl_coef.
+    kl_target: float | None = 1.0
+    # Samples over which the adaptive β moves by at most 20%. Ziegler et al.'s 10,000 barely moves β in a round of a
+    # few hundred samples; 200 lets β move up to ×2.2 (or ÷2.2) over 800 samples, under 1% per step of 8 prompts.
+    kl_horizon: int = 200
     missing_eos_penalty: float | None = -1.0  # added to the score of a response cut off without EOS; None: none
     reward_clip: float | None = None  # clip scores to ±this before anything else: reward models have outliers
     whiten_rewards: bool = False  # scale scores to unit variance per batch (mean kept): for badly scaled rewards
     max_grad_norm: float = 1.0  # gradient clipping: one bad batch must not wreck the adapter
+    # Runaway: when a batch's KL stays above kl_stop × kl_target for kl_stop_steps steps in a row, the stage stops
+    # and keeps the policy from before the run-away (the last one whose samples were under the limit); the round
+    # succeeds with a warning. None never stops on KL; nor does a fixed β (kl_target none), having no target.
+    kl_stop: float | None = 3.0
+    kl_stop_steps: int = 3  # consecutive steps over the limit: one noisy batch of 8 is not a run-away
+
+    @property
+    def kl_limit(self) -> float | None:
+        """The KL per response above which a step counts toward a run-away stop; None when there is none."""
+        return None if self.kl_stop is None or self.kl_target is None else self.kl_stop * self.kl_target
 
     def rules(self) -> list[tuple[str, bool, str]]:
         return [
@@ -336,6 +352,15 @@ class PPOConfig(BaseConfig):
             ("kl_coef", self.kl_coef >= 0, "must be >= 0"),
             ("kl_target", self.kl_target is None or self.kl_target > 0, "must be > 0, or none for a fixed β"),
             ("kl_horizon", self.kl_horizon > 0, "must be > 0"),
+            ("kl_stop", self.kl_stop is None or self.kl_stop > 1, "must be > 1 (a multiple of kl_target), or none"),
+            ("kl_stop_steps", self.kl_stop_steps > 0, "must be > 0"),
+            # ZeRO-3 keeps each parameter partitioned outside forward: a process's copy of its weights is empty, and
+            # putting back the policy from before a run-away would silently keep the current one.
+            (
+                "kl_stop",
+                self.kl_stop is None or self.launch != "zero3",
+                "must be none with launch=zero3 (it cannot put back the policy from before a run-away)",
+            ),
             ("reward_clip", self.reward_clip is None or self.reward_clip > 0, "must be > 0, or none"),
             ("max_grad_norm", self.max_grad_norm > 0, "must be > 0"),
         ]
@@ -452,3 +477,35 @@ class GRPOConfig(OnlineConfig):
             ("loss_type", self.loss_type in GRPO_LOSS_TYPES, f"must be one of {', '.join(GRPO_LOSS_TYPES)}"),
             ("scale_rewards", self.scale_rewards in SCALE_REWARDS, f"must be one of {', '.join(SCALE_REWARDS)}"),
         ]
+
+
+@dataclass
+class BestOfNConfig(SFTConfig):
+    """Best-of-N (rejection-sampling fine-tuning): K samples per train prompt, SFT on the reward model's best.
+
+    The SFT settings are the SFT stage's; its eval_fraction holds prompts out of sampling and training alike, and
+    measures the result (mean reward and KL to the base policy on them)."""
+
+    k: int = 4  # samples per prompt: the best of more is better (Llama 2 sampled up to tens), at K× the sampling
+    max_new_tokens: int = 128  # answer length cap; an answer cut off here can still be the best
+    temperature: float = 1.0  # 1 samples the policy as it is; variety between the K is what there is to choose from
+    top_p: float = 1.0  # < 1 keeps to the nucleus: fewer derailed answers, less variety
+    sample_batch_size: int = 16  # sequences generated (and scored) together; each prompt's K stay in one batch
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        return [
+            *super().rules(),
+            ("k", self.k >= 2, "must be >= 2 (one sample leaves nothing to choose from)"),
+            ("max_new_tokens", 0 < self.max_new_tokens < self.max_length, "must be > 0 and < max_length"),
+            # Greedy decoding would give K copies of one answer.
+            ("temperature", self.temperature > 0, "must be > 0"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("sample_batch_size", self.sample_batch_size > 0, "must be > 0"),
+            ("launch", self.launch == "single", "must be single: best_of_n samples and trains in the worker's process"),
+        ]
+
+    def sft_config(self) -> SFTConfig:
+        """The SFT stage's config from the same settings; it trains on every chosen answer (the prompts were split
+        before sampling)."""
+        fields = {f.name for f in dataclasses.fields(SFTConfig)}
+        return SFTConfig(**{**{k: v for k, v in asdict(self).items() if k in fields}, "eval_fraction": 0.0})

@@ -66,7 +66,7 @@ def generate(
         seed=seed,
         progress=progress,
     )
-    texts = _texts(tokenizer, samples)
+    texts = response_texts(tokenizer, samples)
     return [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
 
 
@@ -172,7 +172,7 @@ def evaluate_policy(
         report["kl"] = log_ratio / max(tokens, 1)
 
     if reward_model_path is not None:
-        texts = _texts(tokenizer, batches)
+        texts = response_texts(tokenizer, batches)
         conversations = [
             [*prompt, {"role": "assistant", "content": text}]
             for prompt, text in zip([p for p in prompts for _ in range(num_samples)], texts, strict=True)
@@ -217,7 +217,7 @@ def _load_unmerged(path: str, device: torch.device) -> PreTrainedModel | PeftMod
     return PeftModel.from_pretrained(base, path).to(device).eval()
 
 
-def _texts(tokenizer: PreTrainedTokenizerBase, batches: list[dict[str, torch.Tensor]]) -> list[str]:
+def response_texts(tokenizer: PreTrainedTokenizerBase, batches: list[dict[str, torch.Tensor]]) -> list[str]:
     """Each sampled response as text, in order, up to its first end-of-sequence token."""
     return [
         tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)

@@ -24,7 +24,16 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from training.engine.config import BaseConfig, DPOConfig, KTOConfig, OnlineConfig, PPOConfig, RewardConfig, SFTConfig
+from training.engine.config import (
+    BaseConfig,
+    BestOfNConfig,
+    DPOConfig,
+    KTOConfig,
+    OnlineConfig,
+    PPOConfig,
+    RewardConfig,
+    SFTConfig,
+)
 from training.engine.model_files import adapter_base, is_adapter
 
 GIB = 1024**3
@@ -202,6 +211,8 @@ def estimate_memory(
         # The rollout samples rollout_batch_size prompts at once: keys and values of every layer, whole length.
         kv_cache = 2 * arch.layers * arch.kv_heads * arch.head_dim * compute_bytes
         extra += config.rollout_batch_size * config.max_length * kv_cache
+        if config.kl_limit is not None:  # the run-away watch's two float32 copies of the adapter (and value head)
+            extra += 2 * (arch.adapter_parameters(config) + arch.hidden + 1) * 4
     if isinstance(config, OnlineConfig):
         reward = reward_arch or arch
         kv_cache = 2 * arch.layers * arch.kv_heads * arch.head_dim * compute_bytes
@@ -209,6 +220,12 @@ def estimate_memory(
         # groups of num_generations), keys and values of every layer, whole length.
         responses = config.per_device_batch_size * config.gradient_accumulation_steps
         extra = reward.parameters(head=1) * compute_bytes + responses * config.max_length * kv_cache
+    if isinstance(config, BestOfNConfig):
+        # Sampling holds the policy, the reward model and the KV cache of sample_batch_size sequences before SFT
+        # loads its own copy; counted on top of SFT's peak, an upper bound.
+        kv_cache = 2 * arch.layers * arch.kv_heads * arch.head_dim * compute_bytes
+        reward = reward_arch or arch
+        extra = reward.parameters(head=1) * compute_bytes + config.sample_batch_size * config.max_length * kv_cache
     return MemoryEstimate(
         weights=int(weights / shards),
         trainable=int(trainable_bytes / shards),

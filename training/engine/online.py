@@ -20,7 +20,6 @@ vLLM generation is not offered: TRL's server mode needs vLLM installed in the wo
 (which takes weight updates over NCCL), not the OpenAI-compatible server that rounds sample through.
 """
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,12 +36,10 @@ from training.engine.common import (
     ProgressFn,
     StageResult,
     load_policy,
-    load_rows,
     load_tokenizer,
     new_adapter,
     pick_device,
     run_training,
-    split_dataset,
     trainer_arguments,
 )
 from training.engine.config import GRPOConfig, OnlineConfig, PPOConfig, RLOOConfig
@@ -50,9 +47,10 @@ from training.engine.generate import encode_prompt, reward_model_scores, with_cl
 from training.engine.ppo import (
     PolicyWithValueHead,
     Scorer,
-    _load_reward_model,
     apply_missing_eos_penalty,
+    distinct_prompts,
     generation_config,
+    load_matching_reward_model,
 )
 from training.engine.ppo import evaluate as ppo_evaluate
 
@@ -105,7 +103,7 @@ def _train(
     (model.get_base_model() if isinstance(model, PeftModel) else model).generation_config = generation
     eos_ids = generation.eos_token_id
     device = pick_device()
-    score = reward_scorer(_load_reward_model(reward_model_path, tokenizer, device), tokenizer, eos_ids)
+    score = reward_scorer(load_matching_reward_model(reward_model_path, tokenizer, device), tokenizer, eos_ids)
     args = trainer_arguments(
         args_class,
         config,
@@ -179,19 +177,10 @@ def load_prompts(
     prompts with no room for max_new_tokens within max_length are dropped. TRL renders a string as plain text: where
     the tokenizer has a chat template a string becomes one user message, which TRL renders as `encode_prompt` does.
     """
-    train, held_out = split_dataset(load_rows(prompts_file, ["prompt"]), config.eval_fraction, config.seed)
-    limit = config.max_length - config.max_new_tokens
-    fitting = [p for p in _distinct(train["prompt"]) if len(encode_prompt(p, tokenizer)) <= limit]
-    if not fitting:
-        raise ValueError(f"{prompts_file}: no training prompt fits in max_length - max_new_tokens = {limit} tokens")
+    train, held_out = distinct_prompts(prompts_file, tokenizer, config)
     as_chat = bool(tokenizer.chat_template)
-    rows = [{"prompt": [{"role": "user", "content": p}] if isinstance(p, str) and as_chat else p} for p in fitting]
-    held_ids = [encode_prompt(p, tokenizer) for p in _distinct(held_out["prompt"] if held_out is not None else [])]
-    return Dataset.from_list(rows), [ids for ids in held_ids if len(ids) <= limit]
-
-
-def _distinct(prompts: list[Any]) -> list[Any]:
-    return list({json.dumps(prompt, sort_keys=True): prompt for prompt in prompts}.values())
+    rows = [{"prompt": [{"role": "user", "content": p}] if isinstance(p, str) and as_chat else p} for p, _ in train]
+    return Dataset.from_list(rows), [ids for _, ids in held_out]
 
 
 def reward_scorer(reward_model: Any, tokenizer: PreTrainedTokenizerBase, eos_ids: list[int]) -> Scorer:

@@ -44,7 +44,7 @@ from training.engine.common import (
     new_adapter,
     split_dataset,
 )
-from training.engine.config import PPOConfig
+from training.engine.config import BestOfNConfig, OnlineConfig, PPOConfig
 from training.engine.generate import (
     complete,
     encode_prompt,
@@ -195,7 +195,15 @@ class PolicyWithValueHead(nn.Module):
 def load_prompts(
     prompts_file: str | Path, tokenizer: PreTrainedTokenizerBase, config: PPOConfig
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """(train, held out) prompts as token ids, each distinct prompt once.
+    """(train, held out) prompts as token ids, each distinct prompt once (see `distinct_prompts`)."""
+    train, held_out = distinct_prompts(prompts_file, tokenizer, config)
+    return [ids for _, ids in train], [ids for _, ids in held_out]
+
+
+def distinct_prompts(
+    prompts_file: str | Path, tokenizer: PreTrainedTokenizerBase, config: PPOConfig | BestOfNConfig | OnlineConfig
+) -> tuple[list[tuple[Any, list[int]]], list[tuple[Any, list[int]]]]:
+    """(train, held out): each distinct prompt once, in order of first appearance, as (prompt, its token ids).
 
     The `prompt` column holds message lists (rendered with the chat template and its generation prompt) or
     strings (one user message when the tokenizer has a chat template, plain text otherwise). A pairs export,
@@ -203,17 +211,17 @@ def load_prompts(
     """
     train, held_out = split_dataset(load_rows(prompts_file, ["prompt"]), config.eval_fraction, config.seed)
     limit = config.max_length - config.max_new_tokens
-    train_ids = _encode_distinct(train["prompt"], tokenizer, limit)
-    if not train_ids:
+    train_prompts = _encode_distinct(train["prompt"], tokenizer, limit)
+    if not train_prompts:
         raise ValueError(f"{prompts_file}: no training prompt fits in max_length - max_new_tokens = {limit} tokens")
-    return train_ids, _encode_distinct(held_out["prompt"], tokenizer, limit) if held_out is not None else []
+    return train_prompts, _encode_distinct(held_out["prompt"], tokenizer, limit) if held_out is not None else []
 
 
-def _encode_distinct(prompts: list[Any], tokenizer: PreTrainedTokenizerBase, limit: int) -> list[list[int]]:
-    """Each distinct prompt's token ids, in order of first appearance; those longer than `limit` left out."""
+def _encode_distinct(prompts: list[Any], tokenizer: PreTrainedTokenizerBase, limit: int) -> list[tuple[Any, list[int]]]:
+    """Each distinct prompt with its token ids, in order of first appearance; those longer than `limit` left out."""
     distinct = {json.dumps(prompt, sort_keys=True): prompt for prompt in prompts}
-    encoded = (encode_prompt(prompt, tokenizer) for prompt in distinct.values())
-    return [ids for ids in encoded if len(ids) <= limit]
+    encoded = ((prompt, encode_prompt(prompt, tokenizer)) for prompt in distinct.values())
+    return [(prompt, ids) for prompt, ids in encoded if len(ids) <= limit]
 
 
 def batch_indices(n_prompts: int, step: int, batch_size: int, seed: int) -> list[int]:
@@ -455,7 +463,7 @@ def train_ppo(
     # config leaves unset from the model's own defaults (a repetition penalty, min-p…): make ours its defaults.
     policy.get_base_model().generation_config = generation
     model = PolicyWithValueHead(policy)
-    reward_model = None if reward_fn is not None else _load_reward_model(reward_model_path, tokenizer, device)
+    reward_model = None if reward_fn is not None else load_matching_reward_model(reward_model_path, tokenizer, device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, eps=1e-5)
 
     def score(query_responses: torch.Tensor, attention_mask: torch.Tensor, context_length: int) -> torch.Tensor:
@@ -490,12 +498,14 @@ def train_ppo(
 
     metrics: dict[str, float] = {}
     stopped = False
+    runaway = RunawayWatch(config.kl_limit, config.kl_stop_steps)
     started = time.monotonic()
     while step < total:
         indices = batch_indices(len(train_prompts), step, global_batch, config.seed)
         mine = indices[accelerator.process_index :: world]
         samples = sample_and_score(unwrapped, [train_prompts[i] for i in mine], tokenizer, config, generation, score)
         advantages, returns, rollout_stats = ppo_targets(samples, kl_controller.value, config)
+        before_update = runaway.snapshot(unwrapped)  # the policy these samples came from, in case it is the last good
         update_stats = ppo_update(model, optimizer, accelerator, samples, advantages, returns, config)
         step += 1
 
@@ -504,15 +514,19 @@ def train_ppo(
         metrics = {name: value.item() for name, value in zip(stats, means, strict=True)}
         metrics["beta"] = kl_controller.value  # the β this step's rewards were computed with
         kl_controller.update(metrics["kl"], global_batch)
+        ran_away = runaway.observe(metrics["kl"], step - 1, before_update)  # the same on every process (reduced)
 
-        logged = metrics if step % config.logging_steps == 0 or step == total else {}
+        logged = metrics if step % config.logging_steps == 0 or step == total or ran_away else {}
         stop = bool(progress and accelerator.is_main_process and progress(step, total, logged))
         stopped = bool(broadcast(torch.tensor([int(stop)], device=device)).item())  # every process stops together
+        if ran_away:
+            break  # no checkpoint: resuming would only continue the run-away
         if step % config.save_steps == 0 or stopped:
             save_checkpoint(output_dir / f"checkpoint-{step}", unwrapped, optimizer, kl_controller, step, accelerator)
         if stopped:
             break
 
+    warning = runaway.restore(unwrapped, step) if runaway.ran_away else ""
     if accelerator.is_main_process:
         save_model(unwrapped, tokenizer, output_dir)
     accelerator.wait_for_everyone()
@@ -520,20 +534,73 @@ def train_ppo(
     eval_report = {}
     if eval_prompts and not stopped:
         eval_report = evaluate(unwrapped, eval_prompts, tokenizer, config, generation, score, accelerator)
+    if warning:
+        eval_report = {**eval_report, **runaway.report(step)}
     return StageResult(
         output_dir=str(output_dir),
         steps=step,
         stopped=stopped,
         metrics={**metrics, "train_runtime": runtime},
         eval_report=eval_report,
+        warning=warning,
     )
 
 
-def _load_reward_model(
+class RunawayWatch:
+    """Stops PPO whose KL to the reference stays above `limit` for `steps` steps in a row, keeping the last policy
+    whose own samples were under it (a copy of the trainable weights, LoRA and value head: a few MB)."""
+
+    def __init__(self, limit: float | None, steps: int) -> None:
+        self.limit, self.steps = limit, steps
+        self.over = 0  # consecutive steps over the limit
+        self.last_kl = 0.0
+        self.kept: dict[str, torch.Tensor] | None = None
+        self.kept_step: int | None = None  # updates the kept policy had had
+        self.kept_kl = 0.0
+        self.ran_away = False
+
+    def snapshot(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        if self.limit is None:
+            return None
+        return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    def observe(self, kl: float, updates: int, weights: dict[str, torch.Tensor] | None) -> bool:
+        """After a step whose rollout (sampled after `updates` updates, with `weights`) had mean KL `kl`: stop?"""
+        if self.limit is None:
+            return False
+        self.last_kl = kl
+        if kl <= self.limit:
+            self.over, self.kept, self.kept_step, self.kept_kl = 0, weights, updates, kl
+            return False
+        self.over += 1
+        self.ran_away = self.over >= self.steps
+        return self.ran_away
+
+    def restore(self, model: nn.Module, step: int) -> str:
+        """Put the kept weights back; the warning the round shows."""
+        limit = f"{self.limit:.3g} nats per response"
+        what = f"PPO stopped at step {step}: its KL to the reference (the round's base policy) stayed above {limit} "
+        what += f"for {self.steps} steps in a row (last {self.last_kl:.3g})."
+        if self.kept is None:  # resumed past the limit: nothing earlier to go back to
+            return f"{what} No earlier policy was under the limit: the last one is kept."
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in self.kept:
+                    p.copy_(self.kept[name])
+        kept = f"after step {self.kept_step} (KL {self.kept_kl:.3g})"
+        return f"{what} The policy kept is the one from before the run-away, {kept}."
+
+    def report(self, step: int) -> dict[str, Any]:
+        """What the eval report keeps of a run-away stop."""
+        return {"kl_stop_step": step, "kl_stop_limit": self.limit, "kept_step": self.kept_step, "kept_kl": self.kept_kl}
+
+
+def load_matching_reward_model(
     path: str | Path | None, tokenizer: PreTrainedTokenizerBase, device: torch.device
 ) -> PreTrainedModel:
+    """The reward model at `path` (see common.load_reward_model), refused unless it shares the policy's tokenizer."""
     if path is None:
-        raise ValueError("reward_model_path: PPO needs a reward model")
+        raise ValueError("reward_model_path: this stage needs a reward model")
     # The reward model reads the policy's token ids as they are: the two must share a tokenizer, as they do when
     # the reward model was trained from the same base.
     reward_tokenizer = load_tokenizer(path)
