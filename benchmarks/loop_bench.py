@@ -110,6 +110,19 @@ ONLINE_SETTINGS = {
 }
 RLOO_SETTINGS = {f"rloo.{k}" if "." not in k else k: v for k, v in ONLINE_SETTINGS.items()}
 GRPO_SETTINGS = {f"grpo.{k}" if "." not in k else k: v for k, v in ONLINE_SETTINGS.items()}
+# Best-of-N: PPO's reward model; K = 4 answers for each train prompt, SFT (full, as DPO's) on the best of each.
+BEST_OF_N_SETTINGS = {
+    **{key: value for key, value in PPO_SETTINGS.items() if key.startswith(("reward.", "sample."))},
+    "best_of_n.k": "4",
+    "best_of_n.use_lora": "false",
+    "best_of_n.learning_rate": "5e-4",
+    "best_of_n.num_train_epochs": "3",
+    "best_of_n.per_device_batch_size": "8",
+    "best_of_n.max_new_tokens": "40",
+    "best_of_n.max_length": "96",
+    "best_of_n.sample_batch_size": "64",
+    "best_of_n.eval_fraction": "0.1",
+}
 # PPO on ratings alone: the reward model regresses the bots' ratings (objective=ratings, 20 % of prompts held out
 # for its rank correlation), then PPO as above.
 PPO_RATINGS_SETTINGS = {**PPO_SETTINGS, "reward.objective": "ratings"}
@@ -122,6 +135,7 @@ CAMPAIGNS: dict[str, dict[str, Any]] = {
     "ppo-ratings": {"method": "ppo", "signal": "ratings", "settings": PPO_RATINGS_SETTINGS},
     "rloo": {"method": "rloo", "signal": "pairwise", "settings": RLOO_SETTINGS},
     "grpo": {"method": "grpo", "signal": "pairwise", "settings": GRPO_SETTINGS},
+    "best_of_n": {"method": "best_of_n", "signal": "pairwise", "settings": BEST_OF_N_SETTINGS},
 }
 # What the campaign's project asks its annotators for (Project fields), over the command line's kinds and K.
 SIGNALS: dict[str, dict[str, Any]] = {
