@@ -54,7 +54,7 @@ def test_best_of_n_runs_from_the_command_line_and_needs_a_reward_model(tiny, tmp
     common = ["best_of_n", "--prompts", str(data), "--out", str(out), "--set", f"model_name_or_path={tiny.policy}"]
     with pytest.raises(SystemExit):
         main(common)
-    assert "--reward-model: required by ppo and best_of_n" in capsys.readouterr().err
+    assert "--reward-model: required by ppo, rloo, grpo, best_of_n" in capsys.readouterr().err
 
     settings = ["k=2", "max_new_tokens=4", "max_length=128", "max_steps=2", "lora_r=4", "eval_fraction=0"]
     assert main([*common, "--reward-model", str(tiny.reward), *(arg for s in settings for arg in ("--set", s))]) == 0
