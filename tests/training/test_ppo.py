@@ -518,6 +518,7 @@ def test_continuing_a_lora_policy_the_reference_is_that_policy_and_only_the_trai
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == []
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny.policy), out)
     assert list(reloaded.peft_config) == ["default"]
-    parent_weights, saved = load_file(parent / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    parent_weights = load_file(parent / "adapter_model.safetensors")
+    saved = load_file(out / "adapter_model.safetensors")
     assert saved.keys() == parent_weights.keys()
     assert any(not torch.equal(saved[name], parent_weights[name]) for name in saved)  # it trained

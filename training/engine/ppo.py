@@ -11,8 +11,9 @@ One PPO step:
 The policy is a causal LM with a LoRA adapter and a value head (one linear layer on the last hidden state,
 trained with it); the reference π_ref is the round's starting policy: the same model with the adapter disabled, so
 no second copy is held in memory, or, continuing a policy that is itself an adapter, a frozen copy of that adapter
-(`reference`), as TRL does for DPO, KTO, RLOO and GRPO. `accelerate` places everything: a single process on the CPU or a GPU, or one per GPU under
-`accelerate launch` (then each process samples its own share of the batch and gradients are averaged).
+(`reference`), as TRL does for DPO, KTO, RLOO and GRPO. `accelerate` places everything: a single process on the CPU
+or a GPU, or one per GPU under `accelerate launch` (then each process samples its own share of the batch and
+gradients are averaged).
 """
 
 import json
