@@ -152,11 +152,11 @@ def load_policy(
 
 
 # The name TRL gives the frozen copy of the adapter a stage continues (DPO, KTO, RLOO, GRPO); PPO names its own copy
-# the same, so that `reference` (and PPO's eval report, which the online stages share) finds either.
+# the same, so that `as_reference` (and PPO's eval report, which the online stages share) finds either.
 REFERENCE_ADAPTER = "ref"
 
 
-def reference(policy: PeftModel) -> AbstractContextManager:
+def as_reference(policy: PeftModel) -> AbstractContextManager:
     """π_ref for the forward passes inside: the round's starting policy. Continuing an adapter, the frozen copy of it
     (REFERENCE_ADAPTER); else the policy with its adapter off, which is the base it started from."""
     return use_adapter(policy, REFERENCE_ADAPTER if REFERENCE_ADAPTER in policy.peft_config else None)

@@ -11,7 +11,7 @@ One PPO step:
 The policy is a causal LM with a LoRA adapter and a value head (one linear layer on the last hidden state,
 trained with it); the reference π_ref is the round's starting policy: the same model with the adapter disabled, so
 no second copy is held in memory, or, continuing a policy that is itself an adapter, a frozen copy of that adapter
-(`reference`), as TRL does for DPO, KTO, RLOO and GRPO. `accelerate` places everything: a single process on the CPU
+(`as_reference`), as TRL does for DPO, KTO, RLOO and GRPO. `accelerate` places everything: a single process on the CPU
 or a GPU, or one per GPU under `accelerate launch` (then each process samples its own share of the batch and
 gradients are averaged).
 """
@@ -39,13 +39,13 @@ from training.engine.common import (
     REFERENCE_ADAPTER,
     ProgressFn,
     StageResult,
+    as_reference,
     last_checkpoint,
     load_policy,
     load_reward_model,
     load_rows,
     load_tokenizer,
     new_adapter,
-    reference,
     split_dataset,
 )
 from training.engine.config import BestOfNConfig, OnlineConfig, PPOConfig
@@ -327,7 +327,7 @@ def sample_and_score(
         ids, attention, chunk_mask = query_responses[rows], attention_mask[rows], mask[rows]
         logits, values = model(ids, attention)
         logprobs, response_logits = response_logprobs(logits, ids, context_length, chunk_mask, config.temperature)
-        with reference(model.policy):
+        with as_reference(model.policy):
             ref = model.policy(input_ids=ids, attention_mask=attention, position_ids=position_ids(attention))
         ref_logprobs, _ = response_logprobs(ref.logits.float(), ids, context_length, chunk_mask, config.temperature)
         parts["logprobs"].append(logprobs)
@@ -637,7 +637,7 @@ def evaluate(
     for start in range(0, len(mine), config.rollout_batch_size):
         batch = mine[start : start + config.rollout_batch_size]
         samples = sample_and_score(model, batch, tokenizer, config, generation, score)
-        with reference(model.policy):
+        with as_reference(model.policy):
             queries, query_mask, responses = sample_responses(model.policy, batch, tokenizer, generation)
         mask, _ = response_mask(responses, generation.eos_token_id)
         reference_scores = score(torch.cat([queries, responses], 1), torch.cat([query_mask, mask], 1), queries.shape[1])
