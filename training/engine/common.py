@@ -124,6 +124,11 @@ def load_model(
     if not is_adapter(path):
         model = base
     else:
+        if is_trainable and config.use_lora and PeftConfig.from_pretrained(path).is_prompt_learning:
+            raise ValueError(
+                f"model_name_or_path: {path} is a prompt-tuning adapter, which PEFT loads frozen and cannot train "
+                "further: start the round from its base model"
+            )
         model = PeftModel.from_pretrained(base, path, is_trainable=is_trainable and config.use_lora)
         if not (is_trainable and config.use_lora) and not model.peft_config["default"].is_prompt_learning:
             model = model.merge_and_unload()
