@@ -784,7 +784,7 @@ def _evaluate_policy(training_round: TrainingRound, policy_path: str, reward_pat
         policy_path,
         prompts,
         reward_model_path=reward_path or None,
-        reference_path=None if config.use_lora else config.model_name_or_path,
+        reference_path=config.model_name_or_path,  # the round's parent: KL to where this round started
         max_new_tokens=getattr(config, "max_new_tokens", 64),
         seed=config.seed,
     )

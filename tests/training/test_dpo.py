@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.training.conftest import marker_pairs, settings, write_jsonl
+from tests.training.conftest import marker_pairs, save_adapter, settings, write_jsonl
 from training.engine import common, dpo
 from training.engine.common import load_policy
 from training.engine.config import LOSS_TYPES, BaseConfig, DPOConfig
@@ -180,3 +180,22 @@ def test_models_whose_logits_are_capped_after_the_head_keep_trls_fused_head(tiny
     train_dpo(settings(DPOConfig, tiny.policy, max_steps=1), pairs, str(tmp_path / "dpo"))
 
     assert kept == {"same": True}
+
+
+def test_continuing_an_adapter_the_reference_is_that_adapter_and_only_the_trained_one_is_saved(tiny, tmp_path, spy):
+    seen, start = spy(dpo), {}
+    seen["before_training"] = lambda trainer: start.update(trainer.evaluate(trainer.train_dataset))
+    parent = save_adapter(tiny.policy, tmp_path / "policy-v1")  # random B: far from the base
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", marker_pairs(16))
+    out = tmp_path / "dpo"
+
+    train_dpo(settings(DPOConfig, str(parent), max_steps=2), pairs, str(out))
+
+    # π_ref is the policy the stage starts from (TRL's frozen copy of it), not the base under it: rewards start at 0.
+    assert start["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert start["eval_rewards/chosen"] == start["eval_rewards/rejected"] == 0
+    assert [p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("checkpoint-")] == []
+    model = seen["trainer"].model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(load_policy(BaseConfig(model_name_or_path=str(out))).eval()(IDS).logits,
+                                   model(IDS).logits)  # fmt: skip

@@ -150,6 +150,19 @@ def test_loads_an_adapter_directory_onto_its_base(tiny, adapter):
     }
 
 
+def test_a_prompt_tuning_policy_is_sampled_but_refused_for_further_training_naming_why(tiny, tmp_path):
+    from peft import PromptTuningConfig, get_peft_model
+
+    prompt = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny.policy), PromptTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=4))  # fmt: skip
+    prompt.save_pretrained(tmp_path / "prompt")
+    config = BaseConfig(model_name_or_path=str(tmp_path / "prompt"))
+
+    assert isinstance(load_policy(config), PeftModel)  # for sampling: its virtual tokens have nothing to merge into
+    with pytest.raises(ValueError, match="prompt-tuning adapter.*start the round from its base"):
+        load_policy(config, is_trainable=True)
+
+
 def test_reward_model_without_a_pad_id_reads_each_row_at_its_last_real_token(tiny, tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(tiny.reward)
     model.config.pad_token_id = None  # transformers' own classifier refuses a batch then

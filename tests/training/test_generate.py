@@ -59,6 +59,9 @@ def test_kl_to_the_reference_is_zero_for_an_untrained_adapter(tiny, tmp_path):
     # A fully fine-tuned policy has no adapter to disable: KL needs an explicit reference.
     assert "kl" not in evaluate_policy(str(tiny.policy), PROMPTS, **options)
     assert evaluate_policy(str(tiny.policy), PROMPTS, reference_path=str(tiny.policy), **options)["kl"] == 0
+    # A LoRA policy that continued an adapter is measured against that adapter (its round's parent), not the base.
+    assert evaluate_policy(str(changed), PROMPTS, reference_path=str(changed), **options)["kl"] == 0
+    assert evaluate_policy(str(changed), PROMPTS, reference_path=str(tiny.policy), **options)["kl"] == moved["kl"]
 
 
 def test_mean_reward_is_the_reward_model_on_the_policy_samples(tiny):

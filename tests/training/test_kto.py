@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 from annotate.importing import import_file
 from annotate.models import DatasetSnapshot, Response
 from models_registry.models import ModelVersion
-from tests.training.conftest import marker_pairs, marker_unpaired, settings, write_jsonl
+from tests.training.conftest import marker_pairs, marker_unpaired, save_adapter, settings, write_jsonl
 from tests.training.test_families import PROMPT, STOPS, attends_to_every_real_token, quick
 from tests.training.test_rounds import launch
 from training.engine import kto
@@ -167,3 +167,19 @@ def test_on_every_model_family_the_prompt_is_the_templates_and_answers_end_their
     assert attends_to_every_real_token(
         seen["trainer"], {len(r["prompt_ids"]) + len(r["completion_ids"]) for r in prepared}
     )
+
+
+def test_continuing_an_adapter_the_reference_is_that_adapter_and_only_the_trained_one_is_saved(tiny, tmp_path, spy):
+    seen, start = spy(kto), {}
+    seen["before_training"] = lambda trainer: start.update(trainer.evaluate(trainer.train_dataset))
+    parent = save_adapter(tiny.policy, tmp_path / "policy-v1")  # random B: far from the base
+    rows = write_jsonl(tmp_path / "unpaired.jsonl", marker_unpaired(16))
+    out = tmp_path / "kto"
+
+    train_kto(settings(KTOConfig, str(parent), max_steps=2), rows, str(out))
+
+    # π_ref is the policy the stage starts from (TRL's frozen copy of it), not the base under it: rewards start at 0.
+    assert start["eval_loss"] == pytest.approx(0.5, abs=1e-6)
+    assert start["eval_rewards/chosen"] == start["eval_rewards/rejected"] == 0
+    assert [p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("checkpoint-")] == []
+    assert load_policy(BaseConfig(model_name_or_path=str(out))) is not None

@@ -177,3 +177,19 @@ def test_best_of_n_counts_sfts_training_and_the_reward_model_and_cache_of_its_sa
     assert best_of_n.extra_models > QWEN.parameters(head=1) * 2 and sft.extra_models == 0
     more = estimate_memory(BestOfNConfig(dtype="bfloat16", sample_batch_size=64), QWEN)
     assert more.extra_models > best_of_n.extra_models
+
+
+def test_a_lora_stage_continuing_an_adapter_adds_the_frozen_copy_it_keeps_as_its_reference(tiny, tmp_path):
+    from tests.training.conftest import save_adapter
+
+    adapter = str(save_adapter(tiny.policy, tmp_path / "adapter"))
+    arch = read_architecture(tiny.policy)
+    for stage in (DPOConfig, KTOConfig, PPOConfig):
+        from_base, from_adapter = (
+            estimate_memory(stage(model_name_or_path=path), arch) for path in (tiny.policy, adapter)
+        )
+        assert from_adapter.extra_models - from_base.extra_models == arch.adapter_parameters(stage()) * 4
+    # SFT has no reference; a full fine-tune merges the adapter into its base (and copies the whole model).
+    assert estimate_memory(SFTConfig(model_name_or_path=adapter), arch) == estimate_memory(SFTConfig(), arch)
+    whole = DPOConfig(model_name_or_path=adapter, use_lora=False)
+    assert estimate_memory(whole, arch) == estimate_memory(replace(whole, model_name_or_path=str(tiny.policy)), arch)

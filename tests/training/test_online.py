@@ -110,7 +110,10 @@ def test_continuing_a_policy_adapter_the_reference_is_where_it_started_and_sampl
     assert calls[0][2]["kl"] == 0 and calls[0][2]["completions/max_length"] <= 6
     # Its own generation settings, not the base checkpoint's defaults (20 tokens), in the eval report too.
     assert result.eval_report["mean_response_tokens"] <= 6
+    # The eval report's KL is to that starting policy too (0.079 per token to the base under it, before): ~0 here.
+    assert abs(result.eval_report["kl"]) < 0.02, result.eval_report
     assert load_policy(BaseConfig(model_name_or_path=str(tmp_path / "grpo"))) is not None  # saved, loadable
+    assert not (tmp_path / "grpo" / "ref").exists()  # the trained adapter alone, not TRL's frozen copy beside it
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

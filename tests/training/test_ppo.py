@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch.nn.modules.module import register_module_forward_pre_hook
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.training.conftest import QUESTIONS, settings, write_jsonl
+from tests.training.conftest import QUESTIONS, save_adapter, settings, write_jsonl
 from training.engine import ppo
 from training.engine.__main__ import main
 from training.engine.config import PPOConfig
@@ -497,3 +497,28 @@ def test_command_line_wants_a_reward_model_for_ppo_only(tmp_path, capsys):
         main(["ppo", "--prompts", "x.jsonl", "--out", str(tmp_path)])
     assert exit.value.code == 2
     assert "--reward-model: required by ppo" in capsys.readouterr().err
+
+
+def test_continuing_a_lora_policy_the_reference_is_that_policy_and_only_the_trained_adapter_is_saved(
+    tiny, prompts, tmp_path
+):
+    # A round's base is usually the previous policy, an adapter: its KL leash is to that policy, not to the base
+    # under it, so round 1's drift neither counts against round 2's target nor trips the run-away stop at once.
+    parent = save_adapter(tiny.policy, tmp_path / "policy-v1")  # random B: far from the base
+    calls = []
+    config = quick(tiny, model_name_or_path=str(parent), max_steps=2, kl_target=1e-2, kl_stop=2.0, kl_stop_steps=1)
+    out = tmp_path / "ppo"
+    result = train_ppo(config, prompts, None, out, lambda *call: calls.append(call) or False,
+                       reward_fn=share_of_low_ids)  # fmt: skip
+
+    assert calls[0][2]["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert (result.steps, result.warning) == (2, "")
+    assert result.eval_report["kl"] < 1e-2, result.eval_report  # to the parent: two small steps away
+    # The registry's policy is the trained adapter alone: no frozen reference copy beside it, and it reloads.
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == []
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny.policy), out)
+    assert list(reloaded.peft_config) == ["default"]
+    parent_weights = load_file(parent / "adapter_model.safetensors")
+    saved = load_file(out / "adapter_model.safetensors")
+    assert saved.keys() == parent_weights.keys()
+    assert any(not torch.equal(saved[name], parent_weights[name]) for name in saved)  # it trained

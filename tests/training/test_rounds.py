@@ -20,7 +20,7 @@ from annotate.importing import import_file
 from annotate.models import DatasetSnapshot, Response, Task
 from models_registry.models import ModelVersion
 from tests.conftest import write_model_files
-from tests.training.conftest import marker_pairs
+from tests.training.conftest import marker_pairs, save_adapter
 from training.models import RoundMetric, TrainingRound, Worker
 from training.rounds import fail_stale_rounds, failure_message, launch_round, plan_round, relaunch, run_round
 
@@ -329,6 +329,19 @@ class TestRun:
         assert ModelVersion.objects.filter(kind="reward", training_round=training_round).exists()
         assert "best_of_n/loss" in training_round.metric_series()
         assert Response.objects.filter(model_version=version).exists()  # its samples reached the queue
+
+    def test_a_round_from_a_lora_policy_reports_its_kl_to_that_policy_not_to_the_base_under_it(
+        self, pairs_project, policy, tmp_path
+    ):
+        parent = save_adapter(policy, tmp_path / "policy-v1")  # random B: 0.08 nats per token from the base
+        ModelVersion.register(project=pairs_project, kind="policy", base_model=policy, adapter_path=str(parent))
+        slow = {"dpo.learning_rate": "1e-6"}  # three steps that barely move it from its parent
+        training_round = run_round(launch(pairs_project, "policy-v1", "dpo", settings_=slow).pk)
+
+        assert training_round.status == "succeeded", training_round.error
+        version = ModelVersion.objects.get(kind="policy", training_round=training_round)
+        assert version.parent.adapter_path == str(parent) and abs(version.eval_report["kl"]) < 1e-3, version.eval_report
+        assert [p.name for p in Path(version.adapter_path).iterdir() if p.is_dir() and p.name == "ref"] == []
 
     @pytest.mark.parametrize("method", ["dpo", "sft", "reward"])
     def test_each_method_succeeds_and_registers_what_it_trained(self, pairs_project, policy, method):

@@ -132,14 +132,16 @@ def write_sft_rows(path: Path, prompts: list[Messages], answers: list[str]) -> P
 def _evaluate(
     config: BestOfNConfig, policy_path: Path, prompts: list[Messages], reward_model_path: str | Path | None
 ) -> dict[str, Any]:
-    """PPO's eval keys on held-out prompts: the trained policy's mean reward and KL to its reference (the base
-    policy: the adapter off), and the base policy's own mean reward on the same prompts."""
+    """PPO's eval keys on held-out prompts: the trained policy's mean reward and KL to its reference (the round's
+    base policy, which SFT started from), and the base policy's own mean reward on the same prompts."""
     settings = {
         "max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "top_p": config.top_p,
         "batch_size": config.sample_batch_size, "seed": config.seed,
     }  # fmt: skip
     reward = str(reward_model_path)
-    trained = evaluate_policy(str(policy_path), prompts, reward_model_path=reward, **settings)
+    trained = evaluate_policy(
+        str(policy_path), prompts, reward_model_path=reward, reference_path=config.model_name_or_path, **settings
+    )
     reference = evaluate_policy(config.model_name_or_path, prompts, reward_model_path=reward, **settings)
     report = {
         "mean_reward": trained["mean_reward"],

@@ -8,8 +8,10 @@ Celery task turns a database row into a config with `from_dict` and reads the re
 import json
 import os
 import random
+import shutil
 import types
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import is_triton_available
-from trl.trainer.utils import FusedCausalLMOutput
+from trl.trainer.utils import FusedCausalLMOutput, use_adapter
 
 from training.engine.config import DTYPE_NAMES, BaseConfig
 from training.engine.model_files import adapter_base, is_adapter
@@ -122,6 +124,11 @@ def load_model(
     if not is_adapter(path):
         model = base
     else:
+        if is_trainable and config.use_lora and PeftConfig.from_pretrained(path).is_prompt_learning:
+            raise ValueError(
+                f"model_name_or_path: {path} is a prompt-tuning adapter, which PEFT loads frozen and cannot train "
+                "further: start the round from its base model"
+            )
         model = PeftModel.from_pretrained(base, path, is_trainable=is_trainable and config.use_lora)
         if not (is_trainable and config.use_lora) and not model.peft_config["default"].is_prompt_learning:
             model = model.merge_and_unload()
@@ -147,6 +154,17 @@ def load_policy(
 ) -> PreTrainedModel | PeftModel:
     """The causal LM to train or sample from (see load_model)."""
     return load_model(AutoModelForCausalLM, config, device=device, is_trainable=is_trainable)
+
+
+# The name TRL gives the frozen copy of the adapter a stage continues (DPO, KTO, RLOO, GRPO); PPO names its own copy
+# the same, so that `as_reference` (and PPO's eval report, which the online stages share) finds either.
+REFERENCE_ADAPTER = "ref"
+
+
+def as_reference(policy: PeftModel) -> AbstractContextManager:
+    """π_ref for the forward passes inside: the round's starting policy. Continuing an adapter, the frozen copy of it
+    (REFERENCE_ADAPTER); else the policy with its adapter off, which is the base it started from."""
+    return use_adapter(policy, REFERENCE_ADAPTER if REFERENCE_ADAPTER in policy.peft_config else None)
 
 
 # Beside a reward model trained on ratings (reward.py): its outputs ([score, *labels]) and the weight of each in the
@@ -415,6 +433,9 @@ def run_training(
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; progress goes through the callback
     output = trainer.train(resume_from_checkpoint=last_checkpoint(output_dir, resume))
     trainer.save_model(output_dir)  # the adapter (or full model) and the tokenizer, ready for from_pretrained
+    if trainer.args.should_save and REFERENCE_ADAPTER in getattr(trainer.model, "peft_config", {}):
+        # PEFT saves every adapter, TRL's frozen reference in a subfolder: the registry's policy is the trained one.
+        shutil.rmtree(Path(output_dir) / REFERENCE_ADAPTER)
     last_step = next((log for log in reversed(trainer.state.log_history) if "loss" in log), {})
     return {**numbers(last_step), **numbers(output.metrics)}, callback.stopped
 

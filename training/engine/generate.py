@@ -15,7 +15,9 @@ from peft import PeftModel
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from training.engine.common import (
+    REFERENCE_ADAPTER,
     adapter_base,
+    as_reference,
     end_of_turn_id,
     is_adapter,
     load_policy,
@@ -128,7 +130,9 @@ def evaluate_policy(
     device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Sample from the policy and report its mean reward (given a reward model) and its mean per-token KL to the
-    reference: the policy with its adapter disabled, or reference_path for a fully fine-tuned policy.
+    reference: reference_path, the model the policy was trained from. For an adapter policy that is its adapter off
+    when reference_path is its base (or none is given), or the adapter it continued, loaded beside it on the same base;
+    a fully fine-tuned policy has KL only given reference_path, loaded as a second model.
 
     KL(π ‖ π_ref) per token is estimated on the policy's own samples as the mean of log π(y_t) − log π_ref(y_t)
     over response tokens; it is an unbiased estimate only at temperature 1 and top_p 1 (the defaults).
@@ -155,7 +159,9 @@ def evaluate_policy(
     }
 
     reference = None
-    if reference_path is not None:
+    if isinstance(policy, PeftModel) and reference_path is not None and is_adapter(reference_path):
+        policy.load_adapter(reference_path, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+    elif reference_path is not None and not isinstance(policy, PeftModel):
         reference = load_policy(BaseConfig(model_name_or_path=reference_path), device=device).eval()
     if reference is not None or isinstance(policy, PeftModel):
         log_ratio, tokens = 0.0, 0
@@ -164,7 +170,7 @@ def evaluate_policy(
             if reference is not None:
                 ref_logps = _response_logps(reference, batch)
             else:
-                with policy.disable_adapter():
+                with as_reference(policy):
                     ref_logps = _response_logps(policy, batch)
             mask = batch["response_mask"]
             log_ratio += ((logps - ref_logps) * mask).sum().item()  # Σ_t log π(y_t) − log π_ref(y_t)

@@ -14,7 +14,8 @@ needs and to refuse one that cannot fit the GPUs the workers have reported. It i
 - per stage: the reward model's pairs (2 × batch, one score each); DPO's pairs and its reference pass (LoRA: the
   same weights with the adapter off; full fine-tune: a second copy of the model); PPO's frozen reward model (its
   own config), value head and rollout KV cache; RLOO's and GRPO's the same without the value head, their reference
-  being the adapter off (LoRA is required), the KV cache of a generation batch of every response of the step.
+  being the adapter off (LoRA is required), the KV cache of a generation batch of every response of the step. A
+  LoRA stage continuing a policy that is an adapter adds a frozen float32 copy of it: its reference.
 
 `shards` divides weights, gradients and optimiser state (ZeRO-3 / FSDP over that many GPUs); activations and logits
 stay per device.
@@ -226,6 +227,10 @@ def estimate_memory(
         kv_cache = 2 * arch.layers * arch.kv_heads * arch.head_dim * compute_bytes
         reward = reward_arch or arch
         extra = reward.parameters(head=1) * compute_bytes + config.sample_batch_size * config.max_length * kv_cache
+    stages_with_reference = DPOConfig | KTOConfig | PPOConfig | OnlineConfig
+    if config.use_lora and isinstance(config, stages_with_reference) and is_adapter(config.model_name_or_path):
+        # Continuing a policy that is an adapter, the reference is a frozen float32 copy of it beside the trained one.
+        extra += arch.adapter_parameters(config) * 4
     return MemoryEstimate(
         weights=int(weights / shards),
         trainable=int(trainable_bytes / shards),

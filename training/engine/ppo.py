@@ -9,9 +9,11 @@ One PPO step:
   5. K epochs over minibatches of the clipped policy loss plus vf_coef × the clipped value loss.
 
 The policy is a causal LM with a LoRA adapter and a value head (one linear layer on the last hidden state,
-trained with it); the reference π_ref is the same model with the adapter disabled, so no second copy is held in
-memory. `accelerate` places everything: a single process on the CPU or a GPU, or one per GPU under
-`accelerate launch` (then each process samples its own share of the batch and gradients are averaged).
+trained with it); the reference π_ref is the round's starting policy: the same model with the adapter disabled, so
+no second copy is held in memory, or, continuing a policy that is itself an adapter, a frozen copy of that adapter
+(`as_reference`), as TRL does for DPO, KTO, RLOO and GRPO. `accelerate` places everything: a single process on the CPU
+or a GPU, or one per GPU under `accelerate launch` (then each process samples its own share of the batch and
+gradients are averaged).
 """
 
 import json
@@ -34,8 +36,10 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from training.engine.common import (
+    REFERENCE_ADAPTER,
     ProgressFn,
     StageResult,
+    as_reference,
     last_checkpoint,
     load_policy,
     load_reward_model,
@@ -323,7 +327,7 @@ def sample_and_score(
         ids, attention, chunk_mask = query_responses[rows], attention_mask[rows], mask[rows]
         logits, values = model(ids, attention)
         logprobs, response_logits = response_logprobs(logits, ids, context_length, chunk_mask, config.temperature)
-        with model.policy.disable_adapter():  # π_ref: the same weights without the adapter
+        with as_reference(model.policy):
             ref = model.policy(input_ids=ids, attention_mask=attention, position_ids=position_ids(attention))
         ref_logprobs, _ = response_logprobs(ref.logits.float(), ids, context_length, chunk_mask, config.temperature)
         parts["logprobs"].append(logprobs)
@@ -453,6 +457,8 @@ def train_ppo(
     policy = load_policy(config, device=device, is_trainable=True)
     if (adapter := new_adapter(config, policy, "CAUSAL_LM")) is not None:
         policy = get_peft_model(policy, adapter)
+    else:  # continuing the adapter the round starts from: π_ref is a frozen copy of it
+        policy.load_adapter(config.model_name_or_path, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
     if config.activation_checkpointing:
         # Non-reentrant checkpointing: a LoRA model's frozen embeddings give no input that requires grad.
         policy.get_base_model().activation_checkpointing_enable(
@@ -631,7 +637,7 @@ def evaluate(
     for start in range(0, len(mine), config.rollout_batch_size):
         batch = mine[start : start + config.rollout_batch_size]
         samples = sample_and_score(model, batch, tokenizer, config, generation, score)
-        with model.policy.disable_adapter():
+        with as_reference(model.policy):
             queries, query_mask, responses = sample_responses(model.policy, batch, tokenizer, generation)
         mask, _ = response_mask(responses, generation.eos_token_id)
         reference_scores = score(torch.cat([queries, responses], 1), torch.cat([query_mask, mask], 1), queries.shape[1])
@@ -665,7 +671,7 @@ def save_model(model: PolicyWithValueHead, tokenizer: PreTrainedTokenizerBase, p
 
 
 def _save_weights(model: PolicyWithValueHead, path: Path) -> None:
-    model.policy.save_pretrained(path)
+    model.policy.save_pretrained(path, selected_adapters=["default"])  # not the frozen reference copy
     save_file({name: tensor.cpu() for name, tensor in model.value_head.state_dict().items()}, path / VALUE_HEAD_FILE)
 
 
