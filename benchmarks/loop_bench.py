@@ -73,7 +73,7 @@ DPO_SETTINGS = {
     "sample.batch_size": "64",
 }
 # PPO needs LoRA (its reference is the policy with the adapter off); on the tiny model's tied embeddings an
-# adapter on lm_head lets it move, and a small β lets the reward lead (tests/training/test_ppo.py).
+# adapter on lm_head lets it move; β is the default, adapted toward kl_target (tests/training/test_ppo.py).
 PPO_SETTINGS = {
     "reward.use_lora": "false",
     "reward.learning_rate": "1e-3",
@@ -83,7 +83,6 @@ PPO_SETTINGS = {
     "reward.eval_fraction": "0.2",
     "ppo.lora_target_modules": "q_proj,v_proj,lm_head",
     "ppo.learning_rate": "1e-4",
-    "ppo.kl_coef": "0.01",
     "ppo.max_steps": "100",
     "ppo.per_device_batch_size": "8",
     "ppo.ppo_epochs": "4",
