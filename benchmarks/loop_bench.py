@@ -72,8 +72,8 @@ DPO_SETTINGS = {
     "sample.max_new_tokens": "40",
     "sample.batch_size": "64",
 }
-# PPO needs LoRA (its reference is the policy with the adapter off); on the tiny model's tied embeddings an
-# adapter on lm_head lets it move; β is the default, adapted toward kl_target (tests/training/test_ppo.py).
+# PPO needs LoRA (its reference is the starting policy: the adapter off, or a frozen copy of the parent adapter); on
+# the tiny model's tied embeddings an adapter on lm_head lets it move; β is the default, adapted toward kl_target (tests/training/test_ppo.py).
 PPO_SETTINGS = {
     "reward.use_lora": "false",
     "reward.learning_rate": "1e-3",
