@@ -72,8 +72,9 @@ DPO_SETTINGS = {
     "sample.max_new_tokens": "40",
     "sample.batch_size": "64",
 }
-# PPO needs LoRA (its reference is the starting policy: the adapter off, or a frozen copy of the parent adapter); on
-# the tiny model's tied embeddings an adapter on lm_head lets it move; β is the default, adapted toward kl_target (tests/training/test_ppo.py).
+# PPO needs LoRA (its reference is the starting policy: the adapter off, or a frozen copy of the parent adapter);
+# on the tiny model's tied embeddings an adapter on lm_head lets it move. β is the default, adapted toward
+# kl_target (tests/training/test_ppo.py).
 PPO_SETTINGS = {
     "reward.use_lora": "false",
     "reward.learning_rate": "1e-3",
@@ -412,8 +413,7 @@ def campaign(name: str, args: argparse.Namespace, demo: Path, clock: StageClock)
             "snapshot_kind": snapshot.kind if snapshot else None,
             "tasks": tasks,
             "kl": new.eval_report.get("kl"),
-            # A full fine-tune's reference is the model it started from; an adapter's, the demo (adapter off).
-            "kl_reference": "parent" if new.config.get("use_lora") is False else "demo",
+            "kl_reference": "parent",  # every stage's eval KL is to the policy the round started from
             "mean_reward": new.eval_report.get("mean_reward"),
         }
         if reward is not None:
