@@ -203,6 +203,8 @@ def estimate_memory(
     vocab = 1 if isinstance(config, RewardConfig) else arch.vocab
     logits = tokens * vocab * (compute_bytes + 4 + 4)  # the head's output, its float32 upcast, and their gradient
 
+    # Keys and values of every layer, per token, for the stages that sample while they train.
+    kv_cache = 2 * arch.layers * arch.kv_heads * arch.head_dim * compute_bytes
     extra = 0
     if isinstance(config, DPOConfig | KTOConfig) and not config.use_lora:
         extra = arch.parameters() * compute_bytes  # the reference: a frozen second copy in the compute dtype
@@ -210,13 +212,11 @@ def estimate_memory(
         reward = reward_arch or arch
         extra = reward.parameters(head=1) * compute_bytes + (arch.hidden + 1) * (4 + ADAM_BYTES)  # + value head
         # The rollout samples rollout_batch_size prompts at once: keys and values of every layer, whole length.
-        kv_cache = 2 * arch.layers * arch.kv_heads * arch.head_dim * compute_bytes
         extra += config.rollout_batch_size * config.max_length * kv_cache
         if config.kl_limit is not None:  # the run-away watch's two float32 copies of the adapter (and value head)
             extra += 2 * (arch.adapter_parameters(config) + arch.hidden + 1) * 4
     if isinstance(config, OnlineConfig):
         reward = reward_arch or arch
-        kv_cache = 2 * arch.layers * arch.kv_heads * arch.head_dim * compute_bytes
         # TRL samples every response of the step at once (per_device_batch_size × gradient_accumulation_steps, whole
         # groups of num_generations), keys and values of every layer, whole length.
         responses = config.per_device_batch_size * config.gradient_accumulation_steps
@@ -224,7 +224,6 @@ def estimate_memory(
     if isinstance(config, BestOfNConfig):
         # Sampling holds the policy, the reward model and the KV cache of sample_batch_size sequences before SFT
         # loads its own copy; counted on top of SFT's peak, an upper bound.
-        kv_cache = 2 * arch.layers * arch.kv_heads * arch.head_dim * compute_bytes
         reward = reward_arch or arch
         extra = reward.parameters(head=1) * compute_bytes + config.sample_batch_size * config.max_length * kv_cache
     stages_with_reference = DPOConfig | KTOConfig | PPOConfig | OnlineConfig
