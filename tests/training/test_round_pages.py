@@ -154,7 +154,9 @@ class TestRoundPage:
         assert region.lstrip().startswith('<section id="live"') and "<html" not in region
 
     def test_the_ppo_kl_chart_draws_its_target_and_stop_limit_and_beta_has_a_chart(self, client, lead, project, base):
-        training_round = launch_round(project, method="ppo", base=base, settings_={"ppo.kl_target": "2"})
+        training_round = launch_round(
+            project, method="ppo", base=base, settings_={"ppo.kl_target": "2", "ppo.kl_stop": "3"}
+        )
         training_round.claim()
         for step, kl in ((1, 0.0), (2, 1.5)):
             RoundMetric.objects.create(
