@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from training.engine import common
 from training.engine.tiny import CORPUS, build_tiny_models, build_tiny_models_like
 
 MARKER = "helpful"  # chosen answers contain it, rejected ones never: a rule a reward model can learn
@@ -140,6 +141,8 @@ def spy(monkeypatch):
 
     def watch(module):
         seen = {}
+        # DPO, KTO and SFT run it through common.train_policy_with: the spy then sits in common
+        module = module if hasattr(module, "run_training") else common
         run_training = module.run_training
 
         def watched(trainer, *args, **kwargs):

@@ -415,6 +415,32 @@ def last_checkpoint(output_dir: str, resume: bool) -> str | None:
     return get_last_checkpoint(output_dir) if resume and os.path.isdir(output_dir) else None
 
 
+def train_policy_with(
+    trainer_class: type[Trainer],
+    args: TrainingArguments,
+    config: BaseConfig,
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_rows: Dataset,
+    eval_rows: Dataset | None,
+    output_dir: str,
+    progress: ProgressFn | None,
+) -> tuple[Trainer, dict[str, float], bool]:
+    """DPO, KTO and SFT: TRL's trainer on the policy, a new LoRA adapter where the config asks for one (with LoRA the
+    reference is the adapter disabled; full fine-tuning: TRL loads a frozen copy), run by run_training;
+    (trainer, final metrics, stopped)."""
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        processing_class=tokenizer,
+        peft_config=new_adapter(config, model, "CAUSAL_LM"),
+    )
+    metrics, stopped = run_training(trainer, output_dir, resume=config.resume, progress=progress)
+    return trainer, metrics, stopped
+
+
 def run_training(
     trainer: Trainer, output_dir: str, *, resume: bool, progress: ProgressFn | None
 ) -> tuple[dict[str, float], bool]:

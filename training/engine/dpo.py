@@ -17,9 +17,8 @@ from training.engine.common import (
     load_policy,
     load_rows,
     load_tokenizer,
-    new_adapter,
-    run_training,
     split_dataset,
+    train_policy_with,
     trainer_arguments,
 )
 from training.engine.config import DPOConfig
@@ -42,16 +41,9 @@ def train_dpo(config: DPOConfig, data_file: str, output_dir: str, progress: Prog
         label_smoothing=config.label_smoothing,
         precompute_ref_log_probs=config.precompute_ref_log_probs,
     )
-    trainer = DPOTrainer(
-        model=model,
-        ref_model=None,  # LoRA: the adapter disabled; full fine-tuning: TRL loads a frozen copy of the base
-        args=args,
-        train_dataset=train_pairs,
-        eval_dataset=eval_pairs,
-        processing_class=tokenizer,
-        peft_config=new_adapter(config, model, "CAUSAL_LM"),
+    trainer, metrics, stopped = train_policy_with(
+        DPOTrainer, args, config, model, tokenizer, train_pairs, eval_pairs, output_dir, progress
     )
-    metrics, stopped = run_training(trainer, output_dir, resume=config.resume, progress=progress)
     report = {}
     if eval_pairs is not None:
         # rewards/accuracies: share of held-out pairs with r(x, y_w) > r(x, y_l); rewards/margins: their mean gap.

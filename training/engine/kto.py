@@ -18,9 +18,8 @@ from training.engine.common import (
     load_policy,
     load_rows,
     load_tokenizer,
-    new_adapter,
-    run_training,
     split_dataset,
+    train_policy_with,
     trainer_arguments,
 )
 from training.engine.config import KTOConfig
@@ -42,16 +41,9 @@ def train_kto(config: KTOConfig, data_file: str, output_dir: str, progress: Prog
         desirable_weight=config.desirable_weight,
         undesirable_weight=config.undesirable_weight,
     )
-    trainer = KTOTrainer(
-        model=model,
-        ref_model=None,  # LoRA: the adapter disabled; full fine-tuning: TRL loads a frozen copy of the base
-        args=args,
-        train_dataset=train_rows,
-        eval_dataset=eval_rows,
-        processing_class=tokenizer,
-        peft_config=new_adapter(config, model, "CAUSAL_LM"),
+    trainer, metrics, stopped = train_policy_with(
+        KTOTrainer, args, config, model, tokenizer, train_rows, eval_rows, output_dir, progress
     )
-    metrics, stopped = run_training(trainer, output_dir, resume=config.resume, progress=progress)
     report = {}
     if eval_rows is not None:
         # rewards/chosen and rewards/rejected: mean β r(x, y) of held-out desirable and undesirable answers.

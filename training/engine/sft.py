@@ -21,10 +21,9 @@ from training.engine.common import (
     load_policy,
     load_rows,
     load_tokenizer,
-    new_adapter,
     read_export,
-    run_training,
     split_dataset,
+    train_policy_with,
     trainer_arguments,
 )
 from training.engine.config import SFTConfig
@@ -50,15 +49,9 @@ def train_sft(config: SFTConfig, data_file: str, output_dir: str, progress: Prog
     args = trainer_arguments(
         TRLSFTConfig, config, output_dir, completion_only_loss=config.assistant_only_loss and not conversational
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_rows,
-        eval_dataset=eval_rows,
-        processing_class=tokenizer,
-        peft_config=new_adapter(config, model, "CAUSAL_LM"),
+    trainer, metrics, stopped = train_policy_with(
+        SFTTrainer, args, config, model, tokenizer, train_rows, eval_rows, output_dir, progress
     )
-    metrics, stopped = run_training(trainer, output_dir, resume=config.resume, progress=progress)
     report = {}
     if eval_rows is not None:
         evaluation = evaluate(trainer)
