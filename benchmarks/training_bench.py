@@ -222,7 +222,7 @@ def child_pair(spec: dict) -> dict:
 
     from transformers import TrainerCallback
 
-    from training.engine import dpo, reward
+    from training.engine import common, dpo, reward
 
     bare = BareLoop(spec)
     meter, warmup = Meter(), spec["warmup"]
@@ -260,7 +260,7 @@ def child_pair(spec: dict) -> dict:
             elif state.global_step == state.max_steps:
                 seen["meter"] = meter.stop()
 
-    module = reward if spec["stage"] == "rm" else dpo
+    module = reward if spec["stage"] == "rm" else common  # dpo runs its trainer through common.train_policy_with
     run_training = module.run_training
 
     def instrumented(trainer: Any, output_dir: str, **kwargs: Any) -> Any:

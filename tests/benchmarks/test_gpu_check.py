@@ -32,7 +32,7 @@ def test_smoke_runs_every_stage_against_the_bare_loop_and_samples(tmp_path):
 
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert [(r["variant"], r["stage"]) for r in report["stages"]] == [
-        ("float32 LoRA", stage) for stage in ("reward", "dpo", "sft", "ppo")
+        ("float32 LoRA", stage) for stage in ("reward", "dpo", "sft", "ppo", "rloo", "grpo")
     ]
     for row in report["stages"]:
         assert len(row["step_s"]) == 2 and row["mean_step_s"] > 0 and row["peak_mib"] > 100  # torch alone is more
