@@ -240,6 +240,38 @@ class Project(models.Model):
         help_text="An annotator may change an answer while its task is open, or for this many minutes after giving "
         "it; 0: only while the task is open.",
     )
+    # AI feedback (annotate/judges.py): the judge whose answers route tasks and may be suggested to annotators.
+    judge = models.ForeignKey(
+        "Judge",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The judge that routes tasks (hybrid labelling) and whose answer may be suggested to annotators.",
+    )
+    judge_votes_count = models.BooleanField(
+        default=False,
+        help_text="Judges' answers count toward a task's overlap (off: people fill the overlap, judges vote beside).",
+    )
+    routing = models.BooleanField(
+        default=False,
+        help_text="Hybrid labelling: tasks the project's judge answers confidently and consistently take its label "
+        "(but for an audit share), low-confidence ones go to people first.",
+    )
+    routing_confidence = models.FloatField(
+        default=0.8, help_text="The judge's confidence (0–1) at or above which its label is taken."
+    )
+    routing_audit_share = models.FloatField(
+        default=0.1, help_text="Share of the confidently judged tasks still sent to people, to audit the judge."
+    )
+    show_judge_suggestions = models.BooleanField(
+        default=False,
+        help_text="Show annotators the project judge's answer as a suggestion (suggestions anchor people: a control "
+        "group never sees them, to measure how often annotators follow them).",
+    )
+    suggestion_control_share = models.FloatField(
+        default=0.5, help_text="Share of leases shown no suggestion (the control group), when suggestions are on."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
     # Counters for the progress bars, so no page counts a project's tasks (45 ms at 1M). Kept by Task.save,
@@ -260,7 +292,15 @@ class Project(models.Model):
                 models.CheckConstraint(
                     condition=Q(**{f"{name}__gte": 0, f"{name}__lte": 1}), name=f"project_{name}_0_1"
                 )
-                for name in ("min_gold_accuracy", "min_competence", "position_bias_p", "max_fast_share")
+                for name in (
+                    "min_gold_accuracy",
+                    "min_competence",
+                    "position_bias_p",
+                    "max_fast_share",
+                    "routing_confidence",
+                    "routing_audit_share",
+                    "suggestion_control_share",
+                )
             ),
         ]
 
@@ -831,6 +871,13 @@ class Task(models.Model):
         # gold_rate, once per annotator, never complete, and outside the open queue and every dataset.
         GOLD = "gold", "Gold (answer known)"
 
+    class Routed(models.TextChoices):
+        """Hybrid labelling's decision (Project.routing), made when the project's judge answers the task."""
+
+        JUDGE = "judge", "Took the judge's label"
+        AUDIT = "audit", "Judged confidently, sent to people to audit the judge"
+        PEOPLE_FIRST = "people_first", "Judged with low confidence, sent to people first"
+
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tasks")
     kind = models.CharField(max_length=16, choices=TaskKind.choices)
@@ -840,6 +887,14 @@ class Task(models.Model):
     priority = models.SmallIntegerField(default=0, help_text="Higher goes first.")
     round_number = models.PositiveIntegerField(default=0, help_text="Training round whose data this task is for.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    routed = models.CharField(
+        max_length=16,
+        choices=Routed.choices,
+        blank=True,
+        default="",
+        db_default="",  # the importer's bulk INSERT names its columns
+        help_text="What hybrid labelling did with the task.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = TaskQuerySet.as_manager()
@@ -893,16 +948,23 @@ class Task(models.Model):
         """Recount the annotations and set the status from them (after an edit or delete outside the queue): gold
         while the task has a gold answer, else complete at the required count."""
         before = Task.objects.values_list("status", flat=True).get(pk=self.pk)
-        self.annotation_count = self.annotations.count()
+        self.annotation_count = self.counted_annotations().count()
         if self.annotations.filter(source=Annotation.Source.GOLD).exists():
             self.status = self.Status.GOLD
         else:
-            done = self.annotation_count >= self.required_annotations
+            done = self.annotation_count >= self.required_annotations or self.routed == self.Routed.JUDGE
             self.status = self.Status.COMPLETE if done else self.Status.OPEN
         self.save(update_fields=["annotation_count", "status"])
         (tasks, complete), (tasks_after, complete_after) = _counted(before), _counted(self.status)
         if (tasks, complete) != (tasks_after, complete_after):
             self.project.count_tasks(added=tasks_after - tasks, completed=complete_after - complete)
+
+    def counted_annotations(self) -> models.QuerySet:
+        """The annotations that fill the task's overlap (annotation_count): all but judges', unless the project
+        counts judges' answers (Project.judge_votes_count)."""
+        if self.project.judge_votes_count:
+            return self.annotations.all()
+        return self.annotations.exclude(source=Annotation.Source.JUDGE)
 
     def make_gold(self) -> "Annotation":
         """Freeze a complete task's majority answer as its gold answer: the task leaves the data and the progress
@@ -1029,6 +1091,11 @@ class Assignment(models.Model):
     skipped_at = models.DateTimeField(null=True, blank=True)
     shown_order = models.JSONField(
         default=list, help_text="Response ids in the order they were shown (first is the displayed A)."
+    )
+    suggestion_shown = models.BooleanField(
+        null=True,
+        blank=True,
+        help_text="Whether the judge's suggestion was shown (False: the control group); empty: none was offered.",
     )
 
     objects = AssignmentQuerySet.as_manager()
@@ -1166,6 +1233,8 @@ class Annotation(models.Model):
         AUTO = "auto", "Automatic tie (identical answers)"
         # A gold task's known answer, against which annotators' answers are scored.
         GOLD = "gold", "Gold answer"
+        # A judge's answer (annotate/judges.py), by its identity (Judge.user): beside people's, never one of them.
+        JUDGE = "judge", "Judge"
 
     class Choice(models.TextChoices):
         A = "a", "A is better"
@@ -1198,6 +1267,11 @@ class Annotation(models.Model):
         Response, null=True, blank=True, on_delete=models.RESTRICT, related_name="written_in"
     )
     time_spent = models.DurationField(null=True, blank=True)
+    # A judge's answer: how sure it is (0–1), whether its two runs with the sides swapped agreed (pairwise), and
+    # what it said (the raw answers, each order's verdict, the attempts).
+    confidence = models.FloatField(null=True, blank=True)
+    consistent = models.BooleanField(null=True, blank=True)
+    judge_detail = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -1721,3 +1795,135 @@ class Invitation(models.Model):
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at"])
+
+
+class Judge(models.Model):
+    """An AI judge that answers a project's tasks beside its people (annotate/judges.py): a reward model from the
+    registry, or an instruction-following LLM behind an OpenAI-compatible chat endpoint given the project's
+    guidelines and the rubric. It answers as its own identity, `user`: a non-human account that cannot log in,
+    tied to this configuration (a judge with another configuration is another judge)."""
+
+    class Kind(models.TextChoices):
+        REWARD_MODEL = "reward_model", "Reward model"
+        LLM = "llm", "LLM (OpenAI-compatible endpoint)"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="judges")
+    name = models.SlugField(max_length=100, help_text="Unique in the project; letters, digits, - and _.")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="judge", editable=False
+    )
+    # reward_model
+    model_version = models.ForeignKey(
+        "models_registry.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="judges"
+    )
+    # llm
+    endpoint = models.URLField(max_length=500, blank=True, help_text="The OpenAI-compatible base URL, ending in /v1.")
+    model_name = models.CharField(max_length=200, blank=True, help_text="The model the endpoint serves.")
+    api_key_env = models.CharField(
+        max_length=100, blank=True, help_text="The environment variable holding the endpoint's API key (empty: none)."
+    )
+    rubric = models.TextField(
+        blank=True, help_text="What the judge is told beside the guidelines: a rubric or a short constitution."
+    )
+    concurrency = models.PositiveSmallIntegerField(default=8, help_text="Requests in flight at once.")
+    requests_per_minute = models.PositiveIntegerField(default=0, help_text="Rate limit on the endpoint; 0: none.")
+    max_retries = models.PositiveSmallIntegerField(
+        default=2, help_text="Asks again this many times when an answer does not parse; then it is a failure."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="judge_unique_name_per_project"),
+            models.CheckConstraint(
+                condition=(Q(kind="reward_model") & Q(model_version__isnull=False))
+                | (Q(kind="llm") & ~Q(endpoint="") & ~Q(model_name="")),
+                name="judge_kind_configured",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Judge {self.name} ({self.get_kind_display()})"
+
+    def clean(self) -> None:
+        if self.kind == self.Kind.REWARD_MODEL:
+            if self.model_version_id is None:
+                raise ValidationError({"model_version": "A reward-model judge needs a reward model from the registry."})
+            version = self.model_version
+            if version.kind != version.Kind.REWARD:
+                raise ValidationError({"model_version": f"{version} is a {version.get_kind_display().lower()}."})
+            if self.project_id and version.project_id != self.project_id:
+                raise ValidationError({"model_version": f"{version} belongs to another project."})
+        elif self.kind == self.Kind.LLM:
+            needed = ("endpoint", "model_name")
+            if missing := {name: "An LLM judge needs it." for name in needed if not getattr(self, name)}:
+                raise ValidationError(missing)
+
+    @classmethod
+    def create(cls, project: Project, name: str, *, created_by: Any = None, **fields: Any) -> "Judge":
+        """A judge with its identity: a user named judge.<project id>.<name> that cannot log in."""
+        judge = cls(project=project, name=name, created_by=created_by, **fields)
+        judge.full_clean(exclude=["user"])
+        with transaction.atomic():
+            user = get_user_model().objects.create_user(
+                username=f"judge.{project.pk}.{name}"[:150], first_name=f"Judge {name}"[:150], is_active=False
+            )
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
+            judge.user = user
+            judge.save()
+        return judge
+
+
+class JudgeRun(Job):
+    """A judge answering a set of a project's tasks, in a Celery worker (annotate/judges.py): progress, cancel, and
+    what it answered, failed and skipped."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Scope(models.TextChoices):
+        SAMPLE = "sample", "A random sample of the open and complete tasks"
+        OPEN = "open", "Every open task"
+        ROUND = "round", "A training round's new samples"
+
+    judge = models.ForeignKey(Judge, on_delete=models.CASCADE, related_name="runs")
+    scope = models.CharField(max_length=16, choices=Scope.choices, default=Scope.OPEN)
+    limit = models.PositiveIntegerField(null=True, blank=True, help_text="At most this many tasks (a sample's size).")
+    round_number = models.PositiveIntegerField(null=True, blank=True, help_text="For scope round: whose samples.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    total = models.PositiveIntegerField(default=0, help_text="Tasks chosen.")
+    answered = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0, help_text="Tasks whose answer did not parse after the retries.")
+    skipped = models.PositiveIntegerField(default=0, help_text="Tasks the judge had answered or cannot answer.")
+    failures = models.JSONField(default=list, blank=True, help_text="The first failures: task, reason, last answer.")
+    cancel_requested = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Judge run {self.pk} of {self.judge.name}"
+
+    def request_cancel(self) -> None:
+        """Ask the worker to stop after the tasks in flight; a run that has not started is cancelled at once."""
+        JudgeRun.objects.filter(pk=self.pk).update(cancel_requested=True)
+        self.cancel_requested = True
+        move(self, [self.Status.PENDING], status=self.Status.CANCELLED, finished_at=timezone.now())
+
+    def cancel_is_requested(self) -> bool:
+        return JudgeRun.objects.filter(pk=self.pk, cancel_requested=True).exists()

@@ -6,7 +6,9 @@ from annotate.exports import fail_stale_exports as fail_stale_export_snapshots
 from annotate.exports import run_snapshot
 from annotate.import_jobs import fail_stale_imports as fail_stale_import_jobs
 from annotate.import_jobs import run_import_job
-from annotate.models import Assignment, DatasetSnapshot, ImportJob, Project, QualityReport
+from annotate.judges import fail_stale_runs
+from annotate.judges import run as run_judge_job
+from annotate.models import Assignment, DatasetSnapshot, ImportJob, JudgeRun, Project, QualityReport
 from annotate.quality_reports import refresh_quality_reports as queue_quality_refreshes
 from annotate.quality_reports import run_quality_report
 
@@ -60,3 +62,15 @@ def refresh_quality(report_id: int) -> str:
 def refresh_quality_reports() -> int:
     """Queue a quality refresh for each project with new answers, and reap dead ones (beat, every few minutes)."""
     return queue_quality_refreshes()
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=False)
+def run_judge(run_id: int) -> str:
+    """Run a pending judge run (progress in its counts); returns the status it ends in."""
+    return run_judge_job(JudgeRun.objects.get(pk=run_id)).status
+
+
+@shared_task
+def fail_stale_judge_runs() -> int:
+    """Fail running judge runs whose worker stopped sending heartbeats (beat runs this every minute)."""
+    return fail_stale_runs()

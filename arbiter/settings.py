@@ -172,6 +172,7 @@ CELERY_BEAT_SCHEDULE = {
     "fail-stale-rounds": {"task": "training.tasks.fail_stale_rounds", "schedule": 60.0},
     "fail-stale-exports": {"task": "annotate.tasks.fail_stale_exports", "schedule": 60.0},
     "fail-stale-imports": {"task": "annotate.tasks.fail_stale_imports", "schedule": 60.0},
+    "fail-stale-judge-runs": {"task": "annotate.tasks.fail_stale_judge_runs", "schedule": 60.0},
     # The counters are kept exact as tasks change; this finds and repairs what changed past them (raw SQL, a shell).
     "recount-task-counters": {"task": "annotate.tasks.recount_task_counters", "schedule": 3600.0},
     # The Quality page's figures, for the projects with new answers since the last look (annotate/quality_reports.py).
