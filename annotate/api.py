@@ -78,6 +78,7 @@ from annotate.serializers import (
     TokenIn,
     TokenSerializer,
 )
+from annotate.suggestions import following
 from annotate.views import lockout_message
 from arbiter.api import Conflict, ErrorSerializer, error_responses, get_or_404, validated
 from arbiter.api_defaults import NewestFirstPagination
@@ -529,8 +530,10 @@ class QualityView(APIView):
 
         Computed by a worker (every few minutes for a project with new answers, or on POST quality/recompute/); the
         flags are against the project's thresholds now, and paused and votes_excluded say each member's state now.
+        `suggestions` (how far the judge's suggestions sway annotators) is read live.
         """
-        return Response(QualitySerializer(quality_for(project_led_by(request, slug))).data)
+        project = project_led_by(request, slug)
+        return Response(QualitySerializer({**quality_for(project), "suggestions": following(project)}).data)
 
 
 class QualityRecomputeView(APIView):

@@ -338,6 +338,11 @@ class AnswerFieldSerializer(serializers.Serializer):
     description = serializers.CharField()
 
 
+class SuggestionSerializer(serializers.Serializer):
+    answer = serializers.CharField(help_text='The judge\'s answer in this lease\'s letters: "B better", "4 (unsafe)".')
+    confidence = serializers.FloatField(allow_null=True, help_text="How sure the judge is, 0–1.")
+
+
 class LeaseSerializer(serializers.ModelSerializer):
     """A task given to you: its prompt, its responses in the order shown to you, and what to answer."""
 
@@ -348,6 +353,10 @@ class LeaseSerializer(serializers.ModelSerializer):
     answer_fields = serializers.SerializerMethodField()
     submit_url = serializers.SerializerMethodField()
     skip_url = serializers.SerializerMethodField()
+    suggestion = serializers.SerializerMethodField(
+        help_text="The project judge's answer, when the project shows suggestions and this lease is not in the "
+        "control group; null otherwise."
+    )
 
     class Meta:
         model = Assignment
@@ -364,6 +373,7 @@ class LeaseSerializer(serializers.ModelSerializer):
             "answer_fields",
             "submit_url",
             "skip_url",
+            "suggestion",
         ]
 
     @extend_schema_field(ShownResponseSerializer(many=True))
@@ -449,6 +459,10 @@ class LeaseSerializer(serializers.ModelSerializer):
             },
             comment,
         ]
+
+    @extend_schema_field(SuggestionSerializer(allow_null=True))
+    def get_suggestion(self, assignment: Assignment) -> dict[str, Any] | None:
+        return assignment.suggestion()
 
     def get_submit_url(self, assignment: Assignment) -> str:
         return reverse("api:submit", args=[assignment.task.project.slug, assignment.pk])
@@ -704,6 +718,25 @@ class QualityMinimumsSerializer(serializers.Serializer):
     too_fast = serializers.IntegerField(help_text="Timed answers.")
 
 
+class SuggestionFollowingSerializer(serializers.Serializer):
+    """How often people's answers are the judge's, shown its suggestion and not (annotate/suggestions.py)."""
+
+    judge = serializers.CharField(help_text="The project's judge, whose answers these are compared with.")
+    shown_answers = serializers.IntegerField(help_text="Answers given on leases shown the judge's suggestion.")
+    shown_same = serializers.IntegerField(help_text="Of those, the judge's answer.")
+    shown_share = _share("Share of those that are the judge's answer")
+    shown_low = _bound("low")
+    shown_high = _bound("high")
+    control_answers = serializers.IntegerField(help_text="Answers given on leases of the control group (not shown).")
+    control_same = serializers.IntegerField(help_text="Of those, the judge's answer.")
+    control_share = _share("Share of those that are the judge's answer")
+    control_low = _bound("low")
+    control_high = _bound("high")
+    difference = serializers.FloatField(allow_null=True, help_text="shown_share − control_share: the anchoring.")
+    difference_low = serializers.FloatField(allow_null=True, help_text="Its 95 % interval (Newcombe), low end.")
+    difference_high = serializers.FloatField(allow_null=True, help_text="Its 95 % interval (Newcombe), high end.")
+
+
 class QualitySerializer(serializers.Serializer):
     status = serializers.ChoiceField(
         QualityReport.Status.choices, allow_null=True, help_text="Of the latest refresh; null before the first."
@@ -716,6 +749,9 @@ class QualitySerializer(serializers.Serializer):
     minimum_answers = QualityMinimumsSerializer()
     project = QualityFiguresSerializer(allow_null=True, help_text="The whole project; null before the first refresh.")
     annotators = QualityAnnotatorSerializer(many=True, help_text="Flagged ones first, then by username.")
+    suggestions = SuggestionFollowingSerializer(
+        allow_null=True, help_text="How far the judge's suggestions sway annotators; null without a project judge."
+    )
 
 
 class QualityStatusSerializer(serializers.ModelSerializer):
