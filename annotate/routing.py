@@ -1,8 +1,10 @@
 """Hybrid labelling (Project.routing): what the project's judge's answer does to its task.
 
 annotate.judges.record calls `route` inside its transaction, the task row locked, when the project routes and the
-judge is the project's judge. Only an open task is routed: one that people (or the judge's own counted vote) have
-completed needs nothing, and a gold task is never judged. The decision is kept on the task (Task.routed):
+judge is the project's judge. Only an open task is routed, once: one that people (or the judge's own counted vote)
+have completed needs nothing, a gold task is never judged, and a task routed already (by the project's former judge)
+keeps that decision, so that a change of judge cannot raise a task's priority twice. The decision is kept on the
+task (Task.routed):
 
 - confident (confidence ≥ Project.routing_confidence) and consistent (the judge's two runs with the sides swapped
   agreed, or the kind has no such check): the task takes the judge's label, `judge`: it completes (the project's
@@ -48,7 +50,7 @@ def decision(task: Task, annotation: Any) -> str:
 
 def route(task: Task, annotation: Any) -> None:
     """Route a task the project's judge just answered (inside record's transaction, the task row locked)."""
-    if task.status != Task.Status.OPEN:
+    if task.status != Task.Status.OPEN or task.routed:
         return
     task.routed = decision(task, annotation)
     rows = Task.objects.filter(pk=task.pk)

@@ -121,3 +121,13 @@ def test_a_task_people_completed_is_left_as_it_is(project, judge):
     record(judge, verdict(task, confidence=0.1))
     task.refresh_from_db()
     assert (task.routed, task.status, task.priority) == ("", Task.Status.COMPLETE, 0)
+
+
+def test_a_task_is_routed_once_whichever_judge_becomes_the_projects(project, judge):
+    task = make_tasks(project, 1)[0]
+    record(judge, verdict(task, confidence=0.1))
+    successor = Judge.create(project, "next", kind=Judge.Kind.LLM, endpoint="http://judge.invalid/v1", model_name="n")
+    Project.objects.filter(pk=project.pk).update(judge=successor)
+    record(successor, verdict(task, confidence=0.2))
+    task.refresh_from_db()
+    assert (task.routed, task.status, task.priority) == (Task.Routed.PEOPLE_FIRST, Task.Status.OPEN, 1)
