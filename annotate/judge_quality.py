@@ -224,7 +224,6 @@ def calibration_error(bins: Iterable[dict[str, Any]]) -> float | None:
 
 def judge_figures(judge: Judge) -> dict[str, Any]:
     """A judge's figures (see the module's docstring): for all kinds and per kind, and its reliability diagram."""
-    compared = compared_items(judge)
     answers = Counter(Annotation.objects.filter(annotator=judge.user).values_list("task__kind", flat=True))
     consistency: dict[str, Counter] = defaultdict(Counter)
     rows = Annotation.objects.filter(annotator=judge.user, consistent__isnull=False).values_list(
@@ -232,7 +231,21 @@ def judge_figures(judge: Judge) -> dict[str, Any]:
     )
     for kind, consistent in rows:
         consistency[kind][consistent] += 1
-    gold = _gold_right(judge)
+    return _figures(judge, compared_items(judge), answers, consistency, _gold_right(judge))
+
+
+def no_figures(judge: Judge) -> dict[str, Any]:
+    """The figures of a judge that had answered nothing when they were computed."""
+    return _figures(judge, Compared(), Counter(), defaultdict(Counter), defaultdict(Counter))
+
+
+def _figures(
+    judge: Judge,
+    compared: Compared,
+    answers: Counter,
+    consistency: dict[str, Counter],
+    gold: dict[str, Counter],
+) -> dict[str, Any]:
     kinds = [str(kind) for kind in JUDGED_KINDS if answers[kind]]
 
     def figures(kind: str | None) -> dict[str, Any]:

@@ -8,7 +8,8 @@ import pytest
 
 from annotate.judge_quality import cohens_kappa, judge_figures, measured_agreement
 from annotate.judges import Verdict, record
-from annotate.models import Annotation, Judge, Membership, Task
+from annotate.models import Annotation, ApiToken, Judge, Membership, QualityReport, Task
+from annotate.quality_reports import quality_for, refresh_quality_reports, request_quality, run_quality_report
 from annotate.simulation import rating_score, rule_preference, rule_ranks, simulate_judge
 from tests.annotate.test_simulate_judge import make_tasks
 
@@ -104,8 +105,8 @@ class TestKappa:
     def test_a_hand_computed_case(self):
         judge = list("aaaabbbtab") + ["a"] * 10
         majority = list("aaabbbatab") + ["a"] * 10
-        # 20 items, 18 agree (all but the 4th and 7th): p_o = 0.9. The judge says a 15, b 4, tie 1; the majority a 15, b 4, tie 1:
-        # p_e = (15·15 + 4·4 + 1·1) / 400 = 242 / 400 = 0.605; κ = (0.9 − 0.605) / 0.395 = 0.7468…
+        # 20 items, 18 agree (all but the 4th and 7th): p_o = 0.9. The judge says a 15, b 4, tie 1; the majority
+        # a 15, b 4, tie 1: p_e = (15·15 + 4·4 + 1·1) / 400 = 242 / 400 = 0.605; κ = (0.9 − 0.605) / 0.395 = 0.7468…
         kappa = cohens_kappa(judge, majority)
         assert kappa.kappa == pytest.approx(0.295 / 0.395)
         assert kappa.low < kappa.kappa < kappa.high
@@ -172,3 +173,64 @@ def test_random_judge_agreement_is_near_chance(project, people, judge):
         judge_says(judge, task, choice=rng.choice("ab"))
     figures = judge_figures(judge)
     assert figures["kappa_low"] < 0.1 and figures["kappa"] < 0.2
+
+
+@pytest.fixture
+def judged(project, people, judge, enqueued, django_capture_on_commit_callbacks):
+    """A refreshed report of a project with 60 pairwise and 20 rating tasks answered by people by the rule and by
+    a simulated judge right on 80 % of them; a second judge added since has no figures yet."""
+    tasks = make_tasks(project, 60) + make_tasks(project, 20, "rating")
+    answer_by_rule(project, tasks, people[:2])
+    simulate_judge(judge, tasks, accuracy=0.8, seed=11, rule=RULE, inconsistency=0.2)
+    with django_capture_on_commit_callbacks(execute=True):
+        request_quality(project)
+    report = run_quality_report(QualityReport.objects.get(project=project))
+    Judge.create(project, "later", kind="llm", endpoint="http://j.invalid/v1", model_name="m")
+    return report
+
+
+def test_the_report_stores_each_judges_figures_and_lists_every_judge_now(project, judge, judged):
+    assert judged.status == "ready"
+    (stored,) = judged.figures["judges"]
+    assert stored == judge_figures(judge)
+    assert [row["kind"] for row in stored["kinds"]] == ["rating", "pairwise"]
+    later, sim = quality_for(project)["judges"]
+    assert (later["name"], later["answers"], later["agreement"], later["reliability"]) == ("later", 0, None, [])
+    assert sim == stored and sim["answers"] == 80 and sim["compared"] > 60
+
+
+def test_a_judges_answers_queue_a_refresh(project, judge, enqueued):
+    (task,) = make_tasks(project, 1)
+    judge_says(judge, task, choice="a")
+    assert refresh_quality_reports() == 1
+
+
+def test_the_quality_page_shows_each_judge_with_intervals_and_its_reliability_diagram(client, project, lead, judged):
+    client.force_login(lead)
+    page = client.get(f"/p/{project.slug}/quality/").content.decode()
+    section = page[page.index('id="judges"') : page.index('id="thresholds"')]
+    sim = section[section.index('id="judge-sim"') :]
+    figures = quality_for(project)["judges"][1]
+    assert f"{figures['agreed']} of {figures['compared']} items" in sim
+    low, high = round(100 * figures["agreement_low"]), round(100 * figures["agreement_high"])
+    assert f"{low}–{high} %" in sim and f"{figures['kappa']:.2f}" in sim
+    assert '<th scope="row">Pairwise</th>' in sim and '<th scope="row">Rating</th>' in sim
+    assert f"{figures['consistency_right']} of 60" in sim  # ratings have no positions to swap
+    assert 'role="img"' in sim and "<title" in sim and sim.count("<circle") == len(figures["reliability"])
+    assert "calibration error" in sim
+    later = section[section.index('id="judge-later"') : section.index('id="judge-sim"')]
+    assert "No answers from this judge" in later
+
+
+def test_the_quality_api_lists_judges_beside_annotators(client, project, lead, judged):
+    _, token = ApiToken.issue(lead, "tests")
+    body = client.get(f"/api/v1/projects/{project.slug}/quality/", HTTP_AUTHORIZATION=f"Bearer {token}").json()
+    assert [row["username"] for row in body["annotators"]] == ["ann", "bob", "cat"]
+    later, sim = body["judges"]
+    assert later["name"] == "later" and later["compared"] == 0 and later["kappa"] is None
+    expected = quality_for(project)["judges"][1]
+    assert sim["username"] == f"judge.{project.pk}.sim" and sim["judge_kind"] == "llm"
+    for name in ("agreement", "agreement_low", "kappa", "kappa_high", "consistency", "calibration_error"):
+        assert sim[name] == pytest.approx(expected[name]), name
+    assert {row["kind"] for row in sim["kinds"]} == {"pairwise", "rating"}
+    assert sim["reliability"][0].keys() >= {"low", "high", "items", "confidence", "agreement", "agreement_low"}
