@@ -234,3 +234,22 @@ def test_the_quality_api_lists_judges_beside_annotators(client, project, lead, j
         assert sim[name] == pytest.approx(expected[name]), name
     assert {row["kind"] for row in sim["kinds"]} == {"pairwise", "rating"}
     assert sim["reliability"][0].keys() >= {"low", "high", "items", "confidence", "agreement", "agreement_low"}
+
+
+@pytest.mark.django_db(transaction=True)  # the bots' server reads what this test wrote, from its own threads
+def test_against_simulated_annotators_working_the_real_api(project, judge):
+    """Bots by the rule through the HTTP API make the majority; the simulated judge's agreement is what it got right."""
+    from annotate.simulation import simulate_annotators
+
+    tasks = make_tasks(project, 40) + make_tasks(project, 10, "ranking")
+    Task.objects.update(required_annotations=2)
+    counts = simulate_judge(judge, tasks, accuracy=0.7, seed=5, rule=RULE)
+    result = simulate_annotators(project=project, users=2, rule=RULE, noise=0.0, seed=5)
+    assert not result.tally.errors and sum(result.tally.answered.values()) == 100  # two each: the judge fills none
+    figures = judge_figures(judge)
+    kinds = {row["kind"]: row for row in figures["kinds"]}
+    assert kinds["pairwise"]["agreed"] == sum(
+        a.judge_detail["right"] for a in Annotation.objects.filter(annotator=judge.user, task__kind="pairwise")
+    )
+    assert kinds["ranking"]["compared"] == 30 and counts["answered"] == 50
+    assert figures["agreement_low"] <= 0.7 <= figures["agreement_high"]
