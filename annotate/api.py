@@ -526,11 +526,12 @@ class ExportDownloadView(APIView):
 class QualityView(APIView):
     @extend_schema(responses={200: QualitySerializer, **error_responses(401, 403, 404)})
     def get(self, request: Request, slug: str) -> Response:
-        """The quality figures per annotator and for the project (leads), as last computed: flagged ones first.
+        """The quality figures per annotator, per judge and for the project (leads), as last computed.
 
         Computed by a worker (every few minutes for a project with new answers, or on POST quality/recompute/); the
         flags are against the project's thresholds now, and paused and votes_excluded say each member's state now.
-        `suggestions` (how far the judge's suggestions sway annotators) is read live.
+        Annotators flagged first; judges (with their agreement with the human majority) by name. `suggestions` (how
+        far the judge's suggestions sway annotators) is read live.
         """
         project = project_led_by(request, slug)
         return Response(QualitySerializer({**quality_for(project), "suggestions": following(project)}).data)

@@ -718,6 +718,54 @@ class QualityMinimumsSerializer(serializers.Serializer):
     too_fast = serializers.IntegerField(help_text="Timed answers.")
 
 
+class JudgeAgreementSerializer(serializers.Serializer):
+    """A judge against the human majority, on the items both answered (annotate/judge_quality.py)."""
+
+    kind = serializers.CharField(help_text='A task kind, or "all".')
+    answers = serializers.IntegerField(help_text="The judge's answers.")
+    compared = serializers.IntegerField(
+        help_text="Items people decided too: tasks; for rankings, each two responses; ratings with an agreed score."
+    )
+    agreed = serializers.IntegerField(help_text="Of those, where the judge's answer is the human majority's.")
+    agreement = _share("Share of compared items where the judge agrees with the human majority")
+    agreement_low = _bound("low")
+    agreement_high = _bound("high")
+    kappa = serializers.FloatField(allow_null=True, help_text="Cohen's kappa, judge against majority.")
+    kappa_low = serializers.FloatField(allow_null=True, help_text="95 % interval (Fleiss, Cohen & Everitt).")
+    kappa_high = serializers.FloatField(allow_null=True)
+    consistency_answers = serializers.IntegerField(help_text="Pairwise and ranking answers asked in both orders.")
+    consistency_right = serializers.IntegerField(help_text="Of those, the same answer in both orders.")
+    consistency = _share("Position-consistency rate")
+    consistency_low = _bound("low")
+    consistency_high = _bound("high")
+    gold_answers = serializers.IntegerField(help_text="Answers to gold tasks.")
+    gold_right = serializers.IntegerField(help_text="Of those, the right ones.")
+    gold = _share("Accuracy against gold tasks")
+    gold_low = _bound("low")
+    gold_high = _bound("high")
+
+
+class ReliabilityBinSerializer(serializers.Serializer):
+    low = serializers.FloatField(help_text="The bin's confidences are from this…")
+    high = serializers.FloatField(help_text="…up to this (the last bin includes 1).")
+    items = serializers.IntegerField()
+    confidence = serializers.FloatField(help_text="The judge's mean confidence in the bin.")
+    agreement = _share("Share agreeing with the human majority")
+    agreement_low = _bound("low")
+    agreement_high = _bound("high")
+
+
+class QualityJudgeSerializer(JudgeAgreementSerializer):
+    name = serializers.CharField()
+    judge_kind = serializers.CharField(help_text="reward_model or llm.")
+    username = serializers.CharField(help_text="The judge's identity, the annotator of its answers.")
+    kinds = JudgeAgreementSerializer(many=True, help_text="The same figures per task kind it answered.")
+    reliability = ReliabilityBinSerializer(many=True, help_text="Confidence against agreement; empty bins left out.")
+    calibration_error = serializers.FloatField(
+        allow_null=True, help_text="Expected calibration error: the bins' |agreement - confidence|, weighted by items."
+    )
+
+
 class SuggestionFollowingSerializer(serializers.Serializer):
     """How often people's answers are the judge's, shown its suggestion and not (annotate/suggestions.py)."""
 
@@ -752,6 +800,7 @@ class QualitySerializer(serializers.Serializer):
     suggestions = SuggestionFollowingSerializer(
         allow_null=True, help_text="How far the judge's suggestions sway annotators; null without a project judge."
     )
+    judges = QualityJudgeSerializer(many=True, help_text="The project's judges, by name, against people.")
 
 
 class QualityStatusSerializer(serializers.ModelSerializer):

@@ -10,9 +10,10 @@ from annotate.simulation import feature, simulate_judge
 def make_tasks(project, n, kind="pairwise"):
     """`n` tasks whose responses differ in how often they say "cat" (the rule word:cat), in both orders."""
     tasks = []
+    first = Prompt.objects.filter(project=project).count()
     for i in range(n):
         prompt = Prompt.objects.create(
-            project=project, external_id=f"p{i}", messages=[{"role": "user", "content": "?"}]
+            project=project, external_id=f"p{first + i}", messages=[{"role": "user", "content": "?"}]
         )
         task = Task.objects.create(project=project, prompt=prompt, kind=kind)
         texts = ["cat " * (i % 3), "cat " * ((i + 1) % 4) + "dog"][:: 1 if i % 2 else -1]
