@@ -78,6 +78,7 @@ from annotate.serializers import (
     TokenIn,
     TokenSerializer,
 )
+from annotate.suggestions import following
 from annotate.views import lockout_message
 from arbiter.api import Conflict, ErrorSerializer, error_responses, get_or_404, validated
 from arbiter.api_defaults import NewestFirstPagination
@@ -525,12 +526,15 @@ class ExportDownloadView(APIView):
 class QualityView(APIView):
     @extend_schema(responses={200: QualitySerializer, **error_responses(401, 403, 404)})
     def get(self, request: Request, slug: str) -> Response:
-        """The quality figures per annotator and for the project (leads), as last computed: flagged ones first.
+        """The quality figures per annotator, per judge and for the project (leads), as last computed.
 
         Computed by a worker (every few minutes for a project with new answers, or on POST quality/recompute/); the
         flags are against the project's thresholds now, and paused and votes_excluded say each member's state now.
+        Annotators flagged first; judges (with their agreement with the human majority) by name. `suggestions` (how
+        far the judge's suggestions sway annotators) is read live.
         """
-        return Response(QualitySerializer(quality_for(project_led_by(request, slug))).data)
+        project = project_led_by(request, slug)
+        return Response(QualitySerializer({**quality_for(project), "suggestions": following(project)}).data)
 
 
 class QualityRecomputeView(APIView):

@@ -327,10 +327,22 @@ class Project(models.Model):
             errors["labels"] = "Give a list of non-empty label names."
         elif len(set(self.labels)) != len(self.labels):
             errors["labels"] = "Label names must be unique."
+        errors.update(self._judge_refusals())
         if self.pk and not errors:
             errors.update(self._refusals_against_work_done())
         if errors:
             raise ValidationError(errors)
+
+    def _judge_refusals(self) -> dict[str, str]:
+        """Routing and suggestions need the project's judge, one of its own."""
+        errors = {}
+        if self.judge_id is not None and self.judge.project_id != self.pk:
+            errors["judge"] = f"{self.judge.name} is another project's judge: choose one of this project's."
+        if self.routing and self.judge_id is None:
+            errors["routing"] = "Hybrid labelling routes tasks by the project judge's answers: choose the judge first."
+        if self.show_judge_suggestions and self.judge_id is None:
+            errors["show_judge_suggestions"] = "A suggestion is the project judge's answer: choose the judge first."
+        return errors
 
     # Settings against the work already done (the settings page and the admin) -------------------------------
 
@@ -501,8 +513,25 @@ class Project(models.Model):
         shown_order = task.response_ids()
         random.shuffle(shown_order)  # which response is A is random per lease, and recorded
         return Assignment.objects.create(
-            task=task, annotator=user, leased_at=now, expires_at=now + self.lease_length, shown_order=shown_order
+            task=task,
+            annotator=user,
+            leased_at=now,
+            expires_at=now + self.lease_length,
+            shown_order=shown_order,
+            suggestion_shown=self._shows_suggestion(task),
         )
+
+    def _shows_suggestion(self, task: "Task") -> bool | None:
+        """Whether a new lease on the task shows the project judge's answer as a suggestion: None where there is none
+        to offer (suggestions off, the judge has not answered the task, a gold task, whose answers measure people
+        alone), else True but for the control group, a random suggestion_control_share of leases, that is shown
+        nothing: how often people follow a suggestion means something only beside how often they agree unprompted
+        (annotate/suggestions.py)."""
+        if not self.show_judge_suggestions or self.judge_id is None or task.status == Task.Status.GOLD:
+            return None
+        if not task.annotations.filter(annotator__judge=self.judge_id).exists():
+            return None
+        return random.random() >= self.suggestion_control_share
 
     def available_tasks(self, user: Any, now: datetime) -> "TaskQuerySet":
         """This project's tasks the user may be given now, of the kinds it enables, in queue order."""
@@ -1108,6 +1137,8 @@ class Assignment(models.Model):
         indexes = [
             models.Index(fields=["task", "status", "expires_at"], name="assignment_task_live"),
             models.Index(fields=["annotator", "status", "expires_at"], name="assignment_annotator_live"),
+            # The leases offered a judge's suggestion, few or none: what annotate/suggestions.py reads.
+            models.Index(fields=["task"], condition=Q(suggestion_shown__isnull=False), name="assignment_suggested"),
         ]
 
     def __str__(self) -> str:
@@ -1124,6 +1155,17 @@ class Assignment(models.Model):
         kind = self.task.kind
         swapped = kind == TaskKind.PAIRWISE and self.shows_swapped()
         return answers.answer_from_shown(data, kind=kind, shown_order=self.shown_order, swapped=swapped)
+
+    def suggestion(self) -> dict[str, Any] | None:
+        """The project judge's answer this lease shows as a suggestion (Project._shows_suggestion), in the lease's
+        letters (its A may be the task's B), with the judge's confidence; None for the control group and where none
+        was offered. The judge's answer only, never anyone's text."""
+        if not self.suggestion_shown or (judge := self.task.project.judge_id) is None:
+            return None
+        annotation = self.task.annotations.filter(annotator__judge=judge).select_related("task").first()
+        if annotation is None:
+            return None
+        return {"answer": annotation.shown_summary(self.shown_order), "confidence": annotation.confidence}
 
     def shows_swapped(self) -> bool:
         """Whether this lease showed a pair the other way round: the task's position 1 as A."""
@@ -1355,12 +1397,17 @@ class Annotation(models.Model):
         if self.task_id is not None:
             self.task.clean_answer(self.answer())
 
-    def shown_summary(self) -> str:
+    def shown_summary(self, shown_order: list[int] | None = None) -> str:
         """The answer as its annotator saw it: a pair's side and a ranking's responses by the letters they were shown
-        under (the shown A may be the task's B), "4 (unsafe)", "B much better", "C > A = B"."""
-        if self.assignment is None or self.task.kind in (TaskKind.RATING, TaskKind.WRITE):
+        under (the shown A may be the task's B), "4 (unsafe)", "B much better", "C > A = B". `shown_order`: as
+        another lease showed them (a judge's answer suggested to an annotator)."""
+        if shown_order is None:
+            if self.assignment is None:
+                return self.summary()
+            shown_order = self.assignment.shown_order
+        if self.task.kind in (TaskKind.RATING, TaskKind.WRITE):
             return self.summary()
-        letters = {response_id: _letter(i) for i, response_id in enumerate(self.assignment.shown_order)}
+        letters = {response_id: _letter(i) for i, response_id in enumerate(shown_order)}
         if self.task.kind == TaskKind.RANKING:
             return " > ".join(" = ".join(sorted(letters[r] for r in group)) for group in self.ranking or [])
         if self.choice == self.Choice.TIE:

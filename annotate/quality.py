@@ -481,7 +481,7 @@ def gold_accuracy(project: Project) -> PerAnnotator[Share]:
         if task_id in known and answer_id > known[task_id][1]:
             kind, _, gold = known[task_id]
             n[user_id] = n.get(user_id, 0) + 1
-            hits[user_id] = hits.get(user_id, 0) + _right(kind, answer, gold)
+            hits[user_id] = hits.get(user_id, 0) + gold_right(kind, answer, gold)
     names = get_user_model().objects.in_bulk(list(n))
     return PerAnnotator(
         share(sum(hits.values()), sum(n.values())),
@@ -489,7 +489,7 @@ def gold_accuracy(project: Project) -> PerAnnotator[Share]:
     )
 
 
-def _right(kind: str, answer: list, gold: list) -> bool:
+def gold_right(kind: str, answer: list, gold: list) -> bool:
     """Whether an answer (choice, strength, both_bad, score, ranking) is the gold answer, as gold_accuracy says."""
     choice, strength, both_bad, score, ranking = answer
     gold_choice, gold_strength, gold_both_bad, gold_score, gold_ranking = gold

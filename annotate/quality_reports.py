@@ -1,16 +1,17 @@
 """The Quality page's figures: computed by a worker into the project's QualityReport, flagged when read.
 
 Every measure of annotate/quality.py reads every annotation (some 15 s at a million), so no request computes them:
-a refresh reads the project once and stores each annotator's figures as one JSON value, and the Quality page and
+a refresh reads the project once and stores each annotator's figures, and each judge's calibration against people
+(annotate/judge_quality.py), as one JSON value, and the Quality page and
 `GET /api/v1/projects/<slug>/quality/` read that row (`quality_for`). What a lead may change between refreshes is
 read live: the flags, against the project's thresholds now, and whether each member is paused or excluded now.
 
 - A refresh is queued (`request_quality`) by beat every ARBITER_QUALITY_REFRESH_MINUTES for each project with human
-  answers given or changed since it last looked, by a lead's "Recompute now", and when a lead changes fast_seconds
-  (the fast shares count against it). One runs at a time per project: the report moves pending → running → ready or
-  failed by conditional UPDATEs (annotate/jobs.py), so a second request while one is under way queues nothing and a
-  message delivered twice runs once. A refresh whose worker died is failed by beat, which also sends again one whose
-  message was lost; the last figures stay shown meanwhile, with when they were computed.
+  or judge answers given or changed since it last looked, by a lead's "Recompute now", and when a lead changes
+  fast_seconds (the fast shares count against it). One runs at a time per project: the report moves pending →
+  running → ready or failed by conditional UPDATEs (annotate/jobs.py), so a second request while one is under way
+  queues nothing and a message delivered twice runs once. A refresh whose worker died is failed by beat, which also
+  sends again one whose message was lost; the last figures stay shown meanwhile, with when they were computed.
 - Flags (`flags`), each only with enough answers to mean something, so that three answers cannot flag anyone:
   `low_gold_accuracy`  gold accuracy below min_gold_accuracy, over MIN_GOLD_ANSWERS gold answers or more;
   `low_competence`     Dawid–Skene competence below min_competence, over MIN_COMPARED_ANSWERS answers or more to
@@ -31,6 +32,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from annotate.jobs import Heartbeat, fail_stale, hide_paths, move
+from annotate.judge_quality import judges_figures, no_figures
 from annotate.models import Annotation, AnnotationRevision, Membership, Project, QualityReport
 from annotate.quality import AnnotatorQuality, Speed, annotator_quality, share
 
@@ -145,7 +147,15 @@ def quality_for(project: Project) -> dict[str, Any]:
         },
         "project": figures.get("project"),
         "annotators": annotators,
+        "judges": judges_of(project, figures),
     }
+
+
+def judges_of(project: Project, figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """The project's judges now, by name, each with its figures as last computed (empty for a judge added since)."""
+    stored = {row["name"]: row for row in figures.get("judges", [])}
+    judges = project.judges.select_related("user").order_by("name")
+    return [stored.get(judge.name) or no_figures(judge) for judge in judges]
 
 
 # Refreshing ---------------------------------------------------------------------------------------
@@ -180,6 +190,7 @@ def run_quality_report(report: QualityReport) -> QualityReport:
     try:
         with heartbeat:
             measured = annotator_quality(project, fast_seconds=project.fast_seconds)
+            judges = judges_figures(project)
     except Exception as error:
         logger.exception("Quality report %s failed", report.pk)
         if not report.finish(Status.FAILED, error=hide_paths(str(error) or repr(error))):
@@ -188,6 +199,7 @@ def run_quality_report(report: QualityReport) -> QualityReport:
     figures = {
         "project": figures_of(measured.project),
         "annotators": [figures_of(row) for row in measured.annotators],
+        "judges": judges,
     }
     done = {"figures": figures, "computed_at": report.started_at, "fast_seconds": project.fast_seconds, "error": ""}
     if not report.finish(Status.READY, **done):
@@ -209,8 +221,8 @@ def fail_stale_quality() -> int:
 
 def refresh_quality_reports() -> int:
     """Beat's look, every ARBITER_QUALITY_REFRESH_MINUTES: fail the refreshes whose worker died, send again those
-    pending too long (their message lost), and queue one for every project with human answers since the last look;
-    returns how many it queued."""
+    pending too long (their message lost), and queue one for every project with human or judge answers since the last
+    look; returns how many it queued."""
     from annotate.tasks import refresh_quality
 
     fail_stale_quality()
@@ -225,7 +237,10 @@ def refresh_quality_reports() -> int:
     top = Annotation.objects.aggregate(top=Max("pk"))["top"] or 0
     looked = QualityReport.objects.aggregate(mark=Max("annotation_mark"))["mark"] or 0
     changed = (
-        Annotation.objects.filter(pk__gt=looked, pk__lte=top, source=Annotation.Source.HUMAN)
+        # A judge's answers move its figures as people's move theirs.
+        Annotation.objects.filter(
+            pk__gt=looked, pk__lte=top, source__in=[Annotation.Source.HUMAN, Annotation.Source.JUDGE]
+        )
         .order_by()
         .values_list("task__project_id", flat=True)
         .distinct()

@@ -338,6 +338,11 @@ class AnswerFieldSerializer(serializers.Serializer):
     description = serializers.CharField()
 
 
+class SuggestionSerializer(serializers.Serializer):
+    answer = serializers.CharField(help_text='The judge\'s answer in this lease\'s letters: "B better", "4 (unsafe)".')
+    confidence = serializers.FloatField(allow_null=True, help_text="How sure the judge is, 0–1.")
+
+
 class LeaseSerializer(serializers.ModelSerializer):
     """A task given to you: its prompt, its responses in the order shown to you, and what to answer."""
 
@@ -348,6 +353,10 @@ class LeaseSerializer(serializers.ModelSerializer):
     answer_fields = serializers.SerializerMethodField()
     submit_url = serializers.SerializerMethodField()
     skip_url = serializers.SerializerMethodField()
+    suggestion = serializers.SerializerMethodField(
+        help_text="The project judge's answer, when the project shows suggestions and this lease is not in the "
+        "control group; null otherwise."
+    )
 
     class Meta:
         model = Assignment
@@ -364,6 +373,7 @@ class LeaseSerializer(serializers.ModelSerializer):
             "answer_fields",
             "submit_url",
             "skip_url",
+            "suggestion",
         ]
 
     @extend_schema_field(ShownResponseSerializer(many=True))
@@ -449,6 +459,10 @@ class LeaseSerializer(serializers.ModelSerializer):
             },
             comment,
         ]
+
+    @extend_schema_field(SuggestionSerializer(allow_null=True))
+    def get_suggestion(self, assignment: Assignment) -> dict[str, Any] | None:
+        return assignment.suggestion()
 
     def get_submit_url(self, assignment: Assignment) -> str:
         return reverse("api:submit", args=[assignment.task.project.slug, assignment.pk])
@@ -704,6 +718,73 @@ class QualityMinimumsSerializer(serializers.Serializer):
     too_fast = serializers.IntegerField(help_text="Timed answers.")
 
 
+class JudgeAgreementSerializer(serializers.Serializer):
+    """A judge against the human majority, on the items both answered (annotate/judge_quality.py)."""
+
+    kind = serializers.CharField(help_text='A task kind, or "all".')
+    answers = serializers.IntegerField(help_text="The judge's answers.")
+    compared = serializers.IntegerField(
+        help_text="Items people decided too: tasks; for rankings, each two responses; ratings with an agreed score."
+    )
+    agreed = serializers.IntegerField(help_text="Of those, where the judge's answer is the human majority's.")
+    agreement = _share("Share of compared items where the judge agrees with the human majority")
+    agreement_low = _bound("low")
+    agreement_high = _bound("high")
+    kappa = serializers.FloatField(allow_null=True, help_text="Cohen's kappa, judge against majority.")
+    kappa_low = serializers.FloatField(allow_null=True, help_text="95 % interval (Fleiss, Cohen & Everitt).")
+    kappa_high = serializers.FloatField(allow_null=True)
+    consistency_answers = serializers.IntegerField(help_text="Pairwise and ranking answers asked in both orders.")
+    consistency_right = serializers.IntegerField(help_text="Of those, the same answer in both orders.")
+    consistency = _share("Position-consistency rate")
+    consistency_low = _bound("low")
+    consistency_high = _bound("high")
+    gold_answers = serializers.IntegerField(help_text="Answers to gold tasks.")
+    gold_right = serializers.IntegerField(help_text="Of those, the right ones.")
+    gold = _share("Accuracy against gold tasks")
+    gold_low = _bound("low")
+    gold_high = _bound("high")
+
+
+class ReliabilityBinSerializer(serializers.Serializer):
+    low = serializers.FloatField(help_text="The bin's confidences are from this…")
+    high = serializers.FloatField(help_text="…up to this (the last bin includes 1).")
+    items = serializers.IntegerField()
+    confidence = serializers.FloatField(help_text="The judge's mean confidence in the bin.")
+    agreement = _share("Share agreeing with the human majority")
+    agreement_low = _bound("low")
+    agreement_high = _bound("high")
+
+
+class QualityJudgeSerializer(JudgeAgreementSerializer):
+    name = serializers.CharField()
+    judge_kind = serializers.CharField(help_text="reward_model or llm.")
+    username = serializers.CharField(help_text="The judge's identity, the annotator of its answers.")
+    kinds = JudgeAgreementSerializer(many=True, help_text="The same figures per task kind it answered.")
+    reliability = ReliabilityBinSerializer(many=True, help_text="Confidence against agreement; empty bins left out.")
+    calibration_error = serializers.FloatField(
+        allow_null=True, help_text="Expected calibration error: the bins' |agreement - confidence|, weighted by items."
+    )
+
+
+class SuggestionFollowingSerializer(serializers.Serializer):
+    """How often people's answers are the judge's, shown its suggestion and not (annotate/suggestions.py)."""
+
+    judge = serializers.CharField(help_text="The project's judge, whose answers these are compared with.")
+    shown_answers = serializers.IntegerField(help_text="Answers given on leases shown the judge's suggestion.")
+    shown_same = serializers.IntegerField(help_text="Of those, the judge's answer.")
+    shown_share = _share("Share of those that are the judge's answer")
+    shown_low = _bound("low")
+    shown_high = _bound("high")
+    control_answers = serializers.IntegerField(help_text="Answers given on leases of the control group (not shown).")
+    control_same = serializers.IntegerField(help_text="Of those, the judge's answer.")
+    control_share = _share("Share of those that are the judge's answer")
+    control_low = _bound("low")
+    control_high = _bound("high")
+    difference = serializers.FloatField(allow_null=True, help_text="shown_share − control_share: the anchoring.")
+    difference_low = serializers.FloatField(allow_null=True, help_text="Its 95 % interval (Newcombe), low end.")
+    difference_high = serializers.FloatField(allow_null=True, help_text="Its 95 % interval (Newcombe), high end.")
+
+
 class QualitySerializer(serializers.Serializer):
     status = serializers.ChoiceField(
         QualityReport.Status.choices, allow_null=True, help_text="Of the latest refresh; null before the first."
@@ -716,6 +797,10 @@ class QualitySerializer(serializers.Serializer):
     minimum_answers = QualityMinimumsSerializer()
     project = QualityFiguresSerializer(allow_null=True, help_text="The whole project; null before the first refresh.")
     annotators = QualityAnnotatorSerializer(many=True, help_text="Flagged ones first, then by username.")
+    suggestions = SuggestionFollowingSerializer(
+        allow_null=True, help_text="How far the judge's suggestions sway annotators; null without a project judge."
+    )
+    judges = QualityJudgeSerializer(many=True, help_text="The project's judges, by name, against people.")
 
 
 class QualityStatusSerializer(serializers.ModelSerializer):

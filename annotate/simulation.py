@@ -44,6 +44,21 @@ Every profile but `fast` waits the think time before it submits, so that each fa
 spammer that takes its time is caught by its answers, not its speed); the server measures that time (a lease's
 time_spent runs from the lease, or the bot's answer before it, to the submit).
 
+The simulated judge (`simulate_judge`): a judge of known accuracy against the same hidden rule, for calibration
+and routing tests and the routing benchmark. Its verdicts go through annotate.judges.record, as a real judge's do
+(validated, stored as its annotations, routed under hybrid labelling). For each task, seeded by the task's id:
+
+- a confidence c drawn uniformly from [accuracy − w, accuracy + w], w = min(accuracy, 1 − accuracy), so that its
+  mean is the accuracy; the answer is the rule's with probability c, else a wrong one. The judge is thus right on
+  `accuracy` of its tasks on average and perfectly calibrated (right with probability c at confidence c), and its
+  confidence is informative: right answers have a higher confidence on average.
+- wrong answers: pairwise, the other side (strength 1; a tie by the rule becomes a or b); a rating one point off
+  the rule's score (towards the scale's middle at an end); a ranking with the rule's groups in reverse order (one
+  group: the first response put ahead of the rest). Right answers are the rule's, as a bot without noise gives.
+- position inconsistency: on a share `inconsistency` of pairwise and ranking verdicts consistent is False (the
+  rest True; ratings None). Their answer and confidence are drawn as the others', so that accuracy and
+  calibration hold over every verdict; routing sends them to people whatever their confidence.
+
 Submits are throttled (settings REST_FRAMEWORK, scope `submit`, ARBITER_THROTTLE_SUBMIT): a bot answered 429
 waits for the seconds in Retry-After and sends the same request again, which the API makes safe (a submit
 repeated stores one annotation).
@@ -57,7 +72,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -72,7 +87,8 @@ from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler,
 from django.db import connection
 from django.urls import reverse
 
-from annotate.models import ApiToken, Membership, Project
+from annotate.judges import BATCH, Item, Verdict, can_answer, items_for, record
+from annotate.models import ApiToken, Judge, Membership, Project, Task
 
 MUCH_MORE_WORDS = 2  # `word`: this many occurrences apart is "much better"
 MUCH_LONGER = 2  # `shorter`/`longer`: this many times as long is "much better"
@@ -134,16 +150,27 @@ def rule_answer(payload: dict[str, Any], rule: str) -> dict[str, Any]:
     if payload["kind"] == "rating":
         return {"score": rating_score(responses[0]["content"], rule, sorted(_choices(payload, "score")))}
     if payload["kind"] == "pairwise":
-        a, b = (feature(r["content"], rule) for r in responses)
-        merit_a, merit_b = (_merit(r["content"], rule) for r in responses)
-        if merit_a == merit_b:
-            return {"preference": "tie"}
-        side = "a" if merit_a > merit_b else "b"
-        return {"preference": f"{side}{2 if _much_better(a, b, rule) else 1}"}
-    merits = {r["id"]: _merit(r["content"], rule) for r in responses}
+        side, strength = rule_preference(responses[0]["content"], responses[1]["content"], rule)
+        return {"preference": "tie" if side == "tie" else f"{side}{strength}"}
+    ranks = rule_ranks([(r["id"], r["content"]) for r in responses], rule)
+    return {"ranks": {str(response_id): rank for response_id, rank in ranks.items()}}
+
+
+def rule_preference(a: str, b: str, rule: str) -> tuple[str, int | None]:
+    """The rule's side on a pair ("a", "b" or "tie") and its strength (1, 2; None for a tie)."""
+    merit_a, merit_b = _merit(a, rule), _merit(b, rule)
+    if merit_a == merit_b:
+        return "tie", None
+    side = "a" if merit_a > merit_b else "b"
+    return side, 2 if _much_better(feature(a, rule), feature(b, rule), rule) else 1
+
+
+def rule_ranks(responses: list[tuple[int, str]], rule: str) -> dict[int, int]:
+    """The rule's rank (1 best) of each (response id, text); equal merits share a rank."""
+    merits = {response_id: _merit(text, rule) for response_id, text in responses}
     # Dense ranks: equal merits share a rank, and the ranks run 1, 2, … with no gaps.
     rank_of = {merit: rank for rank, merit in enumerate(sorted(set(merits.values()), reverse=True), start=1)}
-    return {"ranks": {str(response_id): rank_of[merit] for response_id, merit in merits.items()}}
+    return {response_id: rank_of[merit] for response_id, merit in merits.items()}
 
 
 def random_answer(payload: dict[str, Any], rng: random.Random) -> dict[str, Any]:
@@ -490,3 +517,78 @@ def simulate_annotators(
     for tally in tallies:
         total.add(tally)
     return SimulationResult(base_url, url is None, bots, total, time.monotonic() - started)
+
+
+# The simulated judge ---------------------------------------------------------------------------------------------
+
+
+def _judge_answer(item: Item, rule: str, scale: list[int], right: bool, rng: random.Random) -> dict[str, Any]:
+    """The rule's answer to an item in a verdict's terms, or (`right` False) a wrong one."""
+    if item.kind == "rating":
+        score = rating_score(item.responses[0][1], rule, scale)
+        if not right:
+            i = scale.index(score)
+            score = scale[i + 1 if i < len(scale) // 2 else i - 1]
+        return {"score": score, "labels": []}
+    if item.kind == "pairwise":
+        side, strength = rule_preference(item.responses[0][1], item.responses[1][1], rule)
+        if right:
+            return {"choice": side, "strength": strength, "both_bad": False}
+        wrong = {"a": "b", "b": "a"}.get(side) or rng.choice("ab")
+        return {"choice": wrong, "strength": 1, "both_bad": False}
+    ranks = rule_ranks(item.responses, rule)
+    groups = [[rid for rid, _ in item.responses if ranks[rid] == rank] for rank in sorted(set(ranks.values()))]
+    if right:
+        return {"ranking": groups}
+    if len(groups) > 1:
+        return {"ranking": groups[::-1]}
+    first, *rest = groups[0]
+    return {"ranking": [[first], rest]}
+
+
+def simulate_judge(
+    judge: Judge,
+    tasks: Iterable[Task],
+    *,
+    accuracy: float,
+    seed: int,
+    rule: str,
+    inconsistency: float = 0.1,
+) -> Counter:
+    """Answer `tasks` as a judge right on `accuracy` of them by `rule` (see the module's docstring), recording each
+    verdict through annotate.judges.record. Counts: answered, skipped (answered before, or a written answer), right,
+    wrong, inconsistent."""
+    check_rule(rule)
+    if not 0 <= accuracy <= 1:
+        raise ValueError(f"accuracy {accuracy!r}: give a share from 0 to 1.")
+    if not 0 <= inconsistency <= 1:
+        raise ValueError(f"inconsistency {inconsistency!r}: give a share from 0 to 1.")
+    project = judge.project
+    scale = list(range(project.rating_min, project.rating_max + 1))
+    spread = min(accuracy, 1 - accuracy)
+    counts: Counter = Counter(answered=0, skipped=0, right=0, wrong=0, inconsistent=0)
+    tasks = list(tasks)
+    for start in range(0, len(tasks), BATCH):
+        batch = tasks[start : start + BATCH]
+        todo = [task for task in batch if can_answer(judge, task.kind)]
+        counts["skipped"] += len(batch) - len(todo)
+        for item in items_for(todo):
+            rng = random.Random(f"{seed}:{item.task_id}")  # the same verdict for a task whatever else is judged
+            confidence = rng.uniform(accuracy - spread, accuracy + spread)
+            right = rng.random() < confidence
+            reply = _judge_answer(item, rule, scale, right, rng)
+            consistent = None if item.kind == "rating" else rng.random() >= inconsistency
+            verdict = Verdict(
+                task_id=item.task_id,
+                answer=reply,
+                confidence=round(confidence, 4),
+                consistent=consistent,
+                detail={"simulated": True, "rule": rule, "right": right, "attempts": [json.dumps(reply)]},
+            )
+            if record(judge, verdict) is None:
+                counts["skipped"] += 1
+                continue
+            counts["answered"] += 1
+            counts["right" if right else "wrong"] += 1
+            counts["inconsistent"] += consistent is False
+    return counts

@@ -31,6 +31,7 @@ from annotate.models import (
     TextFormat,
 )
 from annotate.quality_reports import quality_for, request_quality
+from annotate.suggestions import following
 from annotate.templatetags.arbiter_markdown import formats
 
 REMAINING_RECOUNT_SECONDS = 60
@@ -260,6 +261,7 @@ def _render_quality(
         "decision": decision,
         "events": project.membership_events.select_related("user", "by")[:50],
         "refresh_minutes": settings.ARBITER_QUALITY_REFRESH_MINUTES,
+        "suggestions": following(project) if not region else None,  # the regions htmx swaps do not show it
     }
     template = f"annotate/quality.html#{region}" if region else "annotate/quality.html"
     return render(request, template, context, status=status)
@@ -366,6 +368,7 @@ def answer_form(project: Project, assignment: Assignment, data: QueryDict) -> di
         "comment": data.get("comment", ""),
         "submit_url": reverse("submit_assignment", args=[project.slug, assignment.pk]),
         "skip_url": reverse("skip_assignment", args=[project.slug, assignment.pk]),
+        "suggestion": assignment.suggestion(),
     }
     if task.kind == TaskKind.WRITE:
         # The model draft, when the task has one, is where the answer starts; a refused or changed answer comes back.

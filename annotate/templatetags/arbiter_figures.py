@@ -30,3 +30,12 @@ def p_value(value: float | None) -> str:
 def words(code: str) -> str:
     """A flag's code as words: "too_fast" → "too fast"."""
     return code.replace("_", " ")
+
+
+@register.filter
+def points(value: float | None) -> str:
+    """A difference of two shares in signed percentage points: "+12 points", "−3 points"; "–" for none."""
+    if value is None:
+        return "–"
+    n = round(100 * value)
+    return f"{'+' if n > 0 else '−' if n < 0 else '±'}{abs(n)} point{'s' if abs(n) != 1 else ''}"
