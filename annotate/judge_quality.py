@@ -266,6 +266,7 @@ def _figures(
 
     bins = reliability(compared)
     return {
+        "id": judge.pk,
         "name": judge.name,
         "judge_kind": judge.kind,
         "username": judge.user.get_username(),

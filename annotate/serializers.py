@@ -744,6 +744,7 @@ class ReliabilityBinSerializer(serializers.Serializer):
 
 
 class QualityJudgeSerializer(JudgeAgreementSerializer):
+    id = serializers.IntegerField()
     name = serializers.CharField()
     judge_kind = serializers.CharField(help_text="reward_model or llm.")
     username = serializers.CharField(help_text="The judge's identity, the annotator of its answers.")
