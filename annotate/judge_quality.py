@@ -16,7 +16,9 @@ votes never make the majority it is measured against. Per judge and per kind (an
   `measured_agreement`, by which exports weigh the judge's votes.
 - `kappa`: Cohen's κ between the judge and the majority, (p_o − p_e) / (1 − p_e), p_e from how often each gives each
   value; 95 % interval ±1.96 standard errors, the large-sample variance of Fleiss, Cohen & Everitt (1969). None where
-  p_e is 1 (both always give one and the same value: nothing to correct for).
+  p_e is 1 (both always give one and the same value: nothing to correct for); no interval where one of them gives one
+  value only (κ is then 0, whatever the other gives). For all kinds together a value is (kind, value): a side and a
+  score are never the same answer.
 - `consistency`: of the judge's pairwise and ranking answers with a position consistency (asked twice with the
   order swapped: annotate/llm_judge.py), the share where both orders agreed; every answer counts, compared or not.
   A reward model reads each response alone: always consistent.
@@ -143,6 +145,9 @@ def cohens_kappa(first: Sequence[Any], second: Sequence[Any]) -> Kappa:
     if chance >= 1 - 1e-12:
         return Kappa(None, None, None, n)
     kappa = (observed - chance) / (1 - chance)
+    if min(np.count_nonzero(rows), np.count_nonzero(cols)) == 1:
+        # One rater gives one value only: κ is 0 whatever the other does, and the variance formula says 0 too.
+        return Kappa(float(kappa), None, None, n)
     # var κ = [Σ_i p_ii (1 − (r_i + c_i)(1 − κ))² + (1 − κ)² Σ_{i≠j} p_ij (c_i + r_j)² − (κ − p_e(1 − κ))²]
     #         / (n (1 − p_e)²)
     diagonal = np.diag(p) * (1 - (rows + cols) * (1 - kappa)) ** 2
@@ -261,6 +266,7 @@ def _figures(
 
     bins = reliability(compared)
     return {
+        "id": judge.pk,
         "name": judge.name,
         "judge_kind": judge.kind,
         "username": judge.user.get_username(),

@@ -153,9 +153,9 @@ def quality_for(project: Project) -> dict[str, Any]:
 
 def judges_of(project: Project, figures: dict[str, Any]) -> list[dict[str, Any]]:
     """The project's judges now, by name, each with its figures as last computed (empty for a judge added since)."""
-    stored = {row["name"]: row for row in figures.get("judges", [])}
+    stored = {row["id"]: row for row in figures.get("judges", [])}
     judges = project.judges.select_related("user").order_by("name")
-    return [stored.get(judge.name) or no_figures(judge) for judge in judges]
+    return [stored.get(judge.pk) or no_figures(judge) for judge in judges]
 
 
 # Refreshing ---------------------------------------------------------------------------------------

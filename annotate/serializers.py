@@ -731,7 +731,9 @@ class JudgeAgreementSerializer(serializers.Serializer):
     agreement_low = _bound("low")
     agreement_high = _bound("high")
     kappa = serializers.FloatField(allow_null=True, help_text="Cohen's kappa, judge against majority.")
-    kappa_low = serializers.FloatField(allow_null=True, help_text="95 % interval (Fleiss, Cohen & Everitt).")
+    kappa_low = serializers.FloatField(
+        allow_null=True, help_text="95 % interval (Fleiss, Cohen & Everitt); null where one side gives one value only."
+    )
     kappa_high = serializers.FloatField(allow_null=True)
     consistency_answers = serializers.IntegerField(help_text="Pairwise and ranking answers asked in both orders.")
     consistency_right = serializers.IntegerField(help_text="Of those, the same answer in both orders.")
@@ -756,6 +758,7 @@ class ReliabilityBinSerializer(serializers.Serializer):
 
 
 class QualityJudgeSerializer(JudgeAgreementSerializer):
+    id = serializers.IntegerField()
     name = serializers.CharField()
     judge_kind = serializers.CharField(help_text="reward_model or llm.")
     username = serializers.CharField(help_text="The judge's identity, the annotator of its answers.")

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from annotate.judge_quality import cohens_kappa, judge_figures, measured_agreement
+from annotate.judge_quality import Kappa, cohens_kappa, judge_figures, measured_agreement
 from annotate.judges import Verdict, record
 from annotate.models import Annotation, ApiToken, Judge, Membership, QualityReport, Task
 from annotate.quality_reports import quality_for, refresh_quality_reports, request_quality, run_quality_report
@@ -120,8 +120,9 @@ class TestKappa:
         spread = np.std([cohens_kappa(list(truth[i]), list(noisy[i])).kappa for i in resampled])
         assert (kappa.high - kappa.low) / (2 * 1.96) == pytest.approx(spread, rel=0.15)
 
-    def test_none_when_both_always_say_the_same(self):
+    def test_none_when_both_always_say_the_same_and_no_interval_when_one_does(self):
         assert cohens_kappa(["a"] * 5, ["a"] * 5).kappa is None
+        assert cohens_kappa(["a", "b", "b", "tie"], ["tie"] * 4) == Kappa(0.0, None, None, 4)
         assert cohens_kappa(["a", "b"], ["b", "a"]).kappa == -1.0
 
 
