@@ -376,9 +376,9 @@ def _clean_options(project: Project, kind: str, filters: Mapping[str, Any]) -> d
         options[name] = value
     if options["since"] and options["until"] and options["since"] >= options["until"]:
         raise ValidationError({"until": "Must be later than since."})
-    if options["annotator"] and options["votes"] == Votes.HUMAN:
-        if project.judges.filter(user__username=options["annotator"]).exists():
-            raise ValidationError({"annotator": f"{options['annotator']} is a judge: export votes=judge or both."})
+    annotator = options["annotator"]
+    if annotator and options["votes"] == Votes.HUMAN and project.judges.filter(user__username=annotator).exists():
+        raise ValidationError({"annotator": f"{annotator} is a judge: export votes=judge or both."})
     for name in ("since", "until"):
         options[name] = options[name] and options[name].isoformat()
     return options

@@ -12,7 +12,7 @@ from annotate.aggregation import fit_sides
 from annotate.exports import create_snapshot, run_snapshot
 from annotate.judge_quality import measured_agreement
 from annotate.judges import Verdict
-from annotate.models import Annotation, Judge, Task
+from annotate.models import Judge, Task
 from annotate.quality import annotator_quality
 from annotate.quality_reports import figures_of
 from models_registry.measures import cross_version_votes, round_win_rates
@@ -230,10 +230,10 @@ class TestBoth:
     def test_the_weights_are_those_of_when_the_export_was_asked_for(self, project, data, judge):
         judge_answers(data, judge)
         snapshot = create_snapshot(project, kind="pairs", filters={"votes": "both"})
-        later = Judge.create(project, "latecomer", kind=Judge.Kind.LLM, endpoint="http://127.0.0.1:9/v1", model_name="x")
+        later = Judge.create(project, "late", kind=Judge.Kind.LLM, endpoint="http://127.0.0.1:9/v1", model_name="x")
         judges.record(later, Verdict(data.t1.pk, {"choice": "a", "strength": 2, "both_bad": False}))
         rows = rows_of(run_snapshot(snapshot))
-        # The latecomer has no weight on this snapshot: its vote is left out (t1 has people's 3 and the critic's).
+        # The late judge has no weight on this snapshot: its vote is left out (t1 has people's 3 and the critic's).
         assert [row["votes"] for row in rows if row["task_id"] == data.t1.pk] == [4]
 
 
