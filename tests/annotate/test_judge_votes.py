@@ -6,18 +6,20 @@ import json
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
+from django.urls import reverse
+from rest_framework.test import APIClient
 
 from annotate import judges
 from annotate.aggregation import fit_sides
 from annotate.exports import create_snapshot, run_snapshot
 from annotate.judge_quality import measured_agreement
 from annotate.judges import Verdict
-from annotate.models import Judge, Task
+from annotate.models import ApiToken, Judge, Task
 from annotate.quality import annotator_quality
 from annotate.quality_reports import figures_of
 from models_registry.measures import cross_version_votes, round_win_rates
 from tests.annotate.test_exports import build_data, export, pair, rows_of
-from training.rounds import launch_round
+from training.models import TrainingRound
 
 pytestmark = pytest.mark.django_db
 
@@ -237,13 +239,36 @@ class TestBoth:
         assert [row["votes"] for row in rows if row["task_id"] == data.t1.pk] == [4]
 
 
-def test_a_round_snapshots_with_the_votes_it_was_launched_with(project, data, judge, base):
+def test_a_round_launched_with_votes_both_snapshots_with_it(client, project, data, judge, lead, base):
+    from annotate.admin import project_leads_group
+
     judge_answers(data, judge)
-    training_round = launch_round(project, method="dpo", base=base, filters={"votes": "both"})
+    lead.groups.add(project_leads_group())
+    client.force_login(lead)
+    form = {"project": project.pk, "method": "dpo", "base": base, "split": "", "votes": "both"}
+    assert client.post(reverse("admin:training_traininground_launch"), form).status_code == 302
+    training_round = TrainingRound.objects.get()
+    weight = measured_agreement(judge)
     assert training_round.filters["votes"] == "both"
-    assert training_round.snapshot.judge_weights == {"critic": measured_agreement(judge)}
+    assert training_round.snapshot.judge_weights == {"critic": weight}
     rows = rows_of(run_snapshot(training_round.snapshot))
     assert [row["chosen_id"] for row in rows if row["task_id"] == data.t1.pk] == [data.r2.id]  # the judge's side
+    page = client.get(reverse("round_page", args=[project.slug, training_round.number])).content.decode()
+    assert f"votes=both · aggregation=majority · judges' weights critic {weight:.2f}</dd>" in page
+
+
+def test_the_api_takes_the_choice_and_shows_the_weights(project, data, judge, lead):
+    judge_answers(data, judge)
+    _, token = ApiToken.issue(lead, "script")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    url = reverse("api:exports", args=[project.slug])
+    made = api.post(url, {"kind": "unpaired", "filters": {"votes": "both"}}, format="json")
+    assert made.status_code == 202, made.json()
+    assert made.json()["filters"]["votes"] == "both"
+    assert made.json()["judge_weights"] == {"critic": measured_agreement(judge)}
+    wrong = api.post(url, {"kind": "pairs", "filters": {"votes": "machines"}}, format="json")
+    assert wrong.status_code == 400 and "votes" in wrong.json()["filters"]
 
 
 def test_the_command_takes_the_choice(project, data, judge, tmp_path, capsys):
