@@ -73,6 +73,19 @@ class TestTally:
         for pair, pair_tally in tallies.items():
             assert pair_tally == tally(ranking_votes(ranking, order)[pair] for ranking in rankings)
 
+    def test_a_weighted_vote_counts_as_its_weight_of_one_everywhere(self):
+        weighed = Tally()
+        for vote in (Vote(1), Vote(1, True)):
+            weighed.add(vote)
+        weighed.add_weighted(Vote(-2, True), 0.5)  # a judge's "B much better, both bad", at weight 0.5
+        assert weighed == Tally(total=1.0, for_a=2, for_b=0.5, ties=0, both_bad=1.5)
+        assert weighed.votes == 2.5
+        # 1 over 2.5 votes; 2 of 2.5 on A's side; both bad by 1.5 of 2.5.
+        assert decide(weighed) == Decision("a", margin=0.4, agreement=0.8, both_bad=True)
+        whole = Tally()
+        whole.add_weighted(Vote(-1), 1)
+        assert whole == tally([Vote(-1)])  # weight 1 is a person's vote
+
 
 class TestDecide:
     def test_the_sign_of_the_sum_picks_the_winner_agreement_is_the_share_on_its_side(self):
