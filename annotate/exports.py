@@ -121,7 +121,17 @@ from annotate.models import (
     TaskKind,
     TaskResponse,
 )
-from annotate.votes import Decision, Tally, Vote, decide, pairwise_vote, ranking_votes, tally, tally_rankings
+from annotate.votes import (
+    Decision,
+    Tally,
+    Vote,
+    decide,
+    pairwise_vote,
+    ranking_votes,
+    tally,
+    tally_rankings,
+    weighted_tally,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -823,10 +833,8 @@ def _weighted_pairs(
     votes = _task_votes(task.kind, responses, rows)
     pairs = []
     for (a, b), pair_votes in votes.items():
-        counted, weighed = Tally(), Tally()
-        for voter, vote in pair_votes:
-            counted.add(vote)
-            weighed.add_weighted(vote, weights.get(voter, 1))
+        counted = tally(vote for _, vote in pair_votes)
+        weighed = weighted_tally((vote, weights.get(voter, 1)) for voter, vote in pair_votes)
         if weighed.votes and (pair := _decide(task.prompt_id, task_id, a, b, counted, decide(weighed), options)):
             pairs.append(pair)
     return pairs

@@ -126,6 +126,17 @@ def tally(votes: Iterable[Vote]) -> Tally:
     return result
 
 
+def weighted_tally(votes: Iterable[tuple[Vote, float]]) -> Tally:
+    """The votes on one pair, each (vote, weight) counting as its weight of one; the sums rounded to 9 decimals, so
+    that weights that cancel make a tie (in floats, 0.1 + 1 − 1 − 0.1 leaves 8e-17)."""
+    result = Tally()
+    for vote, weight in votes:
+        result.add_weighted(vote, weight)
+    for name in ("total", "for_a", "for_b", "ties", "both_bad"):
+        setattr(result, name, round(getattr(result, name), 9))
+    return result
+
+
 def tally_rankings(rankings: Iterable[Sequence[Sequence[int]]], order: Sequence[int]) -> dict[tuple[int, int], Tally]:
     """Every pair of the responses in `order` (a before b as they come there) with the rankings' votes on it."""
     pairs = list(combinations(order, 2))

@@ -9,7 +9,17 @@ import pytest
 from annotate import agreement
 from annotate.exports import create_snapshot, run_snapshot
 from annotate.models import Annotation, Prompt, Response, Task, TaskResponse
-from annotate.votes import Decision, Tally, Vote, decide, pairwise_vote, ranking_votes, tally, tally_rankings
+from annotate.votes import (
+    Decision,
+    Tally,
+    Vote,
+    decide,
+    pairwise_vote,
+    ranking_votes,
+    tally,
+    tally_rankings,
+    weighted_tally,
+)
 from models_registry.measures import cross_version_votes
 from models_registry.models import ModelVersion
 
@@ -85,6 +95,11 @@ class TestTally:
         whole = Tally()
         whole.add_weighted(Vote(-1), 1)
         assert whole == tally([Vote(-1)])  # weight 1 is a person's vote
+
+    def test_weights_that_cancel_make_a_tie(self):
+        # Two judges of weight 0.1 on either side of a 1-1 split between people: a tie, not A by 8e-17.
+        votes = [(Vote(1), 0.1), (Vote(1), 1), (Vote(-1), 1), (Vote(-1), 0.1)]
+        assert decide(weighted_tally(votes)).winner == "tie"
 
 
 class TestDecide:
