@@ -40,6 +40,14 @@ Automatic ties (source "auto": an eval pair whose two answers are the same text,
 are not: no pairs or sft row comes of them, even with include_ties; the votes kind lists them, with their source
 and no annotator.
 
+Judges' answers (annotate/judges.py, source "judge") are votes only where the `votes` option asks: "human" (the
+default) reads people's and imported answers as before judges existed, "judge" the judges' alone (sft then leaves
+out human-written responses), "both" all of them, where majority and the unpaired means weigh each judge's vote by
+its measured agreement with people (annotate/judge_quality.py; the rule is annotate/votes.py's), read when the
+export is asked for and recorded on the snapshot (judge_weights, by judge name; a judge without one is left out,
+and a judge with no measured agreement yet refuses the export). Vote counts stay whole numbers of answers.
+Dawid–Skene takes judges as voters like any other, weighed by their fitted confusion matrices, without weights.
+
 `margin` is one scale, from 0 to 2, for every pair: for votes, |sum| / votes, the mean strength towards the
 chosen side (1: "better" on average, 2: every vote "much better", 0 for a tie); for ratings, the difference of
 the two means over the scale's width, times 2 (ratings at the two ends of the scale: 2; half the scale apart:
