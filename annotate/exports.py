@@ -734,16 +734,17 @@ def _rated(chunk: _Chunk, weights: Mapping[int, float]) -> list[_Rated]:
         if not rows:
             continue
         # labels (JSON text) come last, after _ANSWER_COLUMNS, where the chunk read them: see _Sql
-        ticks: Counter = Counter()
-        for row in rows:
-            if len(row) > _LABELS:
-                for label in orjson.loads(row[_LABELS]):
-                    ticks[label] += weights.get(row[6], 1)
+        labelled = len(rows[0]) > _LABELS
         if weights:
             weight = sum(weights.get(row[6], 1) for row in rows)
             score = sum(row[1] * weights.get(row[6], 1) for row in rows)
+            ticks: Counter = Counter()
+            for row in rows if labelled else ():
+                for label in orjson.loads(row[_LABELS]):
+                    ticks[label] += weights.get(row[6], 1)
         else:  # whole numbers, compared exactly
             weight, score = len(rows), sum(row[1] for row in rows)
+            ticks = Counter(label for row in rows if labelled for label in orjson.loads(row[_LABELS]))
         for response in chunk.task_responses[task_id]:
             total = sums.setdefault((task.prompt_id, response.id), [0, 0, Counter(), 0])
             total[0] += score
