@@ -279,3 +279,21 @@ def test_the_command_takes_the_choice(project, data, judge, tmp_path, capsys):
     assert len(rows) == 6
     with pytest.raises(CommandError, match="--votes: Must be one of human, judge, both"):
         call_command("export_dataset", "helpfulness", "--kind", "pairs", "--votes", "all", "-o", str(out))
+
+
+def test_the_admins_export_form_offers_the_choice_and_shows_a_refusal_by_the_field(client, project, data, judge, lead):
+    from annotate.admin import project_leads_group
+
+    lead.groups.add(project_leads_group())
+    client.force_login(lead)
+    url = reverse("admin:annotate_project_export", args=[project.pk])
+    assert 'name="votes"' in client.get(url).content.decode()
+    judges.record(judge, Verdict(data.t5.pk, {"choice": "a", "strength": 1, "both_bad": False}))
+    form = {"kind": "pairs", "format": "jsonl", "style": "conversational", "votes": "both"}
+    page = client.post(url, form)
+    assert page.status_code == 200 and not project.snapshots.exists()
+    assert "Judge critic has no measured agreement with people yet" in page.context["form"].errors["votes"][0]
+
+    judges.record(judge, Verdict(data.t2.pk, {"choice": "tie", "strength": None, "both_bad": False}))  # as alice
+    assert client.post(url, form).status_code == 302
+    assert project.snapshots.get().judge_weights == {"critic": 1.0}
