@@ -69,11 +69,8 @@ _LABEL = {1: int(PAIR_LABELS[2]), -1: int(PAIR_LABELS[0]), 0: int(PAIR_LABELS[1]
 def fit_sides(project: Project, *, votes: str = "human") -> SideModel:
     """Fit Dawid–Skene to every vote on a pair that counts in the project: people's and imported ones (votes
     "human"), judges' ("judge"), or all of them ("both": each judge a voter whose reliability the fit measures)."""
-    sources = {
-        "human": [Annotation.Source.HUMAN, Annotation.Source.IMPORTED],
-        "judge": [Annotation.Source.JUDGE],
-        "both": [Annotation.Source.HUMAN, Annotation.Source.IMPORTED, Annotation.Source.JUDGE],
-    }[votes]
+    from annotate.exports import with_votes  # annotate.exports imports this module where it fits
+
     excluded = set(project.excluded_voters().values_list("user_id", flat=True))
     voters: dict[int | None, int] = {}
     items, workers, labels = array("q"), array("q"), array("q")
@@ -98,7 +95,8 @@ def fit_sides(project: Project, *, votes: str = "human") -> SideModel:
                     order.setdefault(task_id, []).append(response_id)
         first_item: dict[int, int] = {}  # a task's first item; a ranking's pairs follow in combinations' order
         for task_id, voter, choice, strength, both_bad, ranking in (
-            Annotation.objects.filter(task__gte=first, task__lte=last, source__in=sources)
+            with_votes(Annotation.objects.filter(task__gte=first, task__lte=last), votes)
+            .exclude(source__in=[Annotation.Source.AUTO, Annotation.Source.GOLD])
             .order_by("task_id", "id")
             .values_list("task_id", "annotator_id", "choice", "strength", "both_bad", Cast("ranking", TextField()))
         ):

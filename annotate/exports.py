@@ -246,6 +246,16 @@ def create_snapshot(
     )
 
 
+def with_votes(annotations: models.QuerySet, votes: str) -> models.QuerySet:
+    """The annotations an export or a round of these votes reads (human: all but judges', judge: theirs alone, both:
+    all); _Sql says the same in SQL."""
+    if votes == Votes.HUMAN:
+        return annotations.exclude(source=Annotation.Source.JUDGE)
+    if votes == Votes.JUDGE:
+        return annotations.filter(source=Annotation.Source.JUDGE)
+    return annotations
+
+
 def _weighs_judges(kind: str, options: Mapping[str, Any]) -> bool:
     """Whether judges' votes are weighted: votes=both, where votes are added up by majority (pairs and sft) or
     averaged (unpaired). The votes kind lists answers; Dawid–Skene weighs a judge, as any voter, by its fit."""
@@ -537,6 +547,7 @@ class _Sql:
         self.annotations, self.annotation_params = "1 = 1", []
         if snapshot.kind != Kind.VOTES:
             self.annotations, self.annotation_params = "a.source <> %s", [Annotation.Source.AUTO.value]
+        # with_votes's rule
         judge, votes = Annotation.Source.JUDGE.value, options.get("votes", Votes.HUMAN)  # older snapshots: human
         if votes == Votes.HUMAN:
             self.annotations += " AND a.source <> %s"

@@ -14,12 +14,13 @@ from annotate.aggregation import fit_sides
 from annotate.exports import create_snapshot, run_snapshot
 from annotate.judge_quality import measured_agreement
 from annotate.judges import Verdict
-from annotate.models import ApiToken, Judge, Task
+from annotate.models import Annotation, ApiToken, Judge, Task
 from annotate.quality import annotator_quality
 from annotate.quality_reports import figures_of
 from models_registry.measures import cross_version_votes, round_win_rates
 from tests.annotate.test_exports import build_data, export, pair, rows_of
 from training.models import TrainingRound
+from training.rounds import launch_round
 
 pytestmark = pytest.mark.django_db
 
@@ -297,3 +298,12 @@ def test_the_admins_export_form_offers_the_choice_and_shows_a_refusal_by_the_fie
     judges.record(judge, Verdict(data.t2.pk, {"choice": "tie", "strength": None, "both_bad": False}))  # as alice
     assert client.post(url, form).status_code == 302
     assert project.snapshots.get().judge_weights == {"critic": 1.0}
+
+
+def test_a_kto_round_needs_ratings_among_the_votes_it_takes(project, data, judge, base):
+    judge_answers(data, judge)
+    Annotation.objects.filter(task__kind="rating").exclude(source="judge").delete()  # only the judge rated
+    with pytest.raises(ValidationError) as refused:
+        launch_round(project, method="kto", base=base)
+    assert "KTO trains on rated answers, and this project has none" in refused.value.message_dict["method"][0]
+    assert launch_round(project, method="kto", base=base, filters={"votes": "judge"}).filters["votes"] == "judge"
