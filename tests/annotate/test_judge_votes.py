@@ -108,6 +108,19 @@ class TestHuman:
         assert dataset_hashes(project, votes="human") == before  # the default, said
         assert readings(project, data) == measures
 
+    def test_nor_where_the_project_counts_them_toward_the_overlap(self, project, data, judge):
+        project.judge_votes_count = True
+        project.save(update_fields=["judge_votes_count"])
+        before, measures = dataset_hashes(project), readings(project, data)
+        judge_answers(data, judge)
+
+        assert dataset_hashes(project) == before
+        after = readings(project, data)
+        # Only the tasks' counts move, as the project asked (t2 now has two, so agreement looks at it: one person's).
+        assert Task.objects.get(pk=data.t2.pk).annotation_count == 2
+        assert after.pop("tasks") != measures.pop("tasks")
+        assert after == measures
+
     def test_a_judge_named_as_the_annotator_is_refused(self, project, data, judge):
         judge_answers(data, judge)
         with pytest.raises(ValidationError) as refused:
