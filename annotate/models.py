@@ -613,6 +613,9 @@ class Project(models.Model):
         from annotate.votes import pairwise_vote
 
         candidates = self.tasks.filter(annotation_count__gte=2).exclude(status=Task.Status.GOLD)
+        if self.judge_votes_count:  # a judge's answer fills the count, but agreement is between people
+            people = Count("annotations", filter=~Q(annotations__source=Annotation.Source.JUDGE))
+            candidates = candidates.alias(people=people).filter(people__gte=2)
         latest = list(candidates.order_by("-id").values_list("id", flat=True)[:tasks])
         rows = (
             Annotation.objects.filter(task__in=latest, source=Annotation.Source.HUMAN)

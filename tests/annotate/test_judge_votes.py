@@ -111,14 +111,19 @@ class TestHuman:
     def test_nor_where_the_project_counts_them_toward_the_overlap(self, project, data, judge):
         project.judge_votes_count = True
         project.save(update_fields=["judge_votes_count"])
+        Task.objects.filter(pk=data.t2.pk).update(required_annotations=2)
+        Task.objects.get(pk=data.t2.pk).refresh_progress()  # open: one vote of two
         before, measures = dataset_hashes(project), readings(project, data)
         judge_answers(data, judge)
 
         assert dataset_hashes(project) == before
         after = readings(project, data)
-        # Only the tasks' counts move, as the project asked (t2 now has two, so agreement looks at it: one person's).
-        assert Task.objects.get(pk=data.t2.pk).annotation_count == 2
-        assert after.pop("tasks") != measures.pop("tasks")
+        # Only t2's progress moves, as the project asked: the judge's vote fills its overlap. Agreement still looks
+        # at the tasks two people answered, not at t2 (one person's and the judge's).
+        t2 = Task.objects.get(pk=data.t2.pk)
+        assert (t2.annotation_count, t2.status) == (2, "complete")
+        for moved in (after, measures):
+            moved.pop("tasks"), moved.pop("progress"), moved["lead_stats"].pop("tasks_by_status")
         assert after == measures
 
     def test_a_judge_named_as_the_annotator_is_refused(self, project, data, judge):
