@@ -55,14 +55,14 @@ def rating_task(response):
 
 def judge_answers(d, judge):
     """The judge's answers to every task of build_data, recorded as a run records them. Against people's: t1 B much
-    better (people: A), t2 a tie (as people), t3 A (as people, but not both bad), t4 r9 > r8 > r7, t5 the imported
-    pair's rejected side; ratings r1 5 (people 5 and 4: no agreed score), r2 2 (as people), r7 3 (as), r8 1 (3)."""
+    better (people: A), t2 a tie (as people), t3 A (as people, but not both bad), t4 r8 > r7 > r9 (people: r8 over
+    r9, r7 over r9, r7 and r8 even), t5 the imported pair's rejected side; ratings r1 5 (people 5 and 4: no agreed score), r2 2 (as people), r7 3 (as), r8 1 (3)."""
     rejected = "b" if d.imported.choice == "a" else "a"
     answers = [
         (d.t1, {"choice": "b", "strength": 2, "both_bad": False}),
         (d.t2, {"choice": "tie", "strength": None, "both_bad": False}),
         (d.t3, {"choice": "a", "strength": 1, "both_bad": False}),
-        (d.t4, {"ranking": [[d.r9.id], [d.r8.id], [d.r7.id]]}),
+        (d.t4, {"ranking": [[d.r8.id], [d.r7.id], [d.r9.id]]}),
         (d.t5, {"choice": rejected, "strength": 1, "both_bad": False}),
         (rating_task(d.r1), {"score": 5, "labels": []}),
         (rating_task(d.r2), {"score": 2, "labels": ["unsafe"]}),
@@ -152,8 +152,8 @@ class TestJudge:
             pair(d, d.t1, d.r2, d.r1, 2.0, 1, 1, 0, 0, 1.0),
             pair(d, d.t3, d.r5, d.r6, 1.0, 1, 1, 0, 0, 1.0),  # not both bad to the judge; t2 a tie, left out
             pair(d, d.t4, d.r8, d.r7, 1.0, 1, 1, 0, 0, 1.0),
-            pair(d, d.t4, d.r9, d.r7, 1.0, 1, 1, 0, 0, 1.0),
-            pair(d, d.t4, d.r9, d.r8, 1.0, 1, 1, 0, 0, 1.0),
+            pair(d, d.t4, d.r7, d.r9, 1.0, 1, 1, 0, 0, 1.0),
+            pair(d, d.t4, d.r8, d.r9, 1.0, 1, 1, 0, 0, 1.0),
             pair(d, d.t5, d.go_away, d.hello, 1.0, 1, 1, 0, 0, 1.0),
         ]
 
@@ -171,7 +171,7 @@ class TestJudge:
         ]
         sft = rows_of(export(project, kind="sft", votes="judge"))
         # The chosen sides of the judge's pairs; no human-written response (r10): that is no judge's answer.
-        assert [row["response_id"] for row in sft] == [d.r2.id, d.r5.id, d.r8.id, d.r9.id, d.go_away.id]
+        assert [row["response_id"] for row in sft] == [d.r2.id, d.r5.id, d.r7.id, d.r8.id, d.go_away.id]
 
     def test_dawid_skene_fits_the_judges_votes(self, project, data, judge):
         judge_answers(data, judge)
@@ -186,7 +186,8 @@ class TestBoth:
         d = data
         judge_answers(d, judge)
         w = measured_agreement(judge)
-        assert w is not None and w > 0.5  # it agrees with people on 4 of the 7 tasks both answered
+        # Right on t2, t3, r2 and r7 and on two of t4's three pairs, wrong on t1, r1, r8 and t4's r7/r8.
+        assert w is not None and w > 0.5
         snapshot = export(project, votes="both", include_ties=True, include_both_bad=True)
         assert snapshot.judge_weights == {"critic": w}
         rows = {(row["task_id"], row["chosen_id"], row["rejected_id"]): row for row in rows_of(snapshot)}
