@@ -56,7 +56,8 @@ def rating_task(response):
 def judge_answers(d, judge):
     """The judge's answers to every task of build_data, recorded as a run records them. Against people's: t1 B much
     better (people: A), t2 a tie (as people), t3 A (as people, but not both bad), t4 r8 > r7 > r9 (people: r8 over
-    r9, r7 over r9, r7 and r8 even), t5 the imported pair's rejected side; ratings r1 5 (people 5 and 4: no agreed score), r2 2 (as people), r7 3 (as), r8 1 (3)."""
+    r9, r7 over r9, r7 and r8 even), t5 the imported pair's rejected side; ratings r1 5 (people 5 and 4: no agreed
+    score), r2 2 (as people), r7 3 (as), r8 1 (3)."""
     rejected = "b" if d.imported.choice == "a" else "a"
     answers = [
         (d.t1, {"choice": "b", "strength": 2, "both_bad": False}),
@@ -218,6 +219,17 @@ class TestBoth:
         r8 = rows[d.r8.id]  # a person 3, the judge 1 with "off-topic"
         assert r8["score"] == pytest.approx((3 + w) / (1 + w))
         assert {s["label"]: s["share"] for s in r8["label_shares"]}["off-topic"] == pytest.approx(w / (1 + w))
+
+    def test_sft_and_votes_take_both(self, project, data, judge):
+        d = data
+        people = rows_of(export(project, kind="votes"))
+        judge_answers(d, judge)
+        votes = rows_of(export(project, kind="votes", votes="both"))
+        assert [row for row in votes if row["source"] != "judge"] == people
+        assert len(votes) == len(people) + 9
+        sft = [row["response_id"] for row in rows_of(export(project, kind="sft", votes="both"))]
+        # p1: r2, the judge's side of t1 now, and r10 that a person wrote; p3: r7 over r9 and r8 over r7 and r9.
+        assert sft == [d.r2.id, d.r10.id, d.r7.id, d.r8.id, d.hello.id]
 
     def test_datasets_loads_the_pairs(self, project, data, judge):
         from datasets import load_dataset
