@@ -642,6 +642,9 @@ class Project(models.Model):
         from annotate.votes import pairwise_vote
 
         candidates = self.tasks.filter(annotation_count__gte=2).exclude(status=Task.Status.GOLD)
+        if self.judge_votes_count:  # a judge's answer fills the count, but agreement is between people
+            people = Count("annotations", filter=~Q(annotations__source=Annotation.Source.JUDGE))
+            candidates = candidates.alias(people=people).filter(people__gte=2)
         latest = list(candidates.order_by("-id").values_list("id", flat=True)[:tasks])
         rows = (
             Annotation.objects.filter(task__in=latest, source=Annotation.Source.HUMAN)
@@ -1546,6 +1549,12 @@ class DatasetSnapshot(Job):
     format = models.CharField(max_length=16, choices=Format.choices, default=Format.JSONL)
     style = models.CharField(max_length=16, choices=Style.choices, default=Style.CONVERSATIONAL)
     filters = models.JSONField(default=dict, blank=True, help_text="The filters and options the export ran with.")
+    judge_weights = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="votes=both: each judge's weight (its measured agreement with people when the export was asked "
+        "for), by name; empty where no weight applies.",
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     rows_written = models.PositiveIntegerField(default=0, help_text="Progress while running; the total when ready.")
     row_count = models.PositiveIntegerField(null=True, blank=True)

@@ -117,7 +117,8 @@ class TrainingRoundAdmin(ProjectScopedAdmin):
             try:
                 # The estimate shows on "Check memory" (nothing queued) and beside a refusal.
                 plan = plan_round(data["project"], method=data["method"], base=data["base"],
-                                  reward_model=data["reward_model"], settings_=data["settings"])  # fmt: skip
+                                  reward_model=data["reward_model"], settings_=data["settings"],
+                                  votes=data["votes"] or "human")  # fmt: skip
                 memory = check_memory(plan["config"], plan["reward_version"])
                 if "check" in request.POST:
                     return self._launch_page(request, form, projects, memory)

@@ -37,7 +37,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from annotate.exports import EXPORT_OPTIONS, create_snapshot, run_snapshot
+from annotate.exports import EXPORT_OPTIONS, Votes, create_snapshot, run_snapshot, with_votes
 from annotate.jobs import Heartbeat, fail_stale, hide_paths
 from annotate.models import Annotation, DatasetSnapshot, Project, Prompt, QuotaReached, TaskKind
 from models_registry.models import ModelVersion
@@ -122,10 +122,16 @@ def launch_round(
 ) -> TrainingRound:
     """Check the request and queue a round (and its pending snapshot); ValidationError names what is wrong,
     QuotaReached says the project has ARBITER_MAX_ACTIVE_ROUNDS under way. trusted: see resolve_base."""
-    fields = plan_round(
-        project, method=method, base=base, reward_model=reward_model, settings_=settings_, trusted=trusted
-    )
     filters = dict(filters or {})
+    fields = plan_round(
+        project,
+        method=method,
+        base=base,
+        reward_model=reward_model,
+        settings_=settings_,
+        trusted=trusted,
+        votes=filters.get("votes") or Votes.HUMAN,
+    )
     if method != Method.SAMPLE and not filters.get("split"):
         filters["split"] = "train"  # eval prompts measure the rounds: no round trains on them unless asked
     return _queue(project, filters=filters, user=user, **fields)
@@ -139,12 +145,14 @@ def plan_round(
     reward_model: str = "",
     settings_: Mapping[str, Any] | None = None,
     trusted: bool = False,
+    votes: str = Votes.HUMAN,
 ) -> dict[str, Any]:
     """A round's method, base, reward model and per-stage config as `launch_round` would queue them, checked
-    (ValidationError names what is wrong) but not saved: the launch page's memory check reads it too."""
+    (ValidationError names what is wrong) but not saved: the launch page's memory check reads it too. `votes`: whose
+    answers the round's data takes (the export option), for the checks that there are some."""
     if method not in Method.values:
         raise ValidationError({"method": f"Must be one of {', '.join(Method.values)}, not {method!r}."})
-    rated = Annotation.objects.filter(task__project=project, task__kind=TaskKind.RATING)
+    rated = with_votes(Annotation.objects.filter(task__project=project, task__kind=TaskKind.RATING), votes)
     if method == Method.KTO and not rated.exists():
         raise ValidationError(
             {"method": "KTO trains on rated answers, and this project has none: rate some answers, or train with dpo."}

@@ -184,3 +184,31 @@ def test_kto_trainer_accepts_exported_unpaired_data(export, rated, tiny, tmp_pat
     changed = train_two_steps(trainer)
 
     assert "model.layers.0.self_attn.q_proj.weight" in changed
+
+
+def test_reward_trainer_trains_on_pairs_with_a_judges_weighted_votes(export, project, annotator, tiny, tmp_path):
+    """votes=both: a person and a judge beside the imported votes; the judge, right on three of the four, weighs 0.75
+    of a vote and overturns none, but its votes move the margins off the whole numbers."""
+    from annotate import judges
+    from annotate.models import Annotation, Judge, Task
+
+    export("pairs", "conversational")  # imports the pairs
+    judge = Judge.create(project, "critic", kind=Judge.Kind.LLM, endpoint="http://127.0.0.1:9/v1", model_name="tiny")
+    for number, task in enumerate(Task.objects.filter(project=project).order_by("pk")):
+        imported = task.annotations.get()
+        Annotation.objects.create(task=task, annotator=annotator, choice=imported.choice, strength=1)
+        choice = imported.choice if number else ("b" if imported.choice == "a" else "a")
+        judges.record(judge, judges.Verdict(task.pk, {"choice": choice, "strength": 2, "both_bad": False}))
+    snapshot = run_snapshot(create_snapshot(project, kind="pairs", filters={"votes": "both"}))
+    assert snapshot.judge_weights == {"critic": 0.75}
+    pairs = load_dataset("json", data_files=snapshot.file.path, split="train", cache_dir=str(tmp_path / "hf"))
+    assert len(pairs) == len(PREFERENCES) and pairs["votes"] == [3] * 4
+    assert sorted(pairs["margin"]) == pytest.approx([0.5 / 2.75] + [3.5 / 2.75] * 3)
+
+    trainer = RewardTrainer(
+        model=AutoModelForSequenceClassification.from_pretrained(tiny.reward),
+        args=config(RewardConfig, tmp_path),
+        train_dataset=pairs,
+        processing_class=AutoTokenizer.from_pretrained(tiny.reward),
+    )
+    assert "score.weight" in train_two_steps(trainer)

@@ -9,7 +9,17 @@ import pytest
 from annotate import agreement
 from annotate.exports import create_snapshot, run_snapshot
 from annotate.models import Annotation, Prompt, Response, Task, TaskResponse
-from annotate.votes import Decision, Tally, Vote, decide, pairwise_vote, ranking_votes, tally, tally_rankings
+from annotate.votes import (
+    Decision,
+    Tally,
+    Vote,
+    decide,
+    pairwise_vote,
+    ranking_votes,
+    tally,
+    tally_rankings,
+    weighted_tally,
+)
 from models_registry.measures import cross_version_votes
 from models_registry.models import ModelVersion
 
@@ -72,6 +82,24 @@ class TestTally:
         assert list(tallies) == list(combinations(order, 2))
         for pair, pair_tally in tallies.items():
             assert pair_tally == tally(ranking_votes(ranking, order)[pair] for ranking in rankings)
+
+    def test_a_weighted_vote_counts_as_its_weight_of_one_everywhere(self):
+        weighed = Tally()
+        for vote in (Vote(1), Vote(1, True)):
+            weighed.add(vote)
+        weighed.add_weighted(Vote(-2, True), 0.5)  # a judge's "B much better, both bad", at weight 0.5
+        assert weighed == Tally(total=1.0, for_a=2, for_b=0.5, ties=0, both_bad=1.5)
+        assert weighed.votes == 2.5
+        # 1 over 2.5 votes; 2 of 2.5 on A's side; both bad by 1.5 of 2.5.
+        assert decide(weighed) == Decision("a", margin=0.4, agreement=0.8, both_bad=True)
+        whole = Tally()
+        whole.add_weighted(Vote(-1), 1)
+        assert whole == tally([Vote(-1)])  # weight 1 is a person's vote
+
+    def test_weights_that_cancel_make_a_tie(self):
+        # Two judges of weight 0.1 on either side of a 1-1 split between people: a tie, not A by 8e-17.
+        votes = [(Vote(1), 0.1), (Vote(1), 1), (Vote(-1), 1), (Vote(-1), 0.1)]
+        assert decide(weighted_tally(votes)).winner == "tie"
 
 
 class TestDecide:

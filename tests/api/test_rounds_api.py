@@ -229,6 +229,7 @@ class TestRead:
             "status": "ready",
             "row_count": 16,
             "sha256": "a" * 64,
+            "judge_weights": None,
         }
         assert body["config"]["dpo"]["max_steps"] == 5
         assert body["metrics"] == {"dpo/loss": [{"step": 1, "value": 0.69}, {"step": 2, "value": 0.5}]}
