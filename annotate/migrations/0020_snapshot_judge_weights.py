@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('annotate', '0018_judges'),
+        ('annotate', '0019_assignment_suggested'),
     ]
 
     operations = [
