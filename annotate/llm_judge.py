@@ -95,7 +95,7 @@ def judge_items(judge: Judge, items: list[Item], *, should_stop: Callable[[], bo
     sent (in the calling thread, which alone touches the database), and the items not sent get no verdict."""
     client = client_for(judge)
     project = judge.project  # read here: the pool's threads touch no database
-    limit = RateLimit(judge.requests_per_minute)
+    limit = rate_limit(judge)
 
     def send(messages: list[dict[str, str]]) -> str:
         limit.wait()
@@ -122,6 +122,20 @@ def judge_items(judge: Judge, items: list[Item], *, should_stop: Callable[[], bo
         finally:
             for future in pending:
                 future.cancel()
+
+
+def rate_limit(judge: Judge) -> RateLimit:
+    """The judge's rate limit in this process: one across calls, so that a run's batches (annotate.judges.BATCH)
+    do not each start with a request out of turn."""
+    with _limits_lock:
+        key = (judge.pk, judge.requests_per_minute)
+        if key not in _limits:
+            _limits[key] = RateLimit(judge.requests_per_minute)
+        return _limits[key]
+
+
+_limits: dict[tuple[int | None, int], RateLimit] = {}
+_limits_lock = threading.Lock()
 
 
 def client_for(judge: Judge) -> openai.OpenAI:

@@ -278,6 +278,12 @@ class TestRateLimit:
         limit.wait()
         assert slept == [0.75]
 
+    def test_one_limit_per_judge_across_a_runs_batches(self, judge):
+        judge.pk, judge.requests_per_minute = 7, 60
+        assert llm_judge.rate_limit(judge) is llm_judge.rate_limit(judge)
+        judge.requests_per_minute = 30  # edited: the new rate applies
+        assert llm_judge.rate_limit(judge).interval == 2.0
+
     def test_no_limit_never_waits(self):
         limit = RateLimit(0, sleep=lambda seconds: pytest.fail("waited"))
         for _ in range(100):
