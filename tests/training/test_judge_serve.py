@@ -10,7 +10,7 @@ import pytest
 
 from annotate import judges
 from annotate.judges import Item
-from annotate.llm_judge import LLMJudgeError, judge_messages
+from annotate.llm_judge import LLMJudgeError, judge_items, judge_messages
 from annotate.models import Annotation, Judge, JudgeRun, Project, Prompt, Response, Task, TaskResponse
 from training.engine.tiny import TinyConfig, build_tiny_models, teach_answer
 
@@ -95,3 +95,17 @@ def test_a_model_the_endpoint_does_not_serve_fails_the_run_naming_the_endpoint(s
     assert job.status == "failed" and job.answered == 0
     # The server's folders are hidden from leads (the worker's log has them); its URL is not.
     assert job.error.startswith(f"{LLMJudgeError.__name__}: endpoint {server} refused model <path> (500)")
+
+
+@pytest.mark.django_db
+def test_a_reply_that_does_not_parse_is_asked_again_then_failed(server, models, project):
+    prompt = Prompt.objects.create(project=project, external_id="r", messages=conversation(PAIRS[0][0]))
+    task = Task.objects.create(project=project, prompt=prompt, kind="rating")
+    TaskResponse.objects.create(task=task, response=Response.objects.create(prompt=prompt, content="Hi."), position=0)
+    judge = Judge.create(project, "tiny", kind="llm", endpoint=server, model_name=models[0], max_retries=1)
+    (verdict,) = judge_items(judge, judges.items_for([task]), should_stop=lambda: False)
+    # Taught on pairwise prompts only, it garbles a verdict for a rating; asked again (the server takes the longer
+    # conversation, its reply and what was wrong with it), garbles another, and the task fails keeping both.
+    assert verdict.answer is None and len(verdict.detail["attempts"]) == 2
+    assert all(attempt.startswith("{") for attempt in verdict.detail["attempts"])
+    assert verdict.error.startswith("no valid answer after 2 attempts; the last: ")
