@@ -42,8 +42,8 @@ PAIRWISE_KEYS = ("choice", "strength", "both_bad")
 RATING_KEYS = ("score", "labels")
 RANKING_KEYS = ("ranking",)
 FENCED = re.compile(r"```(?:json)?[ \t]*\n(.*)\n[ \t]*```", re.DOTALL)
-# How far one pairwise answer leans towards the task's response a: the scale the confidence is read on.
 Messages = list[dict[str, str]]
+# How far one pairwise answer leans towards the task's response a: the scale the confidence is read on.
 LEAN = {("a", 2): 1.0, ("a", 1): 0.75, ("tie", None): 0.5, ("b", 1): 0.25, ("b", 2): 0.0}
 
 
@@ -97,31 +97,36 @@ def judge_items(judge: Judge, items: list[Item], *, should_stop: Callable[[], bo
     project = judge.project  # read here: the pool's threads touch no database
     limit = rate_limit(judge)
 
-    def send(messages: list[dict[str, str]]) -> str:
+    def send(messages: Messages) -> str:
         limit.wait()
         return complete(client, judge, messages)
 
-    pending: dict[Future, int] = {}
+    concurrency = max(1, judge.concurrency)
+    pending: set[Future] = set()
     sent = 0
-    with ThreadPoolExecutor(max(1, judge.concurrency)) as pool:
+    with ThreadPoolExecutor(concurrency) as pool:
         try:
             while sent < len(items) or pending:
                 # A window of `concurrency` items: the next goes out as soon as one comes back.
-                while sent < len(items) and len(pending) < max(1, judge.concurrency):
+                while sent < len(items) and len(pending) < concurrency:
                     if should_stop():
                         sent = len(items)
                         break
-                    pending[pool.submit(judge_item, send, judge, project, items[sent])] = sent
+                    pending.add(pool.submit(judge_item, send, judge, project, items[sent]))
                     sent += 1
                 if not pending:
                     break
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    del pending[future]
                     yield future.result()  # an LLMJudgeError ends the run
         finally:
             for future in pending:
                 future.cancel()
+
+
+# Per (judge, rate): a worker process's runs of one judge share its limit.
+_limits: dict[tuple[int | None, int], RateLimit] = {}
+_limits_lock = threading.Lock()
 
 
 def rate_limit(judge: Judge) -> RateLimit:
@@ -132,10 +137,6 @@ def rate_limit(judge: Judge) -> RateLimit:
         if key not in _limits:
             _limits[key] = RateLimit(judge.requests_per_minute)
         return _limits[key]
-
-
-_limits: dict[tuple[int | None, int], RateLimit] = {}
-_limits_lock = threading.Lock()
 
 
 def client_for(judge: Judge) -> openai.OpenAI:
