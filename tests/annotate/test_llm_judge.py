@@ -4,9 +4,12 @@ tests/training/test_judge_serve.py."""
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
+from django.conf import settings
 
 from annotate import llm_judge
 from annotate.judges import Item
@@ -314,3 +317,15 @@ class TestEndpoint:
         monkeypatch.setattr(llm_judge, "CLIENT_RETRIES", 0)
         with pytest.raises(LLMJudgeError, match=f"endpoint {judge.endpoint} is unreachable"):
             list(llm_judge.judge_items(judge, [pairwise()], should_stop=lambda: False))
+
+
+def test_the_judge_imports_no_training_library():
+    # An LLM judge runs on the default-queue worker, whose image has no torch (docker/Dockerfile's app stage).
+    code = (
+        "import os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'arbiter.settings'); import django; "
+        "django.setup(); import annotate.llm_judge, annotate.judges, annotate.tasks; "
+        "print(sorted({name.split('.')[0] for name in sys.modules} & {'torch', 'transformers', 'peft', 'trl'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=settings.BASE_DIR, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
