@@ -15,7 +15,8 @@ there is no order to swap, and its confidence stays unknown (None).
 Requests go `judge.concurrency` at a time from a thread pool, no more than `judge.requests_per_minute` a minute
 (RateLimit, shared by the threads); the openai client retries connection errors, 408, 429 and 5xx with backoff.
 An endpoint that cannot be reached or refuses the judge (its key, its model) ends the run with an error naming it;
-a request refused as bad (400, 413, 422: a task too long for the model, say) fails that task alone.
+a request refused as bad (400, 413, 422: a task too long for the model, say) fails that task alone. A stop asked
+(the run cancelled) is seen within a second, and no request goes out after it.
 """
 
 import functools
@@ -63,6 +64,10 @@ class NoAnswer(Exception):
         self.attempts = attempts  # the raw answers
 
 
+class Stopped(Exception):
+    """The run was asked to stop: this item's next request is not sent."""
+
+
 class RateLimit:
     """At most `per_minute` requests a minute across threads: a token bucket holding one token, so requests go
     out evenly spaced, 60 / per_minute seconds apart; 0: no limit."""
@@ -91,34 +96,40 @@ class RateLimit:
 
 
 def judge_items(judge: Judge, items: list[Item], *, should_stop: Callable[[], bool]) -> Iterator[Verdict]:
-    """The LLM judge's verdicts on these items, as they come back; should_stop() is looked at before each item is
-    sent (in the calling thread, which alone touches the database), and the items not sent get no verdict."""
+    """The LLM judge's verdicts on these items, as they come back. should_stop() is looked at in the calling thread
+    (the pool's threads touch no database) about once a second; once it says stop, no further request is sent, and
+    the items not finished get no verdict."""
     client = client_for(judge)
-    project = judge.project  # read here: the pool's threads touch no database
+    project = judge.project  # read here, for the same reason
     limit = rate_limit(judge)
+    stop = threading.Event()
 
     def send(messages: Messages) -> str:
         limit.wait()
+        if stop.is_set():
+            raise Stopped
         return complete(client, judge, messages)
 
     concurrency = max(1, judge.concurrency)
     pending: set[Future] = set()
-    sent = 0
+    sent, looked = 0, float("-inf")
     with ThreadPoolExecutor(concurrency) as pool:
         try:
-            while sent < len(items) or pending:
-                # A window of `concurrency` items: the next goes out as soon as one comes back.
-                while sent < len(items) and len(pending) < concurrency:
+            while True:
+                if not stop.is_set() and time.monotonic() - looked >= 1:  # a query per second at most
+                    looked = time.monotonic()
                     if should_stop():
-                        sent = len(items)
-                        break
+                        stop.set()
+                # A window of `concurrency` items: the next goes out as soon as one comes back.
+                while sent < len(items) and len(pending) < concurrency and not stop.is_set():
                     pending.add(pool.submit(judge_item, send, judge, project, items[sent]))
                     sent += 1
                 if not pending:
                     break
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                finished, pending = wait(pending, timeout=1, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    yield future.result()  # an LLMJudgeError ends the run
+                    if not isinstance(future.exception(), Stopped):
+                        yield future.result()  # an LLMJudgeError ends the run
         finally:
             for future in pending:
                 future.cancel()

@@ -109,3 +109,14 @@ def test_a_reply_that_does_not_parse_is_asked_again_then_failed(server, models, 
     assert verdict.answer is None and len(verdict.detail["attempts"]) == 2
     assert all(attempt.startswith("{") for attempt in verdict.detail["attempts"])
     assert verdict.error.startswith("no valid answer after 2 attempts; the last: ")
+
+
+def test_a_stop_asked_mid_run_sends_no_further_request(server, models):
+    project = Project(name="Helpfulness", guidelines="Prefer the **helpful** answer.")
+    judge = Judge(project=project, name="tiny", kind="llm", endpoint=server, model_name=models[0], concurrency=1)
+    items = [Item(n, "pairwise", conversation(q), [(1, a), (2, b)]) for n, (q, a, b) in enumerate(PAIRS * 2)]
+    seen = []
+    for verdict in judge_items(judge, items, should_stop=lambda: bool(seen)):
+        seen.append(verdict)
+    # The item in flight when the stop was seen may finish; none goes out after it.
+    assert 1 <= len(seen) <= 2 and all(verdict.answer for verdict in seen)
