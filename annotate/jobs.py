@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 RUNNING, FAILED = "running", "failed"
 
 # An absolute, home or relative path in an error message: what a lead's view of a job's error leaves out.
-_PATH = re.compile(r"(?<![\w.~/-])(?:~|\.{1,2})?/[^\s'\"`,;()\[\]<>]+")
+_PATH = re.compile(r"(?<![\w.~/:-])(?:~|\.{1,2})?/[^\s'\"`,;()\[\]<>]+")
 
 
 def hide_paths(text: str) -> str:

@@ -4,7 +4,7 @@ import time
 
 from django.db import OperationalError
 
-from annotate.jobs import Heartbeat
+from annotate.jobs import Heartbeat, hide_paths
 
 
 def test_beats_until_stopped_and_a_missed_beat_does_not_stop_it():
@@ -24,3 +24,8 @@ def test_beats_until_stopped_and_a_missed_beat_does_not_stop_it():
     stopped_at = len(beats)
     time.sleep(0.05)
     assert len(beats) == stopped_at
+
+
+def test_hides_server_paths_but_keeps_urls():
+    error = "endpoint http://127.0.0.1:8000/v1 refused model /srv/models/judge (500); see ~/log and ./x/y"
+    assert hide_paths(error) == "endpoint http://127.0.0.1:8000/v1 refused model <path> (500); see <path> and <path>"

@@ -1,9 +1,15 @@
-"""Tiny local models, built once per session, and small exports in the shapes annotate.exports writes."""
+"""Tiny local models, built once per session, small exports in the shapes annotate.exports writes, and a real
+`transformers serve` for the tests that go through an inference server."""
 
 import json
 import random
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 import torch
 
@@ -169,3 +175,35 @@ def save_adapter(base_path, path, *, zero: bool = False):
     get_peft_model(model, config).save_pretrained(path)
     AutoTokenizer.from_pretrained(base_path).save_pretrained(path)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`transformers serve` on a free port, as a subprocess; the URL once it answers, the process killed after."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    command = [str(Path(sys.executable).parent / "transformers"), "serve", "--port", str(port), "--device", "cpu"]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/models").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"transformers serve did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

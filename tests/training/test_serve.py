@@ -3,11 +3,6 @@ in the queue as in-process `generate` gives them, the server reads exactly encod
 ids, and a server that is down or refuses the model fails the round with an error naming it, queueing nothing."""
 
 import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx2 as httpx
 import pytest
@@ -16,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from annotate.models import Prompt, Response, Task
 from models_registry.models import ModelVersion
+from tests.training.conftest import free_port
 from training.engine import serve
 from training.engine.config import SampleConfig
 from training.engine.generate import GenerationStopped, encode_prompt, generate
@@ -23,38 +19,6 @@ from training.sampling import sample_into_queue
 
 pytestmark = pytest.mark.slow  # the server takes some 10 s to start on a shared CPU
 QUESTIONS = ["What is a cat?", "Where is the sea?", "Who reads books?"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`transformers serve` on a free port, as a subprocess; the URL once it answers, the process killed after."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    command = [str(Path(sys.executable).parent / "transformers"), "serve", "--port", str(port), "--device", "cpu"]
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/models").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -215,3 +215,29 @@ def build_tiny_models_like(
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
     return paths
+
+
+def teach_answer(
+    path: Path, conversations: list[list[dict[str, str]]], answer: str, *, steps: int = 200, seed: int = 0
+) -> None:
+    """Train the causal LM saved at `path`, in place, to answer every one of `conversations` with `answer` and stop:
+    a tiny model that replies in a given format (an LLM judge's verdict, say), for the tests and benchmarks of what
+    reads its replies. Full fine-tuning on the answer's tokens, one conversation a step; 200 steps take some 3 s."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    target = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    prompts = [
+        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        for messages in conversations
+    ]
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        prompt = prompts[step % len(prompts)]
+        ids = torch.tensor([prompt + target])  # (1, T)
+        labels = torch.tensor([[-100] * len(prompt) + target])  # the loss on the answer and its EOS only
+        model(ids, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(path)
