@@ -147,9 +147,11 @@ def start(
     limit: int | None = None,
     round_number: int | None = None,
     created_by: Any = None,
+    queue: bool = True,
 ) -> JudgeRun:
     """A pending run of the judge, queued once the transaction commits (a reward model's on the gpu queue, an LLM's
-    on the default one); ValidationError naming the field for a run that cannot be."""
+    on the default one; queue=False: for the caller to `run` in place); ValidationError naming the field for a run
+    that cannot be."""
     from annotate.tasks import run_judge
 
     if scope not in JudgeRun.Scope.values:
@@ -163,8 +165,9 @@ def start(
     job = JudgeRun.objects.create(
         judge=judge, scope=scope, limit=limit, round_number=round_number, created_by=created_by
     )
-    queue = "gpu" if judge.kind == Judge.Kind.REWARD_MODEL else settings.CELERY_TASK_DEFAULT_QUEUE
-    transaction.on_commit(lambda: run_judge.apply_async((job.pk,), queue=queue))
+    if queue:
+        name = "gpu" if judge.kind == Judge.Kind.REWARD_MODEL else settings.CELERY_TASK_DEFAULT_QUEUE
+        transaction.on_commit(lambda: run_judge.apply_async((job.pk,), queue=name))
     return job
 
 
