@@ -1869,15 +1869,21 @@ class Judge(models.Model):
         """A judge with its identity: a user named judge.<project id>.<name> that cannot log in."""
         judge = cls(project=project, name=name, created_by=created_by, **fields)
         judge.full_clean(exclude=["user"])
+        judge.save_with_identity()
+        return judge
+
+    def save_with_identity(self) -> None:
+        """Save a new, validated judge and its identity together (Judge.create; the admin's add form)."""
         with transaction.atomic():
             user = get_user_model().objects.create_user(
-                username=f"judge.{project.pk}.{name}"[:150], first_name=f"Judge {name}"[:150], is_active=False
+                username=f"judge.{self.project_id}.{self.name}"[:150],
+                first_name=f"Judge {self.name}"[:150],
+                is_active=False,
             )
             user.set_unusable_password()
             user.save(update_fields=["password"])
-            judge.user = user
-            judge.save()
-        return judge
+            self.user = user
+            self.save()
 
 
 class JudgeRun(Job):
