@@ -6,28 +6,17 @@ import re
 
 import pytest
 import torch
+from django.db.models.signals import post_save
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from annotate import judges
-from annotate.models import Annotation, Judge, JudgeRun, Prompt, Response, Task, TaskResponse
+from annotate.models import Annotation, Judge, JudgeRun, Task
 from models_registry.models import ModelVersion
+from tests.annotate.test_judges import QUESTION, TEXTS, make_task
 from tests.celery_worker import Worker, wait_for
 from training.engine.generate import score
 from training.engine.model_files import save_reward_head
 from training.judging import STRONG, rates, reward_model_verdicts
-
-QUESTION = [{"role": "user", "content": "Name a prime."}]
-TEXTS = ["Two.", "Seven is prime.", "Nine.", "Four, which is not prime.", "Eleven."]
-
-
-def make_task(project, kind, texts, number=[0]):  # noqa: B006 (a counter for unique prompt ids)
-    number[0] += 1
-    prompt = Prompt.objects.create(project=project, external_id=f"q{number[0]}", messages=QUESTION)
-    task = Task.objects.create(project=project, prompt=prompt, kind=kind)
-    for position, text in enumerate(texts):
-        response = Response.objects.create(prompt=prompt, content=text)
-        TaskResponse.objects.create(task=task, response=response, position=position)
-    return task
 
 
 def reward_judge(project, path, name="rm"):
@@ -131,6 +120,27 @@ def test_a_run_answers_what_the_model_can_and_skips_the_rest(db, project, tiny):
 
     again = judges.run(judges.start(judge))  # a judge answers a task once
     assert (again.answered, again.skipped) == (0, 6) and judged.count() == 4
+
+
+def test_a_cancelled_run_stops_between_batches_and_keeps_what_it_answered(db, project, tiny, monkeypatch):
+    tasks = [make_task(project, "pairwise", TEXTS[i : i + 2]) for i in range(4) for _ in range(2)]
+    judge = reward_judge(project, tiny.reward)
+    job = judges.start(judge)
+    monkeypatch.setattr(judges, "REWARD_MODEL_BATCH", 3)
+
+    def cancel_at_the_first_answer(sender, instance, created, **kwargs):
+        if created and instance.annotator_id == judge.user_id:
+            job.request_cancel()  # as the API or the admin does, while the worker is in its first batch
+
+    post_save.connect(cancel_at_the_first_answer, sender=Annotation)
+    try:
+        job = judges.run(job)
+    finally:
+        post_save.disconnect(cancel_at_the_first_answer, sender=Annotation)
+
+    assert (job.status, job.total, job.answered, job.skipped) == ("cancelled", 8, 3, 0)
+    assert Annotation.objects.filter(annotator=judge.user).count() == 3  # the first batch's answers stay
+    assert set(Annotation.objects.values_list("task_id", flat=True)) == {task.pk for task in tasks[:3]}
 
 
 @pytest.mark.postgres
