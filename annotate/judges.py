@@ -32,9 +32,6 @@ from annotate.models import Annotation, Judge, JudgeRun, Task, TaskKind
 logger = logging.getLogger(__name__)
 
 BATCH = 32  # tasks handed to the judge at a time: progress and cancel are looked at between batches
-# A reward model loads once per batch (training/judging.py): seconds for a real one, against milliseconds to score a
-# task on a GPU, so it takes bigger batches, its progress moving in bigger steps.
-REWARD_MODEL_BATCH = 256
 KEPT_FAILURES = 50  # failures kept on a run (all are counted)
 
 
@@ -205,7 +202,11 @@ def run(job: JudgeRun) -> JudgeRun:
             answered = set(
                 Annotation.objects.filter(annotator=judge.user, task__in=tasks).values_list("task_id", flat=True)
             )
-            size = REWARD_MODEL_BATCH if judge.kind == Judge.Kind.REWARD_MODEL else BATCH
+            size = BATCH
+            if judge.kind == Judge.Kind.REWARD_MODEL:
+                from training.judging import batch_size
+
+                size = batch_size(BATCH)
             for start in range(0, len(tasks), size):
                 if job.cancel_is_requested():
                     break

@@ -27,12 +27,23 @@ if TYPE_CHECKING:
     from models_registry.models import ModelVersion
 
 STRONG = 0.8  # p(A) at which A is "much better": a Bradley-Terry model expecting four raters in five to prefer it
+# Tasks per reward_model_verdicts call on a GPU. The model loads once per call: a 0.5B model (Qwen2.5-0.5B's shape)
+# loads in about 2 s, which on a GPU is more than scoring a few hundred answers; on 2 CPU cores each answer takes
+# about 1 s, loading is noise, and a run keeps its usual batch, for progress and cancel every few tasks.
+GPU_BATCH = 256
 
 
 def rates(version: "ModelVersion") -> bool:
     """Whether this reward model has a rating head (objective ratings or both), read from its files (no torch)."""
     head = read_reward_head(version.path)
     return head is not None and head.get("objective") != "pairs"
+
+
+def batch_size(default: int) -> int:
+    """Tasks to hand the reward model at a time in a run: GPU_BATCH on an accelerator, else the run's default."""
+    from training.engine.common import pick_device
+
+    return GPU_BATCH if pick_device().type != "cpu" else default
 
 
 def reward_model_verdicts(judge: "Judge", items: list["Item"]) -> Iterator["Verdict"]:

@@ -9,6 +9,7 @@ import torch
 from django.db.models.signals import post_save
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+import training.judging
 from annotate import judges
 from annotate.models import Annotation, Judge, JudgeRun, Task
 from models_registry.models import ModelVersion
@@ -126,7 +127,8 @@ def test_a_cancelled_run_stops_between_batches_and_keeps_what_it_answered(db, pr
     tasks = [make_task(project, "pairwise", TEXTS[i : i + 2]) for i in range(4) for _ in range(2)]
     judge = reward_judge(project, tiny.reward)
     job = judges.start(judge)
-    monkeypatch.setattr(judges, "REWARD_MODEL_BATCH", 3)
+    monkeypatch.setattr(judges, "BATCH", 3)
+    monkeypatch.setattr(training.judging, "GPU_BATCH", 3)
 
     def cancel_at_the_first_answer(sender, instance, created, **kwargs):
         if created and instance.annotator_id == judge.user_id:
