@@ -11,12 +11,15 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import training.judging
 from annotate import judges
-from annotate.models import Annotation, Judge, JudgeRun, Task
+from annotate.models import Annotation, Judge, JudgeRun, Prompt, Task
 from models_registry.models import ModelVersion
 from tests.annotate.test_judges import QUESTION, TEXTS, make_task
 from tests.celery_worker import Worker, wait_for
+from tests.training.conftest import marker_pairs, settings, write_jsonl
+from training.engine.config import RewardConfig
 from training.engine.generate import score
 from training.engine.model_files import save_reward_head
+from training.engine.reward import train_reward
 from training.judging import STRONG, rates, reward_model_verdicts
 
 
@@ -95,6 +98,35 @@ def test_a_rating_model_rates_on_the_projects_scale_with_its_labels(db, project,
         assert verdict.confidence == pytest.approx(1 - 2 * abs(point - round(point)), abs=1e-5)
         assert verdict.detail["outputs"] == pytest.approx({"score": scaled, "unsafe": unsafe, "off-topic": off_topic})
     task.clean_answer(verdict.answer)  # an answer the task takes
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_a_trained_reward_model_judges_held_out_pairs_by_the_rule_it_learnt(db, project, tiny, tmp_path):
+    config = settings(RewardConfig, tiny.reward, max_steps=40, learning_rate=2e-3)
+    trained = train_reward(config, str(write_jsonl(tmp_path / "pairs.jsonl", marker_pairs(64))), str(tmp_path / "rm"))
+    version = ModelVersion.register(
+        project=project, kind="reward", base_model=str(tiny.reward), adapter_path=trained.output_dir
+    )
+    judge = Judge.create(project, "rm", kind="reward_model", model_version=version)
+    held_out = marker_pairs(24, seed=7)  # prompts and answers drawn afresh: not the training pairs
+    marked = []  # the position of the answer with MARKER, which people prefer
+    for i, pair in enumerate(held_out):
+        sides = [pair["chosen"][0]["content"], pair["rejected"][0]["content"]]
+        if i % 2:
+            sides.reverse()
+        marked.append("b" if i % 2 else "a")
+        task = make_task(project, "pairwise", sides)
+        Prompt.objects.filter(pk=task.prompt_id).update(messages=pair["prompt"])
+
+    job = judges.run(judges.start(judge))
+
+    assert (job.status, job.answered) == ("succeeded", 24), job.error
+    judged = Annotation.objects.filter(annotator=judge.user).order_by("task_id")
+    right = [annotation.choice == side for annotation, side in zip(judged, marked, strict=True)]
+    assert sum(right) / len(right) >= 0.8, right  # chance is 0.5, whichever side the marker is on
+    confidences = [annotation.confidence for annotation in judged]
+    wrong = [c for c, ok in zip(confidences, right, strict=True) if not ok]
+    assert not wrong or sum(wrong) / len(wrong) < sum(confidences) / len(confidences)  # unsure where it errs
 
 
 def test_a_run_answers_what_the_model_can_and_skips_the_rest(db, project, tiny):
