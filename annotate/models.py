@@ -1873,12 +1873,14 @@ class Judge(models.Model):
         return judge
 
     def save_with_identity(self) -> None:
-        """Save a new, validated judge and its identity together (Judge.create; the admin's add form)."""
+        """Save a new, validated judge and its identity together (Judge.create; the admin's add form); ValidationError
+        where an account has the identity's name."""
+        username = f"judge.{self.project_id}.{self.name}"[:150]
+        if get_user_model().objects.filter(username=username).exists():  # a person's: never theirs to become
+            raise ValidationError({"name": f"The account {username} exists already: choose another name."})
         with transaction.atomic():
             user = get_user_model().objects.create_user(
-                username=f"judge.{self.project_id}.{self.name}"[:150],
-                first_name=f"Judge {self.name}"[:150],
-                is_active=False,
+                username=username, first_name=f"Judge {self.name}"[:150], is_active=False
             )
             user.set_unusable_password()
             user.save(update_fields=["password"])

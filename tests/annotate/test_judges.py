@@ -200,3 +200,13 @@ def test_a_judges_identity_cannot_log_in(client, judge):
     assert page.status_code == 200 and "_auth_user_id" not in client.session  # the form again
     token = APIClient().post(reverse("api:login"), {"username": user.username, "password": PASSWORD})
     assert token.status_code == 400
+
+
+def test_a_judge_never_takes_over_an_account_with_its_identitys_name(project, make_user):
+    person = make_user(f"judge.{project.pk}.rm")
+
+    with pytest.raises(ValidationError) as refused:
+        Judge.create(project, "rm", kind="llm", endpoint="http://127.0.0.1:8000/v1", model_name="tiny-chat")
+
+    assert "exists already" in refused.value.message_dict["name"][0]
+    assert not Judge.objects.exists() and person.is_active
