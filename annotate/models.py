@@ -1850,7 +1850,15 @@ class Judge(models.Model):
     def __str__(self) -> str:
         return f"Judge {self.name} ({self.get_kind_display()})"
 
+    def identity_username(self) -> str:
+        return f"judge.{self.project_id}.{self.name}"[:150]
+
     def clean(self) -> None:
+        if self.user_id is None and get_user_model().objects.filter(username=self.identity_username()).exists():
+            # A person's account: never the judge's to become.
+            raise ValidationError(
+                {"name": f"The account {self.identity_username()} exists already: choose another name."}
+            )
         if self.kind == self.Kind.REWARD_MODEL:
             if self.model_version_id is None:
                 raise ValidationError({"model_version": "A reward-model judge needs a reward model from the registry."})
@@ -1873,14 +1881,10 @@ class Judge(models.Model):
         return judge
 
     def save_with_identity(self) -> None:
-        """Save a new, validated judge and its identity together (Judge.create; the admin's add form); ValidationError
-        where an account has the identity's name."""
-        username = f"judge.{self.project_id}.{self.name}"[:150]
-        if get_user_model().objects.filter(username=username).exists():  # a person's: never theirs to become
-            raise ValidationError({"name": f"The account {username} exists already: choose another name."})
+        """Save a new, validated judge and its identity together (Judge.create; the admin's add form)."""
         with transaction.atomic():
             user = get_user_model().objects.create_user(
-                username=username, first_name=f"Judge {self.name}"[:150], is_active=False
+                username=self.identity_username(), first_name=f"Judge {self.name}"[:150], is_active=False
             )
             user.set_unusable_password()
             user.save(update_fields=["password"])
