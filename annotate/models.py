@@ -1854,7 +1854,8 @@ class Judge(models.Model):
         return f"judge.{self.project_id}.{self.name}"[:150]
 
     def clean(self) -> None:
-        if self.user_id is None and get_user_model().objects.filter(username=self.identity_username()).exists():
+        people = get_user_model().objects.filter(judge__isnull=True)  # another judge's: the name's constraint says so
+        if self.user_id is None and people.filter(username=self.identity_username()).exists():
             # A person's account: never the judge's to become.
             raise ValidationError(
                 {"name": f"The account {self.identity_username()} exists already: choose another name."}

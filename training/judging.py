@@ -12,7 +12,7 @@ GPU when there is one), and the verdict follows from the scores:
   way between two);
 - ranking: best first by score (equal scores tied), the confidence that of the top pick against the runner-up.
 A rating model's reward (its weighted outputs, common.WeightedOutputs) is bounded, so its pairwise confidences are
-small beside a pairs-trained model's: routing thresholds are per judge.
+small beside a pairs-trained model's: choose Project.routing_confidence for the judge the project routes by.
 """
 
 import math
@@ -66,8 +66,9 @@ def reward_model_verdicts(judge: "Judge", items: list["Item"]) -> Iterator["Verd
     by_task = {}
     for item, row in zip(rated, outputs, strict=True):
         by_task[item.task_id] = _rating(row, judge.project)
+    in_order = iter(rewards)
     for item in ordered:
-        scores, rewards = rewards[: len(item.responses)], rewards[len(item.responses) :]
+        scores = [next(in_order) for _ in item.responses]
         if item.kind == "pairwise":
             by_task[item.task_id] = _pairwise(scores)
         else:
