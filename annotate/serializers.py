@@ -844,7 +844,7 @@ class JudgeRunSerializer(serializers.ModelSerializer):
 class JudgeRunIn(serializers.Serializer):
     scope = serializers.ChoiceField(JudgeRun.Scope.choices, default=JudgeRun.Scope.OPEN)
     limit = serializers.IntegerField(
-        required=False, min_value=1, max_value=MAX_ID, help_text="At most this many tasks."
+        required=False, min_value=1, max_value=2**31 - 1, help_text="At most this many tasks."
     )
     round_number = serializers.IntegerField(
         required=False, min_value=0, max_value=2**31 - 1, help_text="With scope round: whose new samples."

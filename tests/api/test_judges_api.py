@@ -96,6 +96,7 @@ def test_starting_a_run_queues_it_and_its_progress_can_be_followed(api, llm_judg
         ({"scope": "round"}, "round_number"),
         ({"scope": "everything"}, "scope"),
         ({"limit": 0}, "limit"),
+        ({"limit": 2**31}, "limit"),  # over what the column holds: PostgreSQL would fail the request
     ],
 )
 def test_a_run_that_cannot_be_is_refused_naming_the_field(api, llm_judge, body, field):
