@@ -70,6 +70,9 @@ def test_documented_status_codes(client, db):
     assert codes("/tokens/{token_id}/", "delete") == {"204", "401", "404"}
     assert codes("/projects/{slug}/quality/", "get") == {"200", "401", "403", "404"}
     assert codes("/projects/{slug}/quality/recompute/", "post") == {"202", "401", "403", "404", "409"}
+    assert codes("/projects/{slug}/judges/", "post") == {"201", "400", "401", "403", "404"}
+    assert codes("/projects/{slug}/judges/{name}/runs/", "post") == {"202", "400", "401", "403", "404", "429"}
+    assert codes("/projects/{slug}/judges/{name}/runs/{run_id}/cancel/", "post") == {"202", "401", "403", "404", "409"}
     for action in ("pause", "resume", "exclude", "include"):
         assert codes(f"/projects/{{slug}}/members/{{username}}/{action}/", "post") == {
             "200",
