@@ -5,6 +5,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db.models.signals import post_save
 
 from annotate.models import Annotation, Judge, JudgeRun
 from models_registry.models import ModelVersion
@@ -105,3 +106,21 @@ def test_run_judge_refuses_a_run_that_cannot_be(project, reward_version, args, m
     assert not JudgeRun.objects.exists()
     with pytest.raises(CommandError, match="No judge 'other' in project 'helpfulness'"):
         command("run_judge", project.slug, "other")
+
+
+def test_run_judge_interrupted_leaves_no_run_running(project, reward_version):
+    [make_task(project, "pairwise", TEXTS[i : i + 2]) for i in range(3)]
+    command("add_judge", project.slug, "rm", "--reward-model", "1")
+
+    def ctrl_c(sender, instance, created, **kwargs):
+        raise KeyboardInterrupt  # as the operator's Ctrl-C arrives, in the middle of recording answers
+
+    post_save.connect(ctrl_c, sender=Annotation)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            command("run_judge", project.slug, "rm")
+    finally:
+        post_save.disconnect(ctrl_c, sender=Annotation)
+
+    job = JudgeRun.objects.get()
+    assert (job.status, job.error) == ("cancelled", "Interrupted at the command line.") and job.finished_at
