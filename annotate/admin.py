@@ -11,7 +11,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import ForeignKey, Model, QuerySet
+from django.db.models import ForeignKey, Model, QuerySet, URLField
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -19,6 +19,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
+from annotate import judges
 from annotate.exports import EXPORT_OPTIONS, Aggregation, Votes, queue_export
 from annotate.import_jobs import import_upload
 from annotate.importing import ImportFailed
@@ -30,6 +31,8 @@ from annotate.models import (
     DatasetSnapshot,
     GoldRefused,
     ImportJob,
+    Judge,
+    JudgeRun,
     Membership,
     Project,
     Prompt,
@@ -601,3 +604,108 @@ class ImportJobAdmin(ProjectScopedAdmin):
         if job.status == ImportJob.Status.SUCCEEDED:
             return f"{job.rows_read:,} imported"
         return f"{job.rows_read:,} read so far" if job.status == ImportJob.Status.RUNNING else "–"
+
+
+class JudgeRunInline(admin.TabularInline):
+    """A judge's latest runs, on its page (the Judge runs list has them all, and the cancel action)."""
+
+    model = JudgeRun
+    fields = ["__str__", "scope", "status", "progress", "answered", "failed", "skipped", "created_at"]
+    readonly_fields = fields
+    ordering = ["-created_at"]
+    extra = 0
+    max_num = 0  # read-only: runs are started by the action, the API or run_judge
+    show_change_link = True
+    can_delete = False
+
+    @admin.display(description="Progress")
+    def progress(self, run: JudgeRun) -> str:
+        return _run_progress(run)
+
+
+@admin.register(Judge)
+class JudgeAdmin(ProjectScopedAdmin):
+    """A judge is added here with its identity (Judge.create's); its configuration is what it is, so only its rate
+    settings change afterwards: a judge configured otherwise is another judge."""
+
+    project_path = "project"
+    list_display = ["name", "project", "kind", "configuration", "username", "latest_run", "created_at"]
+    list_filter = ["kind", _related_only("project")]
+    list_select_related = ["project", "model_version", "user"]
+    search_fields = ["name", "project__slug"]
+    fields = ["project", "name", "kind", "model_version", "endpoint", "model_name", "api_key_env", "rubric"]
+    fields += ["concurrency", "requests_per_minute", "max_retries", "username", "created_by", "created_at"]
+    inlines = [JudgeRunInline]
+    actions = ["run_over_open_tasks"]
+    formfield_overrides = {URLField: {"assume_scheme": "https"}}  # Django 6's default, without its warning
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Judge | None = None) -> list[str]:
+        if obj is None:
+            return ["username", "created_by", "created_at"]
+        return [name for name in self.fields if name not in ("concurrency", "requests_per_minute")]
+
+    def save_model(self, request: HttpRequest, obj: Judge, form: forms.ModelForm, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        obj.created_by = request.user
+        obj.save_with_identity()  # the form validated it (Judge.clean and its constraints)
+
+    @admin.display(description="Model or endpoint")
+    def configuration(self, judge: Judge) -> str:
+        return str(judge.model_version) if judge.model_version_id else f"{judge.model_name} at {judge.endpoint}"
+
+    @admin.display(description="Answers as")
+    def username(self, judge: Judge) -> str:
+        return judge.user.username if judge.user_id else "–"
+
+    @admin.display(description="Latest run")
+    def latest_run(self, judge: Judge) -> str:
+        run = judge.runs.first()
+        return f"{run.get_status_display()}, {_run_progress(run)}" if run else "–"
+
+    @admin.action(description="Run the selected judges over their open tasks", permissions=["change"])
+    def run_over_open_tasks(self, request: HttpRequest, queryset: QuerySet) -> None:
+        started = [judges.start(judge, created_by=request.user) for judge in queryset]
+        url = reverse("admin:annotate_judgerun_changelist")
+        messages.success(request, format_html('Queued {} run(s): <a href="{}">follow them</a>.', len(started), url))
+
+
+@admin.register(JudgeRun)
+class JudgeRunAdmin(ProjectScopedAdmin):
+    """Read-only: a run is started by the judges' action, the API or run_judge, and a worker runs it."""
+
+    project_path = "judge__project"
+    list_display = ["__str__", "judge", "scope", "status", "progress", "answered", "failed", "skipped"]
+    list_display += ["created_by", "created_at", "finished_at"]
+    list_filter = ["status", "scope", _related_only("judge__project")]
+    list_select_related = ["judge", "created_by"]
+    fields = ["judge", "scope", "limit", "round_number", "status", "progress", "total", "answered", "failed"]
+    fields += ["skipped", "failures", "cancel_requested", "error", "created_by", "created_at", "started_at"]
+    fields += ["heartbeat_at", "finished_at"]
+    readonly_fields = fields
+    actions = ["cancel"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: JudgeRun | None = None) -> bool:
+        return False
+
+    @admin.display(description="Progress")
+    def progress(self, run: JudgeRun) -> str:
+        return _run_progress(run)
+
+    @admin.action(
+        description="Cancel the selected runs (running ones stop after the tasks in flight)", permissions=["change"]
+    )
+    def cancel(self, request: HttpRequest, queryset: QuerySet) -> None:
+        unfinished = queryset.filter(status__in=[JudgeRun.Status.PENDING, JudgeRun.Status.RUNNING])
+        for run in unfinished:
+            run.request_cancel()
+        messages.success(request, f"Asked {len(unfinished)} run(s) to stop.")
+
+
+def _run_progress(run: JudgeRun) -> str:
+    done = run.answered + run.failed + run.skipped
+    return f"{done:,} of {run.total:,}" if run.total else "–"

@@ -29,6 +29,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from annotate import judges
 from annotate.exports import queue_export
 from annotate.import_jobs import import_upload
 from annotate.importing import ImportFailed
@@ -38,6 +39,8 @@ from annotate.models import (
     Assignment,
     DatasetSnapshot,
     ImportJob,
+    Judge,
+    JudgeRun,
     LeaseError,
     Membership,
     MembershipEvent,
@@ -57,6 +60,10 @@ from annotate.serializers import (
     ImportIn,
     ImportJobSerializer,
     ImportResultSerializer,
+    JudgeIn,
+    JudgeRunIn,
+    JudgeRunSerializer,
+    JudgeSerializer,
     LeaseSerializer,
     LoginIn,
     MembershipEventFilter,
@@ -82,6 +89,7 @@ from annotate.suggestions import following
 from annotate.views import lockout_message
 from arbiter.api import Conflict, ErrorSerializer, error_responses, get_or_404, validated
 from arbiter.api_defaults import NewestFirstPagination
+from models_registry.models import ModelVersion
 
 # Access helpers: 404 for what the user may not see ------------------------------------------------------------
 
@@ -596,3 +604,97 @@ class MembershipEventListView(ListAPIView):
         if username := validated(MembershipEventFilter, self.request.query_params).get("username"):
             events = events.filter(user__username=username)
         return events
+
+
+# Judges (annotate/judges.py): leads only ----------------------------------------------------------------------
+
+
+def _judge_for(request: Request, slug: str, name: str) -> Judge:
+    project = project_led_by(request, slug)
+    return get_or_404(project.judges.select_related("project", "model_version", "user", "created_by"), name=name)
+
+
+@extend_schema_view(
+    get=extend_schema(responses={200: JudgeSerializer(many=True), **error_responses(400, 401, 403, 404)})
+)
+class JudgeListView(ListAPIView):
+    """The project's judges (leads)."""
+
+    serializer_class = JudgeSerializer
+
+    def get_queryset(self) -> QuerySet[Judge]:
+        project = project_led_by(self.request, self.kwargs["slug"])
+        return project.judges.select_related("model_version", "user", "created_by")
+
+    @extend_schema(request=JudgeIn, responses={201: JudgeSerializer, **error_responses(400, 401, 403, 404)})
+    def post(self, request: Request, slug: str) -> Response:
+        """Add a judge: a reward model of the project's registry, or an LLM behind an OpenAI-compatible endpoint
+        (its API key read from the environment variable api_key_env of the worker, never sent here)."""
+        project = project_led_by(request, slug)
+        data = dict(validated(JudgeIn, request.data))
+        if name := data.pop("reward_model", None):
+            version = ModelVersion.objects.named(project, ModelVersion.Kind.REWARD, name)
+            if version is None:
+                raise exceptions.ValidationError({"reward_model": [f"No reward model {name!r} in this project."]})
+            fields = {"kind": Judge.Kind.REWARD_MODEL, "model_version": version}
+        else:
+            fields = {"kind": Judge.Kind.LLM, **{key: value for key, value in data.items() if key != "name"}}
+        judge = Judge.create(project, data["name"], created_by=request.user, **fields)
+        location = reverse("api:judge_runs", args=[project.slug, judge.name])
+        return Response(JudgeSerializer(judge).data, status=201, headers={"Location": location})
+
+
+@extend_schema_view(
+    get=extend_schema(responses={200: JudgeRunSerializer(many=True), **error_responses(400, 401, 403, 404)})
+)
+class JudgeRunListView(ListAPIView):
+    """A judge's runs, newest first (leads)."""
+
+    serializer_class = JudgeRunSerializer
+    pagination_class = NewestFirstPagination
+    throttle_scope = "launch"  # POST only
+
+    def get_queryset(self) -> QuerySet[JudgeRun]:
+        return _judge_for(self.request, self.kwargs["slug"], self.kwargs["name"]).runs.select_related(
+            "judge", "created_by"
+        )
+
+    @extend_schema(request=JudgeRunIn, responses={202: JudgeRunSerializer, **error_responses(400, 401, 403, 404, 429)})
+    def post(self, request: Request, slug: str, name: str) -> Response:
+        """Start a run over the open tasks, a random sample (limit) or a round's new samples; a worker runs it: poll
+        it for its progress."""
+        judge = _judge_for(request, slug, name)
+        data = validated(JudgeRunIn, request.data)
+        run = judges.start(judge, **data, created_by=request.user)
+        location = reverse("api:judge_run_detail", args=[slug, name, run.pk])
+        return Response(JudgeRunSerializer(run).data, status=202, headers={"Location": location})
+
+
+def _run_for(request: Request, slug: str, name: str, run_id: int) -> JudgeRun:
+    judge = _judge_for(request, slug, name)
+    return get_or_404(judge.runs.select_related("judge", "created_by"), pk=run_id)
+
+
+class JudgeRunDetailView(APIView):
+    @extend_schema(responses={200: JudgeRunSerializer, **error_responses(401, 403, 404)})
+    def get(self, request: Request, slug: str, name: str, run_id: int) -> Response:
+        """One run: status, what it answered, failed and skipped so far, the first failures, or its error."""
+        return Response(JudgeRunSerializer(_run_for(request, slug, name, run_id)).data)
+
+
+class JudgeRunCancelView(APIView):
+    @extend_schema(
+        request=None,
+        responses={
+            202: JudgeRunSerializer,
+            **error_responses(401, 403, 404),
+            409: OpenApiResponse(ErrorSerializer, "The run has already finished."),
+        },
+    )
+    def post(self, request: Request, slug: str, name: str, run_id: int) -> Response:
+        """Cancel a run: a pending one at once; a running one after the tasks in flight (poll it). Its answers stay."""
+        run = _run_for(request, slug, name, run_id)
+        if run.status not in (JudgeRun.Status.PENDING, JudgeRun.Status.RUNNING):
+            raise Conflict(f"The run has already {run.status}.")
+        run.request_cancel()
+        return Response(JudgeRunSerializer(run).data, status=202)

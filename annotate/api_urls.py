@@ -42,6 +42,18 @@ urlpatterns = [
     ),
     path("projects/<slug:slug>/quality/", api.QualityView.as_view(), name="quality"),
     path("projects/<slug:slug>/quality/recompute/", api.QualityRecomputeView.as_view(), name="quality_recompute"),
+    path("projects/<slug:slug>/judges/", api.JudgeListView.as_view(), name="judges"),
+    path("projects/<slug:slug>/judges/<slug:name>/runs/", api.JudgeRunListView.as_view(), name="judge_runs"),
+    path(
+        "projects/<slug:slug>/judges/<slug:name>/runs/<int:run_id>/",
+        api.JudgeRunDetailView.as_view(),
+        name="judge_run_detail",
+    ),
+    path(
+        "projects/<slug:slug>/judges/<slug:name>/runs/<int:run_id>/cancel/",
+        api.JudgeRunCancelView.as_view(),
+        name="judge_run_cancel",
+    ),
     *(
         path(
             f"projects/<slug:slug>/members/<str:username>/{action}/",

@@ -144,9 +144,11 @@ def start(
     limit: int | None = None,
     round_number: int | None = None,
     created_by: Any = None,
+    queue: bool = True,
 ) -> JudgeRun:
     """A pending run of the judge, queued once the transaction commits (a reward model's on the gpu queue, an LLM's
-    on the default one); ValidationError naming the field for a run that cannot be."""
+    on the default one; queue=False: for the caller to `run` in place); ValidationError naming the field for a run
+    that cannot be."""
     from annotate.tasks import run_judge
 
     if scope not in JudgeRun.Scope.values:
@@ -160,8 +162,9 @@ def start(
     job = JudgeRun.objects.create(
         judge=judge, scope=scope, limit=limit, round_number=round_number, created_by=created_by
     )
-    queue = "gpu" if judge.kind == Judge.Kind.REWARD_MODEL else settings.CELERY_TASK_DEFAULT_QUEUE
-    transaction.on_commit(lambda: run_judge.apply_async((job.pk,), queue=queue))
+    if queue:
+        name = "gpu" if judge.kind == Judge.Kind.REWARD_MODEL else settings.CELERY_TASK_DEFAULT_QUEUE
+        transaction.on_commit(lambda: run_judge.apply_async((job.pk,), queue=name))
     return job
 
 
@@ -199,10 +202,15 @@ def run(job: JudgeRun) -> JudgeRun:
             answered = set(
                 Annotation.objects.filter(annotator=judge.user, task__in=tasks).values_list("task_id", flat=True)
             )
-            for start in range(0, len(tasks), BATCH):
+            size = BATCH
+            if judge.kind == Judge.Kind.REWARD_MODEL:
+                from training.judging import batch_size
+
+                size = batch_size(BATCH)
+            for start in range(0, len(tasks), size):
                 if job.cancel_is_requested():
                     break
-                batch = tasks[start : start + BATCH]
+                batch = tasks[start : start + size]
                 todo = [task for task in batch if task.pk not in answered and can_answer(judge, task.kind)]
                 counts["skipped"] += len(batch) - len(todo)
                 for verdict in verdicts(judge, items_for(todo), should_stop=job.cancel_is_requested):

@@ -19,6 +19,9 @@ LEAD_PERMISSIONS = {
     "project": ("view", "add", "change"),
     "datasetsnapshot": ("view",),
     "importjob": ("view",),
+    # a judge is added, and its rate settings changed; its runs are started and cancelled from the admin
+    "judge": ("view", "add", "change"),
+    "judgerun": ("view", "change"),
     # training and models_registry: launch, watch and cancel rounds; review and promote model versions
     "traininground": ("view", "add", "change"),
     "modelversion": ("view", "change"),
@@ -38,3 +41,17 @@ def project_leads_group(apps: Any = global_apps) -> Any:
         permission_model.objects.filter(content_type__app_label__in=LEAD_APPS, codename__in=codenames)
     )
     return group
+
+
+def create_leads_group(apps: Any, schema_editor: Any) -> None:
+    """The migrations' step that makes (or updates) the group: with the permissions of the lead's apps first."""
+    from django.contrib.auth.management import create_permissions
+
+    # Django creates permissions after the whole migrate run (post_migrate); on a fresh database they do not exist
+    # yet here, so make those of the lead's apps now (it skips any that exist).
+    for label in LEAD_APPS:
+        app_config = apps.get_app_config(label)
+        app_config.models_module = True  # a historical app has none; create_permissions skips an app without one
+        create_permissions(app_config, apps=apps, verbosity=0)
+        app_config.models_module = None
+    project_leads_group(apps)

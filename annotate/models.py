@@ -1906,7 +1906,16 @@ class Judge(models.Model):
     def __str__(self) -> str:
         return f"Judge {self.name} ({self.get_kind_display()})"
 
+    def identity_username(self) -> str:
+        return f"judge.{self.project_id}.{self.name}"[:150]
+
     def clean(self) -> None:
+        people = get_user_model().objects.filter(judge__isnull=True)  # another judge's: the name's constraint says so
+        if self.user_id is None and people.filter(username=self.identity_username()).exists():
+            # A person's account: never the judge's to become.
+            raise ValidationError(
+                {"name": f"The account {self.identity_username()} exists already: choose another name."}
+            )
         if self.kind == self.Kind.REWARD_MODEL:
             if self.model_version_id is None:
                 raise ValidationError({"model_version": "A reward-model judge needs a reward model from the registry."})
@@ -1925,15 +1934,19 @@ class Judge(models.Model):
         """A judge with its identity: a user named judge.<project id>.<name> that cannot log in."""
         judge = cls(project=project, name=name, created_by=created_by, **fields)
         judge.full_clean(exclude=["user"])
+        judge.save_with_identity()
+        return judge
+
+    def save_with_identity(self) -> None:
+        """Save a new, validated judge and its identity together (Judge.create; the admin's add form)."""
         with transaction.atomic():
             user = get_user_model().objects.create_user(
-                username=f"judge.{project.pk}.{name}"[:150], first_name=f"Judge {name}"[:150], is_active=False
+                username=self.identity_username(), first_name=f"Judge {self.name}"[:150], is_active=False
             )
             user.set_unusable_password()
             user.save(update_fields=["password"])
-            judge.user = user
-            judge.save()
-        return judge
+            self.user = user
+            self.save()
 
 
 class JudgeRun(Job):

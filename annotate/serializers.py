@@ -17,6 +17,8 @@ from annotate.models import (
     Assignment,
     DatasetSnapshot,
     ImportJob,
+    Judge,
+    JudgeRun,
     Membership,
     MembershipEvent,
     Project,
@@ -844,3 +846,101 @@ class MemberStateSerializer(serializers.Serializer):
 
 class MembershipEventFilter(QueryFilter):
     username = serializers.CharField(required=False, help_text="One member's decisions only.")
+
+
+# Judges -------------------------------------------------------------------------------------------------------
+
+
+class JudgeSerializer(serializers.ModelSerializer):
+    reward_model = serializers.SerializerMethodField(help_text="A reward-model judge's registry version (reward-v2).")
+    username = serializers.CharField(source="user.username", help_text="The identity its annotations are by.")
+    created_by = serializers.CharField(source="created_by.username", allow_null=True)
+
+    class Meta:
+        model = Judge
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "reward_model",
+            "endpoint",
+            "model_name",
+            "api_key_env",
+            "rubric",
+            "concurrency",
+            "requests_per_minute",
+            "max_retries",
+            "username",
+            "created_by",
+            "created_at",
+        ]
+
+    def get_reward_model(self, judge: Judge) -> str | None:
+        version = judge.model_version
+        return f"{version.kind}-v{version.version}" if version else None
+
+
+class JudgeIn(serializers.Serializer):
+    """A reward model (reward_model) or an LLM endpoint (endpoint and model_name), not both."""
+
+    name = serializers.CharField(max_length=100, help_text="Unique in the project; letters, digits, - and _.")
+    reward_model = serializers.CharField(required=False, help_text="A reward model of the project: reward-v2.")
+    endpoint = serializers.CharField(required=False, help_text="An OpenAI-compatible base URL, ending in /v1.")
+    model_name = serializers.CharField(required=False, help_text="The model the endpoint serves.")
+    rubric = serializers.CharField(required=False, allow_blank=True, default="")
+    api_key_env = serializers.CharField(required=False, allow_blank=True, default="")
+    concurrency = serializers.IntegerField(required=False, min_value=1, max_value=256, default=8)
+    requests_per_minute = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1, default=0)
+    max_retries = serializers.IntegerField(required=False, min_value=0, max_value=10, default=2)
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if ("reward_model" in data) == ("endpoint" in data):
+            raise serializers.ValidationError(
+                {"reward_model": ["Give a reward model, or an endpoint and its model_name: one of them."]}
+            )
+        return data
+
+
+class JudgeRunSerializer(serializers.ModelSerializer):
+    judge = serializers.SlugField(source="judge.name")
+    progress = serializers.SerializerMethodField(
+        help_text="Share of the chosen tasks done (answered, failed, skipped)."
+    )
+    created_by = serializers.CharField(source="created_by.username", allow_null=True)
+
+    class Meta:
+        model = JudgeRun
+        fields = [
+            "id",
+            "judge",
+            "scope",
+            "limit",
+            "round_number",
+            "status",
+            "total",
+            "answered",
+            "failed",
+            "skipped",
+            "progress",
+            "failures",
+            "cancel_requested",
+            "error",
+            "created_by",
+            "created_at",
+            "started_at",
+            "heartbeat_at",
+            "finished_at",
+        ]
+
+    def get_progress(self, run: JudgeRun) -> float:
+        return (run.answered + run.failed + run.skipped) / run.total if run.total else 0.0
+
+
+class JudgeRunIn(serializers.Serializer):
+    scope = serializers.ChoiceField(JudgeRun.Scope.choices, default=JudgeRun.Scope.OPEN)
+    limit = serializers.IntegerField(
+        required=False, min_value=1, max_value=2**31 - 1, help_text="At most this many tasks."
+    )
+    round_number = serializers.IntegerField(
+        required=False, min_value=0, max_value=2**31 - 1, help_text="With scope round: whose new samples."
+    )

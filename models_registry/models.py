@@ -19,6 +19,13 @@ class ModelVersionQuerySet(models.QuerySet):
             .first()
         )
 
+    def named(self, project: Any, kind: str, name: str) -> "ModelVersion | None":
+        """The project's version of this kind named as leads write it: reward-v2, v2 or 2."""
+        number = name.strip().removeprefix(f"{kind}-").removeprefix("v")
+        if not number.isdecimal():
+            return None
+        return self.filter(project=project, kind=kind, version=int(number)).first()
+
 
 class ModelVersion(models.Model):
     class Kind(models.TextChoices):

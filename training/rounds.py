@@ -454,10 +454,7 @@ def _resolve_reward(project: Project, method: str, reward_model: str) -> ModelVe
 
 
 def _version_named(project: Project, kind: str, name: str) -> ModelVersion | None:
-    number = name.removeprefix(f"{kind}-").removeprefix("v")
-    if not number.isdecimal():
-        return None
-    return ModelVersion.objects.filter(project=project, kind=kind, version=int(number)).first()
+    return ModelVersion.objects.named(project, kind, name)
 
 
 def build_config(

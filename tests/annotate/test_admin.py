@@ -16,6 +16,7 @@ from annotate.models import (
     Assignment,
     DatasetSnapshot,
     ImportJob,
+    JudgeRun,
     Membership,
     Project,
     Prompt,
@@ -258,8 +259,10 @@ def test_every_admin_page_renders_for_a_superuser(client, superuser, rows):
     for model in admin.site._registry:
         assert client.get(admin_url(model, "changelist")).status_code == 200, model
         # Snapshots are made by exporting, import jobs by big uploads and model versions by training, never by hand;
-        # "add" a training round is its launch form; django-axes' login records are made by logins, workers by reports.
-        made_elsewhere = model in (DatasetSnapshot, ImportJob, ModelVersion, Worker) or model._meta.app_label == "axes"
+        # "add" a training round is its launch form; django-axes' login records are made by logins, workers by reports,
+        # judge runs by starting them.
+        made_elsewhere = model in (DatasetSnapshot, ImportJob, JudgeRun, ModelVersion, Worker)
+        made_elsewhere = made_elsewhere or model._meta.app_label == "axes"
         expected_add = 403 if made_elsewhere else 200
         assert client.get(admin_url(model, "add"), follow=True).status_code == expected_add, model
         if row := rows["own"].get(model):

@@ -20,8 +20,8 @@ from django.core.files.base import ContentFile
 from django.urls import resolve
 from rest_framework.test import APIClient
 
-from annotate import api_urls
-from annotate.models import Assignment, DatasetSnapshot, ImportJob, Project
+from annotate import api_urls, judges
+from annotate.models import Assignment, DatasetSnapshot, ImportJob, Judge, Project
 from models_registry.models import ModelVersion
 from tests.conftest import PASSWORD
 from training.rounds import launch_round
@@ -32,6 +32,7 @@ JSONL = b'{"id": "new-1", "prompt": "Hello?", "responses": ["Hi.", "Hey."]}\n'
 
 ANSWER = {"preference": "a1"}
 BASE = "tiny/base"  # a hub id: launching does not load it
+NEW_JUDGE = {"name": "new", "endpoint": "http://127.0.0.1:9/v1", "model_name": "m"}
 
 
 class World:
@@ -57,6 +58,8 @@ class World:
         self.import_job = ImportJob.objects.create(project=project, file_name="big.jsonl", created_by=users["lead"])
         self.round = launch_round(project, method="dpo", base=BASE, user=users["lead"])
         self.version = ModelVersion.register(project=project, kind="policy", base_model=BASE)
+        self.judge = Judge.create(project, "llm", kind="llm", endpoint="http://127.0.0.1:9/v1", model_name="m")
+        self.judge_run = judges.start(self.judge)  # pending: no worker here
 
     def lease_id(self, role):
         """The caller's own lease; for callers without one, the annotator's."""
@@ -140,6 +143,18 @@ ENDPOINTS = [
     ("models", "get", lambda w, r: f"{P}/models/", None, (401, 404, 403, 200, 200)),
     ("model", "get", lambda w, r: f"{P}/models/{w.version.pk}/", None, (401, 404, 403, 200, 200)),
     ("model-promote", "post", lambda w, r: f"{P}/models/{w.version.pk}/promote/", None, (401, 404, 403, 200, 200)),
+    ("judges", "get", lambda w, r: f"{P}/judges/", None, (401, 404, 403, 200, 200)),
+    ("judges-create", "post", lambda w, r: f"{P}/judges/", NEW_JUDGE, (401, 404, 403, 201, 201)),
+    ("judge-runs", "get", lambda w, r: f"{P}/judges/llm/runs/", None, (401, 404, 403, 200, 200)),
+    ("judge-runs-start", "post", lambda w, r: f"{P}/judges/llm/runs/", {}, (401, 404, 403, 202, 202)),
+    ("judge-run", "get", lambda w, r: f"{P}/judges/llm/runs/{w.judge_run.pk}/", None, (401, 404, 403, 200, 200)),
+    (
+        "judge-run-cancel",
+        "post",
+        lambda w, r: f"{P}/judges/llm/runs/{w.judge_run.pk}/cancel/",
+        None,
+        (401, 404, 403, 202, 202),
+    ),
     ("schema", "get", lambda w, r: "/api/schema/", None, (200, 200, 200, 200, 200)),
     ("docs", "get", lambda w, r: "/api/docs/", None, (200, 200, 200, 200, 200)),
 ]

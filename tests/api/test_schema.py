@@ -23,7 +23,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from annotate.models import ApiToken, DatasetSnapshot, ImportJob
+from annotate import judges
+from annotate.models import ApiToken, DatasetSnapshot, ImportJob, Judge
 from models_registry.models import ModelVersion
 from training.rounds import launch_round
 
@@ -69,6 +70,9 @@ def test_documented_status_codes(client, db):
     assert codes("/tokens/{token_id}/", "delete") == {"204", "401", "404"}
     assert codes("/projects/{slug}/quality/", "get") == {"200", "401", "403", "404"}
     assert codes("/projects/{slug}/quality/recompute/", "post") == {"202", "401", "403", "404", "409"}
+    assert codes("/projects/{slug}/judges/", "post") == {"201", "400", "401", "403", "404"}
+    assert codes("/projects/{slug}/judges/{name}/runs/", "post") == {"202", "400", "401", "403", "404", "429"}
+    assert codes("/projects/{slug}/judges/{name}/runs/{run_id}/cancel/", "post") == {"202", "401", "403", "404", "409"}
     for action in ("pause", "resume", "exclude", "include"):
         assert codes(f"/projects/{{slug}}/members/{{username}}/{action}/", "post") == {
             "200",
@@ -92,7 +96,7 @@ def test_the_docs_page_is_served_from_static_files(client, db):
 
 class Data:
     """A project with tasks of every kind, some skipped, two leases of the lead's, a ready export, an import job,
-    a spare token, a queued training round and a registered policy."""
+    a spare token, a queued training round, a registered policy and a judge with a pending run."""
 
     def __init__(self, project, lead, annotator, make_task, client_for):
         for kind, texts in [("rating", ["x"]), ("pairwise", ["x", "y"]), ("ranking", ["x", "y", "z"])] * 2:
@@ -121,6 +125,8 @@ class Data:
         self.import_job = ImportJob.objects.create(project=project, file_name="big.jsonl", created_by=lead)
         self.round = launch_round(project, method="dpo", base="tiny/base", user=lead)
         self.version = ModelVersion.register(project=project, kind="policy", base_model="tiny/base")
+        self.judge = Judge.create(project, "llm", kind="llm", endpoint="http://127.0.0.1:9/v1", model_name="m")
+        self.judge_run = judges.start(self.judge)
 
 
 @pytest.fixture
@@ -168,6 +174,8 @@ def test_the_api_keeps_to_its_schema(case, data):
         "version_id": data.version.pk,
         "annotation_id": data.to_change.pk,
         "username": "annotator",  # a member: decisions on them are made, or refused for their reason
+        "name": data.judge.name,
+        "run_id": data.judge_run.pk,
     }
     for name in case.path_parameters or {}:
         case.path_parameters[name] = pinned[name]

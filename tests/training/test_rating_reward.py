@@ -10,11 +10,12 @@ from safetensors.torch import load_file
 
 from tests.training.conftest import FAMILIES, MARKER, TOKENIZERS, marker_pairs, settings, write_jsonl
 from training.engine import reward
-from training.engine.common import REWARD_HEAD_FILE, load_reward_model, load_tokenizer
+from training.engine.common import load_reward_model, load_tokenizer
 from training.engine.config import PPOConfig, RewardConfig
 from training.engine.generate import reward_model_scores, score
 from training.engine.launcher import run_launched
 from training.engine.memory import estimate_memory, read_architecture
+from training.engine.model_files import REWARD_HEAD_FILE
 from training.engine.ppo import train_ppo
 from training.engine.reward import _tokenize, spearman, train_reward
 

@@ -14,7 +14,7 @@ from annotate.models import DatasetSnapshot
 from models_registry.models import ModelVersion
 from tests.training.conftest import marker_pairs, write_jsonl
 from tests.training.test_rounds import launch
-from training.engine.common import REWARD_HEAD_FILE
+from training.engine.model_files import REWARD_HEAD_FILE
 from training.models import TrainingRound
 from training.rounds import run_round
 

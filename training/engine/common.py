@@ -46,7 +46,7 @@ from transformers.utils import is_triton_available
 from trl.trainer.utils import FusedCausalLMOutput, use_adapter
 
 from training.engine.config import DTYPE_NAMES, BaseConfig
-from training.engine.model_files import adapter_base, is_adapter
+from training.engine.model_files import adapter_base, is_adapter, read_reward_head
 
 # Called with (step, total_steps, metrics); returning True asks the stage to stop after the current step.
 ProgressFn = Callable[[int, int, dict[str, float]], bool]
@@ -165,22 +165,6 @@ def as_reference(policy: PeftModel) -> AbstractContextManager:
     """π_ref for the forward passes inside: the round's starting policy. Continuing an adapter, the frozen copy of it
     (REFERENCE_ADAPTER); else the policy with its adapter off, which is the base it started from."""
     return use_adapter(policy, REFERENCE_ADAPTER if REFERENCE_ADAPTER in policy.peft_config else None)
-
-
-# Beside a reward model trained on ratings (reward.py): its outputs ([score, *labels]) and the weight of each in the
-# reward. A model without it (trained on pairs) has one output, which is the reward.
-REWARD_HEAD_FILE = "reward_head.json"
-
-
-def save_reward_head(output_dir: str | Path, outputs: list[str], weights: list[float], objective: str) -> None:
-    head = {"objective": objective, "outputs": outputs, "weights": weights}
-    (Path(output_dir) / REWARD_HEAD_FILE).write_text(json.dumps(head, indent=2) + "\n", encoding="utf-8")
-
-
-def read_reward_head(path: str | Path) -> dict[str, Any] | None:
-    """The head layout saved beside a rating reward model; None for a one-output (pairwise) model."""
-    file = Path(path) / REWARD_HEAD_FILE
-    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
 
 
 def load_reward_model(path: str | Path, device: torch.device | None = None) -> PreTrainedModel:

@@ -16,6 +16,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from training.engine.common import (
     REFERENCE_ADAPTER,
+    WeightedOutputs,
     adapter_base,
     as_reference,
     end_of_turn_id,
@@ -191,16 +192,26 @@ def evaluate_policy(
 
 @torch.no_grad()
 def score(
-    reward_model_path: str, conversations: list[Messages], *, batch_size: int = 8, device: torch.device | None = None
+    reward_model_path: str,
+    conversations: list[Messages],
+    *,
+    batch_size: int = 8,
+    device: torch.device | None = None,
+    outputs: bool = False,
 ) -> torch.Tensor:
-    """The reward model's scalar for each whole conversation (prompt and answer), read at its last real token."""
+    """The reward model's scalar for each whole conversation (prompt and answer), read at its last real token: (N,).
+    outputs: a rating reward model's outputs each instead, σ(z_k) (the score on [0, 1], then each label's share of
+    raters), before the head file's weights sum them into the reward: (N, K)."""
     tokenizer = load_tokenizer(reward_model_path, padding_side="right")
     model = load_reward_model(reward_model_path, device)
+    if outputs and isinstance(model.score, WeightedOutputs):
+        model.score = model.score.head
     rewards = []
     for start in range(0, len(conversations), batch_size):
         texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[start : start + batch_size]]
         inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
-        rewards.append(reward_model_scores(model, inputs["input_ids"], inputs["attention_mask"]).cpu())
+        logits = reward_model_logits(model, inputs["input_ids"], inputs["attention_mask"])  # (B, K)
+        rewards.append((torch.sigmoid(logits) if outputs else logits[:, 0]).cpu())
     return torch.cat(rewards)
 
 
@@ -324,7 +335,13 @@ def reward_model_scores(
 ) -> torch.Tensor:
     """The reward model's logit for each sequence, which the model reads at its last token that is not padding (as
     in training), whichever side the padding is on; positions skip left padding as `generate`'s do. (B, T) -> (B,)."""
-    logits = reward_model(
+    return reward_model_logits(reward_model, input_ids, attention_mask)[:, 0]
+
+
+def reward_model_logits(
+    reward_model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """reward_model_scores' every output, in float32: (B, T) -> (B, K)."""
+    return reward_model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
-    ).logits  # (B, 1)
-    return logits[:, 0].float()
+    ).logits.float()

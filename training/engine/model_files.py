@@ -8,6 +8,7 @@ worker on what the folder lacks.
 
 import json
 from pathlib import Path
+from typing import Any
 
 WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -25,6 +26,23 @@ def is_adapter(path: str | Path) -> bool:
 def adapter_base(path: str | Path) -> str:
     """The base model an adapter directory was trained on."""
     return json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+# Beside a reward model trained on ratings (reward.py): its outputs ([score, *labels]) and the weight of each in the
+# reward. A model without it (trained on pairs) has one output, which is the reward. Here, not in common.py, so that
+# the web process can tell a rating reward model (training/judging.py `rates`) without importing torch.
+REWARD_HEAD_FILE = "reward_head.json"
+
+
+def save_reward_head(output_dir: str | Path, outputs: list[str], weights: list[float], objective: str) -> None:
+    head = {"objective": objective, "outputs": outputs, "weights": weights}
+    (Path(output_dir) / REWARD_HEAD_FILE).write_text(json.dumps(head, indent=2) + "\n", encoding="utf-8")
+
+
+def read_reward_head(path: str | Path) -> dict[str, Any] | None:
+    """The head layout saved beside a rating reward model; None for a one-output (pairwise) model."""
+    file = Path(path) / REWARD_HEAD_FILE
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
 
 
 def missing_files(path: str | Path) -> list[str]:

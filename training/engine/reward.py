@@ -8,7 +8,7 @@ output only): K = 1 + labels logits z, σ(z_0) regressing the answer's mean rati
 the share of its raters who ticked label k (label_shares), each with binary cross-entropy against that soft target:
 score loss + mean label loss. objective=both adds pairs_weight × Bradley-Terry on z_0 over a pairs export in the same
 batches, so σ(z_0) is the score and z_0 differences the preference log-odds. The reward is Σ_k w_k σ(z_k) with the
-lead's label_weights (score 1, labels 0 unless named), written beside the model (common.REWARD_HEAD_FILE) for
+lead's label_weights (score 1, labels 0 unless named), written beside the model (model_files.REWARD_HEAD_FILE) for
 load_reward_model. The report: Spearman's ρ between z_0 and the held-out mean ratings, the share of held-out answer
 pairs with different mean ratings that z_0 orders as people did, the labels' mean absolute error, and (both) pairwise
 accuracy on held-out pairs.
@@ -38,12 +38,12 @@ from training.engine.common import (
     load_tokenizer,
     new_adapter,
     run_training,
-    save_reward_head,
     score_at_last_real_token,
     split_dataset,
     trainer_arguments,
 )
 from training.engine.config import SCORE_OUTPUT, RewardConfig, output_weights
+from training.engine.model_files import save_reward_head
 
 
 def train_reward(
