@@ -1996,3 +1996,19 @@ class JudgeRun(Job):
 
     def cancel_is_requested(self) -> bool:
         return JudgeRun.objects.filter(pk=self.pk, cancel_requested=True).exists()
+
+
+@receiver(post_delete, sender=Judge)
+def _forget_deleted_judge(sender: type, instance: Judge, origin: Any = None, **kwargs: Any) -> None:
+    # A judge deleted takes its answers with it (in the deleting transaction): its votes leave the data and the
+    # measures, the tasks it routed go back to people, and its identity goes. With its project, all go anyway.
+    if isinstance(origin, Project) or getattr(origin, "model", None) is Project:
+        return
+    answered = Task.objects.filter(annotations__annotator_id=instance.user_id).select_related("project").distinct()
+    tasks = list(answered)
+    Annotation.objects.filter(annotator_id=instance.user_id).delete()
+    for task in tasks:
+        task.routed = ""  # the judge's routing decision goes with its answer
+        task.save(update_fields=["routed"])
+        task.refresh_progress()
+    get_user_model().objects.filter(pk=instance.user_id).delete()

@@ -131,3 +131,23 @@ def test_a_task_is_routed_once_whichever_judge_becomes_the_projects(project, jud
     record(successor, verdict(task, confidence=0.2))
     task.refresh_from_db()
     assert (task.routed, task.status, task.priority) == (Task.Routed.PEOPLE_FIRST, Task.Status.OPEN, 1)
+
+
+def test_deleting_the_judge_takes_its_answers_back_and_its_tasks_back_to_people(project, judge):
+    tasks = make_tasks(project, 40)
+    simulate_judge(judge, tasks, accuracy=0.9, seed=2, rule="word:cat", inconsistency=0)
+    assert Task.objects.filter(routed=Task.Routed.JUDGE).exists()
+    user_id = judge.user_id
+
+    judge.delete()
+
+    assert not Annotation.objects.filter(annotator_id=user_id).exists()
+    assert set(Task.objects.filter(pk__in=[t.pk for t in tasks]).values_list("routed", "status")) == {
+        ("", Task.Status.OPEN)
+    }
+    project.refresh_from_db()
+    assert (project.complete_task_count, project.judge_id) == (0, None)
+    assert project.recount_tasks() is None
+    # Its name is free again: the identity went with it.
+    again = Judge.create(project, "sim", kind=Judge.Kind.LLM, endpoint="http://judge.invalid/v1", model_name="sim")
+    assert again.user.username == f"judge.{project.pk}.sim"
