@@ -6,7 +6,7 @@ from typing import Any
 
 from django import forms
 
-from annotate.models import MAX_SCALE_POINTS, MembershipEvent, Project, TaskKind
+from annotate.models import MAX_SCALE_POINTS, Judge, MembershipEvent, Project, TaskKind
 from annotate.quality_reports import THRESHOLDS
 
 
@@ -79,6 +79,15 @@ class ProjectSettingsForm(forms.ModelForm):
     lease_length = MinutesField(
         label="Lease length (minutes)", help_text=Project._meta.get_field("lease_length").help_text
     )
+    routing_confidence = _share(
+        "Confidence to take the judge's label", "0–1: at or above it, the judge's label is taken."
+    )
+    routing_audit_share = _share(
+        "Audit share", "0–1: of the tasks judged confidently, this share still goes to people."
+    )
+    suggestion_control_share = _share(
+        "Control group", "0–1: share of leases shown no suggestion, to measure how often people follow it."
+    )
 
     class Meta:
         model = Project
@@ -87,6 +96,8 @@ class ProjectSettingsForm(forms.ModelForm):
             "edit_window_minutes",
             *("rating_min", "rating_max", "labels", "guidelines"),
             *("samples_per_prompt", "sample_prompts", "pair_selection", "sample_rating_tasks"),
+            *("judge", "judge_votes_count", "routing", "routing_confidence", "routing_audit_share"),
+            *("show_judge_suggestions", "suggestion_control_share"),
         ]
         labels = {
             "overlap": "Overlap (annotations per task)",
@@ -98,6 +109,10 @@ class ProjectSettingsForm(forms.ModelForm):
             "rating_max": "Top of the scale",
             "samples_per_prompt": "Samples per prompt",
             "sample_rating_tasks": "Also make rating tasks of new samples",
+            "judge": "The project's judge",
+            "judge_votes_count": "Judges' answers count toward the overlap",
+            "routing": "Hybrid labelling: route tasks by the judge's answer",
+            "show_judge_suggestions": "Show annotators the judge's suggestion",
         }
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 14})}
 
@@ -105,6 +120,10 @@ class ProjectSettingsForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, label_suffix="", **kwargs)
+        # The project's own judges only: a judge of another project is not offered, and refused if posted.
+        self.fields["judge"].queryset = self.instance.judges.all() if self.instance.pk else Judge.objects.none()
+        self.fields["judge"].empty_label = "None"
+        self.fields["judge"].label_from_instance = lambda judge: f"{judge.name} — {judge.get_kind_display()}"
 
     def scale(self) -> list[dict[str, Any]]:
         """The scale's points as the page lists them, each with its description: as typed, else as saved."""

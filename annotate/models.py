@@ -327,10 +327,22 @@ class Project(models.Model):
             errors["labels"] = "Give a list of non-empty label names."
         elif len(set(self.labels)) != len(self.labels):
             errors["labels"] = "Label names must be unique."
+        errors.update(self._judge_refusals())
         if self.pk and not errors:
             errors.update(self._refusals_against_work_done())
         if errors:
             raise ValidationError(errors)
+
+    def _judge_refusals(self) -> dict[str, str]:
+        """Routing and suggestions need the project's judge, one of its own."""
+        errors = {}
+        if self.judge_id is not None and self.judge.project_id != self.pk:
+            errors["judge"] = f"{self.judge.name} is another project's judge: choose one of this project's."
+        if self.routing and self.judge_id is None:
+            errors["routing"] = "Hybrid labelling routes tasks by the project judge's answers: choose the judge first."
+        if self.show_judge_suggestions and self.judge_id is None:
+            errors["show_judge_suggestions"] = "A suggestion is the project judge's answer: choose the judge first."
+        return errors
 
     # Settings against the work already done (the settings page and the admin) -------------------------------
 

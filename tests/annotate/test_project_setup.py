@@ -8,7 +8,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from annotate import models
-from annotate.models import Annotation, Assignment, Project, Task
+from annotate.models import Annotation, Assignment, Judge, Project, Task
 from tests.annotate.test_pages import make_task
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -46,10 +46,15 @@ def settings_data(project, **changes):
         "samples_per_prompt": project.samples_per_prompt,
         "sample_prompts": project.sample_prompts,
         "pair_selection": project.pair_selection,
+        "judge": project.judge_id or "",
+        "routing_confidence": project.routing_confidence,
+        "routing_audit_share": project.routing_audit_share,
+        "suggestion_control_share": project.suggestion_control_share,
         **{f"description-{point}": text for point, text in project.rating_descriptions.items()},
     }
-    if project.sample_rating_tasks:
-        data["sample_rating_tasks"] = "on"
+    for flag in ("sample_rating_tasks", "judge_votes_count", "routing", "show_judge_suggestions"):
+        if getattr(project, flag):
+            data[flag] = "on"
     return {key: value for key, value in {**data, **changes}.items() if value is not None}
 
 
@@ -382,3 +387,62 @@ class TestTaskPreview:
         assert f'<a href="{preview_url(rating)}">single-sided rating</a>' in page
         assert f'<a href="{preview_url(ranking)}">n-way ranking</a>' in page
         assert "pairwise</a>" not in page
+
+
+class TestJudge:
+    @pytest.fixture
+    def judge(self, project):
+        return Judge.create(project, "rm", kind=Judge.Kind.LLM, endpoint="http://judge.invalid/v1", model_name="m")
+
+    def test_saves_the_judge_routing_and_suggestions(self, lead_client, project, judge):
+        page = lead_client.get(url(project)).content.decode()
+        assert f'<option value="{judge.pk}">rm — LLM (OpenAI-compatible endpoint)</option>' in page
+        for name in ("routing", "routing_confidence", "routing_audit_share", "show_judge_suggestions"):
+            assert f'<label for="id_{name}"' in page, name
+        data = settings_data(project, judge=judge.pk, routing="on", routing_confidence="0.9", routing_audit_share="0.2")
+        data.update(show_judge_suggestions="on", suggestion_control_share="0.25")
+
+        assert lead_client.post(url(project), data).status_code == 302
+
+        project.refresh_from_db()
+        assert (project.judge, project.routing, project.show_judge_suggestions) == (judge, True, True)
+        assert (project.routing_confidence, project.routing_audit_share, project.suggestion_control_share) == (
+            0.9,
+            0.2,
+            0.25,
+        )
+
+    @pytest.mark.parametrize(
+        ("changes", "field", "message"),
+        [
+            ({"routing": "on"}, "routing", "Hybrid labelling routes tasks by the project judge's answers: choose"),
+            ({"show_judge_suggestions": "on"}, "show_judge_suggestions", "A suggestion is the project judge's"),
+            ({"routing_confidence": "1.5"}, "routing_confidence", "Ensure this value is less than or equal to 1."),
+            ({"routing_audit_share": "-0.1"}, "routing_audit_share", "Ensure this value is greater than or equal"),
+            ({"suggestion_control_share": "half"}, "suggestion_control_share", "Enter a number."),
+        ],
+    )
+    def test_each_refused_value_is_named_by_its_field(self, lead_client, project, changes, field, message):
+        response = lead_client.post(url(project), settings_data(project, **changes))
+
+        assert response.status_code == 400
+        errors = response.context["form"].errors
+        assert list(errors) == [field] and errors[field][0].startswith(message)
+        project.refresh_from_db()
+        assert not project.routing and not project.show_judge_suggestions
+
+    def test_another_projects_judge_is_neither_offered_nor_taken(self, lead_client, project, judge):
+        other = Project.objects.create(name="Other", slug="other")
+        theirs = Judge.create(other, "theirs", kind=Judge.Kind.LLM, endpoint="http://judge.invalid/v1", model_name="m")
+
+        assert "theirs" not in lead_client.get(url(project)).content.decode()
+        response = lead_client.post(url(project), settings_data(project, judge=theirs.pk))
+
+        assert response.status_code == 400 and list(response.context["form"].errors) == ["judge"]
+        # The admin goes by Project.clean, which says whose judge it is.
+        project.judge, project.routing = theirs, True
+        with pytest.raises(ValidationError) as refused:
+            project.full_clean()
+        assert refused.value.message_dict == {
+            "judge": ["theirs is another project's judge: choose one of this project's."]
+        }
