@@ -186,7 +186,7 @@ def hybrid(
     from annotate.simulation import simulate_judge
 
     project = build_project(
-        f"hybrid-{accuracy:g}-s{seed}",
+        f"hybrid-{100 * accuracy:g}-s{seed}",  # a slug: no dots
         pool,
         demo,
         routing=True,
@@ -335,18 +335,20 @@ def markdown(seeds: list[dict[str, Any]], figures: dict, args: argparse.Namespac
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pool", type=int, default=400, help="pairwise tasks to label per project (default 400)")
-    parser.add_argument("--budgets", type=ints, default=ints("25,50,100,200,400"), help="human-only votes (25,…,400)")
-    parser.add_argument("--hybrid-budgets", type=ints, default=ints("0,25,50,100"), help="hybrid votes (0,25,50,100)")
+    parser.add_argument("--pool", type=int, default=800, help="pairwise tasks to label per project (default 800)")
+    parser.add_argument(
+        "--budgets", type=ints, default=ints("25,50,100,200,400,800"), help="human-only votes (25,…,800)"
+    )
+    parser.add_argument("--hybrid-budgets", type=ints, default=ints("0,25,50,100,200"), help="hybrid votes (0,…,200)")
     parser.add_argument("--accuracies", type=floats, default=floats("0.75,0.9"), help="judge accuracies (0.75,0.9)")
-    parser.add_argument("--seeds", type=int, default=2, help="pools, bots and judges drawn anew (default 2)")
+    parser.add_argument("--seeds", type=int, default=3, help="pools, bots and judges drawn anew (default 3)")
     parser.add_argument("--held-out", type=int, default=400, help="rule-labelled pairs to score on (default 400)")
     parser.add_argument("--users", type=int, default=4, help="bots (default 4)")
     parser.add_argument("--noise", type=float, default=0.1, help="the bots' share of random answers (default 0.1)")
     parser.add_argument("--inconsistency", type=float, default=0.1, help="judge's position-inconsistent share (0.1)")
     parser.add_argument("--routing-confidence", type=float, default=0.8, help="Project.routing_confidence (0.8)")
     parser.add_argument("--audit-share", type=float, default=0.1, help="Project.routing_audit_share (0.1)")
-    parser.add_argument("--epochs", type=float, default=1, help="reward model epochs (default 1)")
+    parser.add_argument("--epochs", type=float, default=2, help="reward model epochs (default 2)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap draws (default 2000)")
     parser.add_argument("--demo-policy", type=Path, help="a demo policy built before (default: build one, ~1 min)")
     parser.add_argument("--output", type=Path, default=OUTPUT, help="where the run's folder goes (benchmarks/output)")
