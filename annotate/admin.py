@@ -19,7 +19,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
-from annotate.exports import EXPORT_OPTIONS, Aggregation, queue_export
+from annotate.exports import EXPORT_OPTIONS, Aggregation, Votes, queue_export
 from annotate.import_jobs import import_upload
 from annotate.importing import ImportFailed
 from annotate.leads import LEAD_PERMISSIONS, LEADS_GROUP, project_leads_group  # noqa: F401 (imported from here)
@@ -122,7 +122,9 @@ class DatasetFiltersForm(forms.Form):
     until = forms.DateTimeField(required=False)
     annotator = forms.CharField(required=False)
     min_agreement = forms.FloatField(required=False, min_value=0, max_value=1)
-    # Blank is the default, majority: a round that only samples takes no filters, and this one always has a value.
+    # Blank is the default (human, majority): a round that only samples takes no filters, and these always have a
+    # value.
+    votes = forms.ChoiceField(required=False, choices=[("", f"{Votes.HUMAN.label} (default)"), *Votes.choices[1:]])
     aggregation = forms.ChoiceField(
         required=False, choices=[("", f"{Aggregation.MAJORITY.label} (default)"), *Aggregation.choices[1:]]
     )

@@ -2,7 +2,8 @@
 
 Majority voting (annotate/votes.py) counts every vote the same; Dawid–Skene weighs each by how reliable its voter is.
 `fit_sides` reads every vote that counts in the project (annotate/votes.py's votes on pairs, from human and imported
-answers: not automatic ties, not gold tasks, not members whose votes are excluded) and fits Dawid–Skene
+answers, or judges' where the export takes them: not automatic ties, not gold tasks, not members whose votes are
+excluded) and fits Dawid–Skene
 (annotate/quality.py's EM) to their sides, each pair of a task an item with a true side a, b or tie, each annotator a
 worker with a confusion matrix of their own (imported answers together one worker). The fit keeps what a decision
 needs, the prior of each side and every voter's confusion matrix, not the items: a pair's posterior is then
@@ -65,8 +66,14 @@ class SideModel:
 _LABEL = {1: int(PAIR_LABELS[2]), -1: int(PAIR_LABELS[0]), 0: int(PAIR_LABELS[1])}  # a vote's sign → its label
 
 
-def fit_sides(project: Project) -> SideModel:
-    """Fit Dawid–Skene to every vote on a pair that counts in the project."""
+def fit_sides(project: Project, *, votes: str = "human") -> SideModel:
+    """Fit Dawid–Skene to every vote on a pair that counts in the project: people's and imported ones (votes
+    "human"), judges' ("judge"), or all of them ("both": each judge a voter whose reliability the fit measures)."""
+    sources = {
+        "human": [Annotation.Source.HUMAN, Annotation.Source.IMPORTED],
+        "judge": [Annotation.Source.JUDGE],
+        "both": [Annotation.Source.HUMAN, Annotation.Source.IMPORTED, Annotation.Source.JUDGE],
+    }[votes]
     excluded = set(project.excluded_voters().values_list("user_id", flat=True))
     voters: dict[int | None, int] = {}
     items, workers, labels = array("q"), array("q"), array("q")
@@ -91,8 +98,7 @@ def fit_sides(project: Project) -> SideModel:
                     order.setdefault(task_id, []).append(response_id)
         first_item: dict[int, int] = {}  # a task's first item; a ranking's pairs follow in combinations' order
         for task_id, voter, choice, strength, both_bad, ranking in (
-            Annotation.objects.filter(task__gte=first, task__lte=last)
-            .exclude(source__in=[Annotation.Source.AUTO, Annotation.Source.GOLD])
+            Annotation.objects.filter(task__gte=first, task__lte=last, source__in=sources)
             .order_by("task_id", "id")
             .values_list("task_id", "annotator_id", "choice", "strength", "both_bad", Cast("ranking", TextField()))
         ):

@@ -103,7 +103,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.db import connection, models, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -112,6 +112,7 @@ from annotate.models import (
     Annotation,
     Assignment,
     DatasetSnapshot,
+    Judge,
     Project,
     Prompt,
     QuotaReached,
@@ -120,7 +121,7 @@ from annotate.models import (
     TaskKind,
     TaskResponse,
 )
-from annotate.votes import Decision, Tally, decide, pairwise_vote, ranking_votes, tally, tally_rankings
+from annotate.votes import Decision, Tally, Vote, decide, pairwise_vote, ranking_votes, tally, tally_rankings
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -150,6 +151,12 @@ Style = DatasetSnapshot.Style
 Status = DatasetSnapshot.Status
 
 
+class Votes(models.TextChoices):
+    HUMAN = "human", "People's (and imported) answers only"
+    JUDGE = "judge", "Judges' answers only"
+    BOTH = "both", "Both, each judge's vote weighted by its measured agreement with people"
+
+
 class Aggregation(models.TextChoices):
     MAJORITY = "majority", "Majority: the side with the larger sum of votes"
     DAWID_SKENE = "dawid-skene", "Dawid–Skene: the most probable side, each voter weighed by their reliability"
@@ -172,6 +179,12 @@ EXPORT_OPTIONS: dict[str, ExportOption] = {
     "annotator": ExportOption(None, tuple(Kind.values), "Only this annotator's annotations (username)."),
     "min_agreement": ExportOption(
         None, (Kind.PAIRS, Kind.SFT), "Leave out pairs whose voters agree less than this (0 to 1)."
+    ),
+    "votes": ExportOption(
+        Votes.HUMAN,
+        tuple(Kind.values),
+        "Whose answers: human (people's and imported ones; judges' never), judge (judges' only), or both (a judge's "
+        "vote weighted by its measured agreement with people).",
     ),
     "aggregation": ExportOption(
         Aggregation.MAJORITY,
@@ -205,8 +218,51 @@ def create_snapshot(
             raise ValidationError({name: f"Must be one of {', '.join(choices.values)}, not {value!r}."})
     options = _clean_options(project, kind, filters if filters is not None else {})
     return DatasetSnapshot.objects.create(
-        project=project, kind=kind, format=format, style=style, filters=options, created_by=user
+        project=project,
+        kind=kind,
+        format=format,
+        style=style,
+        filters=options,
+        judge_weights=_judge_weights(project, kind, options),
+        created_by=user,
     )
+
+
+def _weighs_judges(kind: str, options: Mapping[str, Any]) -> bool:
+    """Whether judges' votes are weighted: votes=both, where votes are added up by majority (pairs and sft) or
+    averaged (unpaired). The votes kind lists answers; Dawid–Skene weighs a judge, as any voter, by its fit."""
+    if options["votes"] != Votes.BOTH or kind == Kind.VOTES:
+        return False
+    return kind == Kind.UNPAIRED or options["aggregation"] == Aggregation.MAJORITY
+
+
+def _judge_weights(project: Project, kind: str, options: Mapping[str, Any]) -> dict[str, float] | None:
+    """Each judge that answered in the project, by name, with its weight (annotate/votes.py), where judges' votes are
+    weighted; ValidationError where a judge has no measured agreement yet."""
+    if not _weighs_judges(kind, options):
+        return None
+    from annotate.judge_quality import measured_agreement
+
+    weights = {}
+    for judge in project.judges.filter(Exists(Annotation.objects.filter(annotator=OuterRef("user_id")))):
+        if (weight := measured_agreement(judge)) is None:
+            raise ValidationError(
+                {
+                    "votes": f"Judge {judge.name} has no measured agreement with people yet (no pairwise or rating "
+                    "task that people and it both answered), so its votes have no weight: let people answer some of "
+                    "the tasks it answered, or export votes=human or judge."
+                }
+            )
+        weights[judge.name] = weight
+    return weights
+
+
+def _judge_voters(snapshot: DatasetSnapshot) -> dict[int, float]:
+    """The weighted judges' user ids and weights: those recorded on the snapshot (a judge added since counts not)."""
+    if snapshot.judge_weights is None:
+        return {}
+    judges = Judge.objects.filter(project=snapshot.project_id, name__in=snapshot.judge_weights)
+    return {user_id: snapshot.judge_weights[name] for name, user_id in judges.values_list("name", "user_id")}
 
 
 def queue_export(project: Project, *, user: Any, **options: Any) -> DatasetSnapshot:
@@ -320,6 +376,9 @@ def _clean_options(project: Project, kind: str, filters: Mapping[str, Any]) -> d
         options[name] = value
     if options["since"] and options["until"] and options["since"] >= options["until"]:
         raise ValidationError({"until": "Must be later than since."})
+    annotator = options["annotator"]
+    if annotator and options["votes"] == Votes.HUMAN and project.judges.filter(user__username=annotator).exists():
+        raise ValidationError({"annotator": f"{annotator} is a judge: export votes=judge or both."})
     for name in ("since", "until"):
         options[name] = options[name] and options[name].isoformat()
     return options
@@ -349,9 +408,10 @@ def _clean_option(project: Project, name: str, value: Any) -> Any:
         if project.memberships.filter(user__username=value, votes_excluded=True).exists():
             raise ValidationError({name: f"{value}'s votes are excluded from {project.slug}'s data: none to export."})
         return value
-    if name == "aggregation":
-        if value not in Aggregation.values:
-            raise ValidationError({name: f"Must be one of {', '.join(Aggregation.values)}, not {value!r}."})
+    if name in ("aggregation", "votes"):
+        choices = Aggregation if name == "aggregation" else Votes
+        if value not in choices.values:
+            raise ValidationError({name: f"Must be one of {', '.join(choices.values)}, not {value!r}."})
         return value
     if name == "min_agreement":
         if isinstance(value, str):
@@ -459,6 +519,18 @@ class _Sql:
         self.annotations, self.annotation_params = "1 = 1", []
         if snapshot.kind != Kind.VOTES:
             self.annotations, self.annotation_params = "a.source <> %s", [Annotation.Source.AUTO.value]
+        judge, votes = Annotation.Source.JUDGE.value, options.get("votes", Votes.HUMAN)  # older snapshots: human
+        if votes == Votes.HUMAN:
+            self.annotations += " AND a.source <> %s"
+            self.annotation_params.append(judge)
+        elif votes == Votes.JUDGE:
+            self.annotations += " AND a.source = %s"
+            self.annotation_params.append(judge)
+        elif snapshot.judge_weights is not None:  # both, weighted: only the judges that have a weight
+            weighted = list(_judge_voters(snapshot)) or [0]
+            listed = ", ".join(["%s"] * len(weighted))
+            self.annotations += f" AND (a.source <> %s OR a.annotator_id IN ({listed}))"
+            self.annotation_params += [judge, *weighted]
         for name, operator in (("since", ">="), ("until", "<")):
             if options[name]:
                 self.annotations += f" AND a.created_at {operator} %s"
@@ -622,14 +694,20 @@ def _read_task_data(sql: _Sql, chunk: _Chunk, first: int, last: int) -> None:
 class _Rated(NamedTuple):
     prompt_id: int
     response: _Response
-    total: int  # sum of its scores
+    total: float  # sum of its scores, each times its weight (annotate/votes.py; 1 but for weighted judges)
     ratings: int
-    ticks: Counter  # label → how many of those ratings ticked it (read by the unpaired kind only)
+    ticks: Counter  # label → how many of those ratings ticked it, weighted (read by the unpaired kind only)
+    weight: float  # the ratings' weights added up: `ratings` where none is weighted
+
+    @property
+    def score(self) -> float:
+        return self.total / self.weight
 
 
-def _rated(chunk: _Chunk) -> list[_Rated]:
+def _rated(chunk: _Chunk, weights: Mapping[int, float]) -> list[_Rated]:
     """The chunk's rated responses, by prompt and response id, with their score totals (and label ticks, where
-    the chunk read the annotations' labels)."""
+    the chunk read the annotations' labels); a judge's rating counts as its weight of one, as its vote does. A
+    response whose ratings all weigh nothing is left out (it has no mean)."""
     sums: dict[tuple[int, int], list] = {}
     for task_id, task in chunk.tasks.items():
         if task.kind != TaskKind.RATING:
@@ -638,15 +716,26 @@ def _rated(chunk: _Chunk) -> list[_Rated]:
         if not rows:
             continue
         # labels (JSON text) come last, after _ANSWER_COLUMNS, where the chunk read them: see _Sql
-        ticks = Counter(label for row in rows if len(row) > _LABELS for label in orjson.loads(row[_LABELS]))
+        ticks: Counter = Counter()
+        for row in rows:
+            if len(row) > _LABELS:
+                for label in orjson.loads(row[_LABELS]):
+                    ticks[label] += weights.get(row[6], 1)
+        if weights:
+            weight = sum(weights.get(row[6], 1) for row in rows)
+            score = sum(row[1] * weights.get(row[6], 1) for row in rows)
+        else:  # whole numbers, compared exactly
+            weight, score = len(rows), sum(row[1] for row in rows)
         for response in chunk.task_responses[task_id]:
-            total = sums.setdefault((task.prompt_id, response.id), [0, 0, Counter()])
-            total[0] += sum(row[1] for row in rows)
+            total = sums.setdefault((task.prompt_id, response.id), [0, 0, Counter(), 0])
+            total[0] += score
             total[1] += len(rows)
             total[2] += ticks
+            total[3] += weight
     return [
-        _Rated(prompt_id, chunk.responses[response_id], total, n, ticks)
-        for (prompt_id, response_id), (total, n, ticks) in sorted(sums.items())
+        _Rated(prompt_id, chunk.responses[response_id], total, n, ticks, weight)
+        for (prompt_id, response_id), (total, n, ticks, weight) in sorted(sums.items())
+        if weight
     ]
 
 
@@ -690,9 +779,12 @@ def _decide(
     )  # fmt: skip
 
 
-def _chunk_pairs(snapshot: DatasetSnapshot, chunk: _Chunk, sides: "SideModel | None") -> list[_Pair]:
+def _chunk_pairs(
+    snapshot: DatasetSnapshot, chunk: _Chunk, sides: "SideModel | None", weights: Mapping[int, float]
+) -> list[_Pair]:
     """The pairs of these prompts: by prompt, then task and positions, then the pairs from ratings. Decided by
-    majority, or by `sides` (a Dawid–Skene fit) when given."""
+    majority (a weighted judge's vote counting as its weight of one: `weights`, judge user id → weight), or by
+    `sides` (a Dawid–Skene fit) when given."""
     if sides is not None:
         return _chunk_pairs_by(sides, snapshot, chunk)
     pairs, options = [], snapshot.filters
@@ -701,6 +793,9 @@ def _chunk_pairs(snapshot: DatasetSnapshot, chunk: _Chunk, sides: "SideModel | N
             continue
         if task.kind == TaskKind.RATING:
             pairs += _correction_pairs(chunk, task_id, rows)
+            continue
+        if weights and any(row[6] in weights for row in rows):
+            pairs += _weighted_pairs(chunk, task_id, rows, weights, options)
             continue
         # The votes of the task's annotations (rows of _ANSWER_COLUMNS) on each pair of its responses, by the vote
         # model (annotate/votes.py).
@@ -716,7 +811,39 @@ def _chunk_pairs(snapshot: DatasetSnapshot, chunk: _Chunk, sides: "SideModel | N
         for (a, b), tally in tally_rankings((orjson.loads(row[5]) for row in rows), list(responses)).items():
             if pair := _decide(task.prompt_id, task_id, responses[a], responses[b], tally, decide(tally), options):
                 pairs.append(pair)
-    return _with_rating_pairs(snapshot, chunk, pairs)
+    return _with_rating_pairs(snapshot, chunk, pairs, weights)
+
+
+def _weighted_pairs(
+    chunk: _Chunk, task_id: int, rows: list[tuple], weights: Mapping[int, float], options: dict[str, Any]
+) -> list[_Pair]:
+    """The pairs of a task that weighted judges voted on: each decided on its weighted tally (annotate/votes.py),
+    with the whole vote counts; a pair whose votes all weigh nothing is left out (nothing decides it)."""
+    task, responses = chunk.tasks[task_id], chunk.task_responses[task_id]
+    votes = _task_votes(task.kind, responses, rows)
+    pairs = []
+    for (a, b), pair_votes in votes.items():
+        counted, weighed = Tally(), Tally()
+        for voter, vote in pair_votes:
+            counted.add(vote)
+            weighed.add_weighted(vote, weights.get(voter, 1))
+        if weighed.votes and (pair := _decide(task.prompt_id, task_id, a, b, counted, decide(weighed), options)):
+            pairs.append(pair)
+    return pairs
+
+
+def _task_votes(
+    kind: str, responses: list[_Response], rows: list[tuple]
+) -> dict[tuple[_Response, _Response], list[tuple[int | None, Vote]]]:
+    """Each pair of a task's responses (a before b in position order) with its votes, each (voter, Vote)."""
+    if kind == TaskKind.PAIRWISE:
+        return {(responses[0], responses[1]): [(row[6], pairwise_vote(*row[2:5])) for row in rows]}
+    by_id = {response.id: response for response in responses}
+    votes: dict[tuple[_Response, _Response], list[tuple[int | None, Vote]]] = {}
+    for row in rows:
+        for (a, b), vote in ranking_votes(orjson.loads(row[5]), list(by_id)).items():
+            votes.setdefault((by_id[a], by_id[b]), []).append((row[6], vote))
+    return votes
 
 
 def _chunk_pairs_by(sides: "SideModel", snapshot: DatasetSnapshot, chunk: _Chunk) -> list[_Pair]:
@@ -728,21 +855,12 @@ def _chunk_pairs_by(sides: "SideModel", snapshot: DatasetSnapshot, chunk: _Chunk
         if task.kind == TaskKind.RATING:
             pairs += _correction_pairs(chunk, task_id, rows)
             continue
-        responses = chunk.task_responses[task_id]
-        votes: dict[tuple[_Response, _Response], list[tuple[int | None, Any]]] = {}  # pair → (voter, Vote)
-        if task.kind == TaskKind.PAIRWISE:
-            votes[responses[0], responses[1]] = [(row[6], pairwise_vote(*row[2:5])) for row in rows]
-        else:
-            by_id = {response.id: response for response in responses}
-            for row in rows:
-                for (a, b), vote in ranking_votes(orjson.loads(row[5]), list(by_id)).items():
-                    votes.setdefault((by_id[a], by_id[b]), []).append((row[6], vote))
-        for (a, b), pair_votes in votes.items():
+        for (a, b), pair_votes in _task_votes(task.kind, chunk.task_responses[task_id], rows).items():
             pair_tally = tally(vote for _, vote in pair_votes)
             decision = sides.decide(pair_tally, [(voter, vote.value) for voter, vote in pair_votes])
             if pair := _decide(task.prompt_id, task_id, a, b, pair_tally, decision, options):
                 pairs.append(pair)
-    return _with_rating_pairs(snapshot, chunk, pairs)
+    return _with_rating_pairs(snapshot, chunk, pairs, {})
 
 
 def _correction_pairs(chunk: _Chunk, task_id: int, rows: list[tuple]) -> list[_Pair]:
@@ -757,17 +875,19 @@ def _correction_pairs(chunk: _Chunk, task_id: int, rows: list[tuple]) -> list[_P
     ]
 
 
-def _with_rating_pairs(snapshot: DatasetSnapshot, chunk: _Chunk, pairs: list[_Pair]) -> list[_Pair]:
+def _with_rating_pairs(
+    snapshot: DatasetSnapshot, chunk: _Chunk, pairs: list[_Pair], weights: Mapping[int, float]
+) -> list[_Pair]:
     """The task pairs, and after each prompt's those that ratings make (ratings_as_pairs)."""
     if snapshot.filters["ratings_as_pairs"]:
         scale = snapshot.project.rating_max - snapshot.project.rating_min
-        for prompt_id, rated in groupby(_rated(chunk), key=itemgetter(0)):
+        for prompt_id, rated in groupby(_rated(chunk, weights), key=itemgetter(0)):
             for x, y in combinations(rated, 2):
-                if x.total * y.ratings == y.total * x.ratings:  # equal means, compared exactly
+                if x.total * y.weight == y.total * x.weight:  # equal means, compared exactly (whole numbers)
                     continue
-                better, worse = (x, y) if x.total * y.ratings > y.total * x.ratings else (y, x)
+                better, worse = (x, y) if x.total * y.weight > y.total * x.weight else (y, x)
                 # The difference of the means on the votes' scale: the whole rating scale is 2, "much better".
-                margin = 2 * (better.total / better.ratings - worse.total / worse.ratings) / scale
+                margin = 2 * (better.score - worse.score) / scale
                 ratings = x.ratings + y.ratings
                 pairs.append(
                     _Pair(
@@ -787,13 +907,14 @@ def _rows(snapshot: DatasetSnapshot) -> Iterator[dict[str, Any]]:
         from annotate.aggregation import fit_sides  # numpy: a majority export does without it
 
         started = monotonic()
-        sides = fit_sides(snapshot.project)
+        sides = fit_sides(snapshot.project, votes=snapshot.filters.get("votes", Votes.HUMAN))
         logger.info("Export %s: Dawid-Skene fit in %.2f s", snapshot.pk, monotonic() - started)
+    weights = _judge_voters(snapshot)
     kind_rows = {
-        Kind.PAIRS: partial(_pair_rows, sides=sides),
-        Kind.UNPAIRED: _unpaired_rows,
+        Kind.PAIRS: partial(_pair_rows, sides=sides, weights=weights),
+        Kind.UNPAIRED: partial(_unpaired_rows, weights=weights),
         Kind.VOTES: _vote_rows,
-        Kind.SFT: partial(_sft_rows, sides=sides),
+        Kind.SFT: partial(_sft_rows, sides=sides, weights=weights),
     }
     for chunk in _chunks(snapshot):
         rendered = {prompt_id: _render(prompt.messages, snapshot.style) for prompt_id, prompt in chunk.prompts.items()}
@@ -811,9 +932,13 @@ def _completion(text: str, style: str) -> list[dict[str, str]] | str:
 
 
 def _pair_rows(
-    snapshot: DatasetSnapshot, chunk: _Chunk, rendered: dict[int, Any], sides: "SideModel | None"
+    snapshot: DatasetSnapshot,
+    chunk: _Chunk,
+    rendered: dict[int, Any],
+    sides: "SideModel | None",
+    weights: Mapping[int, float],
 ) -> Iterator[dict[str, Any]]:
-    for pair in _chunk_pairs(snapshot, chunk, sides):
+    for pair in _chunk_pairs(snapshot, chunk, sides, weights):
         yield {
             "prompt": rendered[pair.prompt_id],
             "chosen": _completion(pair.chosen.content, snapshot.style),
@@ -836,22 +961,24 @@ def _pair_rows(
         }
 
 
-def _unpaired_rows(snapshot: DatasetSnapshot, chunk: _Chunk, rendered: dict[int, Any]) -> Iterator[dict[str, Any]]:
+def _unpaired_rows(
+    snapshot: DatasetSnapshot, chunk: _Chunk, rendered: dict[int, Any], weights: Mapping[int, float]
+) -> Iterator[dict[str, Any]]:
     project = snapshot.project
     width, labels = project.rating_max - project.rating_min, project.labels
-    for rated in _rated(chunk):
+    for rated in _rated(chunk, weights):
         yield {
             "prompt": rendered[rated.prompt_id],
             "completion": _completion(rated.response.content, snapshot.style),
-            # mean > midpoint, in whole numbers: total / n > (min + max) / 2
-            "label": 2 * rated.total > (project.rating_min + project.rating_max) * rated.ratings,
-            "score": rated.total / rated.ratings,
+            # mean > midpoint, in whole numbers (but for weighted judges): total / weight > (min + max) / 2
+            "label": 2 * rated.total > (project.rating_min + project.rating_max) * rated.weight,
+            "score": rated.score,
             "ratings": rated.ratings,
             "prompt_id": chunk.prompts[rated.prompt_id].external_id,
             "response_id": rated.response.id,
             "model_version": rated.response.model_version,
-            "scaled_score": (rated.total / rated.ratings - project.rating_min) / width,
-            "label_shares": [{"label": label, "share": rated.ticks[label] / rated.ratings} for label in labels],
+            "scaled_score": (rated.score - project.rating_min) / width,
+            "label_shares": [{"label": label, "share": rated.ticks[label] / rated.weight} for label in labels],
         }
 
 
@@ -910,10 +1037,14 @@ def _pseudonym(user_id: int) -> str:
 
 
 def _sft_rows(
-    snapshot: DatasetSnapshot, chunk: _Chunk, rendered: dict[int, Any], sides: "SideModel | None"
+    snapshot: DatasetSnapshot,
+    chunk: _Chunk,
+    rendered: dict[int, Any],
+    sides: "SideModel | None",
+    weights: Mapping[int, float],
 ) -> Iterator[dict[str, Any]]:
     options, responses = snapshot.filters, chunk.responses
-    best = {(pair.prompt_id, pair.chosen.id): pair.chosen for pair in _chunk_pairs(snapshot, chunk, sides)}
+    best = {(pair.prompt_id, pair.chosen.id): pair.chosen for pair in _chunk_pairs(snapshot, chunk, sides, weights)}
     # Human-written responses: imported demonstrations (no author) and annotators' written answers and corrections.
     human = Response.objects.filter(id__in=[r.id for r in responses.values() if r.source == Response.Source.HUMAN])
     human = human.exclude(author__in=snapshot.project.excluded_voters().values("user_id"))
@@ -929,8 +1060,9 @@ def _sft_rows(
         human = human.filter(created_at__gte=options["since"])
     if options["until"]:
         human = human.filter(created_at__lt=options["until"])
-    for prompt_id, response_id in human.values_list("prompt_id", "id"):
-        best[prompt_id, response_id] = responses[response_id]
+    if options.get("votes") != Votes.JUDGE:  # what people wrote is no judge's answer
+        for prompt_id, response_id in human.values_list("prompt_id", "id"):
+            best[prompt_id, response_id] = responses[response_id]
     for (prompt_id, _), response in sorted(best.items(), key=itemgetter(0)):
         if snapshot.style == Style.CONVERSATIONAL:
             text = {"messages": [*rendered[prompt_id], *_completion(response.content, Style.CONVERSATIONAL)]}

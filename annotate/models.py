@@ -1511,6 +1511,12 @@ class DatasetSnapshot(Job):
     format = models.CharField(max_length=16, choices=Format.choices, default=Format.JSONL)
     style = models.CharField(max_length=16, choices=Style.choices, default=Style.CONVERSATIONAL)
     filters = models.JSONField(default=dict, blank=True, help_text="The filters and options the export ran with.")
+    judge_weights = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="votes=both: each judge's weight (its measured agreement with people when the export was asked "
+        "for), by name; empty where no weight applies.",
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     rows_written = models.PositiveIntegerField(default=0, help_text="Progress while running; the total when ready.")
     row_count = models.PositiveIntegerField(null=True, blank=True)

@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from annotate.answers import PREFERENCES
-from annotate.exports import EXPORT_OPTIONS, Aggregation
+from annotate.exports import EXPORT_OPTIONS, Aggregation, Votes
 from annotate.importing import FORMATS
 from annotate.models import (
     Annotation,
@@ -576,6 +576,7 @@ class ExportFiltersSerializer(serializers.Serializer):
     until = _export_option(serializers.CharField, "until")
     annotator = _export_option(serializers.CharField, "annotator")
     min_agreement = _export_option(serializers.FloatField, "min_agreement", min_value=0, max_value=1)
+    votes = _export_option(serializers.ChoiceField, "votes", choices=Votes.choices)
     aggregation = _export_option(serializers.ChoiceField, "aggregation", choices=Aggregation.choices)
     include_ties = _export_option(JsonBooleanField, "include_ties")
     include_both_bad = _export_option(JsonBooleanField, "include_both_bad")
@@ -600,6 +601,11 @@ class SnapshotSerializer(serializers.ModelSerializer):
     project = serializers.SlugField(source="project.slug")
     created_by = serializers.CharField(source="created_by.username", allow_null=True)
     filters = serializers.DictField()
+    judge_weights = serializers.DictField(
+        child=serializers.FloatField(),
+        allow_null=True,
+        help_text="votes=both: each judge's weight, its measured agreement with people; null where none applies.",
+    )
     download_url = serializers.SerializerMethodField(help_text="Where to get the file, once status is ready.")
 
     class Meta:
@@ -611,6 +617,7 @@ class SnapshotSerializer(serializers.ModelSerializer):
             "format",
             "style",
             "filters",
+            "judge_weights",
             "status",
             "rows_written",
             "row_count",

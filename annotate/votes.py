@@ -9,6 +9,12 @@ exports, the models page and the quality measures; agreement, which reads no pos
 - A ranking (groups of response ids, best first) is a vote on every pair of its task's responses: +1 or −1 for the
   one in the better group, a tie vote (0) where it puts both in one group; never both_bad.
 - A tally adds up the votes on one pair: their sum, how many for a, for b and tied, and how many said both bad.
+- A weighted vote (a judge's, in an export or a round that takes votes=both: its weight is the judge's measured
+  agreement with people, annotate/judge_quality.py, from 0 to 1) counts as that share of one vote everywhere a tally
+  reads it: weight × value in the sum, weight (not 1) for a, for b or tied, and weight in both_bad. A decision then
+  reads the tally as it reads whole votes, so a judge that agrees with people 60 % of the time moves a pair as much as
+  0.6 of a person's vote does, and an export's vote counts (how many answers) stay whole: the weights are in the
+  sum, the margin and the agreement only.
 - Deciding a pair (majority): the sign of the sum picks the winner, a sum of 0 is a tie. agreement = the share of
   votes on the winning side (for a tie, the share of tie votes); margin = |sum| / votes, the mean strength towards
   the winner, from 0 to 2; the pair is both_bad when more than half of its votes say so.
@@ -83,14 +89,15 @@ def _ranked(ranking: Sequence[Sequence[int]], pairs: list[tuple[int, int]]) -> l
 class Tally:
     """The votes on one pair."""
 
-    total: int = 0  # the sum of their values
-    for_a: int = 0
-    for_b: int = 0
-    ties: int = 0
-    both_bad: int = 0  # votes that said both are bad
+    # Whole numbers, but for weighted votes (add_weighted).
+    total: float = 0  # the sum of their values
+    for_a: float = 0
+    for_b: float = 0
+    ties: float = 0
+    both_bad: float = 0  # votes that said both are bad
 
     @property
-    def votes(self) -> int:
+    def votes(self) -> float:
         return self.for_a + self.for_b + self.ties
 
     def add(self, vote: Vote) -> None:
@@ -100,6 +107,15 @@ class Tally:
         self.for_b += value < 0
         self.ties += value == 0
         self.both_bad += both_bad
+
+    def add_weighted(self, vote: Vote, weight: float) -> None:
+        """Add a vote that counts as `weight` of one (a judge's)."""
+        value, both_bad = vote
+        self.total += weight * value
+        self.for_a += weight * (value > 0)
+        self.for_b += weight * (value < 0)
+        self.ties += weight * (value == 0)
+        self.both_bad += weight * both_bad
 
 
 def tally(votes: Iterable[Vote]) -> Tally:

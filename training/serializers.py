@@ -62,7 +62,7 @@ class LaunchIn(serializers.Serializer):
 class RoundSnapshotSerializer(serializers.ModelSerializer):
     class Meta:
         model = DatasetSnapshot
-        fields = ["id", "status", "row_count", "sha256"]
+        fields = ["id", "status", "row_count", "sha256", "judge_weights"]
 
 
 class RoundSerializer(serializers.ModelSerializer):

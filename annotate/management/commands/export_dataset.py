@@ -28,6 +28,9 @@ class Command(BaseCommand):
         filters.add_argument("--annotator", help="only this username's annotations")
         filters.add_argument("--min-agreement", help="pairs and sft: least share of votes for the winner (0-1)")
         filters.add_argument(
+            "--votes", help="whose answers: human (the default; judges' never), judge, or both (judges' weighted)"
+        )
+        filters.add_argument(
             "--aggregation",
             choices=Aggregation.values,
             help="pairs and sft: how a pair is decided (majority, the default; dawid-skene)",
@@ -41,7 +44,7 @@ class Command(BaseCommand):
         project = Project.objects.filter(slug=project_slug).first()
         if project is None:
             raise CommandError(f"No project {project_slug!r}.")
-        names = ["split", "round", "since", "until", "annotator", "min_agreement", "aggregation"]
+        names = ["split", "round", "since", "until", "annotator", "min_agreement", "votes", "aggregation"]
         names += ["include_ties", "include_both_bad", "ratings_as_pairs", "reveal_annotators"]
         try:
             snapshot = create_snapshot(
@@ -62,4 +65,7 @@ class Command(BaseCommand):
             shutil.copyfileobj(source, target)
         self.stdout.write(f"sha256 {snapshot.sha256}")
         self.stdout.write(f"rows {snapshot.row_count}")
+        if snapshot.judge_weights:
+            weights = ", ".join(f"{name} {weight:.3f}" for name, weight in snapshot.judge_weights.items())
+            self.stdout.write(f"judge weights {weights}")
         self.stdout.write(self.style.SUCCESS(f"Wrote {output} (snapshot {snapshot.pk}, {snapshot.file.name})"))
