@@ -210,8 +210,11 @@ def score(
     for start in range(0, len(conversations), batch_size):
         texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[start : start + batch_size]]
         inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
-        logits = reward_model_logits(model, inputs["input_ids"], inputs["attention_mask"])  # (B, K)
-        rewards.append((torch.sigmoid(logits) if outputs else logits[:, 0]).cpu())
+        ids, attention = inputs["input_ids"], inputs["attention_mask"]
+        if outputs:
+            rewards.append(torch.sigmoid(reward_model_logits(model, ids, attention)).cpu())
+        else:
+            rewards.append(reward_model_scores(model, ids, attention).cpu())
     return torch.cat(rewards)
 
 
