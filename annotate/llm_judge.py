@@ -97,8 +97,8 @@ class RateLimit:
 
 def judge_items(judge: Judge, items: list[Item], *, should_stop: Callable[[], bool]) -> Iterator[Verdict]:
     """The LLM judge's verdicts on these items, as they come back. should_stop() is looked at in the calling thread
-    (the pool's threads touch no database) about once a second; once it says stop, no further request is sent, and
-    the items not finished get no verdict."""
+    (the pool's threads touch no database) before each request goes out and each second while they are out; once it
+    says stop, no further request is sent, and the items not finished get no verdict."""
     client = client_for(judge)
     project = judge.project  # read here, for the same reason
     limit = rate_limit(judge)
@@ -112,14 +112,14 @@ def judge_items(judge: Judge, items: list[Item], *, should_stop: Callable[[], bo
 
     concurrency = max(1, judge.concurrency)
     pending: set[Future] = set()
-    sent, looked = 0, float("-inf")
+    sent = 0
     with ThreadPoolExecutor(concurrency) as pool:
         try:
             while True:
-                if not stop.is_set() and time.monotonic() - looked >= 1:  # a query per second at most
-                    looked = time.monotonic()
-                    if should_stop():
-                        stop.set()
+                # Before sending more, and each second while waiting: a query per item at most, far below a reply's
+                # cost, so that a stop asked between two items sends neither.
+                if not stop.is_set() and should_stop():
+                    stop.set()
                 # A window of `concurrency` items: the next goes out as soon as one comes back.
                 while sent < len(items) and len(pending) < concurrency and not stop.is_set():
                     pending.add(pool.submit(judge_item, send, judge, project, items[sent]))
