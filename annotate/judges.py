@@ -24,7 +24,6 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F
 
 from annotate.jobs import Heartbeat, fail_stale, hide_paths
 from annotate.models import Annotation, Judge, JudgeRun, Task, TaskKind
@@ -125,13 +124,8 @@ def record(judge: Judge, verdict: Verdict) -> Annotation | None:
             judge_detail=verdict.detail,
             **fields,
         )
-        if task.project.judge_votes_count and task.status == Task.Status.OPEN:
-            Task.objects.filter(pk=task.pk).update(annotation_count=F("annotation_count") + 1)
-            task.annotation_count += 1
-            if task.annotation_count >= task.required_annotations:
-                task.status = Task.Status.COMPLETE
-                task.save(update_fields=["status"])
-                task.project.count_tasks(completed=1)
+        if task.project.judge_votes_count:
+            task.count_answer()  # as Task.counted_annotations counts it
         if task.project.routing and task.project.judge_id == judge.pk:
             routing.route(task, annotation)
     return annotation
@@ -202,6 +196,7 @@ def run(job: JudgeRun) -> JudgeRun:
             answered = set(
                 Annotation.objects.filter(annotator=judge.user, task__in=tasks).values_list("task_id", flat=True)
             )
+            kinds = {kind for kind in TaskKind.values if can_answer(judge, kind)}  # a reward model's files read once
             size = BATCH
             if judge.kind == Judge.Kind.REWARD_MODEL:
                 from training.judging import batch_size
@@ -211,7 +206,7 @@ def run(job: JudgeRun) -> JudgeRun:
                 if job.cancel_is_requested():
                     break
                 batch = tasks[start : start + size]
-                todo = [task for task in batch if task.pk not in answered and can_answer(judge, task.kind)]
+                todo = [task for task in batch if task.pk not in answered and task.kind in kinds]
                 counts["skipped"] += len(batch) - len(todo)
                 for verdict in verdicts(judge, items_for(todo), should_stop=job.cancel_is_requested):
                     _keep(judge, verdict, counts, failures)

@@ -35,6 +35,7 @@ from django.core.exceptions import ValidationError
 from annotate.answers import clean_answer
 from annotate.judges import Item, Verdict
 from annotate.models import Judge, Project, TaskKind
+from annotate.votes import ranking_votes
 
 MAX_TOKENS = 256  # an answer is one small JSON object; a model that writes an essay first is asked again
 TIMEOUT = 600.0  # seconds one request may take: a local model on a CPU is slow on long prompts
@@ -346,13 +347,9 @@ def combine_rankings(first: dict[str, Any], second: dict[str, Any]) -> tuple[dic
     ids = sorted(runs[0])
     mean = {rid: runs[0][rid] + runs[1][rid] for rid in ids}  # twice the mean rank: exact, so ties stay ties
     ranking = [[rid for rid in ids if mean[rid] == value] for value in sorted(set(mean.values()))]
-    pairs = [(x, y) for i, x in enumerate(ids) for y in ids[i + 1 :]]
-
-    def order(run: dict[int, int], x: int, y: int) -> int:
-        return (run[x] > run[y]) - (run[x] < run[y])
-
-    same = sum(order(runs[0], x, y) == order(runs[1], x, y) != 0 for x, y in pairs)
-    share = same / len(pairs) if pairs else 1.0
+    votes = [ranking_votes(run["ranking"], ids) for run in (first, second)]  # each pair's side, as annotate/votes.py
+    same = sum(votes[0][pair].side == votes[1][pair].side != "tie" for pair in votes[0])
+    share = same / len(votes[0]) if votes[0] else 1.0
     consistent = set(first["ranking"][0]) == set(second["ranking"][0])
     return {"ranking": ranking}, (0.5 + share / 2) if consistent else share / 2, consistent
 

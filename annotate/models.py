@@ -991,6 +991,18 @@ class Task(models.Model):
         if (tasks, complete) != (tasks_after, complete_after):
             self.project.count_tasks(added=tasks_after - tasks, completed=complete_after - complete)
 
+    def count_answer(self) -> None:
+        """One more answer that fills the overlap, on the locked task: an open task completes at its required count,
+        the project's counters with it."""
+        self.annotation_count += 1
+        completed = self.status == Task.Status.OPEN and self.annotation_count >= self.required_annotations
+        if completed:
+            self.status = Task.Status.COMPLETE
+        self.save(update_fields=["annotation_count", "status"])
+        if completed:
+            # Last: every answer that completes a task queues on the project's row until commit.
+            self.project.count_tasks(completed=1)
+
     def counted_annotations(self) -> models.QuerySet:
         """The annotations that fill the task's overlap (annotation_count): all but judges', unless the project
         counts judges' answers (Project.judge_votes_count)."""
@@ -1244,14 +1256,7 @@ class Assignment(models.Model):
             annotation._keep_written(written, user=user)
             annotation.save(force_insert=True)
             Assignment.objects.filter(pk=lease.pk).update(status=Assignment.Status.SUBMITTED, submitted_at=now)
-            task.annotation_count += 1
-            completed = task.status == Task.Status.OPEN and task.annotation_count >= task.required_annotations
-            if completed:
-                task.status = Task.Status.COMPLETE
-            task.save(update_fields=["annotation_count", "status"])
-            if completed:
-                # Last: every submission that completes a task queues on the project's row until commit.
-                task.project.count_tasks(completed=1)
+            task.count_answer()
         self.status, self.submitted_at = Assignment.Status.SUBMITTED, now
         return annotation
 

@@ -210,3 +210,20 @@ def test_a_judge_never_takes_over_an_account_with_its_identitys_name(project, ma
 
     assert "exists already" in refused.value.message_dict["name"][0]
     assert not Judge.objects.exists() and person.is_active
+
+
+def test_a_counted_judge_answer_on_a_complete_task_is_counted_as_a_recount_counts_it(judge, annotator):
+    project = judge.project
+    project.judge_votes_count = True
+    project.save()
+    task = make_task(project, required=1)
+    project.next_assignment(annotator).submit({"choice": "b"}, user=annotator)
+    assert counts(task) == (1, "complete")
+
+    judges.record(judge, Verdict(task.pk, A_WINS))  # a sample run judges complete tasks too
+
+    assert counts(task) == (2, "complete")
+    task.refresh_progress()  # the recount agrees: nothing drifted
+    assert counts(task) == (2, "complete")
+    project.refresh_from_db()
+    assert (project.task_count, project.complete_task_count) == (1, 1)
