@@ -11,7 +11,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import ForeignKey, Model, QuerySet, URLField
+from django.db.models import ForeignKey, Model, OuterRef, Prefetch, QuerySet, Subquery, URLField
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -644,6 +644,12 @@ class JudgeAdmin(ProjectScopedAdmin):
             return ["username", "created_by", "created_at"]
         return [name for name in self.fields if name not in ("concurrency", "requests_per_minute")]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # Each judge's latest run, for the list, in one query (not one per row).
+        latest = JudgeRun.objects.filter(judge=OuterRef("judge")).order_by("-created_at").values("pk")[:1]
+        runs = JudgeRun.objects.filter(pk=Subquery(latest))
+        return super().get_queryset(request).prefetch_related(Prefetch("runs", queryset=runs, to_attr="latest_runs"))
+
     def save_model(self, request: HttpRequest, obj: Judge, form: forms.ModelForm, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
@@ -661,7 +667,7 @@ class JudgeAdmin(ProjectScopedAdmin):
 
     @admin.display(description="Latest run")
     def latest_run(self, judge: Judge) -> str:
-        run = judge.runs.first()
+        run = next(iter(judge.latest_runs), None)
         return f"{run.get_status_display()}, {_run_progress(run)}" if run else "–"
 
     @admin.action(description="Run the selected judges over their open tasks", permissions=["change"])

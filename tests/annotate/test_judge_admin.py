@@ -105,3 +105,24 @@ def test_a_lead_sees_no_other_projects_judges_or_runs(client, staff_lead, projec
     assert client.get(reverse("admin:annotate_judge_change", args=[theirs.pk])).status_code == 302
     client.post(reverse("admin:annotate_judgerun_changelist"), {"action": "cancel", "_selected_action": [their_run.pk]})
     assert not their_run.cancel_is_requested()
+
+
+def test_the_judges_list_shows_each_judges_latest_run_in_a_fixed_number_of_queries(
+    client, staff_lead, project, django_assert_max_num_queries
+):
+    client.force_login(staff_lead)
+    for name in ("first", "second"):
+        judge = Judge.create(project, name, **LLM)
+        judges.start(judge)
+        JudgeRun.objects.filter(pk=judges.start(judge).pk).update(status=JudgeRun.Status.SUCCEEDED, total=4, answered=3)
+    url = reverse("admin:annotate_judge_changelist")
+    client.get(url)  # warm: the session and the lead's permissions are read once
+
+    with django_assert_max_num_queries(12) as two:
+        page = client.get(url).content.decode()
+    for name in ("third", "fourth", "fifth"):
+        judges.start(Judge.create(project, name, **LLM))
+    with django_assert_max_num_queries(len(two.captured_queries)):  # three judges more, no query more
+        client.get(url)
+
+    assert page.count("Succeeded, 3 of 4") == 2  # the latest of each judge's two runs
