@@ -1921,6 +1921,14 @@ class Judge(models.Model):
             raise ValidationError(
                 {"name": f"The account {self.identity_username()} exists already: choose another name."}
             )
+        for name in ("endpoint", "model_name", "api_key_env", "rubric"):
+            if "\x00" in getattr(self, name):  # PostgreSQL cannot store it
+                raise ValidationError({name: "Must not contain a NUL character."})
+        # The rubric goes in every request the judge sends: no longer than one imported text may be.
+        if (size := len(self.rubric.encode())) > (limit := settings.ARBITER_IMPORT_MAX_FIELD_BYTES):
+            raise ValidationError(
+                {"rubric": f"Is {size:,} bytes, over the limit of {limit:,} (ARBITER_IMPORT_MAX_FIELD_BYTES)."}
+            )
         if self.kind == self.Kind.REWARD_MODEL:
             if self.model_version_id is None:
                 raise ValidationError({"model_version": "A reward-model judge needs a reward model from the registry."})

@@ -124,3 +124,16 @@ def test_run_judge_interrupted_leaves_no_run_running(project, reward_version):
 
     job = JudgeRun.objects.get()
     assert (job.status, job.error) == ("cancelled", "Interrupted at the command line.") and job.finished_at
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("Be fair.\x00", "--rubric: Must not contain a NUL character."), ("x" * 2049, "--rubric: Is 2,049 bytes, over")],
+)
+def test_add_judge_refuses_a_rubric_no_request_should_carry(project, tmp_path, settings, text, message):
+    settings.ARBITER_IMPORT_MAX_FIELD_BYTES = 2048
+    rubric = tmp_path / "rubric.md"
+    rubric.write_text(text, encoding="utf-8")
+    with pytest.raises(CommandError, match=message):
+        command("add_judge", project.slug, "llm", "--endpoint", "http://h/v1", "--model", "m", "--rubric", str(rubric))
+    assert not Judge.objects.exists()
