@@ -92,16 +92,16 @@ def can_answer(judge: Judge, kind: str) -> bool:
     return True
 
 
-def verdicts(judge: Judge, items: list[Item], should_stop: Callable[[], bool] = lambda: False) -> Iterator[Verdict]:
-    """The judge's verdicts on these items, as they come (not necessarily in order)."""
+def answerer(judge: Judge) -> Callable[[list[Item], Callable[[], bool]], Iterator[Verdict]]:
+    """What gives the judge's verdicts on a batch of items, as they come (not necessarily in order), for a whole run:
+    a reward model loads once (training/judging.py), an LLM's batches go to its endpoint (annotate/llm_judge.py)."""
     if judge.kind == Judge.Kind.REWARD_MODEL:
-        from training.judging import reward_model_verdicts
+        from training.judging import RewardModelJudge
 
-        yield from reward_model_verdicts(judge, items)
-    else:
-        from annotate.llm_judge import judge_items
+        return RewardModelJudge(judge)
+    from annotate.llm_judge import judge_items
 
-        yield from judge_items(judge, items, should_stop=should_stop)
+    return lambda items, should_stop: judge_items(judge, items, should_stop=should_stop)
 
 
 def record(judge: Judge, verdict: Verdict) -> Annotation | None:
@@ -197,18 +197,14 @@ def run(job: JudgeRun) -> JudgeRun:
                 Annotation.objects.filter(annotator=judge.user, task__in=tasks).values_list("task_id", flat=True)
             )
             kinds = {kind for kind in TaskKind.values if can_answer(judge, kind)}  # a reward model's files read once
-            size = BATCH
-            if judge.kind == Judge.Kind.REWARD_MODEL:
-                from training.judging import batch_size
-
-                size = batch_size(BATCH)
-            for start in range(0, len(tasks), size):
+            answer = answerer(judge)
+            for start in range(0, len(tasks), BATCH):
                 if job.cancel_is_requested():
                     break
-                batch = tasks[start : start + size]
+                batch = tasks[start : start + BATCH]
                 todo = [task for task in batch if task.pk not in answered and task.kind in kinds]
                 counts["skipped"] += len(batch) - len(todo)
-                for verdict in verdicts(judge, items_for(todo), should_stop=job.cancel_is_requested):
+                for verdict in answer(items_for(todo), job.cancel_is_requested):
                     _keep(judge, verdict, counts, failures)
                 job.beat(**counts, failures=failures)
     except Exception as error:

@@ -27,10 +27,6 @@ if TYPE_CHECKING:
     from models_registry.models import ModelVersion
 
 STRONG = 0.8  # p(A) at which A is "much better": a Bradley-Terry model expecting four raters in five to prefer it
-# Tasks per reward_model_verdicts call on a GPU. The model loads once per call: a 0.5B model (Qwen2.5-0.5B's shape)
-# loads in about 2 s, which on a GPU is more than scoring a few hundred answers; on 2 CPU cores each answer takes
-# about 1 s, loading is noise, and a run keeps its usual batch, for progress and cancel every few tasks.
-GPU_BATCH = 256
 
 
 def rates(version: "ModelVersion") -> bool:
@@ -39,43 +35,49 @@ def rates(version: "ModelVersion") -> bool:
     return head is not None and head.get("objective") != "pairs"
 
 
-def batch_size(default: int) -> int:
-    """Tasks to hand the reward model at a time in a run: GPU_BATCH on an accelerator, else the run's default."""
-    from training.engine.common import pick_device
+class RewardModelJudge:
+    """A reward-model judge over a run's batches: the model loads once, at the first batch, on the GPU when there is
+    one, and goes with this object."""
 
-    return GPU_BATCH if pick_device().type != "cpu" else default
+    def __init__(self, judge: "Judge") -> None:
+        self.judge, self.path = judge, judge.model_version.path
+        self.loaded: tuple[Any, Any] | None = None
+
+    def __call__(self, items: list["Item"], should_stop: Any = None) -> Iterator["Verdict"]:
+        """The verdicts on these items, in their order (ratings read the model's outputs each, the others its
+        reward)."""
+        from annotate.judges import Verdict
+        from training.engine.generate import load_scorer, score
+
+        if not items:
+            return
+        self.loaded = self.loaded or load_scorer(self.path)
+        rated = [item for item in items if item.kind == "rating"]
+        ordered = [item for item in items if item.kind != "rating"]
+        by_task = {}
+        if rated:
+            names = read_reward_head(self.path)["outputs"]  # [score, *labels]
+            chats = [_conversation(item, text) for item in rated for _, text in item.responses]
+            rows = score(self.path, chats, outputs=True, loaded=self.loaded).tolist()
+            for item, row in zip(rated, rows, strict=True):
+                by_task[item.task_id] = _rating(dict(zip(names, row, strict=True)), self.judge.project)
+        if ordered:
+            chats = [_conversation(item, text) for item in ordered for _, text in item.responses]
+            rewards = iter(score(self.path, chats, loaded=self.loaded).tolist())
+            for item in ordered:
+                scores = [next(rewards) for _ in item.responses]
+                if item.kind == "pairwise":
+                    by_task[item.task_id] = _pairwise(scores)
+                else:
+                    by_task[item.task_id] = _ranking([response_id for response_id, _ in item.responses], scores)
+        for item in items:
+            answer, confidence, detail = by_task[item.task_id]
+            yield Verdict(item.task_id, answer, confidence=confidence, consistent=True, detail=detail)
 
 
 def reward_model_verdicts(judge: "Judge", items: list["Item"]) -> Iterator["Verdict"]:
-    """The reward model's verdicts on these items, in their order (the model loads once per call, twice when ratings
-    and other kinds come together: ratings read its outputs each, the others its reward)."""
-    from annotate.judges import Verdict
-    from training.engine.generate import score
-
-    path = judge.model_version.path
-    rated = [item for item in items if item.kind == "rating"]
-    ordered = [item for item in items if item.kind != "rating"]
-    outputs: list[dict[str, float]] = []
-    if rated:
-        names = read_reward_head(path)["outputs"]  # [score, *labels]
-        rows = score(path, [_conversation(item, text) for item in rated for _, text in item.responses], outputs=True)
-        outputs = [dict(zip(names, row, strict=True)) for row in rows.tolist()]
-    rewards = []
-    if ordered:
-        rewards = score(path, [_conversation(item, text) for item in ordered for _, text in item.responses]).tolist()
-    by_task = {}
-    for item, row in zip(rated, outputs, strict=True):
-        by_task[item.task_id] = _rating(row, judge.project)
-    in_order = iter(rewards)
-    for item in ordered:
-        scores = [next(in_order) for _ in item.responses]
-        if item.kind == "pairwise":
-            by_task[item.task_id] = _pairwise(scores)
-        else:
-            by_task[item.task_id] = _ranking([response_id for response_id, _ in item.responses], scores)
-    for item in items:
-        answer, confidence, detail = by_task[item.task_id]
-        yield Verdict(item.task_id, answer, confidence=confidence, consistent=True, detail=detail)
+    """The reward model's verdicts on these items (one batch; a run keeps one RewardModelJudge for all of its)."""
+    return RewardModelJudge(judge)(items)
 
 
 def _conversation(item: "Item", text: str) -> list[dict[str, str]]:

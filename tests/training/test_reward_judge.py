@@ -9,7 +9,7 @@ import torch
 from django.db.models.signals import post_save
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-import training.judging
+import training.engine.generate
 from annotate import judges
 from annotate.models import Annotation, Judge, JudgeRun, Prompt, Task
 from models_registry.models import ModelVersion
@@ -160,7 +160,6 @@ def test_a_cancelled_run_stops_between_batches_and_keeps_what_it_answered(db, pr
     judge = reward_judge(project, tiny.reward)
     job = judges.start(judge)
     monkeypatch.setattr(judges, "BATCH", 3)
-    monkeypatch.setattr(training.judging, "GPU_BATCH", 3)
 
     def cancel_at_the_first_answer(sender, instance, created, **kwargs):
         if created and instance.annotator_id == judge.user_id:
@@ -175,6 +174,19 @@ def test_a_cancelled_run_stops_between_batches_and_keeps_what_it_answered(db, pr
     assert (job.status, job.total, job.answered, job.skipped) == ("cancelled", 8, 3, 0)
     assert Annotation.objects.filter(annotator=judge.user).count() == 3  # the first batch's answers stay
     assert set(Annotation.objects.values_list("task_id", flat=True)) == {task.pk for task in tasks[:3]}
+
+
+def test_a_run_loads_the_reward_model_once_for_all_its_batches(db, project, tiny, monkeypatch):
+    tasks = [make_task(project, "pairwise", TEXTS[i : i + 2]) for i in range(4) for _ in range(2)]
+    judge = reward_judge(project, tiny.reward)
+    monkeypatch.setattr(judges, "BATCH", 3)
+    loads = []
+    load = training.engine.generate.load_scorer
+    monkeypatch.setattr(training.engine.generate, "load_scorer", lambda *a, **k: loads.append(a) or load(*a, **k))
+
+    job = judges.run(judges.start(judge))
+
+    assert (job.status, job.answered) == ("succeeded", len(tasks)) and len(loads) == 1  # 3 batches, one load
 
 
 @pytest.mark.postgres

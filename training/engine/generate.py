@@ -191,6 +191,13 @@ def evaluate_policy(
 
 
 @torch.no_grad()
+def load_scorer(
+    reward_model_path: str, device: torch.device | None = None
+) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """The reward model and its tokenizer as `score` reads them, to load once for many calls."""
+    return load_tokenizer(reward_model_path, padding_side="right"), load_reward_model(reward_model_path, device)
+
+
 def score(
     reward_model_path: str,
     conversations: list[Messages],
@@ -198,23 +205,29 @@ def score(
     batch_size: int = 8,
     device: torch.device | None = None,
     outputs: bool = False,
+    loaded: tuple[PreTrainedTokenizerBase, PreTrainedModel] | None = None,
 ) -> torch.Tensor:
     """The reward model's scalar for each whole conversation (prompt and answer), read at its last real token: (N,).
     outputs: a rating reward model's outputs each instead, σ(z_k) (the score on [0, 1], then each label's share of
-    raters), before the head file's weights sum them into the reward: (N, K)."""
-    tokenizer = load_tokenizer(reward_model_path, padding_side="right")
-    model = load_reward_model(reward_model_path, device)
-    if outputs and isinstance(model.score, WeightedOutputs):
-        model.score = model.score.head
+    raters), before the head file's weights sum them into the reward: (N, K). loaded: load_scorer's, not loaded
+    again."""
+    tokenizer, model = loaded or load_scorer(reward_model_path, device)
+    head = model.score
+    if outputs and isinstance(head, WeightedOutputs):
+        model.score = head.head  # for this call: a loaded model stays as it came
     rewards = []
-    for start in range(0, len(conversations), batch_size):
-        texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[start : start + batch_size]]
-        inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
-        ids, attention = inputs["input_ids"], inputs["attention_mask"]
-        if outputs:
-            rewards.append(torch.sigmoid(reward_model_logits(model, ids, attention)).cpu())
-        else:
-            rewards.append(reward_model_scores(model, ids, attention).cpu())
+    try:
+        for start in range(0, len(conversations), batch_size):
+            chats = conversations[start : start + batch_size]
+            texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in chats]
+            inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+            ids, attention = inputs["input_ids"], inputs["attention_mask"]
+            if outputs:
+                rewards.append(torch.sigmoid(reward_model_logits(model, ids, attention)).cpu())
+            else:
+                rewards.append(reward_model_scores(model, ids, attention).cpu())
+    finally:
+        model.score = head
     return torch.cat(rewards)
 
 
